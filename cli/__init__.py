@@ -1,0 +1,1 @@
+"""The ``eve`` command line: a thin layer over flows and tasks."""

@@ -1,0 +1,73 @@
+"""Where the platform keeps its state: one home directory (design.md 3.11).
+
+Everything local lives under ``PlatformSettings.home``: the local DVC remote, the registry
+repository, Prefect's home, W&B offline runs, stage outputs and caches. Teams override single
+locations with environment variables; nothing here is read from the network.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("EVE_HOME", REPO_ROOT / ".eve-home")).resolve()
+
+
+class PlatformSettings(BaseModel):
+    """Locations and endpoints shared by every flow and task. ``load()`` reads ``EVE_*`` env vars."""
+
+    home: Path = Field(default_factory=_default_home)
+    """Root of all local platform state (git-ignored when inside the checkout)."""
+
+    dvc_remote_url: str | None = None
+    """DVC remote for datasets and model weights: a directory or ``s3://bucket/prefix``.
+    None means ``<home>/dvc-remote``."""
+
+    s3_endpoint_url: str | None = None
+    """S3 endpoint for an ``s3://`` remote (e.g. a SeaweedFS or MinIO URL); None means AWS."""
+
+    registry_url: str | None = None
+    """Git remote of the model registry; None means the local repository ``<home>/registry``."""
+
+    @classmethod
+    def load(cls) -> "PlatformSettings":
+        """Settings from the environment: EVE_HOME, EVE_DVC_REMOTE, EVE_S3_ENDPOINT, EVE_REGISTRY_URL."""
+        return cls(
+            home=_default_home(),
+            dvc_remote_url=os.environ.get("EVE_DVC_REMOTE") or None,
+            s3_endpoint_url=os.environ.get("EVE_S3_ENDPOINT") or None,
+            registry_url=os.environ.get("EVE_REGISTRY_URL") or None,
+        )
+
+    def path(self, *parts: str) -> Path:
+        """A directory under the home, created on first use."""
+        target = self.home.joinpath(*parts)
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+
+    @property
+    def local_dvc_remote(self) -> Path:
+        return self.path("dvc-remote")
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.path("registry")
+
+    @property
+    def runs_dir(self) -> Path:
+        """Stage outputs, checkpoints and job logs, one folder per run."""
+        return self.path("runs")
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path("cache")
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path("wandb")
