@@ -1,0 +1,33 @@
+"""Root test configuration.
+
+Every module in tests/fixtures/ is loaded as a pytest plugin, so fixtures for real services
+(SeaweedFS S3, a single-node SLURM cluster, a Prefect server) are shared by all test folders.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_FIXTURES = Path(__file__).parent / "fixtures"
+pytest_plugins = sorted(
+    f"tests.fixtures.{p.stem}" for p in _FIXTURES.glob("*.py") if not p.name.startswith("_")
+)
+
+# Keep third-party telemetry and hub lookups off in every test process.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture
+def eve_home(tmp_path, monkeypatch) -> Path:
+    """A fresh platform home for one test."""
+    home = tmp_path / "eve-home"
+    home.mkdir()
+    monkeypatch.setenv("EVE_HOME", str(home))
+    return home
