@@ -1,0 +1,108 @@
+"""Readers + validation + sharding on deliberately broken inputs: one right reason each, counts reconcile."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from eve_model.shards import iter_samples, verify_dataset
+from tasks.data.demo_source import DemoDataConfig, generate_demo_data
+from tasks.data.sharding import ingest_items
+from tasks.data.sources import read_image_folder, read_parquet, read_webdataset
+from tasks.data.validate import Quarantined, ValidationConfig, validate_item
+
+ACCEPTED = "accepted"
+
+
+def _outcome(item, config) -> str:
+    result = validate_item(item, config)
+    return result.reason.value if isinstance(result, Quarantined) else ACCEPTED
+
+
+def test_every_planted_defect_in_a_folder_gets_its_reason(broken_corpus) -> None:
+    items = list(read_image_folder(str(broken_corpus.folder), records_file="captions.csv"))
+    got = {item.item_id: _outcome(item, broken_corpus.config) for item in items}
+    assert got == broken_corpus.expected_folder
+    escaped = [i for i in items if i.item_id.startswith("escape-")]
+    assert all(i.image_bytes is None for i in escaped)  # the file outside the folder was never read
+
+
+def test_hostile_tar_members_are_quarantined_not_extracted(broken_corpus, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # an extracting reader would write ../evil.png next to this folder
+    items = list(read_webdataset(str(broken_corpus.tar_path)))
+    got = [(item.item_id, _outcome(item, broken_corpus.config)) for item in items]
+    assert got == broken_corpus.expected_tar
+    assert not (tmp_path.parent / "evil.png").exists() and not Path("/abs/evil2.png").exists()
+    ok3 = next(i for i in items if i.item_id == "ok-3")
+    assert ok3.caption == "from json" and ok3.extra["source_url"] == "http://x"
+
+
+def test_parquet_rows(broken_corpus) -> None:
+    got = {i.item_id: _outcome(i, broken_corpus.config) for i in read_parquet(str(broken_corpus.parquet_path))}
+    assert got == broken_corpus.expected_parquet
+
+
+def test_ingest_counts_reconcile_and_shards_hold_exactly_the_accepted(broken_corpus, tmp_path: Path) -> None:
+    items = itertools.chain(
+        read_image_folder(str(broken_corpus.folder), records_file="captions.csv"),
+        read_webdataset(str(broken_corpus.tar_path)),
+        read_parquet(str(broken_corpus.parquet_path)),
+    )
+    expected = Counter(broken_corpus.expected_folder.values())
+    expected += Counter(outcome for _, outcome in broken_corpus.expected_tar)
+    expected += Counter(broken_corpus.expected_parquet.values())
+    progress_calls = []
+    report = ingest_items(
+        items, tmp_path / "ds", broken_corpus.config, max_items_per_shard=3,
+        progress=lambda *counts: progress_calls.append(counts), progress_every_items=5,
+    )
+    assert report.reconciles
+    assert report.num_in == sum(expected.values())
+    assert report.num_accepted == expected[ACCEPTED]
+    assert report.quarantined_by_reason == {k: v for k, v in expected.items() if k != ACCEPTED}
+    assert report.num_converted_to_rgb == 3  # CMYK, 16-bit, LA; nothing else was re-encoded
+    assert progress_calls[-1] == (report.num_in, report.num_accepted, report.num_quarantined)
+
+    quarantine = [json.loads(line) for line in Path(report.quarantine_path).read_text().splitlines()]
+    assert len(quarantine) == report.num_quarantined
+    assert all(record["detail"] and record["source_uri"] for record in quarantine)
+
+    manifest = verify_dataset(tmp_path / "ds", expected_hash=report.dataset_hash)
+    samples = list(iter_samples(tmp_path / "ds"))
+    assert len(samples) == manifest.num_items == report.num_accepted
+    assert len({s.key for s in samples}) == len(samples)
+    for sample in samples:
+        image = Image.open(io.BytesIO(sample.image_bytes))
+        image.load()
+        assert image.mode == "RGB" and image.size == (sample.meta["width"], sample.meta["height"])
+        assert sample.meta["caption"].strip() == sample.meta["caption"] != ""
+
+
+def test_the_demo_source_ingests_with_only_its_planted_failures(tmp_path: Path) -> None:
+    demo = generate_demo_data(tmp_path / "raw", DemoDataConfig.tiny())
+    report = ingest_items(read_image_folder(str(demo / "train")), tmp_path / "ds", ValidationConfig.demo())
+    assert report.num_accepted == DemoDataConfig.tiny().num_caption_scenes
+    assert report.quarantined_by_reason == {
+        "bad_aspect_ratio": 1, "caption_empty": 1, "too_small": 1, "truncated_image": 1, "zero_bytes": 1,
+    }
+    sample = next(iter_samples(tmp_path / "ds"))
+    assert sample.meta["true_caption"] and sample.meta["scene"]["shapes"]
+
+    qa = ingest_items(
+        read_image_folder(str(demo / "train"), records_file="conversations.jsonl"),
+        tmp_path / "qa", ValidationConfig.demo().model_copy(update={"require_caption": False}),
+    )
+    assert qa.num_quarantined == 0
+    assert next(iter_samples(tmp_path / "qa")).meta["conversations"][0]["value"].startswith("<image>\n")
+
+
+def test_paper_resolution_rule_rejects_small_images(broken_corpus, tmp_path: Path) -> None:
+    items = list(read_image_folder(str(broken_corpus.folder), records_file="captions.csv"))
+    good = next(i for i in items if i.item_id == "good-jpeg")
+    result = validate_item(good, ValidationConfig.paper())
+    assert isinstance(result, Quarantined) and result.reason.value == "too_small" and "449" in result.detail
