@@ -334,9 +334,15 @@ def read_mme(root: str | Path, skip_invalid: bool = False) -> Benchmark:
 
 
 def read_caption_jsonl(
-    path: str | Path, image_root: str | Path | None = None, skip_invalid: bool = False
+    path: str | Path,
+    image_root: str | Path | None = None,
+    skip_invalid: bool = False,
+    reference_field: str | None = None,
 ) -> Benchmark:
-    """Held-out captioning JSONL: ``{"id", "image", "caption" | "captions"}`` per line."""
+    """Held-out captioning JSONL: ``{"id", "image", "caption" | "captions"}`` per line.
+
+    ``reference_field`` reads the references from another field (e.g. the demo's ``true_caption``).
+    """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     collector = _Collector(skip_invalid)
@@ -345,12 +351,13 @@ def read_caption_jsonl(
             if isinstance(row, _Invalid):
                 raise row
             item_id = _item_id(row, "id" if "id" in row else "image_id")
-            captions = row.get("captions", row.get("caption"))
+            captions = row.get(reference_field) if reference_field else row.get("captions", row.get("caption"))
             captions = [captions] if isinstance(captions, str) else captions
             if not isinstance(captions, list) or not captions or not all(
                 isinstance(c, str) and c.strip() for c in captions
             ):
-                raise _Invalid("field 'caption'/'captions' must be a non-empty string or list of strings")
+                field_name = reference_field or "caption'/'captions"
+                raise _Invalid(f"field '{field_name}' must be a non-empty string or list of strings")
             image_path, sha = _image(root, _require(row, "image"))
             collector.items.append(EvalItem(
                 item_id=item_id, source=source, references=tuple(captions),
