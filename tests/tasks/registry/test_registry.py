@@ -1,0 +1,155 @@
+"""GTO registry with DVC-tracked weights: gate-only registration, approval-only production, pull-back, races."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import subprocess
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from eve_model.shards import verify_dataset
+from tasks import audit
+from tasks.lineage import ApprovalRecord
+from tasks.platform import PlatformSettings
+from tasks.registry import ApprovalRequiredError, GateNotPassedError, ModelRegistry, directory_sha256
+
+
+def _audited_approval(registry: ModelRegistry, version: str, reviewer: str = "bob") -> ApprovalRecord:
+    """What the approval path produces: an accepted decision recorded in the audit log."""
+    approval = ApprovalRecord(
+        version=version, decision="approve", reviewer=reviewer, comment="numbers look good",
+        decided_at=datetime.now(timezone.utc).isoformat(), evidence_sha256="a" * 64, requested_by="alice",
+    )
+    record = registry.audit_log.append(audit.REVIEW_DECISION_ACCEPTED, actor=reviewer, subject=f"eve@{version}",
+                                       payload={"approval": approval.model_dump()})
+    return approval.model_copy(update={"audit_record_hash": record.record_hash})
+
+
+def test_registration_requires_a_passing_gate(eve_home, registry_inputs):
+    registry = ModelRegistry(PlatformSettings.load())
+    weights, lineage = registry_inputs(1)
+    with pytest.raises(GateNotPassedError):
+        registry.register_candidate(weights, lineage, {"passed": False, "reasons": ["vqa regressed"]})
+    assert registry.show() == []
+
+
+def test_every_hash_in_the_lineage_resolves_and_pulls_back(eve_home, registry_inputs, tmp_path):
+    registry = ModelRegistry(PlatformSettings.load())
+    weights, lineage = registry_inputs(1)
+    version = registry.register_candidate(weights, lineage, {"passed": True})
+    assert version == "v0.1.0"
+    stored = registry.lineage(version)
+    assert stored.version == version and stored.weights.sha256 == directory_sha256(weights)
+    committed = subprocess.run(["git", "show", f"eve@{version}:lineage/eve/{version}.json"], cwd=registry.repo_dir,
+                               capture_output=True, text=True, check=True).stdout
+    assert stored.model_validate_json(committed).weights == stored.weights
+
+    for dataset in stored.all_datasets():
+        assert verify_dataset(dataset.location, expected_hash=dataset.dataset_hash).num_items == dataset.num_items
+    dataset_hashes = {d.dataset_hash for d in stored.all_datasets()}
+    assert {s.input_dataset_hash for s in stored.stages} <= dataset_hashes
+    assert stored.caption.output_dataset_hash in dataset_hashes
+    assert stored.quality.dataset_hash in dataset_hashes
+
+    # Drop the registry's own DVC cache so the weights must come back from the remote.
+    shutil.rmtree(registry.repo_dir / ".dvc" / "cache")
+    shutil.rmtree(registry.repo_dir / "models" / "eve")
+    pulled = registry.pull_version(version, tmp_path / "pulled")
+    assert directory_sha256(pulled) == stored.weights.sha256
+    assert (pulled / "model.safetensors").read_bytes() == (weights / "model.safetensors").read_bytes()
+
+
+def test_production_moves_only_with_an_audited_approval(eve_home, registry_inputs):
+    registry = ModelRegistry(PlatformSettings.load())
+    version = registry.register_candidate(*registry_inputs(1), {"passed": True})
+    forged = ApprovalRecord(version=version, decision="approve", reviewer="bob", comment="trust me",
+                            decided_at="2026-01-01T00:00:00+00:00", evidence_sha256="b" * 64, requested_by="alice",
+                            audit_record_hash="f" * 64)
+    with pytest.raises(ApprovalRequiredError):
+        registry.assign_production(version, forged)
+    approval = _audited_approval(registry, version)
+    with pytest.raises(ApprovalRequiredError):  # altered after the audit record was written
+        registry.assign_production(version, approval.model_copy(update={"comment": "edited"}))
+    assert registry.production_version() is None
+
+    tag = registry.assign_production(version, approval)
+    assert tag.startswith("eve#production")
+    assert registry.production_version() == version
+    assignment = [e for e in registry.history() if e.event == "assignment"][-1]
+    assert (assignment.reviewer, assignment.comment, assignment.evidence_sha256) == ("bob", approval.comment, "a" * 64)
+    assert assignment.audit_record_hash == approval.audit_record_hash
+    assert registry.lineage(version).approvals == [approval]
+    assert registry.audit_log.verify().ok
+
+
+def _register_in_subprocess(home: str, weights: str, lineage_json: str, queue) -> None:
+    import os
+
+    os.environ["EVE_HOME"] = home
+    from tasks.lineage import LineageManifest
+    from tasks.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    queue.put(registry.register_candidate(Path(weights), LineageManifest.model_validate_json(lineage_json), {"passed": True}))
+
+
+@pytest.mark.slow
+def test_racing_writers_are_serialised(eve_home, registry_inputs):
+    registry = ModelRegistry(PlatformSettings.load())
+    registry.ensure_initialized()
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    processes = []
+    for seed in (1, 2):
+        weights, lineage = registry_inputs(seed)
+        processes.append(context.Process(target=_register_in_subprocess,
+                                         args=(str(eve_home), str(weights), lineage.model_dump_json(), queue)))
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    # Without the lock both writers would compute the same next version and one tag would fail.
+    assert sorted(queue.get(timeout=5) for _ in processes) == ["v0.1.0", "v0.2.0"]
+    assert sorted(v.version for v in registry.show()) == ["v0.1.0", "v0.2.0"]
+
+    approvals = {v: _audited_approval(registry, v, reviewer=f"r-{v}") for v in ("v0.1.0", "v0.2.0")}
+    threads = [threading.Thread(target=registry.assign_production, args=(v, a)) for v, a in approvals.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assignments = [e for e in registry.history() if e.event == "assignment"]
+    assert len(assignments) == 2
+    # Serialised writes land in distinct seconds, so GTO's "latest assignment wins" is well defined.
+    assert assignments[0].timestamp < assignments[1].timestamp
+    assert registry.production_version() == assignments[-1].version
+    assert registry.audit_log.verify().ok
+
+
+def test_remote_registry_receives_commits_and_tags(eve_home, registry_inputs, tmp_path, monkeypatch):
+    remote = tmp_path / "registry-remote.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", "-b", "main", str(remote)], check=True)
+    monkeypatch.setenv("EVE_REGISTRY_URL", str(remote))
+    registry = ModelRegistry(PlatformSettings.load())
+    version = registry.register_candidate(*registry_inputs(1), {"passed": True})
+    registry.assign_production(version, _audited_approval(registry, version))
+    remote_tags = subprocess.run(["git", "ls-remote", "--tags", str(remote)], capture_output=True, text=True,
+                                 check=True).stdout
+    assert f"refs/tags/eve@{version}" in remote_tags
+    assert "refs/tags/eve#production#" in remote_tags
+    # A fresh clone sees the same registry state through GTO.
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(remote), str(clone)], check=True)
+    from gto import api
+
+    assert [v.version for v in api.find_versions_in_stage(str(clone), "eve", "production")] == [version]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
