@@ -1,0 +1,12 @@
+"""Caption and instruction-data quality gates (issue 5, design.md 3.5).
+
+- ``metrics`` / ``instruction_metrics``: per-sample metrics tables (pandas);
+- ``near_duplicates``: MinHash + LSH near-duplicate detection with exact verification;
+- ``config``: thresholds (pydantic flow parameters);
+- ``suites``: the versioned GX expectation suites;
+- ``validate``: runs a suite, turns GX's result into filtered rows + pass/fail;
+- ``gate``: dataset in -> filtered dataset version + ``GateResult``;
+- ``store``: results keyed by dataset hash + suite version under the platform home;
+- ``report``: metric deltas against the previous version, markdown;
+- ``prefect_tasks``: thin ``@task`` wrappers that publish Prefect artifacts.
+"""

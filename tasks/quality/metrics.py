@@ -1,0 +1,178 @@
+"""Per-caption quality metrics: one pandas row per caption, the table the GX caption suite validates.
+
+Columns (all computed from the caption text alone, so they are cheap enough for 10^7 captions):
+
+    key, caption                      sample key and the caption as stored ("" when missing)
+    num_words, num_tokens             whitespace words; tokens = words and punctuation marks
+    distinct_trigram_ratio            distinct word trigrams / word trigrams (1.0 below 3 words)
+    longest_repeated_ngram_words      longest word n-gram occurring at least twice (0 = none)
+    ends_complete_sentence            ends in . ! or ? (optionally closed by a quote/bracket), no ellipsis
+    text_hash                         sha1 of the dedup key (case folded, punctuation dropped)
+    is_exact_duplicate                same text_hash as an earlier caption
+    is_near_duplicate, near_duplicate_of   bigram Jaccard >= threshold with an earlier caption (its key)
+    is_duplicate                      exact or near duplicate (0/1, aggregated as the duplicate rate)
+    has_boilerplate_opening           "The image shows...", "In this picture...", refusals
+    has_url, has_markup, has_control_chars
+    non_language_token_share          share of words that are not alphabetic (ids, numbers, symbols)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from tasks.caption.normalize import canonical_for_dedup
+from tasks.quality.near_duplicates import bigram_shingles, find_near_duplicates
+
+METRICS_VERSION = 1
+"""Bumped whenever a metric's definition changes (it is part of the suite version)."""
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_COMPLETE_ENDING = re.compile(r"[.!?][\"'\u201d\u2019)\]]*$")
+_ELLIPSIS_ENDING = re.compile(r"(\.\.\.|\u2026)[\"'\u201d\u2019)\]]*$")
+_BOILERPLATE_OPENING = re.compile(
+    r"^\W*(?:"
+    r"(?:the|this)\s+(?:image|picture|photo|photograph|scene|illustration|graphic)\s+"
+    r"(?:shows|depicts|features|displays|presents|contains|captures|showcases|portrays|is\s+of|is\s+a)\b"
+    r"|in\s+(?:this|the)\s+(?:image|picture|photo|photograph|scene)\b"
+    r"|(?:here\s+is|this\s+is)\s+(?:an?\s+)?(?:image|picture|photo|photograph)\b"
+    r"|(?:an?\s+)?(?:image|picture|photo|photograph)\s+of\b"
+    r"|as\s+an\s+ai\b|i\s*'?\s*a?m\s+sorry\b|i\s+(?:cannot|can't|can\u2019t)\b|sorry\b"
+    r")",
+    re.IGNORECASE,
+)
+_URL = re.compile(r"(?:https?|ftp)://|\bwww\.\S", re.IGNORECASE)
+_MARKUP = re.compile(
+    r"<\s*/?\s*[a-zA-Z][^<>]*>"  # HTML/XML tags, including a leaked <image> placeholder
+    r"|&(?:[a-zA-Z]{2,8}|#\d{2,6});"  # HTML entities
+    r"|\*\*|__|```|\[[^\]]*\]\([^)]*\)"  # markdown emphasis, code fences, links
+    r"|(?:^|\n)\s*(?:#{1,6}\s|[-*]\s)",  # markdown headings and bullet lists
+)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff\ufffd]")
+_ALPHABETIC_WORD = re.compile(r"^[^\W\d_]+(?:['\u2019-][^\W\d_]+)*$")
+_EDGE_PUNCTUATION = "\"'()[]{}.,;:!?\u201c\u201d\u2018\u2019"
+
+
+def _repetition(words: list[str]) -> tuple[float, int]:
+    """(distinct trigram ratio, longest word n-gram that occurs at least twice)."""
+    trigram_ratio = 1.0
+    if len(words) >= 3:
+        trigrams = list(zip(words, words[1:], words[2:]))
+        trigram_ratio = len(set(trigrams)) / len(trigrams)
+    # A repeated n-gram implies a repeated (n-1)-gram, so the first n without a repeat ends the scan.
+    longest = 0
+    for n in range(1, len(words)):
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        if len(set(grams)) == len(grams):
+            break
+        longest = n
+    return trigram_ratio, longest
+
+
+def _non_language_share(raw_words: list[str]) -> float:
+    if not raw_words:
+        return 0.0
+    non_language = sum(
+        1 for word in raw_words if not _ALPHABETIC_WORD.match(word.strip(_EDGE_PUNCTUATION) or "-")
+    )
+    return non_language / len(raw_words)
+
+
+def compute_caption_metrics(
+    keys: Sequence[str],
+    captions: Sequence[str | None],
+    near_duplicate_jaccard: float = 0.8,
+) -> pd.DataFrame:
+    """The metrics table, one row per caption in input order (see the module docstring for columns)."""
+    if len(keys) != len(captions):
+        raise ValueError(f"{len(keys)} keys but {len(captions)} captions")
+    count = len(keys)
+    texts = ["" if caption is None else str(caption) for caption in captions]
+    num_words = np.zeros(count, dtype=np.int64)
+    num_tokens = np.zeros(count, dtype=np.int64)
+    trigram_ratio = np.ones(count, dtype=np.float64)
+    longest_repeat = np.zeros(count, dtype=np.int64)
+    complete = np.zeros(count, dtype=bool)
+    boilerplate = np.zeros(count, dtype=bool)
+    url = np.zeros(count, dtype=bool)
+    markup = np.zeros(count, dtype=bool)
+    control = np.zeros(count, dtype=bool)
+    non_language = np.zeros(count, dtype=np.float64)
+    text_hashes: list[str] = []
+    shingles: list[set[int]] = []
+    vocabulary: dict[str, int] = {}
+    for index, text in enumerate(texts):
+        stripped = text.strip()
+        raw_words = stripped.split()
+        dedup_key = canonical_for_dedup(stripped)
+        dedup_words = dedup_key.split()
+        num_words[index] = len(raw_words)
+        num_tokens[index] = len(_TOKEN.findall(stripped))
+        trigram_ratio[index], longest_repeat[index] = _repetition(dedup_words)
+        complete[index] = bool(_COMPLETE_ENDING.search(stripped)) and not _ELLIPSIS_ENDING.search(stripped)
+        boilerplate[index] = bool(_BOILERPLATE_OPENING.match(stripped))
+        url[index] = bool(_URL.search(stripped))
+        markup[index] = bool(_MARKUP.search(text))
+        control[index] = bool(_CONTROL.search(text))
+        non_language[index] = _non_language_share(raw_words)
+        text_hashes.append(hashlib.sha1(dedup_key.encode("utf-8")).hexdigest())
+        shingles.append(bigram_shingles(dedup_words, vocabulary) if dedup_words else set())
+
+    hash_series = pd.Series(text_hashes, dtype="string")
+    exact_duplicate = hash_series.duplicated(keep="first").to_numpy() & (num_words > 0)
+    eligible = (num_words >= 2) & ~exact_duplicate
+    near_of = find_near_duplicates(shingles, near_duplicate_jaccard, eligible)
+    near_duplicate = near_of >= 0
+    key_array = np.asarray(list(keys), dtype=object)
+    near_keys = np.where(near_duplicate, key_array[np.maximum(near_of, 0)], "")
+
+    return pd.DataFrame(
+        {
+            "key": pd.Series(key_array, dtype="string"),
+            "caption": pd.Series(texts, dtype="string"),
+            "num_words": num_words,
+            "num_tokens": num_tokens,
+            "distinct_trigram_ratio": trigram_ratio,
+            "longest_repeated_ngram_words": longest_repeat,
+            "ends_complete_sentence": complete,
+            "text_hash": hash_series,
+            "is_exact_duplicate": exact_duplicate,
+            "is_near_duplicate": near_duplicate,
+            "near_duplicate_of": pd.Series(near_keys, dtype="string"),
+            "is_duplicate": (exact_duplicate | near_duplicate).astype(np.int64),
+            "has_boilerplate_opening": boilerplate,
+            "has_url": url,
+            "has_markup": markup,
+            "has_control_chars": control,
+            "non_language_token_share": non_language,
+        }
+    )
+
+
+def summarize_caption_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Dataset-level statistics of a metrics table (the numbers compared between versions)."""
+    if table.empty:
+        return {"num_captions": 0}
+    return {
+        "num_captions": int(len(table)),
+        "mean_words": float(table["num_words"].mean()),
+        "median_words": float(table["num_words"].median()),
+        "p95_tokens": float(table["num_tokens"].quantile(0.95)),
+        "mean_distinct_trigram_ratio": float(table["distinct_trigram_ratio"].mean()),
+        "complete_sentence_rate": float(table["ends_complete_sentence"].mean()),
+        "exact_duplicate_rate": float(table["is_exact_duplicate"].mean()),
+        "near_duplicate_rate": float(table["is_near_duplicate"].mean()),
+        "duplicate_rate": float(table["is_duplicate"].mean()),
+        "boilerplate_rate": float(table["has_boilerplate_opening"].mean()),
+        "url_rate": float(table["has_url"].mean()),
+        "markup_rate": float(table["has_markup"].mean()),
+        "control_char_rate": float(table["has_control_chars"].mean()),
+        "mean_non_language_token_share": float(table["non_language_token_share"].mean()),
+    }
+
+
+__all__ = ["METRICS_VERSION", "compute_caption_metrics", "summarize_caption_metrics"]

@@ -1,0 +1,80 @@
+"""Thin Prefect tasks over the quality gate: run it, publish artifacts, stop the flow on failure.
+
+The work is done by ``tasks.quality.gate``; these wrappers only add what Prefect gives: retries
+and timeouts on the decorator, and the markdown + table artifacts reviewers see in the UI. A
+failing gate raises ``QualityGateFailed`` after its artifacts are published, so downstream
+training never starts on a rejected version and the evidence is still there.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.quality.config import CaptionGateThresholds, InstructionGateThresholds
+from tasks.quality.gate import GateResult, QualityGateFailed, gate_caption_dataset, gate_instruction_dataset
+from tasks.quality.report import delta_table_rows, render_markdown
+
+
+def _artifact_key(prefix: str, result: GateResult) -> str:
+    # Prefect keys allow lowercase letters, digits and dashes only.
+    return re.sub(r"[^a-z0-9-]", "-", f"{prefix}-{result.suite_name}".lower())
+
+
+def publish_gate_artifacts(result: GateResult) -> None:
+    """Markdown report and per-metric delta table as Prefect artifacts (inside a flow/task run)."""
+    create_markdown_artifact(
+        render_markdown(result),
+        key=_artifact_key("quality-report", result),
+        description=f"{result.suite_name} v{result.suite_version} on {result.input_dataset_hash[:12]}",
+    )
+    create_table_artifact(
+        delta_table_rows(result),
+        key=_artifact_key("quality-deltas", result),
+        description="caption-quality metrics vs the previous dataset version",
+    )
+
+
+def _finish(result: GateResult, fail_on_reject: bool) -> GateResult:
+    publish_gate_artifacts(result)
+    if fail_on_reject and not result.passed:
+        raise QualityGateFailed(
+            f"{result.suite_name} rejected dataset {result.input_dataset_hash[:12]}: "
+            + "; ".join(result.reasons)
+        )
+    return result
+
+
+@task(name="gate-captions", retries=0, timeout_seconds=6 * 3600)
+def gate_captions(
+    input_location: str,
+    output_dir: str,
+    thresholds: CaptionGateThresholds | None = None,
+    previous_dataset_hash: str | None = None,
+    fail_on_reject: bool = True,
+) -> GateResult:
+    """Caption quality gate; raises ``QualityGateFailed`` on a rejected version when ``fail_on_reject``."""
+    result = gate_caption_dataset(
+        input_location, output_dir, thresholds, previous_dataset_hash=previous_dataset_hash
+    )
+    return _finish(result, fail_on_reject)
+
+
+@task(name="gate-instruction-data", retries=0, timeout_seconds=6 * 3600)
+def gate_instruction_data(
+    input_location: str,
+    output_dir: str,
+    thresholds: InstructionGateThresholds | None = None,
+    previous_dataset_hash: str | None = None,
+    fail_on_reject: bool = True,
+) -> GateResult:
+    """Instruction-data (stage 3) gate; raises ``QualityGateFailed`` on a rejected version."""
+    result = gate_instruction_dataset(
+        input_location, output_dir, thresholds, previous_dataset_hash=previous_dataset_hash
+    )
+    return _finish(result, fail_on_reject)
+
+
+__all__ = ["gate_captions", "gate_instruction_data", "publish_gate_artifacts"]

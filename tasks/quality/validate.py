@@ -1,0 +1,142 @@
+"""Run a GX suite over a metrics table and turn its result into a gate decision.
+
+GX does the checking; this module only reads GX's own result: the unexpected row indices of
+each row rule (COMPLETE result format) and the success of each aggregate rule. The filtered
+fraction is the one aggregate rule GX cannot state on the table itself (it depends on the union
+of the row rules' verdicts), so it is checked here and reported beside GX's rules.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+import great_expectations as gx  # noqa: E402
+from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+
+
+@dataclass
+class RuleOutcome:
+    """One rule's verdict: for a row rule, how many rows broke it (before reason priority)."""
+
+    rule: str
+    scope: str
+    success: bool
+    description: str
+    unexpected_count: int = 0
+    observed_value: Any = None
+
+
+@dataclass
+class TableDecision:
+    """The decision on one metrics table: which rows are filtered and why, and whether it passes."""
+
+    passed: bool
+    reasons: list[str]
+    filtered_reason: pd.Series
+    """Per row (table order): the first broken row rule, or <NA> when the row is kept."""
+    rules: list[RuleOutcome] = field(default_factory=list)
+    gx_result: dict[str, Any] = field(default_factory=dict)
+    """GX's validation result as JSON (``ExpectationSuiteValidationResult.to_json_dict()``)."""
+
+    @property
+    def kept_mask(self) -> np.ndarray:
+        return self.filtered_reason.isna().to_numpy()
+
+
+def run_suite(table: pd.DataFrame, suite: gx.ExpectationSuite) -> dict[str, Any]:
+    """Validate ``table`` against ``suite`` in an ephemeral GX context; returns GX's result JSON."""
+    context = gx.get_context(mode="ephemeral")
+    # Our callers report progress themselves; GX's per-metric bars would flood task logs.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    name = f"{suite.name}-{uuid.uuid4().hex[:8]}"
+    batch_definition = (
+        context.data_sources.add_pandas(name=name)
+        .add_dataframe_asset(name="metrics")
+        .add_batch_definition_whole_dataframe("all_rows")
+    )
+    suite = context.suites.add(suite)
+    validation = context.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+    )
+    result = validation.run(
+        batch_parameters={"dataframe": table.reset_index(drop=True)},
+        result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False},
+    )
+    return result.to_json_dict()
+
+
+def decide(
+    table: pd.DataFrame, suite: gx.ExpectationSuite, max_filtered_fraction: float
+) -> TableDecision:
+    """Validate and decide: rows failing row rules are filtered, aggregate failures fail the version."""
+    gx_result = run_suite(table, suite)
+    row_count = len(table)
+    filtered_reason = pd.Series(pd.NA, index=range(row_count), dtype="string")
+    outcomes: list[RuleOutcome] = []
+    reasons: list[str] = []
+    # GX keeps suite order in its results; reason priority is that order.
+    for expectation_result in gx_result["results"]:
+        config = expectation_result["expectation_config"]
+        meta = config.get("meta") or {}
+        rule, scope = meta.get("rule", config["type"]), meta.get("scope", "aggregate")
+        details = expectation_result.get("result") or {}
+        if expectation_result.get("exception_info", {}).get("raised_exception"):
+            message = expectation_result["exception_info"].get("exception_message")
+            raise RuntimeError(f"GX could not evaluate rule {rule!r}: {message}")
+        outcome = RuleOutcome(
+            rule=rule,
+            scope=scope,
+            success=bool(expectation_result["success"]),
+            description=meta.get("description", ""),
+            observed_value=details.get("observed_value"),
+        )
+        if scope == "row":
+            indices = np.asarray(details.get("unexpected_index_list") or [], dtype=np.int64)
+            outcome.unexpected_count = int(indices.size)
+            if indices.size:
+                unset = filtered_reason.iloc[indices].isna().to_numpy()
+                filtered_reason.iloc[indices[unset]] = rule
+        elif not outcome.success:
+            reasons.append(f"{rule}: {outcome.description} (observed {_fmt(outcome.observed_value)})")
+        outcomes.append(outcome)
+
+    filtered_count = int(filtered_reason.notna().sum())
+    filtered_fraction = filtered_count / row_count if row_count else 0.0
+    fraction_ok = filtered_fraction <= max_filtered_fraction
+    outcomes.append(
+        RuleOutcome(
+            rule="filtered_fraction",
+            scope="aggregate",
+            success=fraction_ok,
+            description=f"share of filtered samples at most {max_filtered_fraction}",
+            unexpected_count=filtered_count,
+            observed_value=filtered_fraction,
+        )
+    )
+    if not fraction_ok:
+        reasons.append(
+            f"filtered_fraction: {filtered_count}/{row_count} = {filtered_fraction:.3f} of samples "
+            f"break row rules (max {max_filtered_fraction})"
+        )
+    return TableDecision(
+        passed=not reasons,
+        reasons=reasons,
+        filtered_reason=filtered_reason,
+        rules=outcomes,
+        gx_result=gx_result,
+    )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+__all__ = ["RuleOutcome", "TableDecision", "decide", "run_suite"]
