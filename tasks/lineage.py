@@ -492,7 +492,7 @@ def format_lineage_text(manifest: LineageManifest) -> str:
             + ("  (cache hit)" if stage.cache_hit else "")
         )
         lines.append(f"{pad}   trained on:")
-        dataset_lines(stage.input_dataset_hash, depth + 1)
+        dataset_lines(stage.input_dataset_hash, depth + 2)
     unreached = [d for d in manifest.raw_sources if d.dataset_hash not in seen]
     for raw in unreached:
         lines.append(f"  raw source {raw.dataset_hash}  {raw.num_items} items  {raw.location}")

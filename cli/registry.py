@@ -1,0 +1,55 @@
+"""``eve registry show`` and ``eve registry history``: versions, stages and who approved what.
+
+    eve registry show [--json]
+    eve registry history [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("registry", help="model registry: versions, stages, approvals")
+    commands = parser.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+    show = commands.add_parser("show", help="registered versions and the stages they hold")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    show.set_defaults(func=show_versions)
+    history = commands.add_parser("history", help="every registration and stage move, with approvals")
+    history.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    history.set_defaults(func=show_history)
+
+
+def show_versions(args: argparse.Namespace) -> int:
+    from tasks.registry import ModelRegistry
+
+    versions = ModelRegistry.default().show()
+    if args.json:
+        print(json.dumps([v.model_dump() for v in versions], indent=2))
+        return 0
+    if not versions:
+        print("no registered versions")
+        return 0
+    print(f"{'version':<10} {'stages':<14} {'registered (UTC)':<26} commit")
+    for v in versions:
+        print(f"{v.version:<10} {','.join(v.stages) or '-':<14} {v.created_at:<26} {v.commit[:12]}")
+    return 0
+
+
+def show_history(args: argparse.Namespace) -> int:
+    from tasks.registry import ModelRegistry
+
+    events = ModelRegistry.default().history()
+    if args.json:
+        print(json.dumps([e.model_dump() for e in events], indent=2))
+        return 0
+    if not events:
+        print("no registry events")
+        return 0
+    for e in events:
+        line = f"{e.timestamp}  {e.event:<13} {e.version or '-':<9} {e.stage or '':<11}"
+        if e.reviewer:
+            line += f" approved by {e.reviewer}: {e.comment!r} (evidence {e.evidence_sha256[:12] if e.evidence_sha256 else '?'})"
+        print(line)
+    return 0
