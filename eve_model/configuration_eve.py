@@ -46,9 +46,9 @@ class EveConfig(PretrainedConfig):
     pel_num_heads: int = 8
     """Attention heads of the PEL cross-attentions CA1 and CA2."""
 
-    pel_full_width_attention_scale: bool = True
-    """Scale PEL attention logits by ``pel_width**-0.5`` (the original code's quirk, needed to load its weights)
-    instead of the usual ``head_dim**-0.5``."""
+    attention_full_width_scale: bool = True
+    """Scale PEL and PAL attention logits by ``width**-0.5`` (the original code's quirk, kept so its weights
+    load) instead of the usual ``head_dim**-0.5`` (used by the tiny presets)."""
 
     projector_hidden_size: int | None = None
     """Hidden width of the 2-layer GELU projector PEL -> LLM; ``None`` = the LLM hidden size (paper)."""
@@ -178,7 +178,7 @@ class EveConfig(PretrainedConfig):
             pool_stride=2,
             pel_width=64,
             pel_num_heads=4,
-            pel_full_width_attention_scale=False,
+            attention_full_width_scale=False,
             image_max_side=112,
             teacher_kind="efficientnet_lite0",
             teacher_feature_dim=1280,

@@ -1,0 +1,423 @@
+"""EVE v1 pre-processing: any-aspect-ratio images with a validity-mask channel, and the chat templates.
+
+Image geometry (eve-spec.md §2.3, generalised to any student/teacher cell size): for one image,
+
+1. the *teacher view* follows the LLaVA-1.5 pad protocol: longest side := teacher side T, short side
+   snapped up to whole teacher cells (``ceil``), centred on a T x T canvas at a whole-cell offset;
+2. the *student view* is the same grid scaled by ``patch_ratio`` in cells and by the student cell size in
+   pixels: longest side = ``image_max_side`` (small images are up-scaled), short side = teacher valid cells *
+   patch_ratio * student cell. It is centred on an S x S canvas at the matching whole-cell offset, so the
+   student grid after ``patch_ratio`` x ``patch_ratio`` pooling equals the teacher's valid grid token for token;
+3. both canvases are filled with the mean colour; a 4th channel is 1 on the image and 0 on padding.
+
+Normalisation: the student view is normalised with ``config.image_mean/std`` (CLIP values, padding -> 0);
+the teacher view stays in [0, 1] RGB and each teacher normalises with its own statistics
+(see ``eve_model.teachers``), so one tensor serves every teacher.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from eve_model.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from eve_model.configuration_eve import EveConfig
+
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+PROCESSOR_FILE = "processor_config.json"
+VICUNA_V1_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+TEMPLATES = ("plain", "vicuna_v1")
+
+
+class EveInputError(ValueError):
+    """A sample cannot be turned into model input; the message names the sample."""
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where one image lands on the student and teacher canvases (all in pixels unless named cells)."""
+
+    student_width: int
+    student_height: int
+    student_left: int
+    student_top: int
+    teacher_width: int
+    teacher_height: int
+    teacher_left: int
+    teacher_top: int
+    grid_height_cells: int
+    """Student visual-token rows h (the PEL emits 1 + h * (w + 1) tokens)."""
+    grid_width_cells: int
+    """Student visual-token columns w."""
+
+
+@dataclass
+class EveImageProcessor:
+    """Builds the 4-channel student tensor (B, 4, S, S) and teacher tensor (B, 4, T, T) for a batch."""
+
+    patch_size: int = 14
+    pool_stride: int = 2
+    image_max_side: int = 672
+    teacher_image_size: int = 336
+    teacher_grid_size: int = 24
+    image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+
+    @classmethod
+    def from_eve_config(cls, config: "EveConfig") -> "EveImageProcessor":
+        return cls(
+            patch_size=config.patch_size,
+            pool_stride=config.pool_stride,
+            image_max_side=config.image_max_side,
+            teacher_image_size=config.teacher_image_size,
+            teacher_grid_size=config.teacher_grid_size,
+            image_mean=list(config.image_mean),
+            image_std=list(config.image_std),
+        )
+
+    # ------------------------------------------------------------------------------------------- geometry
+    @property
+    def student_cell_px(self) -> int:
+        return self.patch_size * self.pool_stride
+
+    @property
+    def teacher_cell_px(self) -> int:
+        return self.teacher_image_size // self.teacher_grid_size
+
+    @property
+    def patch_ratio(self) -> int:
+        return self.image_max_side // self.student_cell_px // self.teacher_grid_size
+
+    def layout(self, width: int, height: int) -> ImageLayout:
+        """Sizes and offsets of an image of ``width`` x ``height`` pixels on both canvases."""
+        grid = self.teacher_grid_size
+        long_side, short_side = max(width, height), min(width, height)
+        # ceil(T * short / long / teacher_cell) in integers: the short side covers whole teacher cells.
+        short_cells = -(-(self.teacher_image_size * short_side) // (long_side * self.teacher_cell_px))
+        short_cells = min(max(short_cells, 1), grid)
+        offset_cells = (grid - short_cells) // 2
+        student_cell_span = self.patch_ratio * self.student_cell_px  # student pixels per teacher cell
+        long_s, short_s, off_s = grid * student_cell_span, short_cells * student_cell_span, offset_cells * student_cell_span
+        long_t, short_t, off_t = self.teacher_image_size, short_cells * self.teacher_cell_px, offset_cells * self.teacher_cell_px
+        grid_long, grid_short = grid * self.patch_ratio, short_cells * self.patch_ratio
+        if width >= height:
+            return ImageLayout(long_s, short_s, 0, off_s, long_t, short_t, 0, off_t, grid_short, grid_long)
+        return ImageLayout(short_s, long_s, off_s, 0, short_t, long_t, off_t, 0, grid_long, grid_short)
+
+    def num_visual_tokens(self, layout: ImageLayout) -> int:
+        """1 class token + h rows of (w patch tokens + 1 separator)."""
+        return 1 + layout.grid_height_cells * (layout.grid_width_cells + 1)
+
+    # ------------------------------------------------------------------------------------------- decoding
+    def to_rgb(self, image: Any, sample_id: str) -> Image.Image:
+        """Decode (if bytes) and convert any PIL mode to RGB; raises ``EveInputError`` naming the sample."""
+        try:
+            if isinstance(image, (bytes, bytearray)):
+                image = Image.open(io.BytesIO(image))
+            if not isinstance(image, Image.Image):
+                raise TypeError(f"expected a PIL image or encoded bytes, got {type(image).__name__}")
+            if image.width <= 0 or image.height <= 0:
+                raise ValueError(f"zero-size image ({image.width}x{image.height})")
+            image.load()
+            return self._convert_mode(image)
+        except EveInputError:
+            raise
+        except Exception as error:  # PIL raises many types for corrupt data; the caller needs one
+            raise EveInputError(f"sample {sample_id}: unusable image: {error}") from error
+
+    def _convert_mode(self, image: Image.Image) -> Image.Image:
+        if image.mode == "RGB":
+            return image
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            values = np.asarray(image, dtype=np.float64)
+            if image.mode.startswith("I;16"):
+                values = values / 257.0
+            elif image.mode == "I":
+                values = values / 257.0 if values.max(initial=0) > 255 else values
+            else:  # float images are usually [0, 1]; otherwise already 8-bit scale
+                values = values * 255.0 if values.max(initial=0) <= 1.0 else values
+            return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+        if image.mode == "P":
+            image = image.convert("RGBA")
+        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+            # Transparent pixels take the padding colour, so they look like canvas, not like black.
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, self._mean_colour_255() + (255,))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+
+    def _mean_colour_255(self) -> tuple[int, int, int]:
+        return tuple(int(round(channel * 255)) for channel in self.image_mean)  # type: ignore[return-value]
+
+    # --------------------------------------------------------------------------------------------- tensors
+    def _canvas(self, image: Image.Image | None, side: int, size: tuple[int, int], offset: tuple[int, int]) -> torch.Tensor:
+        """(4, side, side) float: RGB in [0, 1] on a mean-colour canvas plus the validity mask."""
+        mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
+        canvas = torch.empty(4, side, side, dtype=torch.float32)
+        canvas[:3] = mean
+        canvas[3] = 0.0
+        if image is not None:
+            resized = image.resize(size, Image.Resampling.BICUBIC)
+            pixels = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+            left, top = offset
+            canvas[:3, top : top + size[1], left : left + size[0]] = pixels
+            canvas[3, top : top + size[1], left : left + size[0]] = 1.0
+        return canvas
+
+    def __call__(self, images: list[Any | None], sample_ids: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Process a batch. ``None`` gives a blank mean-colour image with an all-zero mask.
+
+        Returns ``pixel_values`` (B, 4, S, S) normalised RGB + mask, ``teacher_pixel_values`` (B, 4, T, T)
+        [0, 1] RGB + mask, ``has_image`` (B,) bool, ``image_grid_hw`` (B, 2) long student grid (0, 0 if none).
+        """
+        if sample_ids is None:
+            sample_ids = [f"#{index}" for index in range(len(images))]
+        if len(sample_ids) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sample_ids)} sample ids")
+        mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.image_std, dtype=torch.float32).view(3, 1, 1)
+        student, teacher, has_image, grids = [], [], [], []
+        for image, sample_id in zip(images, sample_ids):
+            rgb = None if image is None else self.to_rgb(image, sample_id)
+            if rgb is None:
+                student_view = self._canvas(None, self.image_max_side, (0, 0), (0, 0))
+                teacher_view = self._canvas(None, self.teacher_image_size, (0, 0), (0, 0))
+                grids.append((0, 0))
+            else:
+                layout = self.layout(rgb.width, rgb.height)
+                student_view = self._canvas(
+                    rgb, self.image_max_side, (layout.student_width, layout.student_height),
+                    (layout.student_left, layout.student_top),
+                )
+                teacher_view = self._canvas(
+                    rgb, self.teacher_image_size, (layout.teacher_width, layout.teacher_height),
+                    (layout.teacher_left, layout.teacher_top),
+                )
+                grids.append((layout.grid_height_cells, layout.grid_width_cells))
+            student_view[:3] = (student_view[:3] - mean) / std
+            student.append(student_view)
+            teacher.append(teacher_view)
+            has_image.append(rgb is not None)
+        return {
+            "pixel_values": torch.stack(student),
+            "teacher_pixel_values": torch.stack(teacher),
+            "has_image": torch.tensor(has_image, dtype=torch.bool),
+            "image_grid_hw": torch.tensor(grids, dtype=torch.long).view(len(images), 2),
+        }
+
+    # ----------------------------------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | Path) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        payload = {"image_processor_type": "EveImageProcessor", **asdict(self)}
+        (path / IMAGE_PROCESSOR_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "EveImageProcessor":
+        payload = json.loads((Path(directory) / IMAGE_PROCESSOR_FILE).read_text())
+        payload.pop("image_processor_type", None)
+        return cls(**payload)
+
+
+class EveProcessor:
+    """Turns samples into model batches: ``plain`` (stages 1-2) and ``vicuna_v1`` (stage 3) templates.
+
+    ``max_length`` bounds the sequence the LLM sees *after* the visual tokens are spliced in; text after the
+    image is truncated to fit, and a sample whose visual block itself does not fit raises ``EveInputError``.
+    """
+
+    def __init__(self, image_processor: EveImageProcessor, tokenizer: "PreTrainedTokenizerBase", max_length: int = 2048):
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {IMAGE_PLACEHOLDER} special token")
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
+
+    @classmethod
+    def from_eve_config(cls, config: "EveConfig", tokenizer: "PreTrainedTokenizerBase | None" = None,
+                        max_length: int = 512) -> "EveProcessor":
+        """Processor for ``config``; ``tokenizer`` defaults to the bundled tiny tokenizer."""
+        if tokenizer is None:
+            from eve_model.tokenizer import load_tiny_tokenizer
+
+            tokenizer = load_tiny_tokenizer()
+        processor = cls(EveImageProcessor.from_eve_config(config), tokenizer, max_length)
+        if processor.image_token_id != config.image_token_id:
+            raise ValueError(
+                f"tokenizer {IMAGE_PLACEHOLDER} id {processor.image_token_id} != config.image_token_id {config.image_token_id}"
+            )
+        return processor
+
+    # ------------------------------------------------------------------------------------------- templates
+    @staticmethod
+    def prompt(question: str, template: str = "vicuna_v1", with_image: bool = True) -> str:
+        """Generation prompt (without BOS): vicuna_v1 ``{system} USER: <image>\\n{q} ASSISTANT:``;
+        plain ``<image>{q}`` (caption continuation)."""
+        image = f"{IMAGE_PLACEHOLDER}\n" if with_image else ""
+        if template == "vicuna_v1":
+            return f"{VICUNA_V1_SYSTEM} USER: {image}{question} ASSISTANT:"
+        if template == "plain":
+            return f"{IMAGE_PLACEHOLDER if with_image else ''}{question}"
+        raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _segments(self, sample: dict, template: str, sample_id: str, has_image: bool) -> list[tuple[str, bool]]:
+        """(text, is_target) pieces in order; ``<image>`` appears in text exactly once iff ``has_image``."""
+        if template == "plain":
+            caption = sample.get("caption")
+            if not isinstance(caption, str):
+                raise EveInputError(f"sample {sample_id}: template 'plain' needs a string 'caption'")
+            if IMAGE_PLACEHOLDER in caption:
+                raise EveInputError(f"sample {sample_id}: caption contains the reserved {IMAGE_PLACEHOLDER} string")
+            return [(IMAGE_PLACEHOLDER if has_image else "", False), (caption + "\n", True)]
+        if template != "vicuna_v1":
+            raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+        conversations = sample.get("conversations")
+        if not conversations:
+            raise EveInputError(f"sample {sample_id}: template 'vicuna_v1' needs non-empty 'conversations'")
+        turns = list(conversations)
+        if turns[0].get("from") != "human":  # LLaVA drops a leading assistant turn
+            turns = turns[1:]
+        placeholder_count = sum(str(turn.get("value", "")).count(IMAGE_PLACEHOLDER) for turn in turns)
+        if placeholder_count > 1:
+            raise EveInputError(f"sample {sample_id}: {placeholder_count} {IMAGE_PLACEHOLDER} placeholders; one image per sample")
+        if placeholder_count == 1 and not has_image:
+            raise EveInputError(f"sample {sample_id}: text has {IMAGE_PLACEHOLDER} but the sample has no image")
+        segments: list[tuple[str, bool]] = []
+        for index, turn in enumerate(turns):
+            role, value = turn.get("from"), turn.get("value")
+            expected = "human" if index % 2 == 0 else "gpt"
+            if role != expected or not isinstance(value, str):
+                raise EveInputError(f"sample {sample_id}: turn {index} must be a '{expected}' turn with a string value")
+            if role == "human":
+                text = value.replace(IMAGE_PLACEHOLDER, "").strip()
+                if index == 0 and has_image:
+                    text = f"{IMAGE_PLACEHOLDER}\n{text}"
+                prefix = f"{VICUNA_V1_SYSTEM} " if index == 0 else ""
+                segments.append((f"{prefix}USER: {text} ASSISTANT:", False))
+            else:
+                segments.append((f" {value}", True))
+                segments.append((self.tokenizer.eos_token, True))
+        return segments
+
+    def _tokenize_sample(self, sample: dict, template: str, sample_id: str, has_image: bool,
+                         num_visual_tokens: int) -> tuple[list[int], list[int]]:
+        input_ids = [self.tokenizer.bos_token_id]
+        labels = [IGNORE_INDEX]
+        for text, is_target in self._segments(sample, template, sample_id, has_image):
+            if text == self.tokenizer.eos_token:
+                ids = [self.tokenizer.eos_token_id]
+            else:
+                ids = self._encode(text)
+            input_ids += ids
+            labels += ids if is_target else [IGNORE_INDEX] * len(ids)
+        placeholders = input_ids.count(self.image_token_id)
+        if placeholders != (1 if has_image else 0):
+            raise EveInputError(f"sample {sample_id}: expected {int(has_image)} {IMAGE_PLACEHOLDER} token(s), found {placeholders}")
+        spliced_length = len(input_ids) + (num_visual_tokens - 1 if has_image else 0)
+        if spliced_length > self.max_length:
+            keep = self.max_length - (num_visual_tokens - 1 if has_image else 0)
+            if has_image and keep <= input_ids.index(self.image_token_id):
+                raise EveInputError(
+                    f"sample {sample_id}: the {num_visual_tokens} visual tokens at position "
+                    f"{input_ids.index(self.image_token_id)} do not fit max_length {self.max_length}"
+                )
+            input_ids, labels = input_ids[:keep], labels[:keep]
+        return input_ids, labels
+
+    def _pad(self, rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+        width = max(len(row) for row in rows)
+        padded = [([value] * (width - len(row)) + row) if left else (row + [value] * (width - len(row))) for row in rows]
+        return torch.tensor(padded, dtype=torch.long)
+
+    def __call__(self, samples: list[dict], template: str) -> dict[str, torch.Tensor]:
+        """Batch for training: right-padded ``input_ids``/``attention_mask``/``labels`` plus image tensors."""
+        if not samples:
+            raise ValueError("empty batch")
+        sample_ids = [str(sample.get("key", sample.get("id", f"#{index}"))) for index, sample in enumerate(samples)]
+        images = self.image_processor([sample.get("image") for sample in samples], sample_ids)
+        all_ids, all_labels = [], []
+        for index, sample in enumerate(samples):
+            has_image = bool(images["has_image"][index])
+            grid_h, grid_w = images["image_grid_hw"][index].tolist()
+            ids, labels = self._tokenize_sample(sample, template, sample_ids[index], has_image, 1 + grid_h * (grid_w + 1))
+            all_ids.append(ids)
+            all_labels.append(labels)
+        return {
+            "input_ids": self._pad(all_ids, self.pad_token_id, left=False),
+            "attention_mask": self._pad([[1] * len(ids) for ids in all_ids], 0, left=False),
+            "labels": self._pad(all_labels, IGNORE_INDEX, left=False),
+            **images,
+        }
+
+    def for_generation(self, images: list[Any | None], prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Left-padded batch for ``model.generate``; each prompt holds one ``<image>`` iff its image is given."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        sample_ids = [f"#{index}" for index in range(len(prompts))]
+        pixels = self.image_processor(images, sample_ids)
+        rows = []
+        for index, prompt in enumerate(prompts):
+            ids = [self.tokenizer.bos_token_id] + self._encode(prompt)
+            expected = int(bool(pixels["has_image"][index]))
+            if ids.count(self.image_token_id) != expected:
+                raise EveInputError(
+                    f"sample {sample_ids[index]}: prompt has {ids.count(self.image_token_id)} {IMAGE_PLACEHOLDER}, expected {expected}"
+                )
+            rows.append(ids)
+        return {
+            "input_ids": self._pad(rows, self.pad_token_id, left=True),
+            "attention_mask": self._pad([[1] * len(row) for row in rows], 0, left=True),
+            **pixels,
+        }
+
+    def decode(self, ids: Any) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    def batch_decode(self, sequences: Any) -> list[str]:
+        return [self.decode(row) for row in sequences]
+
+    # ----------------------------------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | Path) -> None:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.image_processor.save_pretrained(path)
+        self.tokenizer.save_pretrained(str(path))
+        (path / PROCESSOR_FILE).write_text(json.dumps({"processor_class": "EveProcessor", "max_length": self.max_length}, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "EveProcessor":
+        from transformers import AutoTokenizer
+
+        path = Path(directory)
+        settings = json.loads((path / PROCESSOR_FILE).read_text())
+        return cls(EveImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(str(path)), settings["max_length"])
+
+
+def visual_token_count(grid_height_cells: int, grid_width_cells: int) -> int:
+    """Tokens the PEL emits for an h x w grid: 1 class token + h * (w + 1) (row separators included)."""
+    return 1 + grid_height_cells * (grid_width_cells + 1)
+
+
+__all__ = ["EveImageProcessor", "EveProcessor", "EveInputError", "ImageLayout", "visual_token_count", "VICUNA_V1_SYSTEM"]

