@@ -6,7 +6,9 @@ Three image tests, strongest first:
 - pixel identity: sha256 of the decoded RGB pixels and size (catches re-encoded copies, e.g. the
   same PNG re-saved with other compression settings or metadata);
 - near duplicates: cosine similarity of teacher embeddings ``>= near_duplicate_threshold``
-  (catches resized or lightly edited copies), when an embedding function is given.
+  (catches resized or lightly edited copies), when an embedding function is given. The default
+  0.9 is set for the EfficientNet-Lite0 teacher: on demo scenes a 0.8x resized or 2-px cropped
+  copy scored 0.946-0.953 against its original, distinct scenes at most 0.71.
 
 Any match contaminates the evaluation set (the gate fails). Text overlap is *reported*: the share
 of evaluation references (answers, reference captions) of at least ``ngram_n`` words that share a
@@ -113,7 +115,7 @@ def check_contamination(
     eval_texts: Sequence[tuple[str, str]] = (),
     *,
     embed: ImageEmbedder | None = None,
-    near_duplicate_threshold: float = 0.95,
+    near_duplicate_threshold: float = 0.9,
     ngram_n: int = 8,
     batch_size: int = 64,
 ) -> ContaminationReport:

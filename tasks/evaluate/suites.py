@@ -39,6 +39,10 @@ class _SuiteBase(BaseModel):
     """Suite name; metrics are reported as ``<name>/<metric>`` and gated under that key."""
     skip_invalid: bool = False
     """Skip malformed entries (reported with their reasons) instead of failing on the first one."""
+    template: str | None = None
+    """Prompt template override for this suite (default: the harness's, ``vicuna_v1``)."""
+    max_new_tokens: int | None = None
+    """Decoding budget override (short answers need few tokens)."""
 
 
 class VqaSuite(_SuiteBase):
