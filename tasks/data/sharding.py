@@ -141,5 +141,6 @@ def ingest_items(
     )
     if not report.reconciles:  # pragma: no cover - a bug in this module, never bad input
         raise AssertionError(f"ingest counts do not reconcile: {report}")
-    (out_dir / REPORT_FILE).write_text(report.model_dump_json(indent=2))
+    # elapsed time stays out of the file so identical ingests give identical version directories
+    (out_dir / REPORT_FILE).write_text(report.model_dump_json(indent=2, exclude={"elapsed_seconds"}))
     return report

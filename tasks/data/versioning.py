@@ -1,0 +1,364 @@
+"""Dataset versions with DVC: a git+DVC "dataset registry" repository under the platform home.
+
+Mechanism (design.md 3.2):
+
+- ``<home>/datasets`` is a git repository with DVC initialised. A version of dataset ``NAME`` lives
+  at ``versions/NAME/<dataset_hash[:16]>/`` (manifest.json + shards/), tracked by one ``.dvc``
+  pointer file whose ``md5`` (``<hex>.dir``) is the version's DVC content hash.
+- Registering a version = copy into the repo, ``dvc add``, ``dvc push`` to the remote (retried with
+  exponential backoff), then ``git commit`` + an annotated tag ``dataset/NAME/<hash16>`` whose message
+  is the JSON ``DatasetVersion`` record. The tag is written last and is the only thing that makes a
+  version exist, so an interrupted copy or a failed push never leaves a registered half version
+  (the leftovers are uncommitted files, cleaned on failure and ignored by lookups).
+- The remote is the local directory ``<home>/dvc-remote`` by default, or ``s3://bucket/prefix`` with
+  ``endpointurl`` when configured. It lives in ``.dvc/config.local`` (never committed) and holds no
+  secrets: S3 credentials come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+- Pulling again later works from a clean checkout: ``pull_version`` clones the registry repository
+  into a scratch directory, writes the current remote config, ``dvc pull``s the one pointer, checks
+  the manifest against the recorded ``dataset_hash``, and moves the result to the destination.
+  Teams can do the same by hand: ``git clone <registry>; dvc remote add ...; dvc pull versions/NAME/<h>.dvc``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from eve_model.shards import DatasetIntegrityError, verify_dataset
+from tasks.platform import PlatformSettings
+
+logger = logging.getLogger(__name__)
+
+REMOTE_NAME = "storage"
+TAG_PREFIX = "dataset"
+_GIT_IDENTITY = ["-c", "user.name=eve-platform", "-c", "user.email=eve-platform@localhost", "-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"]
+
+
+class DatasetPushError(RuntimeError):
+    """The remote stayed unreachable through every retry; nothing was registered."""
+
+
+class DatasetNotFoundError(LookupError):
+    """No registered version matches the given hash or tag."""
+
+
+class DatasetVersion(BaseModel):
+    """One registered dataset version: what later stages pin and lineage records."""
+
+    name: str
+    """Dataset name (e.g. ``demo-captions``)."""
+
+    dataset_hash: str
+    """The manifest's sha256 over its shard list (eve_model.shards)."""
+
+    dvc_md5: str
+    """DVC's directory hash (``<md5>.dir``) of the version, as in its ``.dvc`` pointer."""
+
+    num_items: int
+    num_shards: int
+    num_bytes: int
+    """Bytes of the whole version directory as DVC counts it."""
+
+    path_in_repo: str
+    """Version directory relative to the registry repository root."""
+
+    tag: str
+    """Annotated git tag that registers the version."""
+
+    commit: str = ""
+    """Registry repository commit holding the pointer file."""
+
+    remote_url: str
+    """Where the data was pushed (no credentials)."""
+
+    registered_at_unix: float = 0.0
+
+    @property
+    def pointer_path(self) -> str:
+        return f"{self.path_in_repo}.dvc"
+
+
+class RemoteConfig(BaseModel):
+    """A DVC remote: a directory or an S3 URL. Credentials are never part of it."""
+
+    url: str
+    """Directory path or ``s3://bucket/prefix``."""
+
+    endpoint_url: str | None = None
+    """S3 endpoint (SeaweedFS, MinIO, ...); None for AWS or a directory remote."""
+
+    connect_timeout_seconds: int = 10
+    read_timeout_seconds: int = 60
+
+    def dvc_options(self) -> dict[str, str]:
+        options = {"url": self.url}
+        if self.url.startswith("s3://"):
+            options["connect_timeout"] = str(self.connect_timeout_seconds)
+            options["read_timeout"] = str(self.read_timeout_seconds)
+            if self.endpoint_url:
+                options["endpointurl"] = self.endpoint_url
+        return options
+
+    @classmethod
+    def from_settings(cls, settings: PlatformSettings) -> "RemoteConfig":
+        if settings.dvc_remote_url:
+            return cls(url=settings.dvc_remote_url, endpoint_url=settings.s3_endpoint_url)
+        return cls(url=str(settings.local_dvc_remote))
+
+
+def _git(repo: Path, *args: str, check: bool = True) -> str:
+    result = subprocess.run(["git", *_GIT_IDENTITY, *args], cwd=repo, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed in {repo}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def _write_remote_config(repo_root: Path, remote: RemoteConfig) -> None:
+    """Point the repository at ``remote`` through .dvc/config.local (machine-specific, uncommitted)."""
+    lines = [f"[core]\n    remote = {REMOTE_NAME}\n", f"['remote \"{REMOTE_NAME}\"']\n"]
+    lines += [f"    {key} = {value}\n" for key, value in remote.dvc_options().items()]
+    (repo_root / ".dvc" / "config.local").write_text("".join(lines))
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class DatasetRegistry:
+    """The dataset registry repository: register, look up, check out and pull dataset versions."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        remote: RemoteConfig,
+        push_attempts: int = 4,
+        retry_backoff_seconds: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.root = Path(root)
+        self.remote = remote
+        self.push_attempts = push_attempts
+        self.retry_backoff_seconds = retry_backoff_seconds
+        self._sleep = sleep
+        self._ensure_repo()
+
+    @classmethod
+    def from_settings(cls, settings: PlatformSettings | None = None, **options) -> "DatasetRegistry":
+        settings = settings or PlatformSettings.load()
+        return cls(settings.path("datasets"), RemoteConfig.from_settings(settings), **options)
+
+    def _ensure_repo(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.root / ".git").exists():
+            _git(self.root, "init", "-q", "-b", "main")
+        if not (self.root / ".dvc").exists():
+            from dvc.repo import Repo
+
+            Repo.init(str(self.root))
+            with open(self.root / ".dvc" / "config", "a") as config:
+                # Hardlinks: the checked-out version and the cache share bytes (versions are immutable).
+                config.write("[core]\n    analytics = false\n[cache]\n    type = \"reflink,hardlink,copy\"\n")
+            (self.root / "versions").mkdir(exist_ok=True)
+            (self.root / ".gitignore").write_text("/.registry.lock\n")
+            _git(self.root, "add", "-A")
+            _git(self.root, "commit", "-q", "-m", "Initialise dataset registry")
+        _write_remote_config(self.root, self.remote)
+
+    def _lock(self):
+        from filelock import FileLock
+
+        return FileLock(str(self.root / ".registry.lock"), timeout=600)
+
+    # --- lookup ---------------------------------------------------------------------------------
+
+    def list_versions(self, name: str | None = None) -> list[DatasetVersion]:
+        """Every registered version (optionally of one dataset), oldest first."""
+        pattern = f"refs/tags/{TAG_PREFIX}/{name}/" if name else f"refs/tags/{TAG_PREFIX}/"
+        out = _git(self.root, "for-each-ref", "--sort=creatordate", "--format=%(objectname) %(refname:short)", pattern)
+        versions = []
+        for line in out.splitlines():
+            _, tag = line.split(" ", 1)
+            message = _git(self.root, "tag", "-l", "--format=%(contents)", tag)
+            try:
+                versions.append(DatasetVersion.model_validate_json(message.strip()))
+            except ValueError:
+                logger.warning("tag %s does not hold a dataset version record; skipped", tag)
+        return versions
+
+    def find(self, key: str) -> DatasetVersion:
+        """A version by dataset_hash, DVC md5 (with or without ``.dir``), a unique prefix, or tag."""
+        matches = [
+            v for v in self.list_versions()
+            if key in (v.tag, v.dataset_hash, v.dvc_md5, v.dvc_md5.removesuffix(".dir"))
+            or (len(key) >= 8 and (v.dataset_hash.startswith(key) or v.dvc_md5.startswith(key)))
+        ]
+        if not matches:
+            raise DatasetNotFoundError(f"no dataset version {key!r} in {self.root}")
+        if len({m.tag for m in matches}) > 1:
+            raise DatasetNotFoundError(f"{key!r} is ambiguous: {[m.tag for m in matches]}")
+        return matches[0]
+
+    # --- register -------------------------------------------------------------------------------
+
+    def register(self, dataset_dir: str | Path, name: str) -> DatasetVersion:
+        """Copy a finished dataset into the registry, push it, then tag it; idempotent per hash.
+
+        Raises ``DatasetPushError`` (after ``push_attempts`` tries with exponential backoff) when the
+        remote is unreachable; nothing is registered then and ``dataset_dir`` is left untouched.
+        """
+        from dvc.repo import Repo
+
+        manifest = verify_dataset(dataset_dir)
+        short = manifest.dataset_hash[:16]
+        tag = f"{TAG_PREFIX}/{name}/{short}"
+        with self._lock():
+            existing = [v for v in self.list_versions(name) if v.dataset_hash == manifest.dataset_hash]
+            if existing:
+                return existing[0]
+            relative = f"versions/{name}/{short}"
+            target = self.root / relative
+            self._discard_unregistered(relative)
+            staging = target.parent / f".staging-{uuid.uuid4().hex}"
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(dataset_dir, staging)
+            staging.rename(target)
+            try:
+                with Repo(str(self.root)) as repo:
+                    repo.add([str(target)])
+                self._push_with_retries(f"{relative}.dvc", what=f"dataset {name} ({manifest.dataset_hash})")
+            except BaseException:
+                self._discard_unregistered(relative)
+                raise
+            dvc_md5 = _read_pointer_md5(self.root / f"{relative}.dvc")
+            version = DatasetVersion(
+                name=name,
+                dataset_hash=manifest.dataset_hash,
+                dvc_md5=dvc_md5,
+                num_items=manifest.num_items,
+                num_shards=len(manifest.shards),
+                num_bytes=_dir_size(target),
+                path_in_repo=relative,
+                tag=tag,
+                remote_url=self.remote.url,
+                registered_at_unix=round(time.time(), 3),
+            )
+            _git(self.root, "add", f"{relative}.dvc", str(Path(relative).parent / ".gitignore"))
+            _git(self.root, "commit", "-q", "-m", f"Dataset {name} {short} ({manifest.num_items} items, {dvc_md5})")
+            version.commit = _git(self.root, "rev-parse", "HEAD").strip()
+            # The tag is the registration: written last, atomically by git.
+            _git(self.root, "tag", "-a", tag, "-m", version.model_dump_json())
+            logger.info("registered %s -> %s", tag, dvc_md5)
+            return version
+
+    def _push_with_retries(self, pointer: str, what: str) -> None:
+        from dvc.repo import Repo
+
+        last_error: BaseException | None = None
+        for attempt in range(1, self.push_attempts + 1):
+            try:
+                with Repo(str(self.root)) as repo:
+                    repo.push(targets=[str(self.root / pointer)], remote=REMOTE_NAME)
+                return
+            except Exception as exc:  # DVC wraps network failures in several exception types
+                last_error = exc
+                if attempt == self.push_attempts:
+                    break
+                delay = self.retry_backoff_seconds * 2 ** (attempt - 1)
+                logger.warning("push of %s to %s failed (attempt %d/%d: %s); retrying in %.1fs",
+                               what, self.remote.url, attempt, self.push_attempts, exc, delay)
+                self._sleep(delay)
+        raise DatasetPushError(
+            f"could not push {what} to the DVC remote {self.remote.url}"
+            f"{' at ' + self.remote.endpoint_url if self.remote.endpoint_url else ''} after "
+            f"{self.push_attempts} attempts ({last_error.__class__.__name__}: {last_error}). "
+            "Nothing was registered; check that the remote is reachable and credentials are set, then rerun."
+        ) from last_error
+
+    def _discard_unregistered(self, relative: str) -> None:
+        """Remove leftovers of an attempt that never got its tag (workspace copy, pointer, staging)."""
+        target = self.root / relative
+        if target.exists():
+            shutil.rmtree(target)
+        for leftover in target.parent.glob(".staging-*") if target.parent.exists() else []:
+            shutil.rmtree(leftover, ignore_errors=True)
+        pointer = self.root / f"{relative}.dvc"
+        if pointer.exists():
+            pointer.unlink()
+        gitignore = target.parent / ".gitignore"
+        if gitignore.exists():
+            tracked = _git(self.root, "ls-files", str(gitignore.relative_to(self.root))).strip()
+            if tracked:
+                _git(self.root, "checkout", "--", str(gitignore.relative_to(self.root)))
+            else:
+                gitignore.unlink()
+
+    # --- read back ------------------------------------------------------------------------------
+
+    def checkout(self, key: str) -> Path:
+        """Local directory of a registered version, pulling it from the remote if it is not here."""
+        version = self.find(key)
+        target = self.root / version.path_in_repo
+        try:
+            verify_dataset(target, expected_hash=version.dataset_hash, check_shards=False)
+            return target
+        except DatasetIntegrityError:
+            pass
+        from dvc.repo import Repo
+
+        with self._lock(), Repo(str(self.root)) as repo:
+            repo.pull(targets=[str(self.root / version.pointer_path)], remote=REMOTE_NAME)
+        verify_dataset(target, expected_hash=version.dataset_hash)
+        return target
+
+    def pull_version(self, key: str, destination: str | Path) -> Path:
+        """Fetch a version from the remote through a clean clone of the registry; returns ``destination``."""
+        from dvc.repo import Repo
+
+        version = self.find(key)
+        destination = Path(destination)
+        if destination.exists():
+            raise FileExistsError(f"{destination} already exists; pull into a new path")
+        with tempfile.TemporaryDirectory(prefix="eve-dataset-pull-") as scratch:
+            clone = Path(scratch) / "registry"
+            subprocess.run(["git", "clone", "-q", "--no-checkout", str(self.root), str(clone)], check=True, capture_output=True)
+            _git(clone, "checkout", "-q", version.tag)
+            _write_remote_config(clone, self.remote)
+            with Repo(str(clone)) as repo:
+                repo.pull(targets=[str(clone / version.pointer_path)], remote=REMOTE_NAME)
+            pulled = clone / version.path_in_repo
+            verify_dataset(pulled, expected_hash=version.dataset_hash)
+            if _read_pointer_md5(clone / version.pointer_path) != version.dvc_md5:
+                raise DatasetIntegrityError(f"{version.tag}: pointer md5 differs from the registered record")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            # copy, not move: pulled files may be hardlinks into the scratch cache
+            shutil.copytree(pulled, destination)
+        return destination
+
+
+def _read_pointer_md5(pointer: Path) -> str:
+    import yaml
+
+    return yaml.safe_load(pointer.read_text())["outs"][0]["md5"]
+
+
+def version_record(version: DatasetVersion) -> dict:
+    """The JSON-able record lineage stores."""
+    return json.loads(version.model_dump_json())
+
+
+__all__ = [
+    "DatasetNotFoundError",
+    "DatasetPushError",
+    "DatasetRegistry",
+    "DatasetVersion",
+    "RemoteConfig",
+]
