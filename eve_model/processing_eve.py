@@ -151,7 +151,7 @@ class EveImageProcessor:
                 values = values / 257.0 if values.max(initial=0) > 255 else values
             else:  # float images are usually [0, 1]; otherwise already 8-bit scale
                 values = values * 255.0 if values.max(initial=0) <= 1.0 else values
-            return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+            return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8)).convert("RGB")
         if image.mode == "P":
             image = image.convert("RGBA")
         if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
