@@ -1,0 +1,389 @@
+"""The typed configuration of one training stage, and the named presets.
+
+A stage config is a JSON file handed to ``python -m eve_model.train <stage_config.json>``; the
+platform writes it, the job reads it, and the resolved copy lands in every checkpoint and in the
+final model directory. Presets are Python functions (``tiny_stage_config``, ``eve_7b_stage_config``)
+that return a complete config; JSON is only the hand-over format.
+
+Glossary: a *sample* is one dataset item (image + caption, image + conversation, or text only);
+a *step* is one optimizer step over ``global_batch_size_samples`` samples; a *micro-batch* is what
+one rank pushes through forward/backward at once.
+
+Checks come in two layers. Field validators run on construction (a typo or an inconsistent stage
+fails at once). ``check_runtime`` runs at job start before any compute: it needs the world size and
+the file system (init checkpoint, dataset manifest and its hash). Both raise ``StageConfigError``
+or pydantic's ``ValidationError``; the entry point maps either to exit code 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+StageName = Literal["base-llm", 1, 2, 3]
+ParameterGroupName = Literal["pel", "aligning", "llm"]
+ModelPresetName = Literal["tiny", "tiny_hd", "eve_7b", "eve_7b_hd"]
+
+STAGE_DESCRIPTIONS: dict[StageName, str] = {
+    "base-llm": "bootstrap a text-only Llama decoder from scratch (embedded default only)",
+    1: "LLM-guided pre-aligning: PEL + projector + aligning layer train, LLM frozen",
+    2: "generative pre-training: everything but the teacher trains",
+    3: "supervised fine-tuning on conversations: everything but the teacher trains",
+}
+
+# Fields that change where or how visibly a run happens, never what it computes; they are left
+# out of the content hash so that moving a run or renaming it keeps its cache key.
+_NON_SEMANTIC_FIELDS = frozenset(
+    {
+        "run_name",
+        "output_dir",
+        "checkpoint_interval_steps",
+        "keep_last_checkpoints",
+        "wandb_mode",
+        "wandb_project",
+        "wandb_dir",
+        "record_data_order",
+        "log_interval_steps",
+        "deepspeed_config_path",
+    }
+)
+
+
+class StageConfigError(ValueError):
+    """A stage config that cannot run; raised before any compute (the entry point exits 2)."""
+
+
+class StageConfig(BaseModel):
+    """Everything one training stage needs; JSON-serialisable and hashed into the stage's cache key."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+    stage: StageName
+    """1 pre-align, 2 pre-train, 3 SFT, or "base-llm" (the tiny text decoder bootstrap)."""
+
+    run_name: str = Field(min_length=1, max_length=200)
+    """Human-readable name, shown in W&B and the logs."""
+
+    output_dir: str
+    """Directory for checkpoints, metrics.jsonl and the final HF model (under ``final/``)."""
+
+    init_checkpoint: str | None = None
+    """Stage 1: a base LLM directory (HF Llama, e.g. Vicuna-7B); stages 2-3: the previous stage's
+    final model directory; base-llm: None (random init)."""
+
+    dataset_location: str
+    """Dataset version directory (local path or s3:// URL) holding manifest.json and shards/."""
+
+    dataset_hash: str | None = None
+    """Expected ``dataset_hash`` of the manifest; the job refuses to start on a mismatch.
+    None only for exploratory runs: the platform always pins it."""
+
+    model_preset: ModelPresetName = "tiny"
+    """Name of the ``EveConfig`` preset (``EveConfig.tiny()`` etc.) the model is built from."""
+
+    trainable_groups: tuple[ParameterGroupName, ...]
+    """Parameter groups that train; every other parameter is frozen. The teacher never trains."""
+
+    learning_rates: dict[ParameterGroupName, float]
+    """Peak learning rate per trainable group."""
+
+    warmup_ratio: float = Field(ge=0.0, lt=1.0)
+    """Fraction of the total steps spent in linear warm-up before the cosine decay to zero."""
+
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    """AdamW weight decay (EVE uses 0)."""
+
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+
+    max_grad_norm: float = Field(default=1.0, gt=0.0)
+    """Gradient clipping threshold (global L2 norm)."""
+
+    global_batch_size_samples: int = Field(gt=0)
+    """Samples per optimizer step over all ranks; must equal micro-batch x accumulation x world size."""
+
+    micro_batch_size_samples: int = Field(gt=0)
+    """Samples per rank per forward/backward; accumulation steps are derived from the world size."""
+
+    template: Literal["plain", "vicuna_v1"]
+    """Prompt template: "plain" (captions, stages 1-2, base-llm) or "vicuna_v1" (conversations, stage 3)."""
+
+    max_sequence_length_tokens: int = Field(gt=8)
+    """Sequences are truncated to this many tokens, visual tokens included."""
+
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Compute precision; bf16 needs a device that supports it (CPU runs use fp32)."""
+
+    zero_stage: int = Field(default=0, ge=0, le=3)
+    """DeepSpeed ZeRO stage; the JSON template is ``infra/deepspeed/zero<stage>.json``."""
+
+    zero_offload: bool = False
+    """Offload optimizer state and parameters to CPU (``zero3_offload.json``); ZeRO-3 only."""
+
+    deepspeed_config_path: str | None = None
+    """Use this DeepSpeed JSON instead of the bundled template (batch sizes and precision are still
+    filled in from this config)."""
+
+    checkpoint_interval_steps: int = Field(default=50, gt=0)
+    """Write a resumable DeepSpeed checkpoint every this many optimizer steps."""
+
+    keep_last_checkpoints: int = Field(default=2, ge=1)
+    """Older step checkpoints are deleted once a newer one is complete."""
+
+    max_steps: int | None = Field(default=None, gt=0)
+    """Stop after this many optimizer steps (caps ``num_epochs`` when both are set)."""
+
+    num_epochs: int | None = Field(default=None, gt=0)
+    """Passes over the dataset; the trailing partial global batch of each epoch is dropped."""
+
+    shuffle_block_shards: int = Field(default=4, gt=0)
+    """Samples are shuffled within blocks of this many shards (shard order is shuffled too), so a
+    rank holds at most one block in memory however large the dataset is."""
+
+    seed: int = 0
+    """Seed for model init, sample order and any randomness in the step."""
+
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """W&B mode: offline by default (``wandb sync`` later), online when a key is configured."""
+
+    wandb_project: str = "eve-retrain"
+    """W&B project name."""
+
+    wandb_dir: str | None = None
+    """Where W&B writes its runs; None means ``<EVE_HOME>/wandb``."""
+
+    record_data_order: bool = False
+    """Write the sample keys each rank consumed per step to ``data_order.rank<R>.jsonl`` (audits, tests)."""
+
+    log_interval_steps: int = Field(default=1, gt=0)
+    """Write a metrics.jsonl line / W&B log every this many steps."""
+
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _stage_from_string(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "StageConfig":
+        if self.max_steps is None and self.num_epochs is None:
+            raise ValueError("set max_steps or num_epochs (or both: max_steps caps the epochs)")
+        if self.stage in (1, 2, 3) and not self.init_checkpoint:
+            raise ValueError(
+                f"stage {self.stage} needs init_checkpoint: "
+                + ("a base LLM directory" if self.stage == 1 else f"the stage-{self.stage - 1} output")
+            )
+        if self.stage == "base-llm" and tuple(self.trainable_groups) != ("llm",):
+            raise ValueError('stage "base-llm" trains the text decoder only: trainable_groups must be ["llm"]')
+        if self.stage == 1 and "llm" in self.trainable_groups:
+            raise ValueError("stage 1 (pre-align) keeps the LLM frozen: remove 'llm' from trainable_groups")
+        if not self.trainable_groups:
+            raise ValueError("trainable_groups is empty: nothing would train")
+        missing = [group for group in self.trainable_groups if group not in self.learning_rates]
+        if missing:
+            raise ValueError(f"no learning rate for trainable group(s) {missing}")
+        if self.stage == 3 and self.template != "vicuna_v1":
+            raise ValueError("stage 3 (SFT) trains on conversations: template must be 'vicuna_v1'")
+        if self.stage in (1, 2, "base-llm") and self.template != "plain":
+            raise ValueError(f"stage {self.stage} trains on captions: template must be 'plain'")
+        if self.zero_offload and self.zero_stage != 3:
+            raise ValueError("zero_offload needs zero_stage 3 (the zero3_offload.json template)")
+        return self
+
+    # ---- derived values -------------------------------------------------------------------
+
+    def gradient_accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per rank per step; raises ``StageConfigError`` if the batch does not divide."""
+        per_step = self.micro_batch_size_samples * world_size
+        if self.global_batch_size_samples % per_step:
+            raise StageConfigError(
+                f"global_batch_size_samples={self.global_batch_size_samples} is not divisible by "
+                f"micro_batch_size_samples={self.micro_batch_size_samples} x world size {world_size} "
+                f"(= {per_step}); pick a global batch that is a multiple of {per_step}"
+            )
+        return self.global_batch_size_samples // per_step
+
+    def total_steps(self, num_samples: int) -> int:
+        """Optimizer steps this stage runs on a dataset of ``num_samples`` samples."""
+        steps_per_epoch = num_samples // self.global_batch_size_samples
+        if steps_per_epoch == 0:
+            raise StageConfigError(
+                f"the dataset has {num_samples} samples, fewer than one global batch "
+                f"({self.global_batch_size_samples})"
+            )
+        candidates = []
+        if self.num_epochs is not None:
+            candidates.append(self.num_epochs * steps_per_epoch)
+        if self.max_steps is not None:
+            candidates.append(self.max_steps)
+        return min(candidates)
+
+    def warmup_steps(self, total_steps: int) -> int:
+        return math.ceil(self.warmup_ratio * total_steps)
+
+    def deepspeed_template_name(self) -> str:
+        return "zero3_offload.json" if self.zero_offload else f"zero{self.zero_stage}.json"
+
+    # ---- identity -------------------------------------------------------------------------
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def content_hash(self) -> str:
+        """sha256 over the fields that change what the stage computes (not names, paths or logging)."""
+        semantic = {k: v for k, v in self.to_json_dict().items() if k not in _NON_SEMANTIC_FIELDS}
+        canonical = json.dumps(semantic, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "StageConfig":
+        """Parse a stage config file; unreadable JSON becomes a ``StageConfigError``."""
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise StageConfigError(f"stage config {path} does not exist") from exc
+        except json.JSONDecodeError as exc:
+            raise StageConfigError(f"stage config {path} is not valid JSON: {exc}") from exc
+        return cls.model_validate(payload)
+
+
+# ---- presets ---------------------------------------------------------------------------------
+
+_STAGE_TEMPLATES: dict[StageName, Literal["plain", "vicuna_v1"]] = {
+    "base-llm": "plain",
+    1: "plain",
+    2: "plain",
+    3: "vicuna_v1",
+}
+_STAGE_GROUPS: dict[StageName, tuple[ParameterGroupName, ...]] = {
+    "base-llm": ("llm",),
+    1: ("pel", "aligning"),
+    2: ("pel", "aligning", "llm"),
+    3: ("pel", "aligning", "llm"),
+}
+
+
+def _normalise_stage(stage: StageName | str) -> StageName:
+    if isinstance(stage, str) and stage.isdigit():
+        stage = int(stage)
+    if stage not in _STAGE_TEMPLATES:
+        raise StageConfigError(f"unknown stage {stage!r}; expected 1, 2, 3 or 'base-llm'")
+    return stage
+
+
+def tiny_stage_config(
+    stage: StageName | str,
+    output_dir: str,
+    dataset_location: str,
+    dataset_hash: str | None = None,
+    init_checkpoint: str | None = None,
+    **overrides: Any,
+) -> StageConfig:
+    """The embedded default: ``EveConfig.tiny()`` on CPU, 2 gloo ranks, ZeRO-0, fp32, a stage in
+    well under a minute of compute. LR ratios follow the paper (stage 1 = 10x stage 2 = 20x stage 3)."""
+    stage = _normalise_stage(stage)
+    peak_lr = {"base-llm": 3e-3, 1: 4e-3, 2: 4e-4, 3: 2e-4}[stage]
+    values: dict[str, Any] = dict(
+        stage=stage,
+        run_name=f"tiny-stage-{stage}",
+        output_dir=output_dir,
+        init_checkpoint=init_checkpoint,
+        dataset_location=dataset_location,
+        dataset_hash=dataset_hash,
+        model_preset="tiny",
+        trainable_groups=_STAGE_GROUPS[stage],
+        learning_rates={group: peak_lr for group in _STAGE_GROUPS[stage]},
+        warmup_ratio={"base-llm": 0.05, 1: 0.03, 2: 0.01, 3: 0.01}[stage],
+        weight_decay=0.0,
+        global_batch_size_samples=8,
+        micro_batch_size_samples=2,
+        template=_STAGE_TEMPLATES[stage],
+        max_sequence_length_tokens=128,
+        precision="fp32",
+        zero_stage=0,
+        checkpoint_interval_steps=10,
+        max_steps={"base-llm": 60, 1: 20, 2: 20, 3: 20}[stage],
+        num_epochs=None,
+        seed=0,
+    )
+    values.update(overrides)
+    return StageConfig(**values)
+
+
+def eve_7b_stage_config(
+    stage: StageName | str,
+    output_dir: str,
+    dataset_location: str,
+    dataset_hash: str | None = None,
+    init_checkpoint: str | None = None,
+    **overrides: Any,
+) -> StageConfig:
+    """EVE-7B as in the paper (P1 Table 8): global batch 512/512/128, peak LR 4e-4/4e-5/2e-5,
+    warm-up 0.03/0.01/0.01, seq 2048, 1 epoch, AdamW, wd 0, ZeRO-3, bf16. Micro-batch 16/16/4 as in
+    the release scripts (32 GPUs x accumulation 1; fewer GPUs accumulate more)."""
+    stage = _normalise_stage(stage)
+    if stage == "base-llm":
+        raise StageConfigError("eve_7b starts from a pretrained LLM directory (Vicuna-7B); there is no base-llm stage")
+    values: dict[str, Any] = dict(
+        stage=stage,
+        run_name=f"eve-7b-stage-{stage}",
+        output_dir=output_dir,
+        init_checkpoint=init_checkpoint,
+        dataset_location=dataset_location,
+        dataset_hash=dataset_hash,
+        model_preset="eve_7b",
+        trainable_groups=_STAGE_GROUPS[stage],
+        learning_rates={group: {1: 4e-4, 2: 4e-5, 3: 2e-5}[stage] for group in _STAGE_GROUPS[stage]},
+        warmup_ratio={1: 0.03, 2: 0.01, 3: 0.01}[stage],
+        weight_decay=0.0,
+        global_batch_size_samples={1: 512, 2: 512, 3: 128}[stage],
+        micro_batch_size_samples={1: 16, 2: 16, 3: 4}[stage],
+        template=_STAGE_TEMPLATES[stage],
+        max_sequence_length_tokens=2048,
+        precision="bf16",
+        zero_stage=3,
+        # ~4M samples between checkpoints in stages 1-2, as the release scripts (save_steps 7813).
+        checkpoint_interval_steps={1: 7813, 2: 7813, 3: 1000}[stage],
+        max_steps=None,
+        num_epochs=1,
+        seed=42,
+    )
+    values.update(overrides)
+    return StageConfig(**values)
+
+
+PRESETS = {"tiny": tiny_stage_config, "eve_7b": eve_7b_stage_config}
+
+
+def preset_stage_config(preset: str, stage: StageName | str, **kwargs: Any) -> StageConfig:
+    """Look a preset up by name (``tiny`` or ``eve_7b``) and build the stage's config."""
+    if preset not in PRESETS:
+        raise StageConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[preset](stage, **kwargs)
+
+
+__all__ = [
+    "PRESETS",
+    "STAGE_DESCRIPTIONS",
+    "StageConfig",
+    "StageConfigError",
+    "eve_7b_stage_config",
+    "preset_stage_config",
+    "tiny_stage_config",
+]

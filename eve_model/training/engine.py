@@ -1,0 +1,448 @@
+"""The stage trainer: preflight checks, DeepSpeed set-up, the resumable step loop, the final model.
+
+Order of a run (every rank):
+  1. ``preflight``: config vs world size, init checkpoint, dataset manifest + hash. A failure here
+     raises ``StageConfigError`` before any model is built (the entry point exits 2).
+  2. build the stage model, freeze per stage, AdamW param groups with one LR per group, cosine
+     schedule with warm-up, DeepSpeed engine from ``infra/deepspeed/zero<N>.json``.
+  3. resume from ``checkpoints/latest`` if present (model, optimizer, scheduler, RNG, loader).
+  4. step loop: micro-batches -> ``engine.backward`` / ``engine.step`` (DeepSpeed accumulates);
+     metrics per step; checkpoint every ``checkpoint_interval_steps``; on SIGTERM/SIGUSR1 a
+     checkpoint is flushed and the job exits 75 (requeue).
+  5. ``final/``: HF directory (safetensors, tokenizer, processor, aligning layer, resolved config,
+     final_metrics.json with input hashes), written to ``final.partial`` and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from eve_model.shards import DatasetIntegrityError, DatasetManifest, verify_dataset
+from eve_model.training.config import StageConfig, StageConfigError
+from eve_model.training.runtime import DistributedEnv, code_revision, platform_home
+from eve_model.training.signals import REQUEUE_EXIT_CODE
+
+FINAL_DIR_NAME = "final"
+FINAL_METRICS_NAME = "final_metrics.json"
+REQUEUE_MARKER_NAME = "REQUEUE_REQUESTED"
+HANG_AFTER_STEP_ENV = "EVE_TRAIN_HANG_AFTER_STEP"
+"""Test-only fault injection: after this step every rank waits (until a signal arrives), so a drill
+can kill -9 or SIGTERM the job at a known step."""
+
+
+@dataclass(frozen=True)
+class Preflight:
+    manifest: DatasetManifest
+    total_steps: int
+    gradient_accumulation_steps: int
+
+
+def preflight(config: StageConfig, world_size: int) -> Preflight:
+    """Every check that needs no model: raises ``StageConfigError`` with a message that says what to fix."""
+    accumulation = config.gradient_accumulation_steps(world_size)
+    if config.init_checkpoint is not None:
+        init_dir = Path(config.init_checkpoint)
+        if not (init_dir / "config.json").is_file():
+            raise StageConfigError(
+                f"init_checkpoint {init_dir} is not an HF model directory (no config.json)"
+                + ("" if init_dir.exists() else ": the directory does not exist")
+            )
+    try:
+        manifest = verify_dataset(config.dataset_location, expected_hash=config.dataset_hash, check_shards=False)
+    except DatasetIntegrityError as exc:
+        raise StageConfigError(f"dataset check failed: {exc}") from exc
+    return Preflight(manifest=manifest, total_steps=config.total_steps(manifest.num_items), gradient_accumulation_steps=accumulation)
+
+
+def directory_hash(directory: str | Path, exclude: tuple[str, ...] = (FINAL_METRICS_NAME,)) -> str:
+    """sha256 over (relative path, file sha256) of every file below ``directory``, in sorted order."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        relative = path.relative_to(directory).as_posix()
+        if relative in exclude:
+            continue
+        file_digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                file_digest.update(chunk)
+        digest.update(f"{relative}\0{file_digest.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int):
+    """LR multiplier per scheduler step, as HF's ``get_cosine_schedule_with_warmup`` (EVE used it)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+    return factor
+
+
+def resolve_deepspeed_config(
+    config: StageConfig, world_size: int, accumulation: int, hidden_size: int | None
+) -> dict[str, Any]:
+    """The DeepSpeed JSON template with batch sizes, precision and bucket sizes filled in."""
+    if config.deepspeed_config_path:
+        template = json.loads(Path(config.deepspeed_config_path).read_text())
+    else:
+        template = json.loads(
+            resources.files("infra").joinpath("deepspeed", config.deepspeed_template_name()).read_text()
+        )
+    hidden = hidden_size or 1024
+    fills = {
+        "train_batch_size": config.global_batch_size_samples,
+        "train_micro_batch_size_per_gpu": config.micro_batch_size_samples,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": config.max_grad_norm,
+        "bf16.enabled": config.precision == "bf16",
+        "zero_optimization.reduce_bucket_size": hidden * hidden,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden,
+    }
+
+    def fill(node: Any, prefix: str) -> Any:
+        if isinstance(node, dict):
+            return {k: fill(v, f"{prefix}{k}" if not prefix else f"{prefix}.{k}") for k, v in node.items()}
+        if node == "auto":
+            if prefix not in fills:
+                raise StageConfigError(f"DeepSpeed config: no value to fill in for {prefix}='auto'")
+            return fills[prefix]
+        return node
+
+    resolved = fill(template, "")
+    # Values the stage config owns win over a hand-written JSON, so the two never disagree.
+    resolved.update(
+        train_batch_size=config.global_batch_size_samples,
+        train_micro_batch_size_per_gpu=config.micro_batch_size_samples,
+        gradient_accumulation_steps=accumulation,
+    )
+    resolved.setdefault("bf16", {})["enabled"] = config.precision == "bf16"
+    zero = resolved.setdefault("zero_optimization", {})
+    if zero.get("stage", config.zero_stage) != config.zero_stage:
+        raise StageConfigError(
+            f"deepspeed_config_path sets ZeRO stage {zero.get('stage')}, the stage config says {config.zero_stage}"
+        )
+    zero["stage"] = config.zero_stage
+    return resolved
+
+
+class StageTrainer:
+    """One stage on one rank. ``run()`` returns the process exit code (0 done, 75 requeue)."""
+
+    def __init__(self, config: StageConfig, env: DistributedEnv, device_type: str) -> None:
+        self.config = config
+        self.env = env
+        self.device_type = device_type
+        self.output_dir = Path(config.output_dir)
+        self.is_main = env.rank == 0
+
+    # ---- set-up ---------------------------------------------------------------------------
+
+    def _already_complete(self) -> bool:
+        metrics_file = self.output_dir / FINAL_DIR_NAME / FINAL_METRICS_NAME
+        if not metrics_file.exists():
+            return False
+        recorded = json.loads(metrics_file.read_text())["inputs"]["stage_config_hash"]
+        return recorded == self.config.content_hash()
+
+    def _build(self, pre: Preflight) -> None:
+        import deepspeed
+        import torch
+
+        from eve_model.training.checkpointing import CheckpointManager
+        from eve_model.training.data import ResumableShardLoader
+        from eve_model.training.stage_model import build_stage_model, eve_config_for_preset
+
+        cfg = self.config
+        hidden = eve_config_for_preset(cfg.model_preset).text_config.hidden_size
+        self.ds_config = resolve_deepspeed_config(cfg, self.env.world_size, pre.gradient_accumulation_steps, hidden)
+        self._hf_ds_config = None
+        if cfg.zero_stage == 3:
+            # Keeps transformers' from_pretrained loading straight into ZeRO-3 partitions (no full copy per rank).
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        torch.manual_seed(cfg.seed)
+        self.stage_model = build_stage_model(cfg)
+        model = self.stage_model.model
+
+        groups = self.stage_model.parameter_groups()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        param_groups = []
+        for name in cfg.trainable_groups:
+            params = groups[name]
+            if not params:
+                raise StageConfigError(f"parameter group {name!r} is empty for preset {cfg.model_preset}")
+            for p in params:
+                p.requires_grad_(True)
+            decay = [p for p in params if p.ndim >= 2]
+            no_decay = [p for p in params if p.ndim < 2]
+            for suffix, members, wd in (("", decay, cfg.weight_decay), ("/no_decay", no_decay, 0.0)):
+                if members:
+                    param_groups.append({"params": members, "lr": cfg.learning_rates[name], "weight_decay": wd, "name": name + suffix})
+        self.group_names = [g["name"] for g in param_groups]
+        self.num_model_parameters = sum(p.numel() for name in ("pel", "aligning", "llm") for p in groups[name])
+        optimizer = torch.optim.AdamW(param_groups, betas=cfg.adam_betas, eps=cfg.adam_epsilon)
+        factor = cosine_with_warmup(cfg.warmup_steps(pre.total_steps), pre.total_steps)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+            config=self.ds_config,
+        )
+        self._trainable = [p for p in model.parameters() if p.requires_grad]
+        self._needs_manual_grad_norm = cfg.zero_stage == 0 and cfg.precision == "fp32"
+        self.loader = ResumableShardLoader(
+            cfg.dataset_location,
+            pre.manifest,
+            seed=cfg.seed,
+            shuffle_block_shards=cfg.shuffle_block_shards,
+            global_batch_size_samples=cfg.global_batch_size_samples,
+            micro_batch_size_samples=cfg.micro_batch_size_samples,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+        )
+        self.checkpoints = CheckpointManager(self.output_dir, self.env.rank, cfg.keep_last_checkpoints)
+
+    def _resume(self) -> int:
+        import torch.distributed as dist
+
+        self.checkpoints.discard_incomplete()
+        dist.barrier()
+        tag = self.checkpoints.latest_tag()
+        if tag is None:
+            return 0
+        state = self.checkpoints.load(self.engine, tag)
+        if state.config_hash != self.config.content_hash():
+            raise StageConfigError(
+                f"{self.checkpoints.root / tag} was written by a different stage config "
+                f"(hash {state.config_hash[:12]} vs {self.config.content_hash()[:12]}); use a new output_dir"
+            )
+        completed = self.loader.completed_steps_at(state.loader_position)
+        if completed != state.completed_steps:
+            raise RuntimeError(f"checkpoint {tag}: loader position {state.loader_position} != step {state.completed_steps}")
+        return completed
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        import torch.distributed as dist
+
+        from eve_model.training.metrics_logging import MetricsLogger
+        from eve_model.training.signals import PreemptionWatcher
+
+        if self._already_complete():
+            if self.is_main:
+                print(f"[eve.train] {self.output_dir / FINAL_DIR_NAME} is complete for this config; nothing to do")
+            return 0
+        watcher = PreemptionWatcher().install()
+        pre = preflight(self.config, self.env.world_size)
+        if self.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / REQUEUE_MARKER_NAME).unlink(missing_ok=True)
+            self.config.write(self.output_dir / "stage_config.json")
+            self.init_checkpoint_hash = directory_hash(self.config.init_checkpoint) if self.config.init_checkpoint else None
+        self._build(pre)
+        start_step = self._resume()
+        self.total_steps = pre.total_steps
+        self.logger = MetricsLogger(
+            self.output_dir,
+            rank=self.env.rank,
+            run_name=self.config.run_name,
+            total_steps=pre.total_steps,
+            start_step=start_step,
+            wandb_mode=self.config.wandb_mode,
+            wandb_project=self.config.wandb_project,
+            wandb_dir=Path(self.config.wandb_dir) if self.config.wandb_dir else platform_home() / "wandb",
+            run_config={**self.config.to_json_dict(), "deepspeed": self.ds_config, "world_size": self.env.world_size},
+        )
+        order_log = self.output_dir / f"data_order.rank{self.env.rank}.jsonl"
+        if self.config.record_data_order:
+            from eve_model.training.metrics_logging import truncate_jsonl_after
+
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            truncate_jsonl_after(order_log, start_step)
+        hang_after = int(os.environ.get(HANG_AFTER_STEP_ENV, "0") or 0)
+        peak_flops = _peak_flops(self.config.precision)
+
+        step = start_step
+        last_saved = start_step
+        history: list[dict[str, Any]] = []
+        self._run_started = time.perf_counter()
+        for step_batch in self.loader.iter_steps(self.loader.position_after_steps(start_step), pre.total_steps):
+            step = step_batch.step
+            metrics = self._train_step(step_batch, peak_flops)
+            history.append(metrics)
+            if self.config.record_data_order:
+                with order_log.open("a") as handle:
+                    handle.write(json.dumps({"step": step, "keys": [k for mb in step_batch.micro_batches for k in mb.keys]}) + "\n")
+            if step % self.config.log_interval_steps == 0 or step == pre.total_steps:
+                self.logger.log(metrics)
+            self.logger.advance(1, {"loss": metrics["loss"], "samples/s": metrics["samples_per_second"]})
+            if step % self.config.checkpoint_interval_steps == 0 and step < pre.total_steps:
+                self._save(step, step_batch.position_after)
+                last_saved = step
+            if hang_after and step == hang_after:
+                while not watcher.requested:
+                    time.sleep(0.05)
+            if watcher.agreed_across_ranks():
+                if last_saved != step:
+                    self._save(step, step_batch.position_after)
+                if self.is_main:
+                    (self.output_dir / REQUEUE_MARKER_NAME).write_text(f"step {step}\n")
+                    print(f"[eve.train] signal received: checkpoint at step {step} written; exiting {REQUEUE_EXIT_CODE} (requeue)")
+                self.logger.close()
+                watcher.uninstall()
+                return REQUEUE_EXIT_CODE
+        self._finalize(step, history)
+        watcher.uninstall()
+        dist.barrier()
+        return 0
+
+    def _train_step(self, step_batch, peak_flops: float | None) -> dict[str, Any]:
+        import torch
+        import torch.distributed as dist
+
+        started = time.perf_counter()
+        lrs: dict[str, float] = {}
+        for group in self.engine.optimizer.param_groups:
+            lrs.setdefault(group.get("name", "group").split("/")[0], group["lr"])
+        totals = torch.zeros(5, dtype=torch.float64)  # loss, ce, alignment, tokens, micro-batches
+        has_alignment = False
+        manual_grad_norm = None
+        for index, micro in enumerate(step_batch.micro_batches):
+            batch = {k: v.to(self.engine.device) if hasattr(v, "to") else v for k, v in self.stage_model.collate(micro.samples).items()}
+            output = self.stage_model.forward(self.engine, batch)
+            self.engine.backward(output.loss)
+            if index == len(step_batch.micro_batches) - 1 and self._needs_manual_grad_norm:
+                # ZeRO-0 fp32 does not record the norm it clips with; the gradients are already
+                # all-reduced at the accumulation boundary, so the local norm is the global one.
+                manual_grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in self._trainable if p.grad is not None]))
+            self.engine.step()
+            totals[0] += float(output.loss.detach())
+            totals[1] += float(output.ce_loss)
+            if output.alignment_loss is not None:
+                has_alignment = True
+                totals[2] += float(output.alignment_loss)
+            totals[3] += self.stage_model.count_tokens(batch)
+            totals[4] += 1
+        grad_norm = manual_grad_norm if self._needs_manual_grad_norm else self.engine.get_global_grad_norm()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            device_totals = totals.to(self.engine.device) if self.device_type == "cuda" else totals
+            dist.all_reduce(device_totals)
+            totals = device_totals.cpu()
+        seconds = time.perf_counter() - started
+        micro_batches = float(totals[4])
+        tokens = float(totals[3])
+        samples_per_second = self.config.global_batch_size_samples / seconds
+        tokens_per_second = tokens / seconds
+        return {
+            "step": step_batch.step,
+            "epoch": (step_batch.step - 1) // self.loader.steps_per_epoch,
+            "loss": float(totals[0]) / micro_batches,
+            "ce_loss": float(totals[1]) / micro_batches,
+            "alignment_loss": float(totals[2]) / micro_batches if has_alignment else None,
+            "learning_rate": lrs,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "samples_per_second": samples_per_second,
+            "tokens_per_second": tokens_per_second,
+            # 6 x params x tokens: forward + backward of a dense decoder; an estimate, frozen parts included.
+            "mfu": (6 * self.num_model_parameters * tokens_per_second / (peak_flops * self.env.world_size)) if peak_flops else None,
+            "step_seconds": seconds,
+            "elapsed_seconds": time.perf_counter() - self._run_started,
+        }
+
+    def _save(self, step: int, position) -> None:
+        from eve_model.training.checkpointing import TrainerState
+
+        self.checkpoints.save(
+            self.engine,
+            TrainerState(completed_steps=step, loader_position=position, config_hash=self.config.content_hash(), world_size=self.env.world_size),
+        )
+
+    # ---- the end of a stage ---------------------------------------------------------------
+
+    def _full_state_dict(self):
+        """The full (unpartitioned) state dict on rank 0; a collective under ZeRO-3."""
+        if self.config.zero_stage == 3:
+            return self.engine._zero3_consolidated_16bit_state_dict()
+        return self.engine.module.state_dict() if self.is_main else None
+
+    def _finalize(self, step: int, history: list[dict[str, Any]]) -> None:
+        state_dict = self._full_state_dict()
+        if self.is_main:
+            final_dir = self.output_dir / FINAL_DIR_NAME
+            partial = self.output_dir / (FINAL_DIR_NAME + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            self.stage_model.save_final(partial, {k: v.detach().cpu() for k, v in state_dict.items()})
+            self.config.write(partial / "stage_config.json")
+            (partial / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=2))
+            tail = history[-max(1, len(history) // 10):] if history else []
+            summary = {
+                "stage": self.config.stage,
+                "run_name": self.config.run_name,
+                "completed_steps": step,
+                "total_steps": self.total_steps,
+                "world_size": self.env.world_size,
+                "final": {
+                    "loss": history[-1]["loss"] if history else None,
+                    "ce_loss": history[-1]["ce_loss"] if history else None,
+                    "alignment_loss": history[-1]["alignment_loss"] if history else None,
+                    "loss_tail_mean": sum(m["loss"] for m in tail) / len(tail) if tail else None,
+                    "samples_per_second_mean": sum(m["samples_per_second"] for m in history) / len(history) if history else None,
+                    "tokens_per_second_mean": sum(m["tokens_per_second"] for m in history) / len(history) if history else None,
+                },
+                "inputs": {
+                    "dataset_location": self.config.dataset_location,
+                    "dataset_hash": self.loader.order.manifest.dataset_hash,
+                    "init_checkpoint": self.config.init_checkpoint,
+                    "init_checkpoint_hash": self.init_checkpoint_hash,
+                    "stage_config_hash": self.config.content_hash(),
+                    "code_revision": code_revision(),
+                },
+                "model_hash": directory_hash(partial),
+                "wandb_run_id": self.logger.wandb_run_id,
+                "checkpoints_dir": str(self.checkpoints.root),
+            }
+            (partial / FINAL_METRICS_NAME).write_text(json.dumps(summary, indent=2, sort_keys=True))
+            shutil.rmtree(final_dir, ignore_errors=True)
+            partial.rename(final_dir)
+            self.logger.close(summary["final"])
+            print(f"[eve.train] stage {self.config.stage} complete after {step} steps: {final_dir}")
+        else:
+            self.logger.close()
+
+
+def _peak_flops(precision: str) -> float | None:
+    from eve_model.training.metrics_logging import device_peak_flops
+
+    return device_peak_flops(precision)
+
+
+__all__ = [
+    "FINAL_DIR_NAME",
+    "FINAL_METRICS_NAME",
+    "HANG_AFTER_STEP_ENV",
+    "Preflight",
+    "REQUEUE_MARKER_NAME",
+    "StageTrainer",
+    "cosine_with_warmup",
+    "directory_hash",
+    "preflight",
+    "resolve_deepspeed_config",
+]

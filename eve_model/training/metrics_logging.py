@@ -1,0 +1,148 @@
+"""Per-step metrics: ``metrics.jsonl`` in the output dir (other tasks read it), W&B, a tqdm bar.
+
+One line per logged step::
+
+    {"step": 12, "epoch": 0, "loss": ..., "ce_loss": ..., "alignment_loss": ... | null,
+     "learning_rate": {"pel": ..., "llm": ...}, "grad_norm": ..., "samples_per_second": ...,
+     "tokens_per_second": ..., "mfu": ... | null, "elapsed_seconds": ...}
+
+Only rank 0 writes. On resume the file is cut back to the resumed step, so it always describes the
+history that produced the current weights (a step that ran before a kill -9 and was re-run after
+the resume appears once).
+
+W&B runs offline by default and keeps every directory under the platform home; nothing secret is
+logged (the config holds no credentials; the API key stays in the environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+# bf16 dense peak FLOP/s per device; MFU is reported only where the peak is known.
+PEAK_BF16_FLOPS_BY_DEVICE = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+}
+
+
+def device_peak_flops(precision: str) -> float | None:
+    """Peak FLOP/s of the current accelerator for ``precision``, or None (CPU, unknown GPU, fp32)."""
+    import torch
+
+    if not torch.cuda.is_available() or precision != "bf16":
+        return None
+    name = torch.cuda.get_device_name()
+    for marker, peak in PEAK_BF16_FLOPS_BY_DEVICE.items():
+        if marker in name:
+            return peak
+    return None
+
+
+def truncate_jsonl_after(path: Path, step: int) -> None:
+    """Keep only lines with ``"step" <= step`` (run on resume, before the first new line)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+class MetricsLogger:
+    """Writes step metrics on rank 0; a no-op elsewhere."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        rank: int,
+        run_name: str,
+        total_steps: int,
+        start_step: int,
+        wandb_mode: str,
+        wandb_project: str,
+        wandb_dir: Path,
+        run_config: dict[str, Any],
+    ) -> None:
+        self.enabled = rank == 0
+        self.path = output_dir / "metrics.jsonl"
+        self._progress = None
+        self._wandb_run = None
+        if not self.enabled:
+            return
+        truncate_jsonl_after(self.path, start_step)
+        from tqdm import tqdm
+
+        self._progress = tqdm(total=total_steps, initial=start_step, desc=run_name, unit="step", dynamic_ncols=True)
+        if wandb_mode != "disabled":
+            self._wandb_run = _start_wandb(run_name, wandb_mode, wandb_project, wandb_dir, output_dir, run_config)
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        return self._wandb_run.id if self._wandb_run is not None else None
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(metrics, sort_keys=True) + "\n")
+        if self._wandb_run is not None:
+            flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+            for group, lr in (metrics.get("learning_rate") or {}).items():
+                flat[f"learning_rate/{group}"] = lr
+            self._wandb_run.log(flat, step=metrics["step"])
+
+    def advance(self, steps: int, postfix: dict[str, Any]) -> None:
+        if self._progress is not None:
+            self._progress.update(steps)
+            self._progress.set_postfix({k: f"{v:.4g}" for k, v in postfix.items() if isinstance(v, float)})
+
+    def close(self, summary: dict[str, Any] | None = None) -> None:
+        if self._progress is not None:
+            self._progress.close()
+        if self._wandb_run is not None:
+            if summary:
+                for key, value in summary.items():
+                    if isinstance(value, (int, float, str)):
+                        self._wandb_run.summary[key] = value
+            self._wandb_run.finish()
+            self._wandb_run = None
+
+
+def _start_wandb(run_name, mode, project, wandb_dir: Path, output_dir: Path, run_config):
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    for variable, sub in (
+        ("WANDB_DIR", ""),
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_CONFIG_DIR", "config"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_ARTIFACT_DIR", "artifacts"),
+    ):
+        os.environ.setdefault(variable, str(wandb_dir / sub) if sub else str(wandb_dir))
+    os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    # The id is stored next to the run's outputs so that a resumed job continues the same W&B run.
+    id_file = output_dir / "wandb_run_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+    id_file.write_text(run_id)
+    return wandb.init(
+        project=project,
+        name=run_name,
+        id=run_id,
+        resume="allow",
+        dir=str(wandb_dir),
+        config=run_config,
+        mode=mode,
+    )
+
+
+__all__ = ["MetricsLogger", "PEAK_BF16_FLOPS_BY_DEVICE", "device_peak_flops", "truncate_jsonl_after"]
