@@ -124,18 +124,6 @@ def test_bad_benchmark_fails_before_any_generation(tmp_path):
     assert [s.source for s in report.suites["bad"].skipped] == [f"{broken}:5"]
 
 
-@pytest.fixture(scope="module")
-def tiny_eve_dir(tmp_path_factory) -> Path:
-    from eve_model import EveConfig, EveForCausalLM, EveImageProcessor, EveProcessor
-    from eve_model.tokenizer import load_tiny_tokenizer
-
-    directory = tmp_path_factory.mktemp("tiny-eve")
-    config = EveConfig.tiny()
-    EveForCausalLM(config).save_pretrained(directory)
-    EveProcessor(EveImageProcessor.from_eve_config(config), load_tiny_tokenizer(), 512).save_pretrained(directory)
-    return directory
-
-
 def test_tiny_random_eve_end_to_end(tiny_eve_dir, tmp_path):
     suites = [
         VqaSuite(name="demo_vqa", path=FIXTURES / "vqa.jsonl"),

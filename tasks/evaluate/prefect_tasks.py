@@ -1,0 +1,146 @@
+"""Thin Prefect tasks over the evaluation harness, the contamination check and the gate.
+
+The work is done by plain functions (``harness``, ``contamination``, ``gates``); these wrappers
+add what Prefect gives: retries, timeouts and caching on the decorator, and the table/markdown
+artifacts reviewers see in the UI. A failing gate raises ``EvaluationGateFailed`` after its
+artifacts are published (when ``fail_on_reject``), so no candidate is registered without it.
+
+Evaluation is cached by content: the key is the model directory's hash plus the suites (their
+specs and evaluation-set hashes), the decoding settings and the suite code versions, so
+re-evaluating the unchanged production model for a comparison costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.evaluate.contamination import (
+    ContaminationReport,
+    check_contamination,
+    eval_inputs,
+    iter_training_samples,
+    teacher_embedder,
+)
+from tasks.evaluate.gates import GateDecision, GatePolicy, decide_gate
+from tasks.evaluate.harness import HarnessConfig, evaluate_model_dir
+from tasks.evaluate.report import EvaluationReport, hash_model_dir, plot_metrics, publish_artifacts
+from tasks.evaluate.suites import SUITE_VERSIONS, SuiteSpec, load_benchmark
+from tasks.platform import PlatformSettings
+
+
+class EvaluationGateFailed(RuntimeError):
+    """The candidate did not pass the evaluation gate."""
+
+
+def evaluation_cache_key(model_dir: str | Path, suites: list[SuiteSpec], config: HarnessConfig | None) -> str:
+    """Content address of one evaluation (what a cached report is valid for)."""
+    config = config or HarnessConfig()
+    payload = {
+        "model": hash_model_dir(model_dir),
+        "suites": [
+            {"spec": spec.model_dump(mode="json"), "eval_set": load_benchmark(spec).content_hash,
+             "version": SUITE_VERSIONS[spec.kind]}
+            for spec in suites
+        ],
+        # Progress bars and device do not change results.
+        "config": config.model_dump(mode="json", exclude={"show_progress", "device"}),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _cache_key_fn(context: Any, parameters: dict[str, Any]) -> str:
+    return "evaluate-" + evaluation_cache_key(parameters["model_dir"], parameters["suites"], parameters.get("config"))
+
+
+@task(
+    name="evaluate-model",
+    retries=0,
+    timeout_seconds=12 * 3600,
+    cache_key_fn=_cache_key_fn,
+    cache_expiration=timedelta(days=30),
+    persist_result=True,
+    task_run_name="evaluate-{model_dir}",
+)
+def evaluate_model_task(
+    model_dir: str,
+    suites: list[SuiteSpec],
+    config: HarnessConfig | None = None,
+    output_dir: str | None = None,
+    production: EvaluationReport | None = None,
+) -> EvaluationReport:
+    """Run the suites on a model directory; writes ``report.json`` + ``metrics.png`` and publishes tables."""
+    report = evaluate_model_dir(model_dir, suites, config)
+    target = Path(output_dir) if output_dir else PlatformSettings.load().path("evaluations", report.model_dir_hash[:16])
+    report.save(target / "report.json")
+    plot_metrics(report, target / "metrics.png", production=production)
+    publish_artifacts(report, production, key_prefix="eval")
+    return report
+
+
+@task(name="check-contamination", retries=0, timeout_seconds=6 * 3600)
+def check_contamination_task(
+    suites: list[SuiteSpec],
+    training_datasets: list[str],
+    near_duplicate_threshold: float = 0.9,
+    ngram_n: int = 8,
+    use_teacher_embeddings: bool = True,
+) -> ContaminationReport:
+    """Evaluation images/references of ``suites`` against eve-wds training datasets."""
+    images, texts = eval_inputs({spec.name: load_benchmark(spec) for spec in suites})
+    report = check_contamination(
+        images, iter_training_samples(training_datasets), texts,
+        embed=teacher_embedder() if use_teacher_embeddings else None,
+        near_duplicate_threshold=near_duplicate_threshold, ngram_n=ngram_n,
+    )
+    matches = (
+        [{"kind": "bytes", "eval": m.eval_id, "train": m.train_key, "cosine": None} for m in report.exact_byte_matches]
+        + [{"kind": "pixels", "eval": m.eval_id, "train": m.train_key, "cosine": None} for m in report.exact_pixel_matches]
+        + [{"kind": "near", "eval": m.eval_id, "train": m.train_key, "cosine": round(m.cosine or 0, 4)}
+           for m in report.near_duplicates]
+    )
+    create_table_artifact(
+        key="eval-contamination",
+        table=matches or [{"kind": "none", "eval": "", "train": "", "cosine": report.max_cosine}],
+        description=f"{report.num_contaminated_images} of {report.num_eval_images} evaluation images found in "
+        f"{report.num_train_images} training images; {report.ngram_n}-gram reference overlap rate "
+        f"{report.ngram_overlap_rate}",
+    )
+    return report
+
+
+@task(name="evaluation-gate", retries=0, timeout_seconds=600)
+def evaluation_gate_task(
+    candidate: EvaluationReport,
+    policy: GatePolicy,
+    production: EvaluationReport | None = None,
+    contamination: ContaminationReport | None = None,
+    fail_on_reject: bool = True,
+) -> GateDecision:
+    """Decide the gate and publish it as markdown; raises ``EvaluationGateFailed`` on reject if asked."""
+    decision = decide_gate(candidate, policy, production=production, contamination=contamination)
+    create_markdown_artifact(
+        decision.to_markdown(), key="evaluation-gate",
+        description=f"evaluation gate for model {candidate.model_dir_hash[:12]}",
+    )
+    if fail_on_reject and not decision.passed:
+        raise EvaluationGateFailed(
+            f"model {candidate.model_dir_hash[:12]} failed the evaluation gate: "
+            + "; ".join(f"{c.metric}: {c.reason}" for c in decision.failures)
+        )
+    return decision
+
+
+__all__ = [
+    "EvaluationGateFailed",
+    "check_contamination_task",
+    "evaluate_model_task",
+    "evaluation_cache_key",
+    "evaluation_gate_task",
+]
