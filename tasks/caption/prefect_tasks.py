@@ -1,0 +1,38 @@
+"""Thin Prefect task over ``tasks.caption.run.caption_dataset``.
+
+Retries are safe and cheap: a retried run resumes from its committed shards and its cache.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.caption.config import CaptionConfig
+from tasks.caption.run import CaptionRunResult, caption_dataset
+
+
+def _summary_markdown(result: CaptionRunResult) -> str:
+    identity = result.identity
+    return "\n".join([
+        f"# Caption run `{result.run_id}`",
+        "",
+        f"- backend: {identity['backend']}, model `{identity['model_id']}`, weights `{identity.get('weights_sha256')}`",
+        f"- prompt: {identity.get('prompt_template')}, decoding: `{identity.get('decoding')}`",
+        f"- input `{result.input_dataset_hash}` -> output `{result.output_dataset_hash}`",
+        f"- samples: {result.num_samples} = {result.num_captioned} captioned + {result.num_failed} failed",
+        f"- this invocation: {result.num_generated} generated, {result.num_from_cache} from cache, "
+        f"{result.num_shards_resumed}/{result.num_shards} shards resumed, {result.duration_seconds:.1f} s",
+    ]) + "\n"
+
+
+@task(name="generate-captions", retries=2, retry_delay_seconds=30, timeout_seconds=48 * 3600)
+def generate_captions(input_location: str, output_dir: str, config: CaptionConfig) -> CaptionRunResult:
+    """Caption a dataset version; publishes a summary artifact."""
+    result = caption_dataset(input_location, output_dir, config)
+    create_markdown_artifact(_summary_markdown(result), key="caption-run",
+                             description=f"caption run {result.run_id}")
+    return result
+
+
+__all__ = ["generate_captions"]
