@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.evaluate import metrics as M
 from tasks.evaluate import readers
@@ -35,6 +35,8 @@ SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."
 
 
 class _SuiteBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option must not be ignored silently
+
     name: str
     """Suite name; metrics are reported as ``<name>/<metric>`` and gated under that key."""
     skip_invalid: bool = False
@@ -261,3 +263,32 @@ def score_perplexity(
     direction = {"token_nll": False, "perplexity": False}
     settings = {**(settings or {}), "num_tokens": sum(counts)}
     return _result(spec, benchmark, metrics, direction, ["token_nll"], samples, settings)
+
+
+_PRIMARY_FIELD = {
+    "vqa": "path", "llava_vqa": "question_file", "pope": "question_file", "mme": "root",
+    "caption": "path", "perplexity": "path",
+}
+
+
+def parse_suite_shorthand(text: str) -> SuiteSpec:
+    """``KIND=PATH[,field=value...]`` -> a suite spec (the ``eve evaluate --suite`` syntax).
+
+    ``pope=pope.jsonl,image_folder=coco/val2014,name=pope_adv``; the name defaults to the kind.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    kind, separator, rest = text.partition("=")
+    if not separator or kind not in _PRIMARY_FIELD or not rest:
+        raise ValueError(f"--suite {text!r}: expected KIND=PATH[,field=value...] with KIND one of {sorted(_PRIMARY_FIELD)}")
+    path, *options = rest.split(",")
+    fields: dict[str, str] = {"kind": kind, "name": kind, _PRIMARY_FIELD[kind]: path}
+    for option in options:
+        key, separator, value = option.partition("=")
+        if not separator:
+            raise ValueError(f"--suite {text!r}: option {option!r} is not field=value")
+        fields[key.strip()] = value
+    try:
+        return TypeAdapter(SuiteSpec).validate_python(fields)
+    except ValidationError as exc:
+        raise ValueError(f"--suite {text!r}: {exc}") from exc
