@@ -1,0 +1,148 @@
+"""Local backend: torchrun on this machine under the same bash supervisor as the SLURM script.
+
+The supervisor runs in its own session (process group), so ``cancel`` signals exactly the
+processes the job started. Status works from any process: a pid file while it runs, the exit
+marker once it has ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from tasks.submit.base import Backend, read_exit_marker, status_from_marker, tail_lines
+from tasks.submit.render import INFRA_DIR, shell_template_environment
+from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
+
+_CHILDREN: dict[str, subprocess.Popen] = {}
+"""Supervisors started by this process, kept so that they are reaped (no zombies)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def render_local_script(spec: JobSpec, job_id: str, rendezvous_port: int) -> str:
+    """The supervisor script for one local attempt (infra/slurm/local_stage.sh.j2)."""
+    time_limit_seconds = spec.time_limit_minutes * 60
+    pre_signal = spec.pre_timeout_signal_seconds
+    template = shell_template_environment(INFRA_DIR / "slurm").get_template("local_stage.sh.j2")
+    return template.render(
+        spec=spec,
+        job_id=job_id,
+        rendezvous_port=rendezvous_port,
+        time_limit_seconds=time_limit_seconds,
+        pre_signal_after_seconds=max(time_limit_seconds - pre_signal, 1) if pre_signal else None,
+    )
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # A zombie has exited; only its parent has not collected it yet.
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class LocalBackend(Backend):
+    """Runs jobs as local process groups; ``nodes`` must be 1."""
+
+    name = "local"
+
+    def __init__(self, cancel_grace_seconds: float = 20.0) -> None:
+        """``cancel_grace_seconds``: time between SIGTERM and SIGKILL on cancel (checkpoint flush)."""
+        self.cancel_grace_seconds = cancel_grace_seconds
+
+    def submit(self, spec: JobSpec) -> JobHandle:
+        if spec.nodes != 1:
+            raise ValueError(f"the local backend runs one node; {spec.name!r} asks for {spec.nodes}")
+        log_dir = Path(spec.log_dir).resolve()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        spec = spec.model_copy(update={"log_dir": log_dir})
+        job_id = f"local-{uuid.uuid4().hex[:12]}"
+        script_path = log_dir / f"{job_id}.sh"
+        script_path.write_text(render_local_script(spec, job_id, spec.rendezvous_port or _free_port()))
+        script_path.chmod(0o700)
+        log_path = log_dir / f"{job_id}.log"
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                ["bash", str(script_path)],
+                cwd=spec.workdir,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        _CHILDREN[job_id] = process
+        (log_dir / f"{job_id}.pid").write_text(str(process.pid))
+        return JobHandle(backend=self.name, job_id=job_id, spec=spec, log_path=log_path, attempt_job_ids=[job_id])
+
+    def _pid(self, handle: JobHandle) -> int | None:
+        try:
+            return int((handle.spec.log_dir / f"{handle.job_id}.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def status(self, handle: JobHandle) -> JobStatus:
+        child = _CHILDREN.get(handle.job_id)
+        if child is not None:
+            child.poll()
+        marker = read_exit_marker(handle.spec.log_dir, handle.job_id)
+        pid = self._pid(handle)
+        if marker is None:
+            if pid is not None and _pid_running(pid):
+                return JobStatus(state=JobState.RUNNING)
+            status = JobStatus(state=JobState.FAILED, reason="supervisor ended without an exit marker (killed?)")
+        else:
+            timed_out = (handle.spec.log_dir / f"timeout-{handle.job_id}").exists()
+            status = status_from_marker(marker, scheduler_state=JobState.TIMED_OUT if timed_out else None)
+            if timed_out and not status.resumable:
+                status.state = JobState.TIMED_OUT
+        if (handle.spec.log_dir / f"cancel-{handle.job_id}").exists():
+            status = JobStatus(state=JobState.CANCELLED, exit_code=status.exit_code, reason="cancelled")
+        if status.state != JobState.COMPLETED:
+            status.log_tail = tail_lines(self.logs(handle))
+        return status
+
+    def read_log_bytes(self, handle: JobHandle, since_offset: int = 0) -> bytes:
+        try:
+            with open(handle.log_path, "rb") as log_file:
+                log_file.seek(since_offset)
+                return log_file.read()
+        except FileNotFoundError:
+            return b""
+
+    def cancel(self, handle: JobHandle) -> None:
+        pid = self._pid(handle)
+        (handle.spec.log_dir / f"cancel-{handle.job_id}").touch()
+        if pid is None or not _pid_running(pid):
+            return
+        # The supervisor forwards SIGTERM to the ranks (checkpoint flush); SIGKILL the group after grace.
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.cancel_grace_seconds
+        child = _CHILDREN.get(handle.job_id)
+        while time.monotonic() < deadline:
+            if child is not None:
+                child.poll()
+            if not _pid_running(pid):
+                break
+            time.sleep(0.1)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if child is not None:
+            child.wait(timeout=5)

@@ -1,0 +1,210 @@
+"""What a training job asks of a scheduler, and what the scheduler says back.
+
+One ``JobSpec`` renders to a local torchrun launch, an sbatch script and a Kubernetes manifest;
+every backend maps its scheduler's states onto the one ``JobState`` enum.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+# Exit code contract of `python -m eve_model.train` (and of every workload these backends run).
+EXIT_OK = 0
+EXIT_BAD_CONFIG = 2
+EXIT_REQUEUE_ME = 75
+"""The workload flushed a checkpoint after SIGTERM/SIGUSR1 and wants to be resumed (EX_TEMPFAIL)."""
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Values that reach scheduler directives (#SBATCH lines, Kubernetes names) are restricted to a
+# charset that no parser can misread; free text (the run name) is shell-quoted instead.
+_SCHEDULER_TOKEN = re.compile(r"^[A-Za-z0-9_.,:=@+\-/\[\]|&()!*]*$")
+
+
+class JobState(str, enum.Enum):
+    """One end-state vocabulary for every scheduler (peers.md P3: keep them apart)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    REQUEUED = "REQUEUED"
+    """Back in the queue after preemption or `scontrol requeue`; it resumes from its checkpoint."""
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+    PREEMPTED = "PREEMPTED"
+    NODE_FAIL = "NODE_FAIL"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    UNKNOWN = "UNKNOWN"
+    """The scheduler no longer knows the job and it left no exit marker."""
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (JobState.PENDING, JobState.RUNNING, JobState.REQUEUED)
+
+
+class JobSpec(BaseModel):
+    """One training stage as a distributed job, independent of the scheduler that runs it."""
+
+    name: str = Field(min_length=1, max_length=1000)
+    """Human name of the job (run and stage). Free text: it is shell-quoted where it appears and
+    reduced to a safe identifier where a scheduler needs one (``scheduler_name``)."""
+
+    command: list[str] = Field(min_length=1)
+    """What each rank runs, as arguments to the Python interpreter, the way torchrun takes them:
+    ``["-m", "eve_model.train", "/path/stage.json"]`` or ``["script.py", "--flag"]``."""
+
+    workdir: Path
+    """Working directory of every rank (the repository checkout on the nodes)."""
+
+    env: dict[str, str] = Field(default_factory=dict)
+    """Plain environment variables for every rank; visible in rendered scripts and manifests."""
+
+    secret_env_names: list[str] = Field(default_factory=list)
+    """Names of secret variables (e.g. WANDB_API_KEY). Their values are taken from the submitting
+    process's environment (local, SLURM) or a Kubernetes Secret and never written to a file or log."""
+
+    nodes: int = Field(default=1, ge=1)
+    """Number of nodes; one torchrun agent per node."""
+
+    gpus_per_node: int = Field(default=0, ge=0)
+    """GPUs per node. 0 means a CPU job (gloo), where ``tasks_per_node`` sets the rank count."""
+
+    tasks_per_node: int = Field(default=1, ge=1)
+    """Processes (ranks) per node on CPU; on GPU jobs the rank count per node is ``gpus_per_node``."""
+
+    cpus_per_task: int = Field(default=1, ge=1)
+    """CPU cores reserved for each rank."""
+
+    memory_gb: int | None = Field(default=None, ge=1)
+    """Memory per node in GiB; None takes the scheduler's default."""
+
+    time_limit_minutes: int = Field(default=60, ge=1)
+    """Wall-clock limit of one attempt; the pre-timeout signal arrives before it."""
+
+    partition: str | None = None
+    """SLURM partition (Kubernetes: ignored)."""
+
+    account: str | None = None
+    """SLURM account to charge."""
+
+    qos: str | None = None
+    """SLURM quality of service."""
+
+    constraint: str | None = None
+    """SLURM node feature constraint, e.g. ``a100&ib``."""
+
+    container_image: str | None = None
+    """Container image: required on Kubernetes; on SLURM passed to pyxis (``srun --container-image``)."""
+
+    container_options: list[str] = Field(default_factory=list)
+    """Extra ``srun`` options for the container runtime, e.g. ``["--container-mounts=/data:/data"]``."""
+
+    requeue: bool = True
+    """Let the scheduler requeue the job after preemption or node failure."""
+
+    pre_timeout_signal_seconds: int = Field(default=120, ge=0)
+    """Seconds before the time limit at which the workload gets SIGUSR1 (forwarded as SIGTERM to
+    the ranks) so that it flushes a checkpoint and exits 75. 0 disables the signal."""
+
+    log_dir: Path
+    """Directory (shared between nodes) for the job log, exit markers and rendered scripts."""
+
+    max_resubmits: int = Field(default=3, ge=0)
+    """How often a resumable end (timeout or preemption with a flushed checkpoint) is resubmitted
+    before the stage counts as failed."""
+
+    python_executable: str = sys.executable
+    """Interpreter on the nodes that runs torchrun and the ranks (a shared venv path)."""
+
+    rendezvous_port: int | None = Field(default=None, ge=1024, le=65535)
+    """c10d rendezvous port on the first node; None derives one from the job id."""
+
+    @field_validator("env")
+    @classmethod
+    def _env_names_are_identifiers(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"environment variable name {key!r} is not a shell identifier")
+        return env
+
+    @field_validator("secret_env_names")
+    @classmethod
+    def _secret_names_are_identifiers(cls, names: list[str]) -> list[str]:
+        for key in names:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"secret variable name {key!r} is not a shell identifier")
+        return names
+
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _scheduler_tokens_are_plain(cls, value: str | None) -> str | None:
+        if value is not None and not _SCHEDULER_TOKEN.match(value):
+            raise ValueError(f"{value!r} contains characters a scheduler directive cannot carry")
+        return value
+
+    @field_validator("container_image")
+    @classmethod
+    def _image_is_plain(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9_.:/@\-]+$", value):
+            raise ValueError(f"container image {value!r} is not a plain image reference")
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_are_not_plain(self) -> "JobSpec":
+        overlap = set(self.env) & set(self.secret_env_names)
+        if overlap:
+            raise ValueError(f"{sorted(overlap)} are listed both as plain env and as secrets")
+        return self
+
+    @property
+    def ranks_per_node(self) -> int:
+        """Processes torchrun starts on each node."""
+        return self.gpus_per_node if self.gpus_per_node > 0 else self.tasks_per_node
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+    @property
+    def scheduler_name(self) -> str:
+        """The name reduced to ``[a-z0-9-]`` (max 50 chars), safe for SLURM and Kubernetes."""
+        slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        return (slug or "job")[:50].rstrip("-") or "job"
+
+
+class JobHandle(BaseModel):
+    """What ``submit`` returns: enough to find the job again from another process."""
+
+    backend: str
+    """Name of the backend that submitted it: local, slurm or k8s."""
+    job_id: str
+    """Scheduler id of the current attempt (SLURM job id, local supervisor pid, k8s object name)."""
+    spec: JobSpec
+    """The spec it was submitted with (resubmission reuses it)."""
+    log_path: Path
+    """File the job's stdout/stderr goes to (local, SLURM); empty for k8s (pod logs)."""
+    attempt_job_ids: list[str] = Field(default_factory=list)
+    """Every attempt's id, oldest first, including the current one (lineage records them)."""
+    namespace: str | None = None
+    """Kubernetes namespace."""
+
+
+class JobStatus(BaseModel):
+    """One observation of a job."""
+
+    state: JobState
+    exit_code: int | None = None
+    """Exit code of the workload when known (the exit marker's value beats the scheduler's)."""
+    reason: str = ""
+    """Scheduler reason or a short explanation (e.g. 'pre-timeout signal USR1; checkpoint flushed')."""
+    resumable: bool = False
+    """The workload flushed a checkpoint and asked to be resumed (exit 75), so resubmitting continues it."""
+    log_tail: str = ""
+    """Last lines of the job log, filled for failed end states."""
+    restarts: int = 0
+    """Scheduler requeues of this attempt (SLURM Restarts)."""
