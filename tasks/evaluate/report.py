@@ -93,6 +93,15 @@ class EvaluationReport(BaseModel):
             for metric, value in suite.metrics.items()
         }
 
+    def lower_is_better(self) -> list[str]:
+        """``<suite>/<metric>`` keys where a decrease is an improvement (e.g. perplexity)."""
+        return sorted(
+            f"{name}/{metric}"
+            for name, suite in self.suites.items()
+            for metric, higher in suite.higher_is_better.items()
+            if not higher
+        )
+
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file + rename), so a reader never sees half a report."""
         path = Path(path)
