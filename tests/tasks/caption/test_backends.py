@@ -1,0 +1,106 @@
+"""Real teachers: the hf backend on a tiny EVE checkpoint, the openai backend through `eve serve`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from eve_model.serving import GenerationRequest, VisionTextGenerator, weights_sha256
+from eve_model.shards import iter_samples
+from tasks.caption.backends import build_backend
+from tasks.caption.config import CaptionConfig
+from tasks.caption.provenance import get_prompt_template
+from tasks.caption.run import caption_dataset
+from tests.tasks.caption.test_run import png, write_images
+
+SECRET = "sk-test-never-log-this-0123456789"
+
+
+def test_hf_backend_captions_with_a_tiny_eve_checkpoint(tmp_path, eve_home, tiny_eve_checkpoint) -> None:
+    source = write_images(tmp_path / "in", 5, per_shard=3)
+    config = CaptionConfig(backend="hf", model=str(tiny_eve_checkpoint), prompt_template="brief-v1",
+                           max_new_tokens=6, batch_size=4)
+    result = caption_dataset(source, tmp_path / "out", config, progress=False)
+    assert (result.num_samples, result.num_captioned, result.num_failed) == (5, 5, 0)
+
+    # Batched captions equal one-at-a-time greedy generation with the same prompt.
+    generator = VisionTextGenerator(tiny_eve_checkpoint)
+    prompt = generator.chat_prompt([("user", get_prompt_template("brief-v1").text)], has_image=True)
+    for sample in iter_samples(tmp_path / "out"):
+        [expected] = generator.generate([GenerationRequest(prompt=prompt, image=sample.image_bytes, max_new_tokens=6)])
+        assert sample.caption == (expected.text.strip() or None)
+        provenance = sample.meta["caption_provenance"]
+        assert provenance["weights_sha256"] == weights_sha256(tiny_eve_checkpoint)
+        assert provenance["prompt_template"] == "brief-v1"
+        assert provenance["decoding"] == {"max_new_tokens": 6, "temperature": 0.0}
+        assert sample.meta["source_caption"].startswith("source caption")
+
+
+def test_hf_backend_reports_a_corrupt_image_per_sample(tiny_eve_checkpoint) -> None:
+    from tasks.caption.backends import CaptionInput
+
+    backend = build_backend(CaptionConfig(backend="hf", model=str(tiny_eve_checkpoint), max_new_tokens=4))
+    outputs = backend.caption_batch([
+        CaptionInput("good", png((1, 2, 3)), "png", "a", None),
+        CaptionInput("bad", b"\x89PNG truncated", "png", "b", None),
+    ])
+    assert outputs[1].caption is None and "cannot be decoded" in outputs[1].error
+    assert outputs[0].error is None or outputs[0].error == "empty generation"
+
+
+@pytest.mark.slow
+def test_openai_backend_through_eve_serve_survives_restart_and_reruns_from_cache(
+    tmp_path, eve_home, tiny_eve_checkpoint, eve_server_factory, monkeypatch, caplog
+) -> None:
+    monkeypatch.setenv("EVE_TEST_API_KEY", SECRET)
+    caplog.set_level(logging.DEBUG)
+    server = eve_server_factory(tiny_eve_checkpoint, "--model-id", "tiny-eve")
+    source = write_images(tmp_path / "in", 10, per_shard=2)
+    config = CaptionConfig(
+        backend="openai", model="tiny-eve", endpoint_url=f"{server.url}/v1", api_key_env="EVE_TEST_API_KEY",
+        max_new_tokens=4, concurrency=2, batch_size=2, max_retries=60,
+        backoff_initial_seconds=0.1, backoff_max_seconds=1.0, request_timeout_seconds=30,
+    )
+    backend = build_backend(config)
+    assert backend.identity.weights_sha256 == weights_sha256(tiny_eve_checkpoint)
+
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(
+        result=caption_dataset(source, tmp_path / "out", config, backend=backend, progress=False)))
+    worker.start()
+    deadline = time.monotonic() + 120
+    while server.health()["requests"]["chat_completions"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    served_before_restart = server.health()["requests"]["chat_completions"]
+    server.stop()  # mid-run: in-flight requests finish, the next ones are refused until restart
+    time.sleep(1.0)
+    server.start()
+    worker.join(timeout=300)
+    backend.close()
+
+    result = outcome["result"]
+    assert 2 <= served_before_restart < 10
+    assert backend.retries > 0  # requests were refused while the server was down, and retried
+    assert (result.num_samples, result.num_failed) == (10, 0)
+    served_after_restart = server.health()["requests"]["chat_completions"]
+    # Both server lives did work (requests in flight at the stop finish on the old one, uncounted here).
+    assert 1 <= served_after_restart <= 10 - served_before_restart
+
+    # A rerun (a new output, a new backend) is answered from the cache: no completion requests.
+    rerun_backend = build_backend(config)
+    rerun = caption_dataset(source, tmp_path / "rerun", config, backend=rerun_backend, progress=False)
+    rerun_backend.close()
+    assert server.health()["requests"]["chat_completions"] == served_after_restart
+    assert rerun.num_from_cache == 10 and rerun.num_generated == 0
+    assert rerun_backend.requests_sent == 1  # only GET /models, for the weights hash
+    assert rerun.output_dataset_hash == result.output_dataset_hash
+
+    # The API key went only into the Authorization header.
+    assert SECRET not in caplog.text
+    assert SECRET not in server.log_path.read_text()
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes()
