@@ -1,0 +1,306 @@
+"""EveForCausalLM / PEL / PAL behaviour on the tiny presets."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+import eve_model
+from eve_model.configuration_eve import EveConfig
+from eve_model.constants import IGNORE_INDEX
+from eve_model.modeling_eve import (
+    ALIGNMENT_STATE_FILE,
+    EveForCausalLM,
+    PatchAligningLayer,
+    alignment_cosine_loss,
+)
+from eve_model.processing_eve import EveProcessor
+from eve_model.teachers import VisionTeacher
+
+ASPECTS = {"square": (90, 90), "landscape": (640, 480), "portrait": (480, 640), "one_to_eight": (40, 320)}
+
+
+class FrozenRandomTeacher(VisionTeacher):
+    """A fixed random patch projection with the EfficientNet-Lite0 geometry (224 px, 7x7, 1280): fast
+    stand-in where only the grid correspondence matters; the real teacher is used in the stage-1 test."""
+
+    def __init__(self, image_size: int = 224, grid_size: int = 7, feature_dim: int = 1280):
+        super().__init__()
+        generator = torch.Generator().manual_seed(123)
+        cell = image_size // grid_size
+        self.projection = nn.Conv2d(3, feature_dim, kernel_size=cell, stride=cell)
+        with torch.no_grad():
+            self.projection.weight.copy_(torch.randn(self.projection.weight.shape, generator=generator) * 0.05)
+        self.image_size, self.grid_size, self.feature_dim, self.weights_sha256 = image_size, grid_size, feature_dim, "random"
+        self.freeze()
+
+    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.projection(rgb)
+
+
+def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, mode="RGB")
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: on the shared 2-core machine, 2 spinning OpenMP threads run ~10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def processor() -> EveProcessor:
+    return EveProcessor.from_eve_config(EveConfig.tiny(), max_length=256)
+
+
+def tiny_model(config: EveConfig | None = None, seed: int = 0) -> EveForCausalLM:
+    torch.manual_seed(seed)
+    return EveForCausalLM(config or EveConfig.tiny())
+
+
+def mixed_batch(processor: EveProcessor) -> dict[str, torch.Tensor]:
+    return processor(
+        [
+            {"image": noise_image(640, 480, 1), "caption": "a red circle on the left"},
+            {"image": None, "caption": "two blue squares"},
+            {"image": noise_image(40, 320, 2), "caption": "a thin green line"},
+            {"image": noise_image(90, 90, 3), "caption": "three yellow stars at the top"},
+        ],
+        "plain",
+    )
+
+
+@pytest.mark.parametrize("aspect", list(ASPECTS))
+def test_visual_token_count_and_separator_positions(processor, aspect):
+    model = tiny_model().eval()
+    width, height = ASPECTS[aspect]
+    grid = EveConfig.tiny().student_max_grid
+    short = max(1, math.ceil(grid * min(width, height) / max(width, height)))
+    h, w = (short, grid) if width >= height else (grid, short)
+    batch = processor.image_processor([noise_image(width, height)])
+    with torch.no_grad():
+        visual = model.patch_embedding(batch["pixel_values"], batch["has_image"])
+        separator = model.patch_embedding.projector(model.patch_embedding.split_embedding)
+    tokens = visual.split()[0]
+    assert tokens.shape[0] == 1 + h * (w + 1) and visual.grid_hw[0].tolist() == [h, w]
+    is_separator = torch.isclose(tokens, separator, atol=1e-6).all(dim=1)
+    expected = [1 + row * (w + 1) + w for row in range(h)]
+    assert is_separator.nonzero()[:, 0].tolist() == expected
+
+
+def test_batched_pel_equals_per_image_loop_and_ignores_padding(processor):
+    model = tiny_model().eval()
+    images = [noise_image(*size, seed=index) for index, size in enumerate(ASPECTS.values())]
+    batch = processor.image_processor(images)
+    with torch.no_grad():
+        batched = model.patch_embedding(batch["pixel_values"], batch["has_image"]).split()
+        looped = [model.patch_embedding(batch["pixel_values"][i : i + 1], batch["has_image"][i : i + 1]).split()[0]
+                  for i in range(len(images))]
+        garbage = batch["pixel_values"].clone()
+        padding = garbage[:, 3:4].expand_as(garbage) == 0
+        garbage[padding] = torch.randn(int(padding.sum())) * 10  # padding pixels must not matter
+        garbage[:, 3] = batch["pixel_values"][:, 3]
+        with_garbage = model.patch_embedding(garbage, batch["has_image"]).split()
+    for mine, reference, noisy in zip(batched, looped, with_garbage):
+        assert mine.shape == reference.shape
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(noisy, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_splice_places_visual_tokens_at_placeholder_and_ignores_their_labels(processor):
+    model = tiny_model().eval()
+    batch = mixed_batch(processor)
+    with torch.no_grad():
+        spliced = model.build_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                     batch["has_image"], batch["labels"])
+    grids = batch["image_grid_hw"]
+    for row in range(4):
+        text_length = int(batch["attention_mask"][row].sum())
+        visual_count = 1 + int(grids[row, 0]) * (int(grids[row, 1]) + 1) if batch["has_image"][row] else 0
+        assert int(spliced.attention_mask[row].sum()) == text_length - (1 if visual_count else 0) + visual_count
+        target_count = int((batch["labels"][row] != IGNORE_INDEX).sum())
+        assert int((spliced.labels[row] != IGNORE_INDEX).sum()) == target_count  # no visual labels
+        if visual_count:
+            start = spliced.visual_start[row]
+            assert (spliced.labels[row, start : start + visual_count] == IGNORE_INDEX).all()
+    assert spliced.visual_start[1] == -1  # text-only row: no visual tokens, padding never spliced
+
+
+def test_hooks_capture_the_same_states_as_output_hidden_states(processor):
+    model = tiny_model().eval()
+    model.enable_alignment(FrozenRandomTeacher())
+    batch = mixed_batch(processor)
+    captured: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        spliced = model.build_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["has_image"])
+        handles = model._capture_depths(captured)
+        try:
+            reference = model.language_model.model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                                   output_hidden_states=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert sorted(captured) == [2, 4]  # only the PAL depths (0 is the decoder input itself)
+    torch.testing.assert_close(captured[2], reference.hidden_states[2])
+    torch.testing.assert_close(captured[4], reference.last_hidden_state)
+
+
+def test_alignment_loss_is_zero_when_aligned_and_bounded_otherwise():
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(10, 16, generator=generator)
+    sample_index = torch.tensor([0] * 4 + [2] * 6)
+    has_image = torch.tensor([True, False, True])
+    aligned = alignment_cosine_loss(teacher * 3.7, teacher, sample_index, has_image)
+    assert aligned.abs() < 1e-6
+    opposite = alignment_cosine_loss(-teacher, teacher, sample_index, has_image)
+    assert torch.isclose(opposite, torch.tensor(2.0), atol=1e-6)
+    for seed in range(5):
+        student = torch.randn(10, 16, generator=torch.Generator().manual_seed(seed + 1))
+        value = alignment_cosine_loss(student, teacher, sample_index, has_image)
+        assert 0.0 <= value <= 2.0
+        # Per-image mean then mean over images (image 0 has 4 tokens, image 2 has 6).
+        distance = 1 - torch.nn.functional.cosine_similarity(student, teacher, dim=-1)
+        torch.testing.assert_close(value, (distance[:4].mean() + distance[4:].mean()) / 2)
+
+
+def test_stage1_freezing_with_real_teacher(processor):
+    model = tiny_model()
+    model.enable_alignment()  # EfficientNet-Lite0 from the installed package
+    model.freeze_llm()
+    model.train()
+    output = model(**mixed_batch(processor))
+    output.loss.backward()
+    assert output.alignment_loss is not None and 0.0 < float(output.alignment_loss.detach()) <= 2.0
+    groups = model.parameter_groups()
+    assert all(parameter.grad is None for parameter in groups["llm"])
+    for name in ("pel", "aligning"):
+        assert groups[name] and all(p.grad is not None and p.grad.abs().sum() > 0 for p in groups[name]), name
+    assert not any(parameter.requires_grad for parameter in model.teacher.parameters())
+    assert not model.teacher.training  # the teacher stays in eval mode inside a training model
+    teacher_ids = {id(parameter) for parameter in model.teacher.parameters()}
+    assert not teacher_ids & {id(p) for group in groups.values() for p in group}
+
+
+@pytest.mark.parametrize("kind", ["mixed", "text_only"])
+def test_every_trainable_parameter_joins_the_graph(processor, kind):
+    model = tiny_model()
+    model.enable_alignment(FrozenRandomTeacher())
+    model.train()
+    if kind == "mixed":
+        batch = mixed_batch(processor)
+    else:
+        batch = processor([{"image": None, "caption": "hello there"}, {"image": None, "caption": "a cat"}], "plain")
+    output = model(**batch)
+    output.loss.backward()
+    missing = [name for name, parameter in model.named_parameters() if parameter.requires_grad and parameter.grad is None]
+    assert missing == []
+    if kind == "text_only":
+        assert float(output.alignment_loss.detach()) == 0.0
+        text_model = tiny_model()
+        reference = text_model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        model_logits = tiny_model()(**{k: v for k, v in batch.items() if k != "teacher_pixel_values"}).logits
+        real = batch["attention_mask"].bool()  # text-only rows are plain LLM rows (padding positions aside)
+        torch.testing.assert_close(model_logits[real], reference[real])
+
+
+def test_total_loss_falls_on_a_fixed_batch(processor):
+    model = tiny_model()
+    model.enable_alignment(FrozenRandomTeacher())
+    model.train()
+    batch = mixed_batch(processor)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(8):
+        output = model(**batch)
+        torch.testing.assert_close(output.loss, output.ce_loss + output.alignment_loss)
+        optimizer.zero_grad()
+        output.loss.backward()
+        optimizer.step()
+        losses.append(float(output.loss.detach()))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_save_load_identical_logits_and_no_training_weights(processor, tmp_path):
+    model = tiny_model()
+    model.enable_alignment(FrozenRandomTeacher())
+    model.eval()
+    batch = mixed_batch(processor)
+    model.save_pretrained(tmp_path / "ckpt")
+    model.save_alignment_state(tmp_path / "ckpt")
+    eve_model.register_auto_classes()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
+    assert isinstance(loaded, EveForCausalLM)
+    assert loaded.teacher is None and loaded.aligning_layer is None
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as handle:
+        keys = list(handle.keys())
+    assert keys and not [key for key in keys if "aligning" in key or "teacher" in key]
+    assert model.teacher is not None and model.aligning_layer is not None  # saving did not strip them
+    with torch.no_grad():
+        inference_batch = {k: v for k, v in batch.items() if k != "teacher_pixel_values"}
+        torch.testing.assert_close(loaded(**inference_batch).logits, model(**inference_batch).logits, atol=0, rtol=0)
+    loaded.load_alignment_state(tmp_path / "ckpt")
+    for (name, mine), (_, theirs) in zip(model.aligning_layer.state_dict().items(), loaded.aligning_layer.state_dict().items()):
+        assert torch.equal(mine, theirs), name
+    assert (tmp_path / "ckpt" / ALIGNMENT_STATE_FILE).exists()
+
+
+def test_from_text_model_starts_from_the_base_llm(tmp_path):
+    config = EveConfig.tiny()
+    torch.manual_seed(5)
+    base = LlamaForCausalLM(config.text_config)
+    base.save_pretrained(tmp_path / "llama")
+    model = EveForCausalLM.from_text_model(tmp_path / "llama", config)
+    for (name, mine), (_, theirs) in zip(model.language_model.state_dict().items(), base.state_dict().items()):
+        assert torch.equal(mine, theirs), name
+    with pytest.raises(ValueError, match="hidden_size"):
+        EveForCausalLM.from_text_model(base, EveConfig.tiny(text_config={**config.text_config.to_dict(), "hidden_size": 64,
+                                                                         "intermediate_size": 128}))
+
+
+def test_generate_returns_text_for_an_image_prompt(processor):
+    model = tiny_model()
+    model.train()
+    image = noise_image(64, 64, seed=9)
+    batch = processor([{"image": image, "caption": "a red circle"}] * 2, "plain")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    generation = processor.for_generation([image, None], [processor.prompt("", template="plain"), "a red"])
+    new_tokens = model.generate(**generation, max_new_tokens=6, do_sample=False)
+    texts = processor.batch_decode(new_tokens)
+    assert texts[0].startswith("a red circle"), texts
+    single = processor.for_generation([image], [processor.prompt("", template="plain")])
+    assert torch.equal(model.generate(**single, max_new_tokens=6, do_sample=False)[0], new_tokens[0])  # left padding is neutral
+
+
+def test_eve_7b_parameter_counts_on_meta_device():
+    config = EveConfig.eve_7b()
+    with torch.device("meta"):
+        model = EveForCausalLM(config)
+        aligning = PatchAligningLayer(config)
+    vocab, hidden, inter, layers = 32000, 4096, 11008, 32
+    llm = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter + 2 * hidden) + hidden
+    width, patch = 1024, 14
+    cross_attention = 2 * (2 * width) + width * width + 2 * width * width + (width * width + width)
+    pel = 3 * patch * patch * width + 2 * cross_attention + 2 * width + (width * hidden + hidden) + (hidden * hidden + hidden)
+    depths, teacher_dim = 9, 1024
+    pal = depths * (2 * hidden + hidden * width) + (hidden * teacher_dim + teacher_dim) + (width * teacher_dim + teacher_dim)
+    counts = {name: sum(p.numel() for p in group) for name, group in model.parameter_groups().items()}
+    assert counts["llm"] == llm and abs(llm - 6.74e9) < 0.01e9
+    assert counts["pel"] == pel and abs(pel - 30e6) < 0.5e6
+    assert sum(p.numel() for p in aligning.parameters()) == pal and abs(pal - 43e6) < 0.5e6
