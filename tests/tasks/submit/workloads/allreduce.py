@@ -1,5 +1,6 @@
 """Rank workload: a gloo all-reduce of (rank + 1); each rank writes what it saw to OUT_DIR/rank-<r>.json."""
 
+import hashlib
 import json
 import os
 import socket
@@ -25,6 +26,8 @@ record = {
     "slurm_node": os.environ.get("SLURMD_NODENAME"),
     "hostname": socket.gethostname(),
     "job_name": os.environ.get("EVE_JOB_NAME"),
+    # Proves a secret arrived without writing its value anywhere.
+    "secret_sha256": hashlib.sha256(os.environ.get("EVE_TEST_SECRET", "").encode()).hexdigest(),
 }
 out_dir.mkdir(parents=True, exist_ok=True)
 (out_dir / f"rank-{rank}.json").write_text(json.dumps(record))
