@@ -33,6 +33,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from tasks.data.sources import SourceSpec
 from tasks.platform import REPO_ROOT
 
 SHAPE_KINDS = ("circle", "square", "triangle", "diamond", "star", "hexagon")
@@ -456,6 +457,28 @@ def ensure_demo_data(
             )
     return demo_dir
 
+
+
+class DemoSources(BaseModel):
+    """The demo's raw sources as ingest specs, plus the held-out evaluation questions."""
+
+    captions: list[SourceSpec]
+    """Image + alt-text records (pre-training stages)."""
+
+    sft: list[SourceSpec]
+    """LLaVA-style conversations about the same scenes (stage 3)."""
+
+    eval_questions_path: str | None = None
+    """JSONL of held-out questions (question_id, image, question, answer, question_type)."""
+
+
+def demo_sources(demo_dir: str | Path) -> DemoSources:
+    demo_dir = Path(demo_dir)
+    return DemoSources(
+        captions=[SourceSpec(kind="image_folder", location=str(demo_dir / "train"), records_file="captions.jsonl")],
+        sft=[SourceSpec(kind="image_folder", location=str(demo_dir / "train"), records_file="conversations.jsonl")],
+        eval_questions_path=str(demo_dir / "eval" / "questions.jsonl"),
+    )
 
 if __name__ == "__main__":
     target = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO_ROOT / "data"

@@ -11,13 +11,16 @@ reconcile. Nothing is ever extracted to disk, so a hostile member name cannot wr
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import posixpath
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CAPTION_SUFFIXES = ("txt", "caption")
@@ -300,3 +303,44 @@ def read_source(kind: str, location: str, **options: Any) -> Iterator[RawItem]:
     if kind not in readers:
         raise ValueError(f"unknown source kind {kind!r}; expected one of {SOURCE_KINDS}")
     return readers[kind](location, **options)
+
+
+class SourceSpec(BaseModel):
+    """One raw source to ingest (a flow parameter: Prefect draws it as a form)."""
+
+    kind: Literal["image_folder", "webdataset", "parquet"] = "image_folder"
+    """Reader to use."""
+
+    location: str
+    """Local path or fsspec URL (``s3://bucket/prefix``)."""
+
+    records_file: str = "captions.jsonl"
+    """image_folder only: the JSONL or CSV file describing the images."""
+
+    caption_field: str = "caption"
+    """Field/column holding the caption."""
+
+    def read(self) -> Iterator[RawItem]:
+        if self.kind == "image_folder":
+            return read_image_folder(self.location, records_file=self.records_file, caption_field=self.caption_field)
+        if self.kind == "webdataset":
+            return read_webdataset(self.location)
+        return read_parquet(self.location, caption_column=self.caption_field)
+
+
+def source_fingerprint(spec: SourceSpec) -> str:
+    """A cheap content fingerprint of a source: sha256 over (name, size, mtime/ETag) of its files.
+
+    Used as a cache key: a changed, added or removed file changes it, without reading the bytes.
+    """
+    fs, root = _fs_and_path(spec.location)
+    if fs.isfile(root):
+        listing = {root: fs.info(root)}
+    else:
+        listing = fs.find(root, detail=True)
+    digest = hashlib.sha256(spec.model_dump_json().encode())
+    for name in sorted(listing):
+        info = listing[name]
+        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+        digest.update(f"{name}\0{info.get('size')}\0{stamp}\n".encode())
+    return digest.hexdigest()

@@ -108,7 +108,7 @@ def test_keeps_exactly_the_requested_count_spread_over_clusters(planted_dataset,
 @pytest.mark.slow
 def test_the_default_embedder_is_the_teacher(tmp_path: Path) -> None:
     duplicates_of, small = _write_planted(tmp_path / "input", 8, _resized_brighter_png, every=2)
-    report = curate_dataset(tmp_path / "input", tmp_path / "out", CurationConfig(num_clusters=3))
+    report = curate_dataset(tmp_path / "input", tmp_path / "out", CurationConfig(num_clusters=3, keep_per_cluster=100))
     assert report.embedder.startswith("teacher:"), report.embedder
     log = _log(report)
     assert {key for key, r in log.items() if r["reason"] == "near_duplicate"} == set(duplicates_of)

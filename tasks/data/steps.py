@@ -1,0 +1,129 @@
+"""Prefect tasks of the data pipeline (curation's task lives in ``tasks.curate``): thin wrappers that declare retries, caching and artifacts.
+
+The logic lives in plain functions (``sources``, ``sharding``, ``versioning``, ``demo_source``,
+``tasks.curate``); these wrappers add what only an orchestrated run needs: progress in the run log,
+table artifacts with the counts, and content-based cache keys, so an unchanged source is not
+ingested again and an unchanged dataset is not curated again.
+
+Where outputs go: ingest and curation write into ``<home>/staging/<content key>/``; a directory
+there is reused only if its manifest verifies, and it becomes a registered version only through
+``register_dataset_version`` (DVC push, then git tag).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from eve_model.shards import DatasetIntegrityError, verify_dataset
+from tasks.data.demo_source import DemoSources, demo_sources, ensure_demo_data
+from tasks.data.sharding import REPORT_FILE, IngestReport, ingest_items
+from tasks.data.sources import SourceSpec, source_fingerprint
+from tasks.data.validate import ValidationConfig
+from tasks.data.versioning import DatasetRegistry, DatasetVersion
+from tasks.platform import PlatformSettings
+
+# Bump when the ingest/curation logic changes what it writes: it is part of every cache key.
+PIPELINE_CODE_VERSION = "data-1"
+CACHE_EXPIRATION = timedelta(days=30)
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join((PIPELINE_CODE_VERSION, *parts)).encode()).hexdigest()
+
+
+def ingest_cache_key(sources: list[SourceSpec], validation: ValidationConfig, max_items_per_shard: int) -> str:
+    """Content key of an ingest: source fingerprints + rules + shard size + code version."""
+    return _key(*(source_fingerprint(s) for s in sources), validation.model_dump_json(), str(max_items_per_shard))
+
+
+def _staging_dir(kind: str, key: str) -> Path:
+    return PlatformSettings.load().path("staging") / f"{kind}-{key[:24]}"
+
+
+def _reusable(directory: Path) -> bool:
+    """A finished ingest: its report exists and its manifest and shards verify."""
+    if not (directory / REPORT_FILE).exists():
+        return False
+    try:
+        verify_dataset(directory)
+        return True
+    except DatasetIntegrityError:
+        return False
+
+
+@task(name="prepare-demo-source", retries=0)
+def prepare_demo_source() -> DemoSources:
+    """Regenerate data/demo if missing, check it against data.dvc, and describe its sources."""
+    return demo_sources(ensure_demo_data())
+
+
+def ingest_sources(
+    sources: list[SourceSpec],
+    validation: ValidationConfig,
+    max_items_per_shard: int = 500,
+    progress=None,
+) -> IngestReport:
+    """Ingest every source into one staged dataset; reuses an identical earlier ingest."""
+    key = ingest_cache_key(sources, validation, max_items_per_shard)
+    out_dir = _staging_dir("ingest", key)
+    if _reusable(out_dir):
+        return IngestReport.model_validate_json((out_dir / REPORT_FILE).read_text())
+    shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted ingest
+    items = itertools.chain.from_iterable(source.read() for source in sources)
+    return ingest_items(
+        items, out_dir, validation, max_items_per_shard=max_items_per_shard,
+        extra={"sources": [s.model_dump() for s in sources]}, progress=progress,
+    )
+
+
+@task(
+    name="ingest-sources",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    cache_key_fn=lambda context, parameters: "ingest-" + ingest_cache_key(
+        parameters["sources"], parameters["validation"], parameters.get("max_items_per_shard", 500)
+    ),
+    cache_expiration=CACHE_EXPIRATION,
+    persist_result=True,
+)
+def ingest_sources_task(
+    sources: list[SourceSpec], validation: ValidationConfig, max_items_per_shard: int = 500, label: str = "dataset"
+) -> IngestReport:
+    """Read, validate and shard the sources; counts go to a table artifact, bad items to quarantine."""
+    logger = get_run_logger()
+    report = ingest_sources(
+        sources, validation, max_items_per_shard,
+        progress=lambda n, ok, bad: logger.info("ingest: %d items read, %d accepted, %d quarantined", n, ok, bad),
+    )
+    create_table_artifact(
+        key=f"ingest-counts-{label}".replace("_", "-").lower(),
+        table=report.table_rows(),
+        description=f"Ingest of {len(sources)} source(s) -> dataset {report.dataset_hash[:16]}; "
+        f"quarantine list: {report.quarantine_path}",
+    )
+    return report
+
+
+@task(name="register-dataset-version", retries=1, retry_delay_seconds=30, timeout_seconds=3 * 3600)
+def register_dataset_version(dataset_dir: str, name: str) -> DatasetVersion:
+    """Push the dataset to the DVC remote (with backoff) and tag it in the dataset registry."""
+    version = DatasetRegistry.from_settings().register(dataset_dir, name)
+    create_markdown_artifact(
+        key=f"dataset-version-{name}".replace("_", "-").lower(),
+        markdown=(
+            f"### Dataset version `{version.name}`\n\n"
+            f"| field | value |\n|---|---|\n| dataset_hash | `{version.dataset_hash}` |\n"
+            f"| DVC md5 | `{version.dvc_md5}` |\n| items | {version.num_items} |\n| shards | {version.num_shards} |\n"
+            f"| tag | `{version.tag}` |\n| remote | `{version.remote_url}` |\n"
+        ),
+        description=f"{version.name} {version.dataset_hash[:16]}",
+    )
+    get_run_logger().info("registered %s (%s, %d items)", version.tag, version.dvc_md5, version.num_items)
+    return version
