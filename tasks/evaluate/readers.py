@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,8 +109,8 @@ class _Collector:
         if not self.items:
             detail = f" ({len(self.skipped)} skipped as invalid)" if self.skipped else ""
             raise BenchmarkFormatError(f"{what}: no valid items{detail}")
-        ids = [item.item_id for item in self.items]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+        counts = Counter(item.item_id for item in self.items)
+        duplicates = sorted(item_id for item_id, count in counts.items() if count > 1)
         if duplicates:
             raise BenchmarkFormatError(f"{what}: duplicate item ids {duplicates[:5]}")
         return Benchmark(items=self.items, skipped=self.skipped, files=files)

@@ -195,6 +195,25 @@ def publish_artifacts(
             )
 
 
+def sample_generations(
+    candidate: EvaluationReport, production: EvaluationReport | None = None, per_suite: int = 3
+) -> list[dict[str, Any]]:
+    """A few generations per suite, candidate next to production (the promotion page's
+    ``SampleGeneration`` fields: image_key, prompt, candidate_output, production_output)."""
+    rows = []
+    for name, suite in candidate.suites.items():
+        other = production.suites.get(name) if production is not None else None
+        production_by_id = {s.item_id: s.prediction for s in other.samples} if other is not None else {}
+        for sample in [s for s in suite.samples if s.prediction is not None][:per_suite]:
+            rows.append({
+                "image_key": f"{name}/{sample.item_id}",
+                "prompt": sample.prompt or "",
+                "candidate_output": sample.prediction,
+                "production_output": production_by_id.get(sample.item_id),
+            })
+    return rows
+
+
 def plot_metrics(
     candidate: EvaluationReport, path: str | Path, production: EvaluationReport | None = None
 ) -> Path:

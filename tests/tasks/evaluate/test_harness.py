@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from tasks.evaluate import readers
 from tasks.evaluate.harness import HarnessConfig, evaluate_model, evaluate_model_dir
-from tasks.evaluate.report import EvaluationReport, metric_table, plot_metrics
+from tasks.evaluate.report import EvaluationReport, metric_table, plot_metrics, sample_generations
 from tasks.evaluate.suites import (
     CaptionSuite,
     LlavaVqaSuite,
@@ -156,6 +156,10 @@ def test_tiny_random_eve_end_to_end(tiny_eve_dir, tmp_path):
     rows = metric_table(loaded, production=again)
     vqa_row = next(r for r in rows if r["metric"] == "demo_vqa/accuracy")
     assert vqa_row["delta"] == 0.0 and next(r for r in rows if r["metric"] == "pope/f1")["production"] is None
+    shown = sample_generations(loaded, production=again, per_suite=2)
+    assert [row["image_key"] for row in shown[:2]] == ["demo_vqa/q1", "demo_vqa/q2"]
+    assert shown[0]["production_output"] == shown[0]["candidate_output"]  # same model, greedy
+    assert all(row["production_output"] is None for row in shown if row["image_key"].startswith("pope/"))
     png = plot_metrics(loaded, tmp_path / "metrics.png", production=again)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(png) as image:
