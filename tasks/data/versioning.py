@@ -21,6 +21,7 @@ Mechanism (design.md 3.2):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -129,6 +130,18 @@ def _write_remote_config(repo_root: Path, remote: RemoteConfig) -> None:
     (repo_root / ".dvc" / "config.local").write_text("".join(lines))
 
 
+@contextlib.contextmanager
+def _quiet_dvc():
+    """DVC logs git hints ("To track the changes with git, run ...") at INFO; our log says what happened."""
+    dvc_logger = logging.getLogger("dvc")
+    previous = dvc_logger.level
+    dvc_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        dvc_logger.setLevel(previous)
+
+
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -163,7 +176,8 @@ class DatasetRegistry:
         if not (self.root / ".dvc").exists():
             from dvc.repo import Repo
 
-            Repo.init(str(self.root))
+            with _quiet_dvc():
+                Repo.init(str(self.root))
             with open(self.root / ".dvc" / "config", "a") as config:
                 # Hardlinks: the checked-out version and the cache share bytes (versions are immutable).
                 config.write("[core]\n    analytics = false\n[cache]\n    type = \"reflink,hardlink,copy\"\n")
@@ -232,7 +246,7 @@ class DatasetRegistry:
             shutil.copytree(dataset_dir, staging)
             staging.rename(target)
             try:
-                with Repo(str(self.root)) as repo:
+                with _quiet_dvc(), Repo(str(self.root)) as repo:
                     repo.add([str(target)])
                 self._push_with_retries(f"{relative}.dvc", what=f"dataset {name} ({manifest.dataset_hash})")
             except BaseException:
@@ -265,7 +279,7 @@ class DatasetRegistry:
         last_error: BaseException | None = None
         for attempt in range(1, self.push_attempts + 1):
             try:
-                with Repo(str(self.root)) as repo:
+                with _quiet_dvc(), Repo(str(self.root)) as repo:
                     repo.push(targets=[str(self.root / pointer)], remote=REMOTE_NAME)
                 return
             except Exception as exc:  # DVC wraps network failures in several exception types
@@ -314,7 +328,7 @@ class DatasetRegistry:
             pass
         from dvc.repo import Repo
 
-        with self._lock(), Repo(str(self.root)) as repo:
+        with self._lock(), _quiet_dvc(), Repo(str(self.root)) as repo:
             repo.pull(targets=[str(self.root / version.pointer_path)], remote=REMOTE_NAME)
         verify_dataset(target, expected_hash=version.dataset_hash)
         return target
@@ -332,7 +346,7 @@ class DatasetRegistry:
             subprocess.run(["git", "clone", "-q", "--no-checkout", str(self.root), str(clone)], check=True, capture_output=True)
             _git(clone, "checkout", "-q", version.tag)
             _write_remote_config(clone, self.remote)
-            with Repo(str(clone)) as repo:
+            with _quiet_dvc(), Repo(str(clone)) as repo:
                 repo.pull(targets=[str(clone / version.pointer_path)], remote=REMOTE_NAME)
             pulled = clone / version.path_in_repo
             verify_dataset(pulled, expected_hash=version.dataset_hash)

@@ -1,0 +1,19 @@
+"""`eve data` commands: demo verification and version lookups, through the real console entry point."""
+
+from __future__ import annotations
+
+from cli.main import main
+from tasks.data.versioning import DatasetRegistry
+
+
+def test_versions_and_pull_report_unknown_keys_clearly(eve_home, tmp_path, capsys) -> None:
+    assert main(["data", "versions"]) == 0
+    assert capsys.readouterr().out == ""  # a fresh home has no versions, and DVC's git hints stay quiet
+    assert main(["data", "pull", "deadbeefcafe", str(tmp_path / "out")]) == 1
+    assert "no dataset version 'deadbeefcafe'" in capsys.readouterr().out
+    assert DatasetRegistry.from_settings().list_versions() == []
+
+
+def test_demo_generate_only_verifies_against_data_dvc(capsys) -> None:
+    assert main(["data", "demo", "--generate-only"]) == 0
+    assert "matches data.dvc" in capsys.readouterr().out
