@@ -103,7 +103,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         contamination = check_contamination(
             images, iter_training_samples(args.train_dataset), texts,
             embed=None if args.no_teacher else teacher_embedder(),
-            near_duplicate_threshold=args.near_duplicate_threshold,
+            near_duplicate_threshold=args.near_duplicate_threshold, show_progress=not args.no_progress,
         )
         (output / "contamination.json").write_text(contamination.model_dump_json(indent=2))
         print(f"contamination: {contamination.num_contaminated_images} of {contamination.num_eval_images} "

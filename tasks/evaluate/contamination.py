@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -59,6 +60,10 @@ class ImageMatch(BaseModel):
 class ContaminationReport(BaseModel):
     num_eval_images: int
     num_train_images: int
+    num_undecodable_train_images: int = 0
+    """Training images that do not decode (so could not be compared by pixels or embedding)."""
+    undecodable_train_images: list[str] = Field(default_factory=list)
+    """Their keys (the first 100)."""
     exact_byte_matches: list[ImageMatch] = Field(default_factory=list)
     exact_pixel_matches: list[ImageMatch] = Field(default_factory=list)
     """Pixel-identical but not byte-identical (re-encoded copies)."""
@@ -118,6 +123,7 @@ def check_contamination(
     near_duplicate_threshold: float = 0.9,
     ngram_n: int = 8,
     batch_size: int = 64,
+    show_progress: bool = False,
 ) -> ContaminationReport:
     """Compare evaluation images and references with a stream of training samples.
 
@@ -144,28 +150,40 @@ def check_contamination(
     byte_matched: set[str] = set()
     train_ngrams: set[tuple[str, ...]] = set()
     num_train_images = 0
+    undecodable: list[str] = []
+    from tqdm import tqdm
+
+    progress = tqdm(desc="contamination: training images", unit="img", disable=not show_progress, file=sys.stderr)
     for batch in _batched(training_samples, batch_size):
         images = [(s.key, s.image_bytes) for s in batch if s.image_bytes]
         for sample in batch:
             for text in sample.texts:
                 train_ngrams |= ngrams(tokenize_caption(text).split(), ngram_n)
         num_train_images += len(images)
+        decodable = []
         for key, data in images:
             for eval_id in by_bytes.get(hashlib.sha256(data).hexdigest(), []):
                 byte_matches.append(ImageMatch(eval_id=eval_id, train_key=key))
                 byte_matched.add(eval_id)
-            for eval_id in by_pixels.get(pixel_sha256(data) or "", []):
+            pixels = pixel_sha256(data)
+            if pixels is None:
+                undecodable.append(key)  # cannot be embedded either; reported, not fatal
+                continue
+            decodable.append((key, data))
+            for eval_id in by_pixels.get(pixels, []):
                 if eval_id not in byte_matched:
                     pixel_matches.append(ImageMatch(eval_id=eval_id, train_key=key))
-        if eval_embeddings is not None and images:
-            train_embeddings = embed([data for _, data in images])  # (b, D)
+        if eval_embeddings is not None and decodable:
+            train_embeddings = embed([data for _, data in decodable])  # (b, D)
             similarity = eval_embeddings @ train_embeddings.T  # (E, b), cosines of unit vectors
             column = similarity.argmax(axis=1)
             value = similarity[np.arange(len(eval_ids)), column]
             improved = value > best_cosine
             best_cosine = np.where(improved, value, best_cosine)
             for row in np.flatnonzero(improved):
-                best_key[row] = images[column[row]][0]
+                best_key[row] = decodable[column[row]][0]
+        progress.update(len(images))
+    progress.close()
 
     identical = byte_matched | {m.eval_id for m in pixel_matches}
     near = []
@@ -190,6 +208,8 @@ def check_contamination(
     return ContaminationReport(
         num_eval_images=len(eval_images),
         num_train_images=num_train_images,
+        undecodable_train_images=undecodable[:100],
+        num_undecodable_train_images=len(undecodable),
         exact_byte_matches=byte_matches,
         exact_pixel_matches=pixel_matches,
         near_duplicates=near,

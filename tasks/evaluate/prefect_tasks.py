@@ -75,7 +75,11 @@ def evaluate_model_task(
     output_dir: str | None = None,
     production: EvaluationReport | None = None,
 ) -> EvaluationReport:
-    """Run the suites on a model directory; writes ``report.json`` + ``metrics.png`` and publishes tables."""
+    """Run the suites on a model directory; writes ``report.json`` + ``metrics.png`` and publishes tables.
+
+    On a cache hit (same model content, suites, evaluation sets and settings) the stored report is
+    returned and nothing is re-run or re-written.
+    """
     report = evaluate_model_dir(model_dir, suites, config)
     target = Path(output_dir) if output_dir else PlatformSettings.load().path("evaluations", report.model_dir_hash[:16])
     report.save(target / "report.json")
@@ -97,7 +101,7 @@ def check_contamination_task(
     report = check_contamination(
         images, iter_training_samples(training_datasets), texts,
         embed=teacher_embedder() if use_teacher_embeddings else None,
-        near_duplicate_threshold=near_duplicate_threshold, ngram_n=ngram_n,
+        near_duplicate_threshold=near_duplicate_threshold, ngram_n=ngram_n, show_progress=True,
     )
     matches = (
         [{"kind": "bytes", "eval": m.eval_id, "train": m.train_key, "cosine": None} for m in report.exact_byte_matches]

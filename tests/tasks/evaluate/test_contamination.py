@@ -72,6 +72,7 @@ def test_exact_pixel_and_near_duplicates_are_found(eval_set):
         TrainingSample("reencoded", reencoded_blue),
         TrainingSample("resized", resized_green),
         TrainingSample("text-only", None, ["caption without image"]),
+        TrainingSample("corrupt", b"\x89PNG\r\n\x1a\n broken"),
     ]
     report = check_contamination(images, training, texts, embed=thumbnail_embedder, near_duplicate_threshold=0.95)
     assert [(m.eval_id, m.train_key) for m in report.exact_byte_matches] == [("vqa/q1", "copy")]
@@ -79,7 +80,8 @@ def test_exact_pixel_and_near_duplicates_are_found(eval_set):
     assert [(m.eval_id, m.train_key) for m in report.near_duplicates] == [("vqa/q3", "resized")]
     assert report.near_duplicates[0].cosine >= 0.95
     assert report.num_contaminated_images == 3 and report.contaminated
-    assert report.num_train_images == 3
+    assert report.num_train_images == 4
+    assert report.undecodable_train_images == ["corrupt"]  # reported, and the check still ran
 
     without_embedder = check_contamination(images, training, texts)
     assert without_embedder.near_duplicates == [] and without_embedder.near_duplicate_threshold is None
