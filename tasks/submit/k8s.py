@@ -115,6 +115,7 @@ def _context(spec: JobSpec, options: KubernetesOptions, name: str, rendezvous_en
         "limits": limits,
         "volumes": [volume.model_dump() for volume in options.volumes],
         "nodes": spec.nodes,
+        "ranks_per_node": spec.ranks_per_node,
         "rendezvous_port": options.rendezvous_port,
         "backoff_limit": spec.max_resubmits,
         "active_deadline_seconds": spec.time_limit_minutes * 60,

@@ -173,5 +173,6 @@ def test_two_node_job_agrees_on_rendezvous(backend, slurm_cluster, tmp_path):
     assert {r["slurm_node"] for r in records} == set(slurm_cluster.node_names)
     assert {r["group_rank"] for r in records} == {0, 1}
     assert len({(r["master_addr"], r["master_port"]) for r in records}) == 1
+    assert all(r["preflight_world_size"] == 2 for r in records)
     world_size = 2
     assert all(r["all_reduce_sum"] == world_size * (world_size + 1) / 2 for r in records)

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from eve_model.preflight import check_world_size
+
 out_dir = Path(sys.argv[1])
 dist.init_process_group("gloo")
 rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -26,6 +28,8 @@ record = {
     "slurm_node": os.environ.get("SLURMD_NODENAME"),
     "hostname": socket.gethostname(),
     "job_name": os.environ.get("EVE_JOB_NAME"),
+    # Raises unless WORLD_SIZE == the nodes x ranks per node the backend exported.
+    "preflight_world_size": check_world_size(),
     # Proves a secret arrived without writing its value anywhere.
     "secret_sha256": hashlib.sha256(os.environ.get("EVE_TEST_SECRET", "").encode()).hexdigest(),
 }
