@@ -90,8 +90,7 @@ def torchrun_command(config_path: Path, nproc: int) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "eve_model.train", str(config_path)]
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", "0", "--rdzv_backend", "c10d",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
         "-m", "eve_model.train", str(config_path),
     ]
 
