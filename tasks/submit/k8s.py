@@ -87,6 +87,10 @@ def _context(spec: JobSpec, options: KubernetesOptions, name: str, rendezvous_en
     if spec.gpus_per_node:
         limits["nvidia.com/gpu"] = str(spec.gpus_per_node)
         resources["nvidia.com/gpu"] = str(spec.gpus_per_node)
+    command = list(spec.command)
+    if command[0] == spec.python_executable:
+        # The submitting machine's venv path means "the interpreter" here, not a path in the image.
+        command[0] = options.container_python
     argv = [
         options.container_python,
         "-m",
@@ -97,7 +101,8 @@ def _context(spec: JobSpec, options: KubernetesOptions, name: str, rendezvous_en
         f"--rdzv-endpoint={rendezvous_endpoint}",
         f"--rdzv-id={name}",
         "--max-restarts=0",
-        *(_literal(word) for word in spec.command),
+        "--no-python",
+        *(_literal(word) for word in command),
     ]
     return {
         "name": name,

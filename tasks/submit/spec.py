@@ -55,8 +55,9 @@ class JobSpec(BaseModel):
     reduced to a safe identifier where a scheduler needs one (``scheduler_name``)."""
 
     command: list[str] = Field(min_length=1)
-    """What each rank runs, as arguments to the Python interpreter, the way torchrun takes them:
-    ``["-m", "eve_model.train", "/path/stage.json"]`` or ``["script.py", "--flag"]``."""
+    """The argv each rank executes under torchrun (``--no-python``), e.g.
+    ``[python_executable, "-m", "eve_model.train", "/path/stage.json"]``. On Kubernetes a leading
+    ``python_executable`` is replaced by the image's interpreter."""
 
     workdir: Path
     """Working directory of every rank (the repository checkout on the nodes)."""
@@ -119,7 +120,7 @@ class JobSpec(BaseModel):
     before the stage counts as failed."""
 
     python_executable: str = sys.executable
-    """Interpreter on the nodes that runs torchrun and the ranks (a shared venv path)."""
+    """Interpreter on the nodes that runs torchrun (a shared venv path)."""
 
     rendezvous_port: int | None = Field(default=None, ge=1024, le=65535)
     """c10d rendezvous port on the first node; None derives one from the job id."""

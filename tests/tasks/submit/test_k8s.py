@@ -7,7 +7,7 @@ controllers, so these tests play the training operator by patching ``status`` th
 from __future__ import annotations
 
 import copy
-import json
+import sys
 
 import pytest
 import yaml
@@ -44,7 +44,7 @@ def _stage_spec(preset: str, stage) -> JobSpec:
     )
     return JobSpec(
         name=f"{config.run_name} retrain 2026-11",
-        command=["-m", "eve_model.train", f"/checkpoints/{config.run_name}/stage.json"],
+        command=[sys.executable, "-m", "eve_model.train", f"/checkpoints/{config.run_name}/stage.json"],
         workdir="/workspace",
         log_dir=f"/checkpoints/{config.run_name}/logs",
         container_image=IMAGE,
@@ -74,7 +74,8 @@ def test_every_stage_preset_renders_valid_manifests(preset, stage, kind):
     container = pods[0]["template"]["spec"]["containers"][0]
     assert f"--nnodes={spec.nodes}" in container["command"]
     assert f"--nproc-per-node={spec.ranks_per_node}" in container["command"]
-    assert container["command"][-3:] == spec.command
+    # The submitting machine's interpreter path becomes the image's interpreter.
+    assert container["command"][-5:] == ["--no-python", "python", *spec.command[1:]]
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/data-cache", "/checkpoints", "/dev/shm"} <= mounts
     if spec.gpus_per_node:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import os
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def test_two_ranks_complete_and_secret_reaches_ranks_but_no_file(tmp_path, monke
     out_dir = tmp_path / "out"
     spec = _spec(
         tmp_path,
-        [str(WORKLOADS / "allreduce.py"), str(out_dir)],
+        [sys.executable, str(WORKLOADS / "allreduce.py"), str(out_dir)],
         tasks_per_node=2,
         secret_env_names=["EVE_TEST_SECRET"],
     )
@@ -58,7 +59,7 @@ def test_two_ranks_complete_and_secret_reaches_ranks_but_no_file(tmp_path, monke
 
 def test_failing_rank_gives_failed_with_its_exit_code(tmp_path):
     backend = LocalBackend()
-    handle = backend.submit(_spec(tmp_path, [str(WORKLOADS / "exit_with.py"), "3"], tasks_per_node=2))
+    handle = backend.submit(_spec(tmp_path, [sys.executable, str(WORKLOADS / "exit_with.py"), "3"], tasks_per_node=2))
     status = backend.wait(handle, poll_seconds=0.3, timeout_seconds=120)
 
     assert (status.state, status.exit_code, status.resumable) == (JobState.FAILED, 3, False)
@@ -67,7 +68,7 @@ def test_failing_rank_gives_failed_with_its_exit_code(tmp_path):
 
 def test_cancel_kills_the_whole_process_group(tmp_path):
     backend = LocalBackend(cancel_grace_seconds=10)
-    handle = backend.submit(_spec(tmp_path, [str(WORKLOADS / "counter.py"), str(tmp_path / "out"), "600", "0.5"]))
+    handle = backend.submit(_spec(tmp_path, [sys.executable, str(WORKLOADS / "counter.py"), str(tmp_path / "out"), "600", "0.5"]))
     pid = int((handle.spec.log_dir / f"{handle.job_id}.pid").read_text())
     assert backend.status(handle).state == JobState.RUNNING
     backend.cancel(handle)
@@ -85,7 +86,7 @@ def test_pre_timeout_signal_checkpoints_and_the_stage_resumes(tmp_path):
     out_dir = tmp_path / "out"
     spec = _spec(
         tmp_path,
-        [str(WORKLOADS / "counter.py"), str(out_dir), str(total_steps), "0.5"],
+        [sys.executable, str(WORKLOADS / "counter.py"), str(out_dir), str(total_steps), "0.5"],
         time_limit_minutes=1,
         pre_timeout_signal_seconds=40,
         max_resubmits=4,

@@ -69,7 +69,7 @@ def test_two_task_job_completes_and_hostile_names_stay_inert(backend, tmp_path):
     out_dir = tmp_path / "out ; touch pwned"
     spec = _spec(
         tmp_path,
-        [str(WORKLOADS / "allreduce.py"), str(out_dir)],
+        [sys.executable, str(WORKLOADS / "allreduce.py"), str(out_dir)],
         name=hostile,
         tasks_per_node=2,
         workdir=workdir,
@@ -92,7 +92,7 @@ def test_two_task_job_completes_and_hostile_names_stay_inert(backend, tmp_path):
 
 
 def test_failing_job_reports_exit_code_and_log_tail(backend, tmp_path):
-    handle = backend.submit(_spec(tmp_path, [str(WORKLOADS / "exit_with.py"), "3"], tasks_per_node=2))
+    handle = backend.submit(_spec(tmp_path, [sys.executable, str(WORKLOADS / "exit_with.py"), "3"], tasks_per_node=2))
     status = backend.wait(handle, poll_seconds=0.5, timeout_seconds=120)
 
     assert status.state == JobState.FAILED
@@ -102,7 +102,7 @@ def test_failing_job_reports_exit_code_and_log_tail(backend, tmp_path):
 
 
 def test_scancel_reports_cancelled(backend, tmp_path):
-    handle = backend.submit(_spec(tmp_path, [str(WORKLOADS / "counter.py"), str(tmp_path / "out"), "600", "0.5"]))
+    handle = backend.submit(_spec(tmp_path, [sys.executable, str(WORKLOADS / "counter.py"), str(tmp_path / "out"), "600", "0.5"]))
     _wait_for_log(backend, handle, "rank 0 running from step 0")
     backend.cancel(handle)
     status = backend.wait(handle, poll_seconds=0.5, timeout_seconds=60)
@@ -118,7 +118,7 @@ def test_time_limit_flushes_checkpoint_and_stage_resumes(backend, tmp_path):
     out_dir = tmp_path / "out"
     spec = _spec(
         tmp_path,
-        [str(WORKLOADS / "counter.py"), str(out_dir), str(total_steps), "0.5"],
+        [sys.executable, str(WORKLOADS / "counter.py"), str(out_dir), str(total_steps), "0.5"],
         time_limit_minutes=1,
         pre_timeout_signal_seconds=58,
         max_resubmits=4,
@@ -142,7 +142,7 @@ def test_scontrol_requeue_resumes_with_the_uninterrupted_result(backend, tmp_pat
     """The cluster's cred_expire=10 lets a requeued job start again after ~10 s (SLURM's default is 120 s)."""
     total_steps = 24
     out_dir = tmp_path / "out"
-    spec = _spec(tmp_path, [str(WORKLOADS / "counter.py"), str(out_dir), str(total_steps), "0.4"], tasks_per_node=2)
+    spec = _spec(tmp_path, [sys.executable, str(WORKLOADS / "counter.py"), str(out_dir), str(total_steps), "0.4"], tasks_per_node=2)
     handle = backend.submit(spec)
     _wait_for_log(backend, handle, "rank 1 running from step 0")
     time.sleep(2)
@@ -163,7 +163,7 @@ def test_scontrol_requeue_resumes_with_the_uninterrupted_result(backend, tmp_pat
 
 def test_two_node_job_agrees_on_rendezvous(backend, slurm_cluster, tmp_path):
     out_dir = tmp_path / "out"
-    spec = _spec(tmp_path, [str(WORKLOADS / "allreduce.py"), str(out_dir)], nodes=2, tasks_per_node=1)
+    spec = _spec(tmp_path, [sys.executable, str(WORKLOADS / "allreduce.py"), str(out_dir)], nodes=2, tasks_per_node=1)
     handle = backend.submit(spec)
     status = backend.wait(handle, poll_seconds=0.5, timeout_seconds=180)
 
