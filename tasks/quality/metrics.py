@@ -53,7 +53,7 @@ _MARKUP = re.compile(
     r"|(?:^|\n)\s*(?:#{1,6}\s|[-*]\s)",  # markdown headings and bullet lists
 )
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff\ufffd]")
-_ALPHABETIC_WORD = re.compile(r"^[^\W\d_]+(?:['\u2019-][^\W\d_]+)*$")
+_ANY_SUSPECT = re.compile("|".join(f"(?:{p.pattern})" for p in (_URL, _MARKUP, _CONTROL)), re.IGNORECASE)
 _EDGE_PUNCTUATION = "\"'()[]{}.,;:!?\u201c\u201d\u2018\u2019"
 
 
@@ -73,13 +73,17 @@ def _repetition(words: list[str]) -> tuple[float, int]:
     return trigram_ratio, longest
 
 
+def _is_alphabetic_word(word: str) -> bool:
+    # str methods instead of a regex: this runs once per word of every caption.
+    core = word.strip(_EDGE_PUNCTUATION)
+    return core.isalpha() or (core.replace("'", "").replace("\u2019", "").replace("-", "").isalpha()
+                              and core[0].isalpha() and core[-1].isalpha())
+
+
 def _non_language_share(raw_words: list[str]) -> float:
     if not raw_words:
         return 0.0
-    non_language = sum(
-        1 for word in raw_words if not _ALPHABETIC_WORD.match(word.strip(_EDGE_PUNCTUATION) or "-")
-    )
-    return non_language / len(raw_words)
+    return sum(1 for word in raw_words if not _is_alphabetic_word(word)) / len(raw_words)
 
 
 def compute_caption_metrics(
@@ -115,9 +119,10 @@ def compute_caption_metrics(
         trigram_ratio[index], longest_repeat[index] = _repetition(dedup_words)
         complete[index] = bool(_COMPLETE_ENDING.search(stripped)) and not _ELLIPSIS_ENDING.search(stripped)
         boilerplate[index] = bool(_BOILERPLATE_OPENING.match(stripped))
-        url[index] = bool(_URL.search(stripped))
-        markup[index] = bool(_MARKUP.search(text))
-        control[index] = bool(_CONTROL.search(text))
+        if _ANY_SUSPECT.search(text):  # one scan for the common clean case, three for the rest
+            url[index] = bool(_URL.search(stripped))
+            markup[index] = bool(_MARKUP.search(text))
+            control[index] = bool(_CONTROL.search(text))
         non_language[index] = _non_language_share(raw_words)
         text_hashes.append(hashlib.sha1(dedup_key.encode("utf-8")).hexdigest())
         shingles.append(bigram_shingles(dedup_words, vocabulary) if dedup_words else set())

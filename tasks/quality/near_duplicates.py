@@ -10,6 +10,8 @@ zero. With 32 hashes in 16 bands of 2 rows a pair at Jaccard s is proposed with 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 NUM_HASHES = 32
@@ -46,7 +48,7 @@ def minhash_signatures(shingle_sets: list[set[int]]) -> np.ndarray:
             end += 1
         lengths = np.fromiter((len(s) for s in shingle_sets[start:end]), dtype=np.int64, count=end - start)
         flat = np.fromiter(
-            (x for s in shingle_sets[start:end] for x in s), dtype=np.uint64, count=int(lengths.sum())
+            itertools.chain.from_iterable(shingle_sets[start:end]), dtype=np.uint64, count=int(lengths.sum())
         )
         if flat.size:
             # Multiply-xorshift universal hashing; uint64 arithmetic wraps, which is intended.
