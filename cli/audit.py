@@ -24,13 +24,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def verify_log(args: argparse.Namespace) -> int:
     from tasks.audit import AuditLog
 
+    from tasks.registry import ModelRegistry
+
     log = AuditLog.default()
     result = log.verify()
-    if result.ok:
-        print(f"ok: {result.num_records} records, chain intact, head {result.head_hash or '-'} ({log.path})")
+    registry = ModelRegistry.default()
+    # The production tags in the registry name the decisions behind them; check those still exist.
+    problems = result.problems + registry.verify_against_audit()
+    if not problems:
+        print(f"ok: {result.num_records} records, chain intact, head {result.head_hash or '-'} ({log.path}); "
+              "every production assignment is backed by an audited approval")
         return 0
-    print(f"TAMPERED: {len(result.problems)} problem(s) in {log.path}")
-    for problem in result.problems:
+    print(f"TAMPERED: {len(problems)} problem(s) in {log.path}")
+    for problem in problems:
         print(f"  {problem}")
     return 1
 

@@ -399,6 +399,28 @@ class ModelRegistry:
             ))
         return events
 
+    def verify_against_audit(self) -> list[str]:
+        """Problems linking the registry's stage moves to the audit log (empty when every one is backed).
+
+        Each production tag names the audit record of the decision behind it; a tag whose record is
+        missing, or is not an accepted approval of that version, means the log or the tags were altered.
+        """
+        problems = []
+        records = {r.record_hash: r for r in self.audit_log.records()} if self.audit_log.path.exists() else {}
+        for event in self.history():
+            if event.event != "assignment" or event.stage != PRODUCTION_STAGE:
+                continue
+            record = records.get(event.audit_record_hash or "")
+            approval = (record.payload.get("approval") or {}) if record else {}
+            if record is None:
+                problems.append(f"production assignment of {event.version} at {event.timestamp} names audit record "
+                                f"{event.audit_record_hash}, which the log does not hold")
+            elif record.event != audit.REVIEW_DECISION_ACCEPTED or approval.get("version") != event.version \
+                    or approval.get("decision") != "approve":
+                problems.append(f"production assignment of {event.version} at {event.timestamp} points to audit "
+                                f"record {record.seq} ({record.event}), not an approval of that version")
+        return problems
+
     def lineage(self, version: str) -> LineageManifest:
         return read_lineage(self.repo_dir, f"{MODEL_NAME}@{version.split('@')[-1]}")
 

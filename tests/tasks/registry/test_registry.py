@@ -87,6 +87,23 @@ def test_production_moves_only_with_an_audited_approval(eve_home, registry_input
     assert registry.audit_log.verify().ok
 
 
+def test_a_rewritten_audit_log_is_caught_by_the_registry_tags(eve_home, registry_inputs):
+    registry = ModelRegistry(PlatformSettings.load())
+    version = registry.register_candidate(*registry_inputs(1), {"passed": True})
+    registry.assign_production(version, _audited_approval(registry, version))
+    assert registry.verify_against_audit() == []
+
+    # Forge a whole new, internally consistent log without the approval: the chain alone cannot tell.
+    kept = [r for r in registry.audit_log.records() if r.event != audit.REVIEW_DECISION_ACCEPTED]
+    registry.audit_log.path.unlink()
+    registry.audit_log.head_path.unlink()
+    for record in kept:
+        registry.audit_log.append(record.event, actor=record.actor, subject=record.subject, payload=record.payload)
+    assert registry.audit_log.verify().ok
+    problems = registry.verify_against_audit()
+    assert len(problems) == 1 and "does not hold" in problems[0]
+
+
 def _register_in_subprocess(home: str, weights: str, lineage_json: str, queue) -> None:
     import os
 
