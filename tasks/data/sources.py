@@ -53,9 +53,18 @@ class RawItem:
 
 
 def _fs_and_path(location: str):
+    """fsspec filesystem + path; ``s3://`` uses the platform's S3 endpoint (EVE_S3_ENDPOINT) when set."""
     from fsspec.core import url_to_fs
 
-    return url_to_fs(str(location))
+    location = str(location)
+    options = {}
+    if location.startswith("s3://"):
+        from tasks.platform import PlatformSettings
+
+        endpoint = PlatformSettings.load().s3_endpoint_url
+        if endpoint:
+            options["endpoint_url"] = endpoint
+    return url_to_fs(location, **options)
 
 
 def _join(root: str, relative: str) -> str:
@@ -130,7 +139,7 @@ def read_image_folder(
         data = handle.read()
     parse = _records_from_csv if records_file.endswith(".csv") else _records_from_jsonl
     for line_number, record, problem in parse(data, records_uri):
-        record_uri = f"{records_uri}#L{line_number}"
+        record_uri = f"{fs.unstrip_protocol(records_uri)}#L{line_number}"
         if record is None or not isinstance(record, dict):
             yield RawItem(
                 item_id=f"line-{line_number}",
@@ -159,7 +168,7 @@ def read_image_folder(
                 item.image_bytes = image_handle.read()
         except (FileNotFoundError, IsADirectoryError) as exc:
             item.reader_problem = ("missing_image", f"{image_uri}: {exc.__class__.__name__}")
-        item.source_uri = f"{image_uri} ({record_uri})"
+        item.source_uri = f"{fs.unstrip_protocol(image_uri)} ({record_uri})"
         yield item
 
 

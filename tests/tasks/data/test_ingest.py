@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from eve_model.shards import iter_samples, verify_dataset
@@ -106,3 +107,24 @@ def test_paper_resolution_rule_rejects_small_images(broken_corpus, tmp_path: Pat
     good = next(i for i in items if i.item_id == "good-jpeg")
     result = validate_item(good, ValidationConfig.paper())
     assert isinstance(result, Quarantined) and result.reason.value == "too_small" and "449" in result.detail
+
+
+@pytest.mark.slow
+def test_readers_work_on_s3_with_the_same_outcomes(broken_corpus, s3_env) -> None:
+    import uuid
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_env.endpoint_url, skip_instance_cache=True)
+    prefix = f"{s3_env.bucket}/raw-{uuid.uuid4().hex[:8]}"
+    fs.put(str(broken_corpus.folder), f"{prefix}/folder", recursive=True)
+    fs.put(str(broken_corpus.tar_path), f"{prefix}/tars/{broken_corpus.tar_path.name}")
+    fs.put(str(broken_corpus.parquet_path), f"{prefix}/pairs.parquet")
+
+    folder_items = list(read_image_folder(f"s3://{prefix}/folder", records_file="captions.csv"))
+    assert {i.item_id: _outcome(i, broken_corpus.config) for i in folder_items} == broken_corpus.expected_folder
+    assert all(i.source_uri.startswith(f"s3://{prefix}/folder") for i in folder_items if i.image_bytes)
+    tar_items = list(read_webdataset(f"s3://{prefix}/tars"))
+    assert [(i.item_id, _outcome(i, broken_corpus.config)) for i in tar_items] == broken_corpus.expected_tar
+    parquet_items = list(read_parquet(f"s3://{prefix}/pairs.parquet"))
+    assert {i.item_id: _outcome(i, broken_corpus.config) for i in parquet_items} == broken_corpus.expected_parquet

@@ -112,3 +112,24 @@ def test_s3_outage_retries_then_fails_without_registering(s3_env, tmp_path: Path
 
     _write_remote_config(registry.root, registry.remote)
     assert registry.register(tmp_path / "second", "outage").dataset_hash == second_hash  # rerun once S3 is back
+
+
+def test_an_interrupted_registration_leaves_no_version_and_can_be_rerun(tmp_path: Path, monkeypatch) -> None:
+    import subprocess
+
+    registry = DatasetRegistry(tmp_path / "registry", RemoteConfig(url=str(tmp_path / "remote")))
+    dataset_hash = _make_dataset(tmp_path / "ds")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process is interrupted after `dvc add`, mid-push
+
+    monkeypatch.setattr(DatasetRegistry, "_push_with_retries", killed)
+    with pytest.raises(KeyboardInterrupt):
+        registry.register(tmp_path / "ds", "interrupted")
+    assert registry.list_versions() == []
+    status = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=registry.root, capture_output=True, text=True).stdout
+    assert "versions/" not in status, status
+
+    monkeypatch.undo()
+    version = registry.register(tmp_path / "ds", "interrupted")
+    assert version.dataset_hash == dataset_hash and len(registry.list_versions()) == 1
