@@ -12,6 +12,7 @@ and thresholds reuses the dataset it wrote before.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,9 @@ from tasks.quality.suites import (
     build_instruction_suite,
 )
 from tasks.quality.validate import TableDecision, decide
+
+
+logger = logging.getLogger(__name__)
 
 
 class QualityGateFailed(RuntimeError):
@@ -147,9 +151,13 @@ def _run_gate(
         (sample.key, sample.meta, sample.image_bytes is not None)
         for sample in iter_samples(input_location, manifest=manifest)
     ]
+    logger.info("%s: %d samples of %s read; computing metrics", suite_name, len(samples), dataset_hash[:12])
     table = build_table(samples)
+    logger.info("%s: metrics done; validating with GX", suite_name)
     decision = decide(table, build_suite(), thresholds.max_filtered_fraction)
     counts = _counts(decision)
+    logger.info("%s: %s; %d kept, %d filtered %s", suite_name, "passed" if decision.passed else "FAILED",
+                counts.num_kept, counts.num_filtered, counts.filtered_by_reason)
     summary = summarize(table)
 
     store = QualityStore(settings)
@@ -246,6 +254,7 @@ def gate_caption_dataset(
             [key for key, _, _ in samples],
             [meta.get("caption") for _, meta, _ in samples],
             near_duplicate_jaccard=thresholds.near_duplicate_jaccard,
+            progress=len(samples) >= 100_000,
         )
 
     return _run_gate(

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from tasks.caption.normalize import canonical_for_dedup
 from tasks.quality.near_duplicates import bigram_shingles, find_near_duplicates
@@ -90,8 +91,12 @@ def compute_caption_metrics(
     keys: Sequence[str],
     captions: Sequence[str | None],
     near_duplicate_jaccard: float = 0.8,
+    progress: bool = False,
 ) -> pd.DataFrame:
-    """The metrics table, one row per caption in input order (see the module docstring for columns)."""
+    """The metrics table, one row per caption in input order (see the module docstring for columns).
+
+    ``progress`` shows a progress bar (tqdm, stderr): 10^7 captions take minutes.
+    """
     if len(keys) != len(captions):
         raise ValueError(f"{len(keys)} keys but {len(captions)} captions")
     count = len(keys)
@@ -109,7 +114,8 @@ def compute_caption_metrics(
     text_hashes: list[str] = []
     shingles: list[set[int]] = []
     vocabulary: dict[str, int] = {}
-    for index, text in enumerate(texts):
+    for index, text in enumerate(tqdm(texts, desc="caption metrics", unit="caption", disable=not progress,
+                                      mininterval=2.0)):
         stripped = text.strip()
         raw_words = stripped.split()
         dedup_key = canonical_for_dedup(stripped)
