@@ -104,6 +104,20 @@ def test_a_rewritten_audit_log_is_caught_by_the_registry_tags(eve_home, registry
     assert len(problems) == 1 and "does not hold" in problems[0]
 
 
+@pytest.mark.slow
+def test_weights_go_to_the_s3_data_remote_and_pull_back(eve_home, registry_inputs, s3_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("EVE_DVC_REMOTE", f"s3://{s3_env.bucket}/registry-{tmp_path.name}")
+    registry = ModelRegistry(PlatformSettings.load())
+    weights, lineage = registry_inputs(1)
+    version = registry.register_candidate(weights, lineage, {"passed": True})
+    config = (registry.repo_dir / ".dvc" / "config").read_text()
+    assert s3_env.endpoint_url in config
+    assert s3_env.secret_key not in config and s3_env.access_key not in config
+    shutil.rmtree(registry.repo_dir / ".dvc" / "cache")
+    pulled = registry.pull_version(version, tmp_path / "pulled")
+    assert directory_sha256(pulled) == directory_sha256(weights)
+
+
 def _register_in_subprocess(home: str, weights: str, lineage_json: str, queue) -> None:
     import os
 
