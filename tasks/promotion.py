@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import datetime, timezone
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -324,6 +325,12 @@ def publish_lineage(lineage: LineageManifest) -> None:
     )
 
 
+@task(name="register-candidate")
+def register_candidate(model_dir: str, lineage_manifest: LineageManifest, eval_result: Any) -> str:
+    """Register a model that passed the evaluation gate (refused otherwise); returns its version."""
+    return ModelRegistry(PlatformSettings.load()).register_candidate(Path(model_dir), lineage_manifest, eval_result)
+
+
 @task(name="assign-production")
 def assign_production(candidate_version: str, approval: ApprovalRecord) -> str:
     """Move the production stage to the approved version; returns the stage tag."""
@@ -345,4 +352,5 @@ __all__ = [
     "publish_evidence_report",
     "publish_lineage",
     "record_promotion_request",
+    "register_candidate",
 ]

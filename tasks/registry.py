@@ -442,6 +442,31 @@ class ModelRegistry:
         return dest
 
 
+# Module-level entry points on the default registry (``PlatformSettings.load()``), as the flows call them.
+
+
+def register_candidate(model_dir: Path, lineage_manifest: LineageManifest, eval_result: Any) -> str:
+    """``ModelRegistry.register_candidate`` on the default registry; returns the new version."""
+    return ModelRegistry.default().register_candidate(model_dir, lineage_manifest, eval_result)
+
+
+def assign_production(version: str, approval_record: ApprovalRecord) -> str:
+    """``ModelRegistry.assign_production`` on the default registry; returns the stage tag."""
+    return ModelRegistry.default().assign_production(version, approval_record)
+
+
+def show() -> list[RegistryVersion]:
+    return ModelRegistry.default().show()
+
+
+def history() -> list[RegistryEvent]:
+    return ModelRegistry.default().history()
+
+
+def pull_version(version: str, dest: Path) -> Path:
+    return ModelRegistry.default().pull_version(version, dest)
+
+
 def _iso(value: Any) -> str:
     return value.astimezone(timezone.utc).isoformat() if isinstance(value, datetime) else str(value)
 
@@ -453,6 +478,11 @@ __all__ = [
     "RegistryError",
     "RegistryEvent",
     "RegistryVersion",
+    "assign_production",
     "directory_sha256",
     "gate_passed",
+    "history",
+    "pull_version",
+    "register_candidate",
+    "show",
 ]

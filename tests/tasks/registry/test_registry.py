@@ -38,6 +38,18 @@ def test_registration_requires_a_passing_gate(eve_home, registry_inputs):
     assert registry.show() == []
 
 
+def test_the_evaluation_gates_decision_is_honoured_through_the_task(eve_home, registry_inputs):
+    from tasks.evaluate.gates import GateDecision, GatePolicy
+    from tasks.promotion import register_candidate
+
+    weights, lineage = registry_inputs(1)
+    failed = GateDecision(passed=False, checks=[], policy=GatePolicy(), candidate_model_hash="c" * 64)
+    with pytest.raises(GateNotPassedError):
+        register_candidate.fn(str(weights), lineage, failed)
+    assert ModelRegistry(PlatformSettings.load()).show() == []
+    assert register_candidate.fn(str(weights), lineage, failed.model_copy(update={"passed": True})) == "v0.1.0"
+
+
 def test_every_hash_in_the_lineage_resolves_and_pulls_back(eve_home, registry_inputs, tmp_path):
     registry = ModelRegistry(PlatformSettings.load())
     weights, lineage = registry_inputs(1)
