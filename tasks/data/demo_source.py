@@ -418,10 +418,11 @@ def recorded_data_md5(dvc_file: Path) -> str:
 
 def directory_md5(path: Path) -> str:
     """DVC's directory hash of ``path`` (what ``dvc add`` would record), computed by DVC itself."""
+    import tempfile
+
     from dvc_data.hashfile.build import build
     from dvc_data.hashfile.db import HashFileDB
     from dvc_objects.fs.local import LocalFileSystem
-    import tempfile
 
     fs = LocalFileSystem()
     with tempfile.TemporaryDirectory() as scratch:

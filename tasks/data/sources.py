@@ -303,17 +303,6 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-SOURCE_KINDS = ("image_folder", "webdataset", "parquet")
-
-
-def read_source(kind: str, location: str, **options: Any) -> Iterator[RawItem]:
-    """Dispatch to the reader for ``kind`` (one of ``SOURCE_KINDS``)."""
-    readers = {"image_folder": read_image_folder, "webdataset": read_webdataset, "parquet": read_parquet}
-    if kind not in readers:
-        raise ValueError(f"unknown source kind {kind!r}; expected one of {SOURCE_KINDS}")
-    return readers[kind](location, **options)
-
-
 class SourceSpec(BaseModel):
     """One raw source to ingest (a flow parameter: Prefect draws it as a form)."""
 

@@ -22,7 +22,6 @@ Mechanism (design.md 3.2):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import subprocess
@@ -362,11 +361,6 @@ def _read_pointer_md5(pointer: Path) -> str:
     import yaml
 
     return yaml.safe_load(pointer.read_text())["outs"][0]["md5"]
-
-
-def version_record(version: DatasetVersion) -> dict:
-    """The JSON-able record lineage stores."""
-    return json.loads(version.model_dump_json())
 
 
 __all__ = [
