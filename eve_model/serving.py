@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import json
@@ -45,6 +46,7 @@ from starlette.responses import JSONResponse
 from eve_model.constants import IMAGE_PLACEHOLDER
 
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 64_000_000
 
 
 # ------------------------------------------------------------------------------------------- model side
@@ -136,12 +138,16 @@ class VisionTextGenerator:
         from PIL import Image
 
         try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
+            image = Image.open(io.BytesIO(data))  # reads the header only
         except Exception as error:  # PIL raises many types for corrupt data
             raise ImageInputError(f"image data cannot be decoded: {error}") from error
-        if image.width * image.height > 64_000_000:
-            raise ImageInputError(f"image of {image.width}x{image.height} pixels is too large")
+        # Checked before decoding, so a decompression bomb never allocates its pixels.
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise ImageInputError(f"image of {image.width}x{image.height} pixels is over {MAX_IMAGE_PIXELS} pixels")
+        try:
+            image.load()
+        except Exception as error:
+            raise ImageInputError(f"image data cannot be decoded: {error}") from error
         return image
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -298,7 +304,7 @@ def _error_body(message: str, code: str, param: str | None = None) -> dict[str, 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def _resolve_image(url: str, allowed_root: Path | None) -> bytes:
+def _resolve_image(url: str, allowed_root: Path | None, max_bytes: int) -> bytes:
     """Bytes of an image given as a data URL, a file:// URL or a local path under ``allowed_root``."""
     if url.startswith("data:"):
         header, _, payload = url.partition(",")
@@ -320,6 +326,8 @@ def _resolve_image(url: str, allowed_root: Path | None) -> bytes:
         raise ClientError(403, "image path is outside the allowed image root", "path_not_allowed")
     if not resolved.is_file():
         raise ClientError(400, "image path does not name a file under the allowed root", "invalid_image")
+    if resolved.stat().st_size > max_bytes:
+        raise ClientError(413, f"image file is over {max_bytes} bytes", "request_too_large")
     return resolved.read_bytes()
 
 
@@ -354,7 +362,7 @@ def _parse_chat(payload: Any, settings: ServeSettings) -> tuple[list[tuple[str, 
                     raise ClientError(400, "only one image per request is supported", "too_many_images")
                 if message.role != "user":
                     raise ClientError(400, "images must be in a user message", "invalid_image")
-                image = _resolve_image(url, settings.allowed_image_root)
+                image = _resolve_image(url, settings.allowed_image_root, settings.max_request_bytes)
             else:
                 raise ClientError(400, f"messages.{index}: unsupported content type {part.type!r}", "invalid_request")
         text = "".join(texts)
@@ -384,7 +392,12 @@ def create_app(settings: ServeSettings, generator: VisionTextGenerator | None = 
     model_id = settings.model_id or settings.model_dir.resolve().name
     counters = {"chat_completions": 0, "client_errors": 0, "server_errors": 0}
     started = int(time.time())
-    app = FastAPI(title="eve serve", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        engine.close()
+
+    app = FastAPI(title="eve serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine = engine
     app.state.counters = counters
 
@@ -429,8 +442,8 @@ def create_app(settings: ServeSettings, generator: VisionTextGenerator | None = 
             max_tokens = chat.max_completion_tokens or chat.max_tokens or settings.default_max_tokens
             if max_tokens > settings.max_tokens_limit:
                 raise ClientError(400, f"max_tokens is limited to {settings.max_tokens_limit}", "invalid_request", "max_tokens")
-            if image is not None:
-                generator.decode_image(image)  # reject bad bytes here, before they join a batch
+            if image is not None:  # reject bad bytes here, before they join a batch
+                await asyncio.to_thread(generator.decode_image, image)
         except ClientError as exc:
             return error(exc.status, exc.message, exc.code, exc.param)
         except ImageInputError as exc:
@@ -461,10 +474,6 @@ def create_app(settings: ServeSettings, generator: VisionTextGenerator | None = 
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                       "total_tokens": result.prompt_tokens + result.completion_tokens},
         })
-
-    @app.on_event("shutdown")
-    def _stop_engine() -> None:
-        engine.close()
 
     return app
 

@@ -155,3 +155,12 @@ def test_client_errors_are_counted_not_served(server) -> None:
     assert after["client_errors"] == before["client_errors"] + 1
     assert after["chat_completions"] == before["chat_completions"]
     assert after["server_errors"] == 0
+
+
+def test_decompression_bomb_is_refused_before_decoding(server) -> None:
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, format="PNG")  # 81 Mpixel, a few KB on the wire
+    assert len(buffer.getvalue()) < MAX_REQUEST_BYTES // 2
+    response = chat(server, {"messages": [user_message("x", data_url(buffer.getvalue()))]})
+    assert response.status_code == 400 and "pixels" in response.json()["error"]["message"]
+    assert server.health()["status"] == "ok"
