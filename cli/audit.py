@@ -1,7 +1,7 @@
 """``eve audit verify`` and ``eve audit show``: the hash-chained audit log of promotions.
 
-    eve audit verify            # exit 1 and name each broken record if the log was edited, cut or reordered
-    eve audit show [--last N] [--json]
+eve audit verify            # exit 1 and name each broken record if the log was edited, cut or reordered
+eve audit show [--last N] [--json]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def verify_log(args: argparse.Namespace) -> int:
     from tasks.audit import AuditLog
-
     from tasks.registry import ModelRegistry
 
     log = AuditLog.default()
@@ -32,8 +31,10 @@ def verify_log(args: argparse.Namespace) -> int:
     # The production tags in the registry name the decisions behind them; check those still exist.
     problems = result.problems + registry.verify_against_audit()
     if not problems:
-        print(f"ok: {result.num_records} records, chain intact, head {result.head_hash or '-'} ({log.path}); "
-              "every production assignment is backed by an audited approval")
+        print(
+            f"ok: {result.num_records} records, chain intact, head {result.head_hash or '-'} ({log.path}); "
+            "every production assignment is backed by an audited approval"
+        )
         return 0
     print(f"TAMPERED: {len(problems)} problem(s) in {log.path}")
     for problem in problems:
@@ -46,11 +47,13 @@ def show_log(args: argparse.Namespace) -> int:
 
     records = AuditLog.default().records()
     if args.last:
-        records = records[-args.last:]
+        records = records[-args.last :]
     for record in records:
         if args.json:
             print(json.dumps(record.model_dump(), sort_keys=True))
         else:
-            print(f"{record.seq:>5} {record.recorded_at} {record.event:<28} {record.actor or '-':<12} "
-                  f"{record.subject or '-':<12} {json.dumps(record.payload, sort_keys=True)[:120]}")
+            print(
+                f"{record.seq:>5} {record.recorded_at} {record.event:<28} {record.actor or '-':<12} "
+                f"{record.subject or '-':<12} {json.dumps(record.payload, sort_keys=True)[:120]}"
+            )
     return 0

@@ -1,9 +1,9 @@
 """``eve lineage``: trace a model version down to its raw data, or a dataset up to every model that used it.
 
-    eve lineage eve@v0.2.0                         # text chain down to the raw source hashes
-    eve lineage eve@v0.2.0 --format json|dot
-    eve lineage eve@v0.2.0 --format png -o lineage.png
-    eve lineage --dataset <sha256 or 8+ char prefix> [--format json]
+eve lineage eve@v0.2.0                         # text chain down to the raw source hashes
+eve lineage eve@v0.2.0 --format json|dot
+eve lineage eve@v0.2.0 --format png -o lineage.png
+eve lineage --dataset <sha256 or 8+ char prefix> [--format json]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``eve registry show`` and ``eve registry history``: versions, stages and who approved what.
 
-    eve registry show [--json]
-    eve registry history [--json]
+eve registry show [--json]
+eve registry history [--json]
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def show_history(args: argparse.Namespace) -> int:
     for e in events:
         line = f"{e.timestamp}  {e.event:<13} {e.version or '-':<9} {e.stage or '':<11}"
         if e.reviewer:
-            line += f" approved by {e.reviewer}: {e.comment!r} (evidence {e.evidence_sha256[:12] if e.evidence_sha256 else '?'})"
+            evidence = (e.evidence_sha256 or "?")[:12]
+            line += f" approved by {e.reviewer}: {e.comment!r} (evidence {evidence})"
         print(line)
     return 0

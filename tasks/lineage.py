@@ -464,7 +464,9 @@ def format_lineage_text(manifest: LineageManifest) -> str:
         if dataset is None:
             lines.append(f"{pad}└─ dataset {dataset_hash} (not described in this manifest)")
             return
-        lines.append(f"{pad}└─ {dataset.role} dataset {dataset.dataset_hash}  {dataset.num_items} items  {dataset.location}")
+        lines.append(
+            f"{pad}└─ {dataset.role} dataset {dataset.dataset_hash}  {dataset.num_items} items  {dataset.location}"
+        )
         if dataset_hash in seen:
             return
         seen.add(dataset_hash)
@@ -502,8 +504,14 @@ def format_lineage_text(manifest: LineageManifest) -> str:
 def format_lineage_dot(manifest: LineageManifest) -> str:
     """Graphviz ``dot`` text of the lineage graph (render elsewhere with ``dot -Tsvg``)."""
     graph = build_lineage_graph(manifest)
-    shapes = {"model": "doubleoctagon", "checkpoint": "box", "dataset": "cylinder",
-              "caption": "note", "quality": "diamond", "code": "component"}
+    shapes = {
+        "model": "doubleoctagon",
+        "checkpoint": "box",
+        "dataset": "cylinder",
+        "caption": "note",
+        "quality": "diamond",
+        "code": "component",
+    }
     lines = ["digraph lineage {", "  rankdir=TB;", '  node [fontname="Helvetica", fontsize=10];']
     for node in graph.nodes.values():
         label = node.label.replace('"', r"\"").replace("\n", r"\n")
@@ -548,17 +556,31 @@ def render_lineage_png(manifest: LineageManifest, output_path: Path) -> Path:
         for depth, row in rows.items()
         for index, node_id in enumerate(row)
     }
-    colours = {"model": "#f4c542", "checkpoint": "#9ecae1", "dataset": "#a1d99b",
-               "caption": "#fdae6b", "quality": "#bcbddc", "code": "#d9d9d9"}
+    colours = {
+        "model": "#f4c542",
+        "checkpoint": "#9ecae1",
+        "dataset": "#a1d99b",
+        "caption": "#fdae6b",
+        "quality": "#bcbddc",
+        "code": "#d9d9d9",
+    }
     figure, axes = plt.subplots(figsize=(max(6, 3.2 * width), max(4, 1.4 * len(rows))))
     for source, target in graph.edges:
         (x0, y0), (x1, y1) = positions[source], positions[target]
-        axes.annotate("", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18),
-                      arrowprops={"arrowstyle": "->", "color": "#555555"})
+        axes.annotate(
+            "", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18), arrowprops={"arrowstyle": "->", "color": "#555555"}
+        )
     for node_id, (x, y) in positions.items():
         node = graph.nodes[node_id]
-        axes.text(x, y, node.label, ha="center", va="center", fontsize=7,
-                  bbox={"boxstyle": "round,pad=0.4", "facecolor": colours[node.kind], "edgecolor": "#333333"})
+        axes.text(
+            x,
+            y,
+            node.label,
+            ha="center",
+            va="center",
+            fontsize=7,
+            bbox={"boxstyle": "round,pad=0.4", "facecolor": colours[node.kind], "edgecolor": "#333333"},
+        )
     axes.set_xlim(-0.2, width + 0.2)
     axes.set_ylim(-max(rows) - 0.6, 0.6)
     axes.axis("off")
@@ -577,15 +599,21 @@ def summarize_lineage_markdown(manifest: LineageManifest) -> str:
         rows.append(f"| {dataset.role} data | `{_short(dataset.dataset_hash)}` | {dataset.num_items} items |")
     if manifest.caption:
         caption = manifest.caption
-        rows.append(f"| captions | `{_short(caption.model_sha256)}` | {caption.backend} / {caption.model_name}, "
-                    f"prompt `{_short(caption.prompt_sha256)}` |")
+        rows.append(
+            f"| captions | `{_short(caption.model_sha256)}` | {caption.backend} / {caption.model_name}, "
+            f"prompt `{_short(caption.prompt_sha256)}` |"
+        )
     if manifest.quality:
         quality = manifest.quality
-        rows.append(f"| quality gate | `{_short(quality.dataset_hash)}` | {quality.suite_name} {quality.suite_version}: "
-                    f"{'passed' if quality.success else 'FAILED'} |")
+        rows.append(
+            f"| quality gate | `{_short(quality.dataset_hash)}` | {quality.suite_name} {quality.suite_version}: "
+            f"{'passed' if quality.success else 'FAILED'} |"
+        )
     for stage in manifest.stages:
-        rows.append(f"| stage {stage.name} | `{_short(stage.checkpoint_sha256)}` | config `{_short(stage.config_sha256)}`, "
-                    f"{stage.scheduler} jobs {', '.join(stage.job_ids) or '-'} |")
+        rows.append(
+            f"| stage {stage.name} | `{_short(stage.checkpoint_sha256)}` | config `{_short(stage.config_sha256)}`, "
+            f"{stage.scheduler} jobs {', '.join(stage.job_ids) or '-'} |"
+        )
     if manifest.weights:
         rows.append(f"| weights | `{_short(manifest.weights.sha256)}` | dvc md5 `{manifest.weights.dvc_md5}` |")
     rows.append(f"| code | `{_short(manifest.code_revision)}` | |")

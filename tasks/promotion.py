@@ -165,7 +165,7 @@ def build_evidence_report(
         *_delta_rows(evidence.candidate_metrics, evidence.production_metrics, lower),
         *([evidence.evaluation_gate_markdown] if evidence.evaluation_gate_markdown else []),
         "## Caption quality against the previous data version",
-        f"Data `{(evidence.caption_dataset_hash or '?')[:12]}` vs previous "
+        f"Data `{(evidence.caption_dataset_hash or _quality_dataset(lineage) or '?')[:12]}` vs previous "
         f"`{(evidence.previous_caption_dataset_hash or '?')[:12]}`.",
         "| statistic | current | previous | delta | |",
         "|---|---|---|---|---|",
@@ -182,6 +182,10 @@ def build_evidence_report(
     ]
     markdown = _join_sections(sections)
     return EvidenceReport(markdown=markdown, sha256=hashlib.sha256(markdown.encode("utf-8")).hexdigest())
+
+
+def _quality_dataset(lineage: LineageManifest | None) -> str | None:
+    return lineage.quality.dataset_hash if lineage and lineage.quality else None
 
 
 def _cell(text: str) -> str:
@@ -240,7 +244,9 @@ def collect_review_decision(
     while (remaining := int(deadline - time.monotonic())) > 0:
         form = ReviewDecision.with_initial_data(description=notice + report.markdown, decision="reject", comment="")
         try:
-            decision = pause_flow_run(wait_for_input=form, timeout=remaining, poll_interval=policy.poll_interval_seconds)
+            decision = pause_flow_run(
+                wait_for_input=form, timeout=remaining, poll_interval=policy.poll_interval_seconds
+            )
         except FlowPauseTimeout:
             break
         submitted = ReviewDecision.model_validate(decision.model_dump())
@@ -248,31 +254,57 @@ def collect_review_decision(
         if reasons:
             refused += 1
             audit_log.append(
-                audit.REVIEW_DECISION_REFUSED, actor=submitted.reviewer, subject=subject,
-                payload={"decision": submitted.model_dump(), "reasons": reasons, "flow_run_id": flow_run_id,
-                         "evidence_sha256": report.sha256},
+                audit.REVIEW_DECISION_REFUSED,
+                actor=submitted.reviewer,
+                subject=subject,
+                payload={
+                    "decision": submitted.model_dump(),
+                    "reasons": reasons,
+                    "flow_run_id": flow_run_id,
+                    "evidence_sha256": report.sha256,
+                },
             )
             notice = f"> **Decision by {submitted.reviewer!r} refused:** {'; '.join(reasons)}. Submit a valid one.\n\n"
             continue
         approval = ApprovalRecord(
-            version=candidate_version, decision=submitted.decision, reviewer=submitted.reviewer.strip(),
-            comment=submitted.comment.strip(), decided_at=datetime.now(timezone.utc).isoformat(),
-            evidence_sha256=report.sha256, requested_by=requested_by, flow_run_id=flow_run_id,
+            version=candidate_version,
+            decision=submitted.decision,
+            reviewer=submitted.reviewer.strip(),
+            comment=submitted.comment.strip(),
+            decided_at=datetime.now(timezone.utc).isoformat(),
+            evidence_sha256=report.sha256,
+            requested_by=requested_by,
+            flow_run_id=flow_run_id,
         )
-        record = audit_log.append(audit.REVIEW_DECISION_ACCEPTED, actor=approval.reviewer, subject=subject,
-                                  payload={"approval": approval.model_dump()})
+        record = audit_log.append(
+            audit.REVIEW_DECISION_ACCEPTED,
+            actor=approval.reviewer,
+            subject=subject,
+            payload={"approval": approval.model_dump()},
+        )
         approval.audit_record_hash = record.record_hash
         if approval.decision == "reject":
-            audit_log.append(audit.PROMOTION_REJECTED, actor=approval.reviewer, subject=subject,
-                             payload={"reason": "rejected by reviewer", "decision_record_hash": record.record_hash})
+            audit_log.append(
+                audit.PROMOTION_REJECTED,
+                actor=approval.reviewer,
+                subject=subject,
+                payload={"reason": "rejected by reviewer", "decision_record_hash": record.record_hash},
+            )
             return ReviewOutcome(status="rejected", approval=approval, refused_decisions=refused)
         return ReviewOutcome(status="approved", approval=approval, refused_decisions=refused)
 
-    audit_log.append(audit.REVIEW_TIMED_OUT, actor="platform", subject=subject,
-                     payload={"timeout_seconds": policy.timeout_seconds, "refused_decisions": refused,
-                              "flow_run_id": flow_run_id})
-    audit_log.append(audit.PROMOTION_REJECTED, actor="platform", subject=subject,
-                     payload={"reason": "no valid decision before the deadline"})
+    audit_log.append(
+        audit.REVIEW_TIMED_OUT,
+        actor="platform",
+        subject=subject,
+        payload={"timeout_seconds": policy.timeout_seconds, "refused_decisions": refused, "flow_run_id": flow_run_id},
+    )
+    audit_log.append(
+        audit.PROMOTION_REJECTED,
+        actor="platform",
+        subject=subject,
+        payload={"reason": "no valid decision before the deadline"},
+    )
     return ReviewOutcome(status="timed_out", refused_decisions=refused)
 
 
@@ -285,7 +317,9 @@ def record_promotion_request(candidate_version: str, requested_by: str, policy: 
     from prefect.runtime import flow_run
 
     record = audit.AuditLog.default().append(
-        audit.PROMOTION_REQUESTED, actor=requested_by, subject=f"eve@{candidate_version}",
+        audit.PROMOTION_REQUESTED,
+        actor=requested_by,
+        subject=f"eve@{candidate_version}",
         payload={"policy": policy.model_dump(), "flow_run_id": flow_run.id},
     )
     return record.record_hash

@@ -158,8 +158,10 @@ class ModelRegistry:
     def _git(self, *args: str, check: bool = True) -> str:
         environment = {
             **os.environ,
-            "GIT_AUTHOR_NAME": PLATFORM_IDENTITY[0], "GIT_AUTHOR_EMAIL": PLATFORM_IDENTITY[1],
-            "GIT_COMMITTER_NAME": PLATFORM_IDENTITY[0], "GIT_COMMITTER_EMAIL": PLATFORM_IDENTITY[1],
+            "GIT_AUTHOR_NAME": PLATFORM_IDENTITY[0],
+            "GIT_AUTHOR_EMAIL": PLATFORM_IDENTITY[1],
+            "GIT_COMMITTER_NAME": PLATFORM_IDENTITY[0],
+            "GIT_COMMITTER_EMAIL": PLATFORM_IDENTITY[1],
         }
         result = subprocess.run(
             ["git", *args], cwd=self.repo_dir, env=environment, capture_output=True, text=True, check=False
@@ -179,7 +181,9 @@ class ModelRegistry:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise RegistryError(f"registry lock {self._lock_path} still held after {timeout_seconds} s")
+                        raise RegistryError(
+                            f"registry lock {self._lock_path} still held after {timeout_seconds} s"
+                        ) from None
                     time.sleep(0.05)
             try:
                 if self.settings.registry_url and (self.repo_dir / ".git").exists():
@@ -206,8 +210,11 @@ class ModelRegistry:
     def _ensure_initialized_locked(self) -> None:
         if not (self.repo_dir / ".git").exists():
             if self.settings.registry_url:
-                subprocess.run(["git", "clone", "--quiet", self.settings.registry_url, str(self.repo_dir)],
-                               check=True, capture_output=True)
+                subprocess.run(
+                    ["git", "clone", "--quiet", self.settings.registry_url, str(self.repo_dir)],
+                    check=True,
+                    capture_output=True,
+                )
             else:
                 self._git("init", "--quiet", "-b", "main")
         if (self.repo_dir / "dvc.yaml").exists():
@@ -224,10 +231,15 @@ class ModelRegistry:
             config["remote"][DVC_REMOTE_NAME] = remote
             config["core"]["remote"] = DVC_REMOTE_NAME
             config["core"]["autostage"] = True
-        artifacts = {"artifacts": {MODEL_NAME: {
-            "path": WEIGHTS_PATH, "type": "model",
-            "desc": "EVE encoder-free vision-language model (HF safetensors directory)",
-        }}}
+        artifacts = {
+            "artifacts": {
+                MODEL_NAME: {
+                    "path": WEIGHTS_PATH,
+                    "type": "model",
+                    "desc": "EVE encoder-free vision-language model (HF safetensors directory)",
+                }
+            }
+        }
         (self.repo_dir / "dvc.yaml").write_text(yaml.safe_dump(artifacts, sort_keys=False))
         (self.repo_dir / "lineage" / MODEL_NAME).mkdir(parents=True, exist_ok=True)
         (self.repo_dir / "lineage" / MODEL_NAME / ".gitkeep").touch()
@@ -301,16 +313,29 @@ class ModelRegistry:
             lineage_file = write_lineage(self.repo_dir, manifest)
             self._git("add", "-A", f"{WEIGHTS_PATH}.dvc", "models/.gitignore", str(lineage_file), ".dvc/config")
             self._git("commit", "--quiet", "-m", f"Register {MODEL_NAME} {version}")
-            message = audit.canonical_json({
-                "weights_sha256": manifest.weights.sha256,
-                "lineage_sha256": hashlib.sha256(lineage_file.read_bytes()).hexdigest(),
-                "evaluation": manifest.evaluation,
-            })
-            self._gto().register(str(self.repo_dir), MODEL_NAME, ref="HEAD", version=version, message=message,
-                                 author=PLATFORM_IDENTITY[0], author_email=PLATFORM_IDENTITY[1])
+            message = audit.canonical_json(
+                {
+                    "weights_sha256": manifest.weights.sha256,
+                    "lineage_sha256": hashlib.sha256(lineage_file.read_bytes()).hexdigest(),
+                    "evaluation": manifest.evaluation,
+                }
+            )
+            self._gto().register(
+                str(self.repo_dir),
+                MODEL_NAME,
+                ref="HEAD",
+                version=version,
+                message=message,
+                author=PLATFORM_IDENTITY[0],
+                author_email=PLATFORM_IDENTITY[1],
+            )
             self._push(f"{MODEL_NAME}@{version}")
-            self.audit_log.append(audit.CANDIDATE_REGISTERED, actor="platform", subject=f"{MODEL_NAME}@{version}",
-                                  payload={"weights_sha256": manifest.weights.sha256, "dvc_md5": dvc_md5})
+            self.audit_log.append(
+                audit.CANDIDATE_REGISTERED,
+                actor="platform",
+                subject=f"{MODEL_NAME}@{version}",
+                payload={"weights_sha256": manifest.weights.sha256, "dvc_md5": dvc_md5},
+            )
         return version
 
     def assign_production(self, version: str, approval_record: ApprovalRecord) -> str:
@@ -328,9 +353,13 @@ class ModelRegistry:
                 raise RegistryError(f"{MODEL_NAME}@{version} is not registered")
             tags_before = set(self._git("tag", "--list", f"{MODEL_NAME}#{PRODUCTION_STAGE}*").split())
             self._gto().assign(
-                str(self.repo_dir), MODEL_NAME, PRODUCTION_STAGE, version=version,
+                str(self.repo_dir),
+                MODEL_NAME,
+                PRODUCTION_STAGE,
+                version=version,
                 message=audit.canonical_json(approval_record.model_dump()),
-                author=approval_record.reviewer, author_email=PLATFORM_IDENTITY[1],
+                author=approval_record.reviewer,
+                author_email=PLATFORM_IDENTITY[1],
             )
             new_tags = set(self._git("tag", "--list", f"{MODEL_NAME}#{PRODUCTION_STAGE}*").split()) - tags_before
             stage_tag = next(iter(new_tags), f"{MODEL_NAME}#{PRODUCTION_STAGE}")
@@ -338,12 +367,19 @@ class ModelRegistry:
             manifest.approvals.append(approval_record)
             lineage_file = write_lineage(self.repo_dir, manifest)
             self._git("add", str(lineage_file))
-            self._git("commit", "--quiet", "-m", f"Record approval of {MODEL_NAME} {version} by {approval_record.reviewer}")
+            self._git(
+                "commit", "--quiet", "-m", f"Record approval of {MODEL_NAME} {version} by {approval_record.reviewer}"
+            )
             self._push(stage_tag)
             self.audit_log.append(
-                audit.PRODUCTION_ASSIGNED, actor=approval_record.reviewer, subject=f"{MODEL_NAME}@{version}",
-                payload={"stage_tag": stage_tag, "approval_audit_record_hash": approval_record.audit_record_hash,
-                         "evidence_sha256": approval_record.evidence_sha256},
+                audit.PRODUCTION_ASSIGNED,
+                actor=approval_record.reviewer,
+                subject=f"{MODEL_NAME}@{version}",
+                payload={
+                    "stage_tag": stage_tag,
+                    "approval_audit_record_hash": approval_record.audit_record_hash,
+                    "evidence_sha256": approval_record.evidence_sha256,
+                },
             )
         return stage_tag
 
@@ -390,13 +426,21 @@ class ModelRegistry:
             except ValueError:
                 details = {}
             details = details if isinstance(details, dict) else {}
-            events.append(RegistryEvent(
-                timestamp=_iso(raw["timestamp"]), event=raw["event"], version=raw.get("version"),
-                stage=raw.get("stage"), author=raw.get("author"), reviewer=details.get("reviewer"),
-                comment=details.get("comment"), decided_at=details.get("decided_at"),
-                evidence_sha256=details.get("evidence_sha256"),
-                audit_record_hash=details.get("audit_record_hash"), details=details,
-            ))
+            events.append(
+                RegistryEvent(
+                    timestamp=_iso(raw["timestamp"]),
+                    event=raw["event"],
+                    version=raw.get("version"),
+                    stage=raw.get("stage"),
+                    author=raw.get("author"),
+                    reviewer=details.get("reviewer"),
+                    comment=details.get("comment"),
+                    decided_at=details.get("decided_at"),
+                    evidence_sha256=details.get("evidence_sha256"),
+                    audit_record_hash=details.get("audit_record_hash"),
+                    details=details,
+                )
+            )
         return events
 
     def verify_against_audit(self) -> list[str]:
@@ -413,12 +457,19 @@ class ModelRegistry:
             record = records.get(event.audit_record_hash or "")
             approval = (record.payload.get("approval") or {}) if record else {}
             if record is None:
-                problems.append(f"production assignment of {event.version} at {event.timestamp} names audit record "
-                                f"{event.audit_record_hash}, which the log does not hold")
-            elif record.event != audit.REVIEW_DECISION_ACCEPTED or approval.get("version") != event.version \
-                    or approval.get("decision") != "approve":
-                problems.append(f"production assignment of {event.version} at {event.timestamp} points to audit "
-                                f"record {record.seq} ({record.event}), not an approval of that version")
+                problems.append(
+                    f"production assignment of {event.version} at {event.timestamp} names audit record "
+                    f"{event.audit_record_hash}, which the log does not hold"
+                )
+            elif (
+                record.event != audit.REVIEW_DECISION_ACCEPTED
+                or approval.get("version") != event.version
+                or approval.get("decision") != "approve"
+            ):
+                problems.append(
+                    f"production assignment of {event.version} at {event.timestamp} points to audit "
+                    f"record {record.seq} ({record.event}), not an approval of that version"
+                )
         return problems
 
     def lineage(self, version: str) -> LineageManifest:

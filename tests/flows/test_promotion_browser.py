@@ -17,8 +17,14 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 
 
@@ -29,8 +35,12 @@ def chromium() -> Path:
         if shutil.which("apt-get") is None:
             pytest.skip("no /usr/bin/chromium and no apt-get to install it")
         subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, capture_output=True,
-                       env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            check=True,
+            capture_output=True,
+            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
     return CHROMIUM
 
 
@@ -66,7 +76,8 @@ def test_reviewer_approves_in_the_prefect_ui(prefect_server, chromium, eve_home,
             expect(decision.locator(".p-select-button__value")).to_have_text("approve")
             dialog.locator(".schema-form-property").filter(has_text="Reviewer").locator("textarea").fill("carol")
             dialog.locator(".schema-form-property").filter(has_text="Comment").locator("textarea").fill(
-                "Approved in the UI: VQA up")
+                "Approved in the UI: VQA up"
+            )
             dialog.get_by_role("button", name="Submit").click()
             outcome = run.join(timeout_seconds=60)
         finally:

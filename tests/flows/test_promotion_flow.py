@@ -72,20 +72,28 @@ def test_approval_through_the_api_moves_production_with_the_evidence_hash(prefec
     registry = registry_with_production(registry_inputs)
     run = start_promotion(promotion_request())
     paused = wait_for_pause(run)
-    resume_flow_run(paused.id, run_input={"decision": "approve", "reviewer": "carol", "comment": "VQA up, CIDEr within noise"})
+    resume_flow_run(
+        paused.id, run_input={"decision": "approve", "reviewer": "carol", "comment": "VQA up, CIDEr within noise"}
+    )
     outcome = run.join()
     assert outcome.status == "approved"
     assert registry.production_version() == "v0.2.0"
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[paused.id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[paused.id]))
+        )
     evidence = next(a for a in artifacts if a.key == "evidence-eve-v0-2-0")
     shown_markdown = evidence.data.rsplit("\n\n_evidence sha256", 1)[0]
     assert hashlib.sha256(shown_markdown.encode()).hexdigest() == outcome.approval.evidence_sha256
     assert any(a.key == "lineage-eve-v0-2-0" for a in artifacts)
 
     assignment = [e for e in registry.history() if e.event == "assignment"][-1]
-    assert (assignment.version, assignment.reviewer, assignment.comment) == ("v0.2.0", "carol", "VQA up, CIDEr within noise")
+    assert (assignment.version, assignment.reviewer, assignment.comment) == (
+        "v0.2.0",
+        "carol",
+        "VQA up, CIDEr within noise",
+    )
     assert assignment.evidence_sha256 == outcome.approval.evidence_sha256
     assert registry.lineage("v0.2.0").approvals[-1].reviewer == "carol"
     assert _events(registry)[-2:] == [("review.decision_accepted", "carol"), ("registry.production_assigned", "carol")]

@@ -32,7 +32,7 @@ def test_intact_log_verifies_and_chains(filled_log):
     assert result.num_records == 5
     records = filled_log.records()
     assert [r.seq for r in records] == list(range(5))
-    assert all(later.prev_hash == earlier.record_hash for earlier, later in zip(records, records[1:]))
+    assert all(later.prev_hash == earlier.record_hash for earlier, later in zip(records, records[1:], strict=False))
     assert result.head_hash == records[-1].record_hash
 
 
@@ -86,7 +86,9 @@ def test_reordered_records_are_detected(filled_log):
 
 def test_secrets_never_reach_the_log(tmp_path):
     log = AuditLog(tmp_path / "audit.jsonl")
-    log.append("promotion.requested", payload={"s3": {"aws_secret_access_key": "hunter2", "bucket": "b"}, "api_token": "t"})
+    log.append(
+        "promotion.requested", payload={"s3": {"aws_secret_access_key": "hunter2", "bucket": "b"}, "api_token": "t"}
+    )
     text = log.path.read_text()
     assert "hunter2" not in text and '"t"' not in text
     assert log.records()[0].payload["s3"] == {"aws_secret_access_key": REDACTED, "bucket": "b"}
@@ -95,8 +97,10 @@ def test_secrets_never_reach_the_log(tmp_path):
 
 def test_concurrent_appends_form_one_valid_chain(tmp_path):
     log = AuditLog(tmp_path / "audit.jsonl")
-    threads = [threading.Thread(target=lambda i=i: [log.append("x", payload={"t": i, "k": k}) for k in range(10)])
-               for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: [log.append("x", payload={"t": i, "k": k}) for k in range(10)])
+        for i in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

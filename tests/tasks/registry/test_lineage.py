@@ -35,12 +35,17 @@ def test_manifest_refuses_inputs_it_cannot_point_to(registry_inputs):
     _, lineage = registry_inputs(1)
     dangling = StageRecord(name="sft", input_dataset_hash="d" * 64, checkpoint_sha256="c" * 64)
     with pytest.raises(ValueError, match="not in the lineage"):
-        build_lineage_manifest(code_revision="abc", raw_sources=lineage.raw_sources, datasets=lineage.datasets,
-                               stages=[dangling])
+        build_lineage_manifest(
+            code_revision="abc", raw_sources=lineage.raw_sources, datasets=lineage.datasets, stages=[dangling]
+        )
     orphan = lineage.stages[1].model_copy(update={"parent_checkpoint_sha256": "9" * 64})
     with pytest.raises(ValueError, match="no earlier stage produced"):
-        build_lineage_manifest(code_revision="abc", raw_sources=lineage.raw_sources, datasets=lineage.datasets,
-                               stages=[lineage.stages[0], orphan])
+        build_lineage_manifest(
+            code_revision="abc",
+            raw_sources=lineage.raw_sources,
+            datasets=lineage.datasets,
+            stages=[lineage.stages[0], orphan],
+        )
 
 
 def test_config_hashes_are_filled_and_stable(registry_inputs):
@@ -84,11 +89,16 @@ def test_dataset_query_finds_every_version_that_used_it(two_versions):
     first, second = two_versions.lineage("v0.1.0"), two_versions.lineage("v0.2.0")
     shared_raw = first.raw_sources[0].dataset_hash
     assert shared_raw == second.raw_sources[0].dataset_hash
-    assert [u.model_ref for u in find_models_using_dataset(two_versions.repo_dir, shared_raw)] == ["eve@v0.1.0", "eve@v0.2.0"]
+    assert [u.model_ref for u in find_models_using_dataset(two_versions.repo_dir, shared_raw)] == [
+        "eve@v0.1.0",
+        "eve@v0.2.0",
+    ]
     only_second = second.datasets[-1].dataset_hash
     assert only_second not in first.dataset_hashes()
     usages = find_models_using_dataset(two_versions.repo_dir, only_second[:16])
-    assert [(u.model_ref, u.roles) for u in usages] == [("eve@v0.2.0", ["filtered", "stage:prealign", "stage:pretrain", "stage:sft"])]
+    assert [(u.model_ref, u.roles) for u in usages] == [
+        ("eve@v0.2.0", ["filtered", "stage:prealign", "stage:pretrain", "stage:sft"])
+    ]
 
 
 def test_cli_lineage_registry_and_audit(two_versions, capsys, tmp_path):

@@ -40,8 +40,12 @@ def test_evidence_report_shows_deltas_samples_and_hashes_its_text(registry_input
     candidate = {"vqa_accuracy": 0.62, "loss": 1.9}
     production = {"vqa_accuracy": 0.60, "loss": 2.1}
     evidence = EvidenceInputs(
-        candidate_metrics=candidate, production_version="v0.1.0", production_metrics=production,
-        lower_is_better=["loss"], caption_quality={"mean_words": 11.0}, previous_caption_quality={"mean_words": 12.5},
+        candidate_metrics=candidate,
+        production_version="v0.1.0",
+        production_metrics=production,
+        lower_is_better=["loss"],
+        caption_quality={"mean_words": 11.0},
+        previous_caption_quality={"mean_words": 12.5},
         sample_generations=[SampleGeneration(image_key="img-1", prompt="What is | this?", candidate_output="a cube")],
     )
     report = build_evidence_report("v0.2.0", "alice", evidence, lineage, POLICY)
@@ -52,6 +56,7 @@ def test_evidence_report_shows_deltas_samples_and_hashes_its_text(registry_input
     assert "What is \\| this?" in report.markdown
     assert lineage.raw_sources[0].dataset_hash[:12] in report.markdown
     assert report.sha256 == __import__("hashlib").sha256(report.markdown.encode()).hexdigest()
-    other = build_evidence_report("v0.2.0", "alice", evidence.model_copy(update={"candidate_metrics": {"vqa_accuracy": 0.5}}),
-                                  lineage, POLICY)
+    other = build_evidence_report(
+        "v0.2.0", "alice", evidence.model_copy(update={"candidate_metrics": {"vqa_accuracy": 0.5}}), lineage, POLICY
+    )
     assert other.sha256 != report.sha256

@@ -22,11 +22,20 @@ from tasks.registry import ApprovalRequiredError, GateNotPassedError, ModelRegis
 def _audited_approval(registry: ModelRegistry, version: str, reviewer: str = "bob") -> ApprovalRecord:
     """What the approval path produces: an accepted decision recorded in the audit log."""
     approval = ApprovalRecord(
-        version=version, decision="approve", reviewer=reviewer, comment="numbers look good",
-        decided_at=datetime.now(timezone.utc).isoformat(), evidence_sha256="a" * 64, requested_by="alice",
+        version=version,
+        decision="approve",
+        reviewer=reviewer,
+        comment="numbers look good",
+        decided_at=datetime.now(timezone.utc).isoformat(),
+        evidence_sha256="a" * 64,
+        requested_by="alice",
     )
-    record = registry.audit_log.append(audit.REVIEW_DECISION_ACCEPTED, actor=reviewer, subject=f"eve@{version}",
-                                       payload={"approval": approval.model_dump()})
+    record = registry.audit_log.append(
+        audit.REVIEW_DECISION_ACCEPTED,
+        actor=reviewer,
+        subject=f"eve@{version}",
+        payload={"approval": approval.model_dump()},
+    )
     return approval.model_copy(update={"audit_record_hash": record.record_hash})
 
 
@@ -57,8 +66,13 @@ def test_every_hash_in_the_lineage_resolves_and_pulls_back(eve_home, registry_in
     assert version == "v0.1.0"
     stored = registry.lineage(version)
     assert stored.version == version and stored.weights.sha256 == directory_sha256(weights)
-    committed = subprocess.run(["git", "show", f"eve@{version}:lineage/eve/{version}.json"], cwd=registry.repo_dir,
-                               capture_output=True, text=True, check=True).stdout
+    committed = subprocess.run(
+        ["git", "show", f"eve@{version}:lineage/eve/{version}.json"],
+        cwd=registry.repo_dir,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert stored.model_validate_json(committed).weights == stored.weights
 
     for dataset in stored.all_datasets():
@@ -79,9 +93,16 @@ def test_every_hash_in_the_lineage_resolves_and_pulls_back(eve_home, registry_in
 def test_production_moves_only_with_an_audited_approval(eve_home, registry_inputs):
     registry = ModelRegistry(PlatformSettings.load())
     version = registry.register_candidate(*registry_inputs(1), {"passed": True})
-    forged = ApprovalRecord(version=version, decision="approve", reviewer="bob", comment="trust me",
-                            decided_at="2026-01-01T00:00:00+00:00", evidence_sha256="b" * 64, requested_by="alice",
-                            audit_record_hash="f" * 64)
+    forged = ApprovalRecord(
+        version=version,
+        decision="approve",
+        reviewer="bob",
+        comment="trust me",
+        decided_at="2026-01-01T00:00:00+00:00",
+        evidence_sha256="b" * 64,
+        requested_by="alice",
+        audit_record_hash="f" * 64,
+    )
     with pytest.raises(ApprovalRequiredError):
         registry.assign_production(version, forged)
     approval = _audited_approval(registry, version)
@@ -138,7 +159,9 @@ def _register_in_subprocess(home: str, weights: str, lineage_json: str, queue) -
     from tasks.registry import ModelRegistry
 
     registry = ModelRegistry()
-    queue.put(registry.register_candidate(Path(weights), LineageManifest.model_validate_json(lineage_json), {"passed": True}))
+    queue.put(
+        registry.register_candidate(Path(weights), LineageManifest.model_validate_json(lineage_json), {"passed": True})
+    )
 
 
 @pytest.mark.slow
@@ -150,8 +173,11 @@ def test_racing_writers_are_serialised(eve_home, registry_inputs):
     processes = []
     for seed in (1, 2):
         weights, lineage = registry_inputs(seed)
-        processes.append(context.Process(target=_register_in_subprocess,
-                                         args=(str(eve_home), str(weights), lineage.model_dump_json(), queue)))
+        processes.append(
+            context.Process(
+                target=_register_in_subprocess, args=(str(eve_home), str(weights), lineage.model_dump_json(), queue)
+            )
+        )
     for process in processes:
         process.start()
     for process in processes:
@@ -182,8 +208,9 @@ def test_remote_registry_receives_commits_and_tags(eve_home, registry_inputs, tm
     registry = ModelRegistry(PlatformSettings.load())
     version = registry.register_candidate(*registry_inputs(1), {"passed": True})
     registry.assign_production(version, _audited_approval(registry, version))
-    remote_tags = subprocess.run(["git", "ls-remote", "--tags", str(remote)], capture_output=True, text=True,
-                                 check=True).stdout
+    remote_tags = subprocess.run(
+        ["git", "ls-remote", "--tags", str(remote)], capture_output=True, text=True, check=True
+    ).stdout
     assert f"refs/tags/eve@{version}" in remote_tags
     assert "refs/tags/eve#production#" in remote_tags
     # A fresh clone sees the same registry state through GTO.
