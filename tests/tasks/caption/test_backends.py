@@ -51,6 +51,55 @@ def test_hf_backend_reports_a_corrupt_image_per_sample(tiny_eve_checkpoint) -> N
     assert outputs[0].error is None or outputs[0].error == "empty generation"
 
 
+def tiny_vision_encoder_decoder(directory) -> None:
+    """A randomly initialised ViT + GPT-2 captioner (a plain transformers image-to-text directory)."""
+    import torch
+    from transformers import GPT2Config, ViTConfig, VisionEncoderDecoderConfig, VisionEncoderDecoderModel
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    from eve_model.tokenizer import load_tiny_tokenizer
+
+    tokenizer = load_tiny_tokenizer()
+    encoder = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64)
+    decoder = GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tokenizer), n_positions=64,
+                         add_cross_attention=True, is_decoder=True)
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id = tokenizer.bos_token_id
+    config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    torch.manual_seed(0)
+    VisionEncoderDecoderModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(directory)
+
+
+def test_hf_backend_captions_with_a_plain_image_to_text_model(tmp_path, eve_home) -> None:
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    from tasks.caption.backends import CaptionInput
+
+    model_dir = tmp_path / "ved"
+    tiny_vision_encoder_decoder(model_dir)
+    backend = build_backend(CaptionConfig(backend="hf", model=str(model_dir), max_new_tokens=5))
+    assert backend.identity.prompt_template is None  # the model takes no instruction: none is recorded
+    assert backend.identity.weights_sha256 == weights_sha256(model_dir)
+    images = [png((10, 200, 30)), b"not an image", png((250, 250, 0))]
+    outputs = backend.caption_batch([CaptionInput(f"k{i}", data, "png", str(i), None) for i, data in enumerate(images)])
+    assert outputs[1].caption is None and "cannot be decoded" in outputs[1].error
+
+    # Independently: the same model called directly, one image at a time.
+    from PIL import Image
+    import io as _io
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    processor, tokenizer = AutoImageProcessor.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    for index in (0, 2):
+        pixels = processor(images=[Image.open(_io.BytesIO(images[index])).convert("RGB")], return_tensors="pt")
+        ids = model.generate(pixel_values=pixels["pixel_values"], max_new_tokens=5, do_sample=False)
+        expected = tokenizer.batch_decode(ids, skip_special_tokens=True)[0].strip()
+        assert outputs[index].caption == (expected or None)
+
+
 @pytest.mark.slow
 def test_openai_backend_through_eve_serve_survives_restart_and_reruns_from_cache(
     tmp_path, eve_home, tiny_eve_checkpoint, eve_server_factory, monkeypatch, caplog
