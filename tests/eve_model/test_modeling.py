@@ -304,3 +304,33 @@ def test_eve_7b_parameter_counts_on_meta_device():
     assert counts["llm"] == llm and abs(llm - 6.74e9) < 0.01e9
     assert counts["pel"] == pel and abs(pel - 30e6) < 0.5e6
     assert sum(p.numel() for p in aligning.parameters()) == pal and abs(pal - 43e6) < 0.5e6
+
+
+def test_hd_alignment_loss_matches_an_independent_pooled_computation():
+    config = EveConfig.tiny_hd()
+    processor = EveProcessor.from_eve_config(config, max_length=512)
+    model = tiny_model(config).eval()
+    model.enable_alignment(FrozenRandomTeacher())
+    batch = processor([{"image": noise_image(300, 200, 4), "caption": "a red star"}, {"image": None, "caption": "hi"},
+                       {"image": noise_image(64, 64, 5), "caption": "a green square"}], "plain")
+    with torch.no_grad():
+        output = model(**batch)
+        spliced = model.build_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["has_image"])
+        hidden = model.language_model.model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                                            output_hidden_states=True)
+        states = {0: spliced.inputs_embeds, 2: hidden.hidden_states[2], 4: hidden.last_hidden_state}
+        teacher_features, teacher_valid = model.teacher(batch["teacher_pixel_values"])
+        per_image = []
+        for row in (0, 2):
+            h, w = batch["image_grid_hw"][row].tolist()
+            start = spliced.visual_start[row]
+            depth_tokens = []
+            for depth in (4, 2, 0):
+                block = states[depth][row, start + 1 : start + 1 + h * (w + 1)].reshape(h, w + 1, -1)[:, :w]  # drop CLS, SPL
+                pooled = torch.nn.functional.avg_pool2d(block.permute(2, 0, 1)[None], kernel_size=2)[0]
+                depth_tokens.append(pooled.flatten(1).T)
+            predicted = model.aligning_layer(torch.stack(depth_tokens))
+            target = teacher_features[row][teacher_valid[row]]
+            per_image.append(1 - torch.nn.functional.cosine_similarity(predicted, target, dim=-1).mean())
+    assert batch["image_grid_hw"][0].tolist() == [10, 14]  # 300x200 -> 5x7 teacher cells, 2x in the student
+    torch.testing.assert_close(output.alignment_loss, torch.stack(per_image).mean(), atol=1e-5, rtol=1e-5)
