@@ -90,10 +90,14 @@ def data_pipeline(params: DataFlowParams = DataFlowParams()) -> DataFlowResult:
     ingest = ingest_sources_task(
         sources.captions, params.validation, params.max_items_per_shard, label=f"{params.dataset_name}-raw"
     )
-    raw_version = register_dataset_version(ingest.dataset_dir, f"{params.dataset_name}-raw")
-    curation = curate_dataset_task(ingest.dataset_dir, params.curation) if params.curate else None
+    raw_version = register_dataset_version(ingest.dataset_dir, f"{params.dataset_name}-raw", ingest.dataset_hash)
+    curation = (
+        curate_dataset_task(ingest.dataset_dir, ingest.dataset_hash, params.curation) if params.curate else None
+    )
     caption_version = (
-        register_dataset_version(curation.dataset_dir, f"{params.dataset_name}-curated") if curation else raw_version
+        register_dataset_version(curation.dataset_dir, f"{params.dataset_name}-curated", curation.dataset_hash)
+        if curation
+        else raw_version
     )
 
     sft_ingest = sft_version = None
@@ -101,7 +105,7 @@ def data_pipeline(params: DataFlowParams = DataFlowParams()) -> DataFlowResult:
         sft_ingest = ingest_sources_task(
             sources.sft, params.sft_validation, params.max_items_per_shard, label=f"{params.dataset_name}-sft"
         )
-        sft_version = register_dataset_version(sft_ingest.dataset_dir, f"{params.dataset_name}-sft")
+        sft_version = register_dataset_version(sft_ingest.dataset_dir, f"{params.dataset_name}-sft", sft_ingest.dataset_hash)
 
     return DataFlowResult(
         ingest=ingest, raw_version=raw_version, curation=curation, caption_version=caption_version,

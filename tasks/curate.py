@@ -320,18 +320,26 @@ CURATION_CODE_VERSION = "curate-1"
 CURATION_REPORT = "curation_report.json"
 
 
-def curation_key(input_dir: str | Path, config: CurationConfig) -> str:
+def curation_key(input_dataset_hash: str, config: CurationConfig) -> str:
     """Content key of a curation: (input dataset hash, config, code version)."""
-    input_hash = read_manifest(input_dir).dataset_hash
-    return hashlib.sha256(f"{CURATION_CODE_VERSION}\0{input_hash}\0{config.model_dump_json()}".encode()).hexdigest()
+    return hashlib.sha256(f"{CURATION_CODE_VERSION}\0{input_dataset_hash}\0{config.model_dump_json()}".encode()).hexdigest()
 
 
-def curate_staged(input_dir: str, config: CurationConfig, progress: Callable[[int, int], None] | None = None) -> CurationReport:
-    """Curate into ``<home>/staging/curate-<key>``; an identical earlier curation that verifies is reused."""
+def curate_staged(
+    input_dir: str,
+    input_dataset_hash: str,
+    config: CurationConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> CurationReport:
+    """Curate into ``<home>/staging/curate-<key>``; an identical earlier curation that verifies is reused.
+
+    The input is addressed by hash: if ``input_dir`` no longer holds it, the registered version is used.
+    """
     from eve_model.shards import DatasetIntegrityError, verify_dataset
+    from tasks.data.versioning import resolve_dataset
     from tasks.platform import PlatformSettings
 
-    out_dir = PlatformSettings.load().path("staging") / f"curate-{curation_key(input_dir, config)[:24]}"
+    out_dir = PlatformSettings.load().path("staging") / f"curate-{curation_key(input_dataset_hash, config)[:24]}"
     report_path = out_dir / CURATION_REPORT
     if report_path.exists():
         try:
@@ -340,7 +348,7 @@ def curate_staged(input_dir: str, config: CurationConfig, progress: Callable[[in
         except DatasetIntegrityError:
             pass
     shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted curation
-    report = curate_dataset(input_dir, out_dir, config, progress=progress)
+    report = curate_dataset(resolve_dataset(input_dir, input_dataset_hash), out_dir, config, progress=progress)
     report_path.write_text(report.model_dump_json(indent=2, exclude={"elapsed_seconds"}))
     return report
 
@@ -349,18 +357,18 @@ def curate_staged(input_dir: str, config: CurationConfig, progress: Callable[[in
     name="curate-dataset",
     retries=1,
     timeout_seconds=6 * 3600,
-    cache_key_fn=lambda context, parameters: "curate-" + curation_key(parameters["input_dir"], parameters["config"]),
+    cache_key_fn=lambda context, parameters: "curate-" + curation_key(parameters["input_dataset_hash"], parameters["config"]),
     cache_expiration=timedelta(days=30),
     persist_result=True,
 )
-def curate_dataset_task(input_dir: str, config: CurationConfig) -> CurationReport:
+def curate_dataset_task(input_dir: str, input_dataset_hash: str, config: CurationConfig) -> CurationReport:
     """Curate a staged dataset; counts go to a table artifact. Cached on (input hash, config)."""
     from prefect import get_run_logger
     from prefect.artifacts import create_table_artifact
 
     run_logger = get_run_logger()
     report = curate_staged(
-        input_dir, config, progress=lambda done, total: run_logger.info("curation: embedded %d/%d", done, total)
+        input_dir, input_dataset_hash, config, progress=lambda done, total: run_logger.info("curation: embedded %d/%d", done, total)
     )
     create_table_artifact(
         key="curation-counts", table=report.table_rows(),

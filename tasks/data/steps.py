@@ -112,9 +112,12 @@ def ingest_sources_task(
 
 
 @task(name="register-dataset-version", retries=1, retry_delay_seconds=30, timeout_seconds=3 * 3600)
-def register_dataset_version(dataset_dir: str, name: str) -> DatasetVersion:
-    """Push the dataset to the DVC remote (with backoff) and tag it in the dataset registry."""
-    version = DatasetRegistry.from_settings().register(dataset_dir, name)
+def register_dataset_version(dataset_dir: str, name: str, dataset_hash: str | None = None) -> DatasetVersion:
+    """Push the dataset to the DVC remote (with backoff) and tag it in the dataset registry.
+
+    Given ``dataset_hash``, an already registered version is returned even if ``dataset_dir`` is gone.
+    """
+    version = DatasetRegistry.from_settings().register(dataset_dir, name, dataset_hash=dataset_hash)
     create_markdown_artifact(
         key=f"dataset-version-{name}".replace("_", "-").lower(),
         markdown=(

@@ -222,15 +222,21 @@ class DatasetRegistry:
 
     # --- register -------------------------------------------------------------------------------
 
-    def register(self, dataset_dir: str | Path, name: str) -> DatasetVersion:
+    def register(self, dataset_dir: str | Path, name: str, dataset_hash: str | None = None) -> DatasetVersion:
         """Copy a finished dataset into the registry, push it, then tag it; idempotent per hash.
 
+        With ``dataset_hash`` an already registered version of ``name`` is returned without reading
+        ``dataset_dir`` at all (it may be gone: staging is disposable once a version is registered).
         Raises ``DatasetPushError`` (after ``push_attempts`` tries with exponential backoff) when the
         remote is unreachable; nothing is registered then and ``dataset_dir`` is left untouched.
         """
         from dvc.repo import Repo
 
-        manifest = verify_dataset(dataset_dir)
+        if dataset_hash is not None:
+            known = [v for v in self.list_versions(name) if v.dataset_hash == dataset_hash]
+            if known:
+                return known[0]
+        manifest = verify_dataset(dataset_dir, expected_hash=dataset_hash)
         short = manifest.dataset_hash[:16]
         tag = f"{TAG_PREFIX}/{name}/{short}"
         with self._lock():
@@ -357,6 +363,17 @@ class DatasetRegistry:
         return destination
 
 
+def resolve_dataset(location: str | Path, dataset_hash: str, registry: DatasetRegistry | None = None) -> Path:
+    """A local directory holding dataset ``dataset_hash``: ``location`` if it still does, else the
+    registered version checked out (pulled from the remote if needed). Stages pass (location, hash)
+    pairs, so a deleted staging directory or a cached task result never breaks a rerun."""
+    try:
+        verify_dataset(location, expected_hash=dataset_hash, check_shards=False)
+        return Path(location)
+    except DatasetIntegrityError:
+        return (registry or DatasetRegistry.from_settings()).checkout(dataset_hash)
+
+
 def _read_pointer_md5(pointer: Path) -> str:
     import yaml
 
@@ -369,4 +386,5 @@ __all__ = [
     "DatasetRegistry",
     "DatasetVersion",
     "RemoteConfig",
+    "resolve_dataset",
 ]

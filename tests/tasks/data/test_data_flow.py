@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from tasks.curate import CurationConfig
@@ -39,6 +41,7 @@ def test_data_flow_registers_versions_and_caches_reruns(prefect_server, eve_home
         ingest_table = next(a for a in artifacts if a.key == "ingest-counts-flowtest-raw")
         assert '"quarantined: zero_bytes"' in str(ingest_table.data)
 
+    shutil.rmtree(eve_home / "staging")  # staging is disposable once versions are registered
     again = data_pipeline(params, return_state=True)
     assert again.result().caption_version == result.caption_version
     with get_client(sync_client=True) as client:
@@ -46,3 +49,9 @@ def test_data_flow_registers_versions_and_caches_reruns(prefect_server, eve_home
     states = {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
     assert states["ingest-sources"] == "Cached" and states["curate-dataset"] == "Cached", states
     assert len(registry.list_versions()) == 3
+
+    # a new curation config after staging is gone: the raw input comes back from the registry by hash
+    recurated = data_pipeline(params.model_copy(update={"curation": params.curation.model_copy(update={"keep_per_cluster": 2})}))
+    assert recurated.curation.input_dataset_hash == result.ingest.dataset_hash
+    assert recurated.curation.num_kept <= 8 and recurated.caption_version.dataset_hash != result.caption_version.dataset_hash
+    assert len(registry.list_versions("flowtest-curated")) == 2
