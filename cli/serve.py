@@ -18,6 +18,7 @@ def _run(args: argparse.Namespace) -> int:
         max_request_bytes=args.max_request_bytes,
         allowed_image_root=Path(args.allowed_image_root) if args.allowed_image_root else None,
         max_batch_size=args.max_batch_size,
+        device=args.device,
     )
     if not (settings.model_dir / "config.json").is_file():
         print(f"eve serve: {settings.model_dir} is not a model directory (no config.json)")
@@ -43,4 +44,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="directory that images given by path must lie in (default: path images disabled)")
     parser.add_argument("--model-id", default=None, help="model name reported by the API (default: directory name)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="most concurrent requests generated together")
+    parser.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
     parser.set_defaults(func=_run)

@@ -265,6 +265,8 @@ class ServeSettings(BaseModel):
     """Most requests generated together."""
     batch_window_ms: float = Field(default=5.0, ge=0.0)
     """How long the engine waits for more requests to join a batch."""
+    device: str = "cpu"
+    """torch device of the model ("cpu", "cuda", "cuda:1")."""
 
 
 class _ContentPart(BaseModel):
@@ -387,7 +389,7 @@ def create_app(settings: ServeSettings, generator: VisionTextGenerator | None = 
     from fastapi import FastAPI
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    generator = generator or VisionTextGenerator(settings.model_dir)
+    generator = generator or VisionTextGenerator(settings.model_dir, device=settings.device)
     engine = BatchingEngine(generator, settings.max_batch_size, settings.batch_window_ms)
     model_id = settings.model_id or settings.model_dir.resolve().name
     counters = {"chat_completions": 0, "client_errors": 0, "server_errors": 0}

@@ -58,6 +58,9 @@ class CaptionConfig(BaseModel):
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     """openai: cap on one retry delay."""
 
+    device: str = "cpu"
+    """hf: torch device of the model ("cpu", "cuda")."""
+
     use_cache: bool = True
     """Reuse cached captions (keyed by image hash + prompt + model + decoding) and store new ones."""
 

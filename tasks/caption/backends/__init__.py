@@ -17,7 +17,7 @@ def build_backend(config: CaptionConfig) -> CaptionBackend:
     if config.backend == "hf":
         from tasks.caption.backends.hf import HFCaptionBackend
 
-        return HFCaptionBackend(config.model, template, config.decoding())
+        return HFCaptionBackend(config.model, template, config.decoding(), device=config.device)
     from tasks.caption.backends.openai import OpenAICaptionBackend
 
     return OpenAICaptionBackend(
