@@ -196,11 +196,13 @@ class DatasetRegistry:
     def list_versions(self, name: str | None = None) -> list[DatasetVersion]:
         """Every registered version (optionally of one dataset), oldest first."""
         pattern = f"refs/tags/{TAG_PREFIX}/{name}/" if name else f"refs/tags/{TAG_PREFIX}/"
-        out = _git(self.root, "for-each-ref", "--sort=creatordate", "--format=%(objectname) %(refname:short)", pattern)
+        # one git call for all tags: name and message separated by \x1f, records by \x1e
+        out = _git(self.root, "for-each-ref", "--sort=creatordate", "--format=%(refname:short)%1f%(contents)%1e", pattern)
         versions = []
-        for line in out.splitlines():
-            _, tag = line.split(" ", 1)
-            message = _git(self.root, "tag", "-l", "--format=%(contents)", tag)
+        for record in out.split("\x1e"):
+            if not record.strip():
+                continue
+            tag, _, message = record.strip("\n").partition("\x1f")
             try:
                 versions.append(DatasetVersion.model_validate_json(message.strip()))
             except ValueError:
