@@ -6,5 +6,6 @@
 - ``cache``: persistent SQLite caption cache (image hash + identity);
 - ``run``: ``caption_dataset`` - resumable captioning of a shard dataset into a new version;
 - ``normalize``: caption text normalisation;
+- ``diff``: re-caption diff between two captioned versions;
 - ``prefect_tasks``: the thin ``@task`` wrapper.
 """

@@ -81,15 +81,20 @@ class OpenAICaptionBackend(CaptionBackend):
         return self._identity
 
     def _reported_weights_hash(self) -> str | None:
-        """The weights hash the server reports in /models (eve serve does), else None."""
-        try:
-            response = self._request("GET", f"{self.endpoint_url}/models")
-        except CaptionBackendError:
-            raise
+        """The weights hash the server reports in /models (eve serve does), else None.
+
+        It is part of the cache key, so new weights behind the same model name miss the cache.
+        An unreachable endpoint raises ``CaptionBackendError`` here, before any work starts.
+        """
+        response = self._request("GET", f"{self.endpoint_url}/models")
         if response.status_code != 200:
             return None
-        for entry in response.json().get("data", []):
-            if entry.get("id") == self.model:
+        try:
+            entries = response.json().get("data", [])
+        except (ValueError, AttributeError):
+            return None
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("id") == self.model:
                 return entry.get("weights_sha256")
         return None
 
