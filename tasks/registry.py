@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -47,6 +48,8 @@ WEIGHTS_PATH = "models/eve"
 DVC_REMOTE_NAME = "storage"
 PLATFORM_IDENTITY = ("eve-platform", "eve-platform@localhost")
 LOCK_TIMEOUT_SECONDS = 600.0
+_URL_CREDENTIALS = re.compile(r"://[^/@\s]+@")
+"""user:token@ in a remote URL; scrubbed from error messages so secrets never reach logs."""
 
 
 class RegistryError(RuntimeError):
@@ -167,7 +170,8 @@ class ModelRegistry:
             ["git", *args], cwd=self.repo_dir, env=environment, capture_output=True, text=True, check=False
         )
         if check and result.returncode != 0:
-            raise RegistryError(f"git {' '.join(args)} failed in {self.repo_dir}: {result.stderr.strip()}")
+            message = f"git {' '.join(args)} failed in {self.repo_dir}: {result.stderr.strip()}"
+            raise RegistryError(_URL_CREDENTIALS.sub("://***@", message))
         return result.stdout.strip()
 
     @contextmanager
@@ -210,11 +214,8 @@ class ModelRegistry:
     def _ensure_initialized_locked(self) -> None:
         if not (self.repo_dir / ".git").exists():
             if self.settings.registry_url:
-                subprocess.run(
-                    ["git", "clone", "--quiet", self.settings.registry_url, str(self.repo_dir)],
-                    check=True,
-                    capture_output=True,
-                )
+                # The registry directory already exists (settings create it), so clone into it in place.
+                self._git("clone", "--quiet", self.settings.registry_url, ".")
             else:
                 self._git("init", "--quiet", "-b", "main")
         if (self.repo_dir / "dvc.yaml").exists():

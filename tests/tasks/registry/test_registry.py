@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import subprocess
-import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +15,7 @@ from eve_model.shards import verify_dataset
 from tasks import audit
 from tasks.lineage import ApprovalRecord
 from tasks.platform import PlatformSettings
-from tasks.registry import ApprovalRequiredError, GateNotPassedError, ModelRegistry, directory_sha256
+from tasks.registry import ApprovalRequiredError, GateNotPassedError, ModelRegistry, RegistryError, directory_sha256
 
 
 def _audited_approval(registry: ModelRegistry, version: str, reviewer: str = "bob") -> ApprovalRecord:
@@ -221,5 +220,8 @@ def test_remote_registry_receives_commits_and_tags(eve_home, registry_inputs, tm
     assert [v.version for v in api.find_versions_in_stage(str(clone), "eve", "production")] == [version]
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
+def test_an_unreachable_registry_remote_fails_clearly_without_leaking_credentials(eve_home, monkeypatch):
+    monkeypatch.setenv("EVE_REGISTRY_URL", "https://reviewer:s3cr3t-token@127.0.0.1:9/registry.git")
+    with pytest.raises(RegistryError, match="git clone") as failure:
+        ModelRegistry(PlatformSettings.load()).ensure_initialized()
+    assert "s3cr3t-token" not in str(failure.value)
