@@ -334,3 +334,21 @@ def test_hd_alignment_loss_matches_an_independent_pooled_computation():
             per_image.append(1 - torch.nn.functional.cosine_similarity(predicted, target, dim=-1).mean())
     assert batch["image_grid_hw"][0].tolist() == [10, 14]  # 300x200 -> 5x7 teacher cells, 2x in the student
     torch.testing.assert_close(output.alignment_loss, torch.stack(per_image).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_activation_checkpointing_keeps_depth_capture_and_gradients(processor):
+    batch = mixed_batch(processor)
+    gradients = []
+    for checkpointing in (False, True):
+        model = tiny_model()
+        model.enable_alignment(FrozenRandomTeacher())
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.language_model.model.gradient_checkpointing
+        output = model(**batch)
+        output.loss.backward()
+        gradients.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)
