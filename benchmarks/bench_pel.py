@@ -5,7 +5,7 @@ gathers every image's valid cells and runs the whole batch at once. Both variant
 (EVE-7B PEL dimensions: width 1024, 8 heads, patch 14, pool 2, projector 1024 -> 4096 -> 4096) on the same
 images, side by side in one process; the printed ratio is loop time / batched time.
 
-    python benchmarks/bench_pel.py [--images 6] [--side 672] [--repeats 2] [--threads 1]
+    python benchmarks/bench_pel.py [--images 4] [--side 672] [--repeats 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def images(count: int) -> list[Image.Image]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--side", type=int, default=672, help="image_max_side (multiple of 28 * 24)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
