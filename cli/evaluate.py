@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="eve-wds training dataset to check for contamination (repeatable)")
     parser.add_argument("--no-teacher", action="store_true",
                         help="contamination: exact image matches only, no teacher-embedding near duplicates")
-    parser.add_argument("--near-duplicate-threshold", type=float, default=0.9)
+    parser.add_argument("--near-duplicate-threshold", type=float, default=0.85)
     parser.set_defaults(func=evaluate_command)
 
 

@@ -92,7 +92,7 @@ def evaluate_model_task(
 def check_contamination_task(
     suites: list[SuiteSpec],
     training_datasets: list[str],
-    near_duplicate_threshold: float = 0.9,
+    near_duplicate_threshold: float = 0.85,
     ngram_n: int = 8,
     use_teacher_embeddings: bool = True,
 ) -> ContaminationReport:

@@ -190,10 +190,11 @@ def test_teacher_embedder_flags_resized_copy():
 
     original = _scene(140, "red", (10, 10, 70, 70))
     other = _scene(140, "blue", (60, 20, 130, 60))
-    resized = original.resize((112, 112), Image.BILINEAR)
+    resized = original.resize((126, 126), Image.BILINEAR)  # a 0.9x copy: neither bytes nor pixels match
     report = check_contamination(
         [("eval/a", png(original)), ("eval/b", png(other))],
         [TrainingSample("train#resized", png(resized))],
-        embed=teacher_embedder(),
+        embed=teacher_embedder(),  # spatial EfficientNet-Lite0 features, threshold 0.85
     )
     assert [(m.eval_id, m.train_key) for m in report.near_duplicates] == [("eval/a", "train#resized")]
+    assert report.exact_byte_matches == [] and report.exact_pixel_matches == []
