@@ -459,10 +459,10 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
             has_past = cache is not None and cache.get_seq_length() > 0
-            if pixel_values is not None and not has_past:
+            if not has_past:  # prefill / training: splice (and reject a placeholder without an image)
                 spliced = self.build_inputs(input_ids, attention_mask, pixel_values, has_image, labels)
                 inputs_embeds, attention_mask, labels = spliced.inputs_embeds, spliced.attention_mask, spliced.labels
-            else:
+            else:  # decoding: new text tokens only
                 inputs_embeds = self.get_input_embeddings()(input_ids)
         if position_ids is None and attention_mask is not None and (cache is None or cache.get_seq_length() == 0):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -352,3 +352,14 @@ def test_activation_checkpointing_keeps_depth_capture_and_gradients(processor):
     assert gradients[0].keys() == gradients[1].keys()
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_placeholder_and_image_mismatch_is_a_clear_error(processor):
+    model = tiny_model().eval()
+    batch = mixed_batch(processor)
+    without_placeholder = batch["input_ids"].clone()
+    without_placeholder[0, 1] = processor.tokenizer.pad_token_id
+    with pytest.raises(ValueError, match=r"rows \[0\].*exactly one placeholder"):
+        model(input_ids=without_placeholder, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"])
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
