@@ -9,8 +9,8 @@ import time
 import pytest
 
 from eve_model.serving import GenerationRequest, VisionTextGenerator, weights_sha256
-from eve_model.shards import iter_samples
-from tasks.caption.backends import build_backend
+from eve_model.shards import ShardSample, ShardWriter, iter_samples
+from tasks.caption.backends import CaptionBackendError, build_backend
 from tasks.caption.config import CaptionConfig
 from tasks.caption.provenance import get_prompt_template
 from tasks.caption.run import caption_dataset
@@ -108,6 +108,10 @@ def test_openai_backend_through_eve_serve_survives_restart_and_reruns_from_cache
     caplog.set_level(logging.DEBUG)
     server = eve_server_factory(tiny_eve_checkpoint, "--model-id", "tiny-eve")
     source = write_images(tmp_path / "in", 10, per_shard=2)
+    with ShardWriter(tmp_path / "with-bad", max_items_per_shard=2) as writer:  # + one undecodable image
+        writer.write_all(iter_samples(source))
+        writer.write(ShardSample("img_bad", {"caption": "broken"}, b"\x89PNG broken", "png"))
+    source = tmp_path / "with-bad"
     config = CaptionConfig(
         backend="openai", model="tiny-eve", endpoint_url=f"{server.url}/v1", api_key_env="EVE_TEST_API_KEY",
         max_new_tokens=4, concurrency=2, batch_size=2, max_retries=60,
@@ -133,7 +137,9 @@ def test_openai_backend_through_eve_serve_survives_restart_and_reruns_from_cache
     result = outcome["result"]
     assert 2 <= served_before_restart < 10
     assert backend.retries > 0  # requests were refused while the server was down, and retried
-    assert (result.num_samples, result.num_failed) == (10, 0)
+    assert (result.num_samples, result.num_failed) == (11, 1)
+    bad = next(sample for sample in iter_samples(tmp_path / "out") if sample.key == "img_bad")
+    assert bad.caption is None and bad.meta["caption_provenance"]["error"].startswith("HTTP 400")
     served_after_restart = server.health()["requests"]["chat_completions"]
     # Both server lives did work (requests in flight at the stop finish on the old one, uncounted here).
     assert 1 <= served_after_restart <= 10 - served_before_restart
@@ -143,9 +149,14 @@ def test_openai_backend_through_eve_serve_survives_restart_and_reruns_from_cache
     rerun = caption_dataset(source, tmp_path / "rerun", config, backend=rerun_backend, progress=False)
     rerun_backend.close()
     assert server.health()["requests"]["chat_completions"] == served_after_restart
-    assert rerun.num_from_cache == 10 and rerun.num_generated == 0
-    assert rerun_backend.requests_sent == 1  # only GET /models, for the weights hash
-    assert rerun.output_dataset_hash == result.output_dataset_hash
+    # Errors are not cached (they may be transient): only the bad image is asked again, and refused again.
+    assert rerun.num_from_cache == 10 and rerun.num_generated == 1
+    assert rerun_backend.requests_sent == 2  # GET /models (weights hash) + the bad image
+    # Same captions; the hashes differ only because the retried failure has a new provenance time.
+    def captions(location):
+        return {sample.key: sample.caption for sample in iter_samples(location)}
+
+    assert captions(tmp_path / "rerun") == captions(tmp_path / "out")
 
     # The API key went only into the Authorization header.
     assert SECRET not in caplog.text
@@ -153,3 +164,15 @@ def test_openai_backend_through_eve_serve_survives_restart_and_reruns_from_cache
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes()
+
+
+def test_openai_backend_fails_clearly_when_the_endpoint_never_answers() -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = CaptionConfig(backend="openai", model="m", endpoint_url=f"http://127.0.0.1:{port}/v1",
+                           max_retries=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.02)
+    with pytest.raises(CaptionBackendError, match="did not answer after 3 attempts"):
+        build_backend(config)
