@@ -42,15 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     env = discover_distributed_env()
-    device_type = configure_accelerator_env()
     from eve_model.training.engine import StageTrainer, preflight
 
-    # Cheap checks first, so that a bad config fails in a second, not after the imports of DeepSpeed.
+    # Cheap checks first (no torch import yet), so a bad config fails in a second, not after DeepSpeed loads.
     try:
         preflight(config, env.world_size)
     except StageConfigError as exc:
         print(f"[eve.train] rank {env.rank}: cannot start: {exc}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
+    device_type = configure_accelerator_env()
 
     init_process_group(device_type, env.local_rank)
     try:

@@ -172,9 +172,15 @@ class StageTrainer:
         self._hf_ds_config = None
         if cfg.zero_stage == 3:
             # Keeps transformers' from_pretrained loading straight into ZeRO-3 partitions (no full copy per rank).
-            from transformers.integrations import HfDeepSpeedConfig
+            # It needs `accelerate`; without it every rank builds the full model before DeepSpeed
+            # partitions it (fine for small models, host-RAM heavy at 7B).
+            try:
+                from transformers.integrations import HfDeepSpeedConfig
 
-            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+                self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+            except ImportError as exc:
+                if self.is_main:
+                    print(f"[eve.train] ZeRO-3 without zero.Init loading ({exc}); install accelerate for 7B runs")
         torch.manual_seed(cfg.seed)
         self.stage_model = build_stage_model(cfg)
         model = self.stage_model.model
@@ -392,6 +398,11 @@ class StageTrainer:
             self.stage_model.save_final(partial, {k: v.detach().cpu() for k, v in state_dict.items()})
             self.config.write(partial / "stage_config.json")
             (partial / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=2))
+            # The whole run's history, including steps before a resume (metrics.jsonl was cut back to the
+            # resumed step, so it holds each step once).
+            logged = self.output_dir / "metrics.jsonl"
+            if logged.exists():
+                history = [json.loads(line) for line in logged.read_text().splitlines() if line.strip()]
             tail = history[-max(1, len(history) // 10):] if history else []
             summary = {
                 "stage": self.config.stage,

@@ -74,7 +74,8 @@ def stage2(work, stage1) -> Path:
 
 @pytest.fixture(scope="module")
 def stage3(work, stage2) -> Path:
-    return _run(work, "stage3", 3, init=str(stage2 / "final"), max_steps=3, zero_stage=2)
+    """Under ZeRO-3, so that the partitioned save of the final HF directory is exercised too."""
+    return _run(work, "stage3", 3, init=str(stage2 / "final"), max_steps=3, zero_stage=3)
 
 
 def _final_metrics(run_dir: Path) -> dict:
@@ -96,6 +97,9 @@ def test_base_llm_bootstrap_writes_a_loadable_llama_directory(work, base_zero0):
     assert summary["inputs"]["dataset_hash"] == work["hash"]
     assert summary["inputs"]["init_checkpoint_hash"] is None and summary["completed_steps"] == 8
     assert summary["world_size"] == 2 and len(summary["inputs"]["stage_config_hash"]) == 64
+    # W&B ran offline with its files under the platform home, and the run id is recorded.
+    offline_runs = list((work["home"] / "wandb" / "wandb").glob(f"offline-run-*-{summary['wandb_run_id']}"))
+    assert len(offline_runs) == 1
 
 
 def test_zero2_and_zero0_give_the_same_loss_curve(base_zero0, base_zero2):
