@@ -51,6 +51,17 @@ class RawItem:
     reader_problem: tuple[str, str] | None = None
     """``(reason, detail)`` if the reader could not produce a usable item (always quarantined)."""
 
+    source_root: str = ""
+    """URI of the source location the reader was given (folder, tar folder, parquet folder)."""
+
+    @property
+    def relative_uri(self) -> str:
+        """``source_uri`` relative to the source location: what sample metadata records, so the
+        same data ingested from another checkout or mount gives the same dataset hash."""
+        if not self.source_root:
+            return self.source_uri
+        return self.source_uri.replace(self.source_root.rstrip("/") + "/", "")
+
 
 def _fs_and_path(location: str):
     """fsspec filesystem + path; ``s3://`` uses the platform's S3 endpoint (EVE_S3_ENDPOINT) when set."""
@@ -120,6 +131,12 @@ def _restore_bytes(value: Any) -> str | bytes | None:
         return value.encode("utf-8", errors="surrogateescape")
 
 
+def _rooted(items: Iterator[RawItem], root_uri: str) -> Iterator[RawItem]:
+    for item in items:
+        item.source_root = root_uri
+        yield item
+
+
 def read_image_folder(
     location: str,
     records_file: str = "captions.jsonl",
@@ -134,6 +151,18 @@ def read_image_folder(
     fields (e.g. ``conversations``, ``true_caption``) are carried along in ``RawItem.extra``.
     """
     fs, root = _fs_and_path(location)
+    return _rooted(_read_image_folder(fs, root, location, records_file, image_field, caption_field, id_field), fs.unstrip_protocol(root))
+
+
+def _read_image_folder(
+    fs,
+    root: str,
+    location: str,
+    records_file: str = "captions.jsonl",
+    image_field: str = "image",
+    caption_field: str = "caption",
+    id_field: str = "id",
+) -> Iterator[RawItem]:
     records_uri = _join(root, records_file)
     with fs.open(records_uri, "rb") as handle:
         data = handle.read()
@@ -219,9 +248,13 @@ def read_webdataset(location: str) -> Iterator[RawItem]:
     """
     fs, root = _fs_and_path(location)
     if root.endswith(".tar"):
-        tar_paths = [root]
+        tar_paths, root_uri = [root], fs.unstrip_protocol(posixpath.dirname(root))
     else:
-        tar_paths = sorted(p for p in fs.find(root) if p.endswith(".tar"))
+        tar_paths, root_uri = sorted(p for p in fs.find(root) if p.endswith(".tar")), fs.unstrip_protocol(root)
+    return _rooted(_read_tars(fs, tar_paths), root_uri)
+
+
+def _read_tars(fs, tar_paths: list[str]) -> Iterator[RawItem]:
     for tar_path in tar_paths:
         uri = f"{fs.unstrip_protocol(tar_path)}"
         with fs.open(tar_path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
@@ -264,9 +297,18 @@ def read_parquet(
 
     ``image_column`` may hold raw bytes or a HF-datasets style struct ``{"bytes", "path"}``.
     """
+    fs, path = _fs_and_path(location)
+    return _rooted(
+        _read_parquet_rows(fs, path, image_column, caption_column, id_column, batch_size_rows),
+        fs.unstrip_protocol(posixpath.dirname(path)),
+    )
+
+
+def _read_parquet_rows(
+    fs, path: str, image_column: str, caption_column: str, id_column: str | None, batch_size_rows: int
+) -> Iterator[RawItem]:
     import pyarrow.parquet as pq
 
-    fs, path = _fs_and_path(location)
     uri = fs.unstrip_protocol(path)
     with fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle)

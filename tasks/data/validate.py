@@ -244,7 +244,7 @@ def validate_item(item: RawItem, config: ValidationConfig) -> ShardSample | Quar
     extra = dict(item.extra)
     conversations = extra.pop("conversations", None)
     source = {
-        "uri": item.source_uri,
+        "uri": item.relative_uri,
         "item_id": item.item_id,
         "original_sha256": hashlib.sha256(item.image_bytes).hexdigest(),
         "original_format": checked.original_format,

@@ -128,3 +128,15 @@ def test_readers_work_on_s3_with_the_same_outcomes(broken_corpus, s3_env) -> Non
     assert [(i.item_id, _outcome(i, broken_corpus.config)) for i in tar_items] == broken_corpus.expected_tar
     parquet_items = list(read_parquet(f"s3://{prefix}/pairs.parquet"))
     assert {i.item_id: _outcome(i, broken_corpus.config) for i in parquet_items} == broken_corpus.expected_parquet
+
+
+def test_the_dataset_hash_does_not_depend_on_where_the_source_lives(tmp_path: Path) -> None:
+    import shutil
+
+    demo = generate_demo_data(tmp_path / "here", DemoDataConfig.tiny())
+    shutil.copytree(demo, tmp_path / "elsewhere" / "moved")
+    first = ingest_items(read_image_folder(str(demo / "train")), tmp_path / "a", ValidationConfig.demo())
+    second = ingest_items(read_image_folder(str(tmp_path / "elsewhere" / "moved" / "train")), tmp_path / "b", ValidationConfig.demo())
+    assert first.dataset_hash == second.dataset_hash
+    sample = next(iter_samples(tmp_path / "a"))
+    assert sample.meta["source"]["uri"].startswith("images/") and str(tmp_path) not in sample.meta["source"]["uri"]
