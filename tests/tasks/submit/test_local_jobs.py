@@ -6,6 +6,7 @@ import hashlib
 import json
 import sys
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,17 @@ def test_pre_timeout_signal_checkpoints_and_the_stage_resumes(tmp_path):
     assert len(handle.attempt_job_ids) == len(interruptions) + 1
     result = json.loads((out_dir / "result-rank0.json").read_text())
     assert result["attempts"] == len(handle.attempt_job_ids) and result["step"] == total_steps
+
+
+def test_a_stop_request_during_startup_is_resumable_not_a_failure(tmp_path):
+    """SIGUSR1 before (or while) the ranks start: nothing failed on its own, so the end is exit 75."""
+    import signal
+
+    backend = LocalBackend()
+    handle = backend.submit(_spec(tmp_path, [sys.executable, str(WORKLOADS / "counter.py"), str(tmp_path / "out"), "600", "0.5"]))
+    pid = int((handle.spec.log_dir / f"{handle.job_id}.pid").read_text())
+    time.sleep(0.5)  # the supervisor has installed its traps
+    os.kill(pid, signal.SIGUSR1)
+    status = backend.wait(handle, poll_seconds=0.3, timeout_seconds=120)
+
+    assert (status.state, status.exit_code, status.resumable) == (JobState.TIMED_OUT, 75, True), status.log_tail

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.submit.base import SubmitError
 from tasks.submit.slurm import SlurmBackend
 from tasks.submit.spec import JobSpec, JobState
 
@@ -121,7 +122,7 @@ def test_time_limit_flushes_checkpoint_and_stage_resumes(backend, tmp_path):
         [sys.executable, str(WORKLOADS / "counter.py"), str(out_dir), str(total_steps), "0.5"],
         time_limit_minutes=1,
         pre_timeout_signal_seconds=58,
-        max_resubmits=4,
+        max_resubmits=6,
     )
     handle = backend.submit(spec)
     interruptions = []
@@ -176,3 +177,14 @@ def test_two_node_job_agrees_on_rendezvous(backend, slurm_cluster, tmp_path):
     assert all(r["preflight_world_size"] == 2 for r in records)
     world_size = 2
     assert all(r["all_reduce_sum"] == world_size * (world_size + 1) / 2 for r in records)
+
+
+def test_unreachable_controller_is_retried_then_fails_clearly(slurm_cluster, tmp_path, caplog):
+    dead_conf = tmp_path / "slurm.conf"
+    text = slurm_cluster.slurm_conf.read_text()
+    dead_conf.write_text("\n".join("SlurmctldPort=1" if line.startswith("SlurmctldPort=") else line for line in text.splitlines()))
+    backend = SlurmBackend(slurm_conf=dead_conf, unreachable_retries=1, retry_backoff_seconds=0.1)
+    with caplog.at_level("WARNING", logger="tasks.submit.slurm"):
+        with pytest.raises(SubmitError, match="Unable to contact slurm controller"):
+            backend.submit(_spec(tmp_path, [sys.executable, "-c", "pass"]))
+    assert sum("controller unreachable" in r.getMessage() for r in caplog.records) == 1
