@@ -16,6 +16,7 @@ import io
 import json
 import posixpath
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -254,36 +255,59 @@ def read_webdataset(location: str) -> Iterator[RawItem]:
     return _rooted(_read_tars(fs, tar_paths), root_uri)
 
 
+def _unreadable_rest(uri: str, produced: int, exc: BaseException) -> RawItem:
+    """One quarantine item standing for the unreadable remainder of a corrupt or truncated file."""
+    return RawItem(
+        item_id=posixpath.basename(uri.split("://", 1)[-1]) or "source",
+        source_uri=f"{uri}#after-item-{produced}",
+        reader_problem=(
+            "unreadable_source",
+            f"{uri}: unreadable after {produced} item(s) ({exc.__class__.__name__}: {exc}); the rest of the file is quarantined",
+        ),
+    )
+
+
 def _read_tars(fs, tar_paths: list[str]) -> Iterator[RawItem]:
     for tar_path in tar_paths:
-        uri = f"{fs.unstrip_protocol(tar_path)}"
-        with fs.open(tar_path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-            current_key: str | None = None
-            group: dict[str, bytes] = {}
-            for member in tar:
-                problem = _unsafe_member_reason(member)
-                if problem is not None:
-                    if group:  # keep source order: the pending sample came first
-                        yield _item_from_group(current_key, group, uri)
-                        group, current_key = {}, None
-                    yield RawItem(
-                        item_id=posixpath.basename(member.name.rstrip("/")) or "member",
-                        source_uri=f"{uri}#{member.name}",
-                        image_name=member.name,
-                        reader_problem=("unsafe_member", problem),
-                    )
-                    continue
-                if member.isdir():
-                    continue
-                key, suffix = _split_member(member.name)
-                if key != current_key and group:
+        uri = fs.unstrip_protocol(tar_path)
+        produced = 0
+        try:
+            for item in _read_one_tar(fs, tar_path, uri):
+                produced += 1
+                yield item
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
+            # a corrupt or truncated archive; network errors (OSError) propagate so the task retries
+            yield _unreadable_rest(uri, produced, exc)
+
+
+def _read_one_tar(fs, tar_path: str, uri: str) -> Iterator[RawItem]:
+    with fs.open(tar_path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
+        current_key: str | None = None
+        group: dict[str, bytes] = {}
+        for member in tar:
+            problem = _unsafe_member_reason(member)
+            if problem is not None:
+                if group:  # keep source order: the pending sample came first
                     yield _item_from_group(current_key, group, uri)
-                    group = {}
-                current_key = key
-                extracted = tar.extractfile(member)
-                group[suffix] = extracted.read() if extracted is not None else b""
-            if group and current_key is not None:
+                    group, current_key = {}, None
+                yield RawItem(
+                    item_id=posixpath.basename(member.name.rstrip("/")) or "member",
+                    source_uri=f"{uri}#{member.name}",
+                    image_name=member.name,
+                    reader_problem=("unsafe_member", problem),
+                )
+                continue
+            if member.isdir():
+                continue
+            key, suffix = _split_member(member.name)
+            if key != current_key and group:
                 yield _item_from_group(current_key, group, uri)
+                group = {}
+            current_key = key
+            extracted = tar.extractfile(member)
+            group[suffix] = extracted.read() if extracted is not None else b""
+        if group and current_key is not None:
+            yield _item_from_group(current_key, group, uri)
 
 
 def read_parquet(
@@ -309,7 +333,23 @@ def _read_parquet_rows(
 ) -> Iterator[RawItem]:
     import pyarrow.parquet as pq
 
+    import pyarrow as pa
+
     uri = fs.unstrip_protocol(path)
+    produced = 0
+    try:
+        for item in _parquet_items(fs, path, uri, image_column, caption_column, id_column, batch_size_rows):
+            produced += 1
+            yield item
+    except pa.ArrowException as exc:  # not a Parquet file, or a corrupt page
+        yield _unreadable_rest(uri, produced, exc)
+
+
+def _parquet_items(
+    fs, path: str, uri: str, image_column: str, caption_column: str, id_column: str | None, batch_size_rows: int
+) -> Iterator[RawItem]:
+    import pyarrow.parquet as pq
+
     with fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle)
         row_index = 0

@@ -34,6 +34,7 @@ class QuarantineReason(str, Enum):
     BAD_RECORD = "bad_record"
     UNSAFE_PATH = "unsafe_path"
     UNSAFE_MEMBER = "unsafe_member"
+    UNREADABLE_SOURCE = "unreadable_source"
     MISSING_IMAGE = "missing_image"
     ZERO_BYTES = "zero_bytes"
     CORRUPT_IMAGE = "corrupt_image"

@@ -140,3 +140,24 @@ def test_the_dataset_hash_does_not_depend_on_where_the_source_lives(tmp_path: Pa
     assert first.dataset_hash == second.dataset_hash
     sample = next(iter_samples(tmp_path / "a"))
     assert sample.meta["source"]["uri"].startswith("images/") and str(tmp_path) not in sample.meta["source"]["uri"]
+
+
+def test_corrupt_and_truncated_archives_are_quarantined_not_fatal(broken_corpus, tmp_path: Path) -> None:
+    import random
+
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    whole = broken_corpus.tar_path.read_bytes()
+    (tars / "a-garbage.tar").write_bytes(random.Random(1).randbytes(4096))
+    (tars / "b-truncated.tar").write_bytes(whole[:1500])  # cut inside the second member's data
+    (tars / "c-good.tar").write_bytes(whole)
+    (tmp_path / "not.parquet").write_bytes(b"PAR1 this is not parquet")
+
+    items = list(read_webdataset(str(tars))) + list(read_parquet(str(tmp_path / "not.parquet")))
+    outcomes = [(i.source_uri.split(str(tmp_path))[-1].split("/", 2)[-1], _outcome(i, broken_corpus.config)) for i in items]
+    assert outcomes[0] == ("a-garbage.tar#after-item-0", "unreadable_source")
+    truncated = [o for o in outcomes if o[0].startswith("b-truncated.tar")]
+    assert truncated[-1][1] == "unreadable_source" and len(truncated) <= 2
+    good = [o[1] for o in outcomes if o[0].startswith("c-good.tar")]
+    assert good == [outcome for _, outcome in broken_corpus.expected_tar]  # the next archive is read in full
+    assert outcomes[-1] == ("not.parquet#after-item-0", "unreadable_source")
