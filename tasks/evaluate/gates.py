@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.evaluate.report import EvaluationReport, SuiteResult
 
@@ -38,15 +38,20 @@ if TYPE_CHECKING:
 class MetricThreshold(BaseModel):
     """An absolute bound on one metric of the candidate."""
 
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
     metric: str
     """``<suite>/<metric>``, e.g. ``demo_vqa/accuracy``."""
     minimum: float | None = None
+    """Lower bound, for higher-is-better metrics such as accuracy or CIDEr-D."""
     maximum: float | None = None
     """Upper bound, for lower-is-better metrics such as ``text/perplexity``."""
 
 
 class NonRegressionRule(BaseModel):
     """The candidate may not be worse than production on this metric beyond ``tolerance``."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     metric: str
     """``<suite>/<metric>``; must be one of the suite's per-sample metrics (bootstrappable)."""
@@ -57,6 +62,8 @@ class NonRegressionRule(BaseModel):
 class GatePolicy(BaseModel):
     """Evaluation gate policy (a flow parameter)."""
 
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
     thresholds: list[MetricThreshold] = Field(default_factory=list)
     """Absolute bounds the candidate must meet whether or not there is a production model."""
     non_regression: list[NonRegressionRule] = Field(default_factory=list)
@@ -66,6 +73,7 @@ class GatePolicy(BaseModel):
     confidence_level: float = Field(default=0.95, gt=0.0, lt=1.0)
     """Central coverage of the bootstrap interval."""
     bootstrap_resamples: int = Field(default=2000, ge=100)
+    """Resamples of the paired bootstrap (more = steadier interval bounds)."""
     bootstrap_seed: int = 0
     """Seed of the bootstrap; the decision is reproducible given the reports and this seed."""
     fail_on_contamination: bool = True

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.evaluate import readers
 from tasks.evaluate.report import EvaluationReport, SuiteResult, hash_model_dir
@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 class HarnessConfig(BaseModel):
     """How suites are run (a flow parameter)."""
 
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
     batch_size: int = Field(default=8, ge=1)
     """Items per generate/forward call."""
     max_new_tokens: int = Field(default=128, ge=1)
@@ -50,6 +52,7 @@ class HarnessConfig(BaseModel):
     seed: int = 0
     """torch seed set before each suite (greedy decoding is deterministic; this pins any tie-breaks)."""
     device: str = "cpu"
+    """torch device for the model (``cuda`` on a GPU node)."""
     show_progress: bool = True
     """tqdm progress bars on stderr."""
 

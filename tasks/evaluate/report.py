@@ -18,13 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 REPORT_SCHEMA_VERSION = 1
 
 
 class SampleRecord(BaseModel):
     """One scored evaluation sample."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     item_id: str
     prompt: str | None = None
@@ -50,6 +52,8 @@ class SkippedRecord(BaseModel):
 class SuiteResult(BaseModel):
     """Results of one suite on one model."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     name: str
     """Suite name; metrics are addressed as ``<name>/<metric>``."""
     kind: str
@@ -71,6 +75,8 @@ class SuiteResult(BaseModel):
 
 class EvaluationReport(BaseModel):
     """Everything one evaluation run produced for one model directory."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     schema_version: int = REPORT_SCHEMA_VERSION
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())

@@ -35,7 +35,8 @@ SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."
 
 
 class _SuiteBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt option must not be ignored silently
+    # extra="forbid": a misspelt option must not be ignored silently; docstrings become UI help.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     name: str
     """Suite name; metrics are reported as ``<name>/<metric>`` and gated under that key."""
