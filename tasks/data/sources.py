@@ -331,7 +331,6 @@ def read_parquet(
 def _read_parquet_rows(
     fs, path: str, image_column: str, caption_column: str, id_column: str | None, batch_size_rows: int
 ) -> Iterator[RawItem]:
-    import pyarrow.parquet as pq
 
     import pyarrow as pa
 
