@@ -122,6 +122,9 @@ class StageConfig(BaseModel):
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision; bf16 needs a device that supports it (CPU runs use fp32)."""
 
+    gradient_checkpointing: bool = False
+    """Recompute decoder activations in the backward pass (EVE-7B trains with it on)."""
+
     zero_stage: int = Field(default=0, ge=0, le=3)
     """DeepSpeed ZeRO stage; the JSON template is ``infra/deepspeed/zero<stage>.json``."""
 
@@ -357,6 +360,7 @@ def eve_7b_stage_config(
         template=_STAGE_TEMPLATES[stage],
         max_sequence_length_tokens=2048,
         precision="bf16",
+        gradient_checkpointing=True,
         zero_stage=3,
         # ~4M samples between checkpoints in stages 1-2, as the release scripts (save_steps 7813).
         checkpoint_interval_steps={1: 7813, 2: 7813, 3: 1000}[stage],

@@ -185,6 +185,11 @@ class StageTrainer:
         self.stage_model = build_stage_model(cfg)
         model = self.stage_model.model
 
+        if cfg.gradient_checkpointing:
+            # On the decoder only: the PEL and PAL are small, and the teacher runs without gradients.
+            getattr(model, "language_model", model).gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         groups = self.stage_model.parameter_groups()
         for param in model.parameters():
             param.requires_grad_(False)

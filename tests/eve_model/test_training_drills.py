@@ -141,6 +141,8 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(work, base_zero2):
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-6, atol=1e-7, msg=key)
     assert _final_metrics(run_dir)["inputs"]["stage_config_hash"] == _final_metrics(base_zero2)["inputs"]["stage_config_hash"]
+    # keep_last_checkpoints=2: the resumed run pruned everything but the two newest step checkpoints.
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-00000004", "step-00000006"]
 
 
 def test_sigterm_flushes_a_checkpoint_and_exits_75(work):
