@@ -15,6 +15,7 @@ half-decoded and accepted.
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import re
 import warnings
@@ -219,7 +220,17 @@ def check_caption(caption: str | bytes | None, config: ValidationConfig) -> str 
         if config.require_caption:
             raise _Reject(QuarantineReason.CAPTION_EMPTY, f"caption is blank ({len(caption)} whitespace characters)")
         return None
+    if not _visible_text(text):
+        # markup is kept in otherwise real alt-text (re-captioning replaces it); markup alone says nothing
+        raise _Reject(QuarantineReason.CAPTION_EMPTY, f"caption is only markup ({text[:80]!r})")
     return text
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _visible_text(text: str) -> str:
+    return html.unescape(_TAG.sub(" ", text)).replace("\xa0", " ").strip()
 
 
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")

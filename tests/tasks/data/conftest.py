@@ -98,6 +98,8 @@ def broken_corpus(tmp_path_factory: pytest.TempPathFactory) -> BrokenCorpus:
         "garbage": ("garbage.jpg", random.Random(0).randbytes(2048), "random bytes", "corrupt_image"),
         "latin1-caption": ("latin1.png", good_png, "caf\udce9 cr\udce8me", "caption_not_utf8"),
         "empty-caption": ("empty-caption.png", good_png, "   ", "caption_empty"),
+        "markup-only-caption": ("markup-only.png", good_png, "<p>&nbsp;</p><br/>", "caption_empty"),
+        "markup-caption": ("markup.png", good_png, "<b>Red circle</b>&nbsp;for sale", ACCEPTED),
     }
     rows = [b"id,image,caption\n"]
     expected: dict[str, str] = {}
