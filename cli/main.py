@@ -15,11 +15,13 @@ import sys
 # Order is the order shown in `eve --help`.
 COMMAND_MODULES = [
     "demo",
+    "server",
     "data",
     "train",
     "serve",
     "cluster",
     "evaluate",
+    "promote",
     "registry",
     "lineage",
     "audit",

@@ -4,7 +4,7 @@ Audit the request, publish the candidate's lineage and one evidence report, paus
 decision that the platform's policy accepts (or the deadline), and on approval move the production
 stage in the registry. Run it from the retrain flow after the evaluation gate, or by hand:
 
-    python -m flows.promotion_flow   # needs a registered candidate; see tests/flows/test_promotion_*.py
+    python -m flows.promotion_flow --request request.json [--flow-run-name promote-v0.2.0]
 """
 
 from __future__ import annotations
@@ -56,8 +56,23 @@ def promote_eve(request: PromotionRequest) -> ReviewOutcome:
     return outcome
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Run one promotion from a request file (the retrain's detached hand-over uses this)."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Run the promotion flow for a registered candidate")
+    parser.add_argument("--request", required=True, help="PromotionRequest JSON file")
+    parser.add_argument("--flow-run-name", default=None, help="name of the flow run (e.g. promote-v0.1.0)")
+    args = parser.parse_args(argv)
+    request = PromotionRequest.model_validate_json(Path(args.request).read_text())
+    flow_fn = promote_eve.with_options(flow_run_name=args.flow_run_name) if args.flow_run_name else promote_eve
+    outcome = flow_fn(request)
+    print(outcome.model_dump_json(indent=2))
+    return 0
+
+
 if __name__ == "__main__":
     import sys
 
-    print("Start promotions through the retrain flow or a deployment; parameters:", file=sys.stderr)
-    print(PromotionRequest.model_json_schema(), file=sys.stderr)
+    sys.exit(main())

@@ -282,6 +282,7 @@ class ModelRegistry:
     def register_candidate(self, model_dir: Path, lineage_manifest: LineageManifest, eval_result: Any) -> str:
         """Register ``model_dir`` as the next version, with its lineage; only after the evaluation gate passed.
 
+        Weights already registered (same directory hash) return their existing version.
         Copies the weights to ``models/eve``, DVC-adds and pushes them, commits the lineage manifest
         (with version and weight hashes filled in), tags ``eve@vX`` with GTO, pushes, and audits it.
         """
@@ -296,6 +297,12 @@ class ModelRegistry:
 
         with self.write_lock():
             self._ensure_initialized_locked()
+            # Re-running an unchanged retrain must not mint a second version of the same weights.
+            weights_sha256 = directory_sha256(model_dir)
+            for existing in self._versions_raw():
+                known = self.lineage(existing["version"]).weights
+                if known is not None and known.sha256 == weights_sha256:
+                    return existing["version"]
             version = self._next_version()
             target = self.repo_dir / WEIGHTS_PATH
             if target.exists():

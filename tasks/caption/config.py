@@ -16,6 +16,10 @@ class CaptionConfig(BaseModel):
     """source: keep the source caption (normalised); hf: a local model directory; openai: an
     OpenAI-compatible chat-completions endpoint."""
 
+    source_field: str = "caption"
+    """source: the metadata field whose text is kept. The demo data carries ``true_caption``, a
+    scene description standing in for a teacher VLM's output (no VLM runs offline here)."""
+
     model: str | None = None
     """hf: the model directory; openai: the model name sent to the endpoint. Unused for source."""
 

@@ -73,8 +73,10 @@ class CaptionRunResult(BaseModel):
     """Wall time of this invocation."""
 
 
-def _source_caption(meta: dict[str, Any]) -> str | None:
-    return meta["source_caption"] if "source_caption" in meta else meta.get("caption")
+def _source_caption(meta: dict[str, Any], field: str = "caption") -> str | None:
+    """The text a recaptioning run starts from: the original caption of an already recaptioned
+    version, else the named field (``caption``, or the demo's ``true_caption``)."""
+    return meta["source_caption"] if "source_caption" in meta else meta.get(field)
 
 
 def _caption_shard(
@@ -98,7 +100,7 @@ def _caption_shard(
                 image_ext=sample.image_ext,
                 image_sha256=sample.meta.get("image_sha256")
                 or hashlib.sha256(sample.image_bytes or b"").hexdigest(),
-                source_caption=_source_caption(sample.meta),
+                source_caption=_source_caption(sample.meta, getattr(backend, "source_field", "caption")),
             )
             for sample in batch
         ]

@@ -292,6 +292,7 @@ def gate_instruction_dataset(
             [key for key, _, _ in samples],
             [meta.get("conversations") for _, meta, _ in samples],
             [has_image for _, _, has_image in samples],
+            [meta.get("image_sha256") for _, meta, _ in samples],
         )
 
     return _run_gate(

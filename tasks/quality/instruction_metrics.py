@@ -29,7 +29,7 @@ from eve_model.constants import IMAGE_PLACEHOLDER
 ROLES = ("human", "gpt")
 
 
-def _conversation_row(conversation: Any, has_image: bool) -> dict[str, Any]:
+def _conversation_row(conversation: Any, has_image: bool, image_hash: str | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "num_turns": 0,
         "is_well_formed": False,
@@ -69,20 +69,30 @@ def _conversation_row(conversation: Any, has_image: bool) -> dict[str, Any]:
         has_repeated_turn=len(set(pairs)) != len(pairs),
         min_answer_words=min(answer_lengths, default=0),
         max_answer_words=max(answer_lengths, default=0),
+        # The same question and answer about a different image is new training signal, not a
+        # duplicate: the image is part of the conversation's identity.
         conversation_hash=hashlib.sha1(
-            json.dumps(pairs, ensure_ascii=False).encode("utf-8")
+            json.dumps([image_hash, pairs], ensure_ascii=False).encode("utf-8")
         ).hexdigest(),
     )
     return row
 
 
 def compute_instruction_metrics(
-    keys: Sequence[str], conversations: Sequence[Any], has_image: Sequence[bool]
+    keys: Sequence[str],
+    conversations: Sequence[Any],
+    has_image: Sequence[bool],
+    image_hashes: Sequence[str | None] | None = None,
 ) -> pd.DataFrame:
-    """The metrics table, one row per conversation in input order."""
-    if not len(keys) == len(conversations) == len(has_image):
-        raise ValueError("keys, conversations and has_image must have the same length")
-    rows = [_conversation_row(c, bool(h)) for c, h in zip(conversations, has_image)]
+    """The metrics table, one row per conversation in input order.
+
+    ``image_hashes`` (e.g. each sample's ``image_sha256``) make a conversation a duplicate only
+    when it repeats about the same image.
+    """
+    image_hashes = list(image_hashes) if image_hashes is not None else [None] * len(keys)
+    if not len(keys) == len(conversations) == len(has_image) == len(image_hashes):
+        raise ValueError("keys, conversations, has_image and image_hashes must have the same length")
+    rows = [_conversation_row(c, bool(h), i) for c, h, i in zip(conversations, has_image, image_hashes)]
     table = pd.DataFrame(rows, columns=list(_conversation_row(None, False).keys()))
     table.insert(0, "key", pd.Series(list(keys), dtype="string"))
     hashes = table["conversation_hash"]

@@ -24,7 +24,7 @@ from tasks.quality.metrics import METRICS_VERSION  # noqa: E402
 CAPTION_SUITE_NAME = "eve-caption-quality"
 CAPTION_SUITE_VERSION = f"1.m{METRICS_VERSION}"
 INSTRUCTION_SUITE_NAME = "eve-instruction-quality"
-INSTRUCTION_SUITE_VERSION = "1"
+INSTRUCTION_SUITE_VERSION = "2"  # 2: duplicates are per image (same Q/A about another image is not one)
 
 RULE_DESCRIPTIONS: dict[str, str] = {
     "empty_or_too_short": "caption is empty or shorter than min_words",

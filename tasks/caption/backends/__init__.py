@@ -13,7 +13,7 @@ def build_backend(config: CaptionConfig) -> CaptionBackend:
     if config.backend == "source":
         from tasks.caption.backends.source import SourceCaptionBackend
 
-        return SourceCaptionBackend()
+        return SourceCaptionBackend(source_field=config.source_field)
     if config.backend == "hf":
         from tasks.caption.backends.hf import HFCaptionBackend
 

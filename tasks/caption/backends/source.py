@@ -10,9 +10,16 @@ from tasks.caption.provenance import BackendIdentity
 class SourceCaptionBackend(CaptionBackend):
     cacheable = False
 
+    def __init__(self, source_field: str = "caption") -> None:
+        self.source_field = source_field
+
     @property
     def identity(self) -> BackendIdentity:
-        return BackendIdentity(backend="source", model_id="source", decoding={"normalization": "NFC+whitespace"})
+        return BackendIdentity(
+            backend="source",
+            model_id=f"source:{self.source_field}",
+            decoding={"normalization": "NFC+whitespace"},
+        )
 
     def caption_batch(self, inputs: list[CaptionInput]) -> list[CaptionOutput]:
         outputs = []

@@ -1,0 +1,40 @@
+"""``eve server start|stop|status``: the local Prefect server of the embedded default."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _start(args: argparse.Namespace) -> int:
+    from tasks.orchestration import ensure_prefect_server, ui_url
+
+    api_url = ensure_prefect_server()
+    print(f"Prefect API {api_url}\nPrefect UI  {ui_url(api_url)}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from tasks.orchestration import stop_local_server
+
+    print("stopped the local Prefect server" if stop_local_server() else "no local Prefect server was running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tasks.orchestration import running_local_server
+    from tasks.platform import PlatformSettings
+
+    state = running_local_server(PlatformSettings.load())
+    if state is None:
+        print("no local Prefect server is running")
+        return 1
+    print(f"running: pid {state['pid']}, UI {state['ui_url']}, log {state['log']}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("server", help="start, stop or inspect the local Prefect server")
+    actions = parser.add_subparsers(dest="action", required=True)
+    actions.add_parser("start", help="start it (or reuse a running one)").set_defaults(func=_start)
+    actions.add_parser("stop", help="stop the server this platform home started").set_defaults(func=_stop)
+    actions.add_parser("status", help="is it running, and where").set_defaults(func=_status)
