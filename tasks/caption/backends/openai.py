@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -27,6 +28,14 @@ logger = logging.getLogger(__name__)
 
 _MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def _without_credentials(url: str) -> str:
+    """The URL without user:password@ or a query string (where some gateways put keys)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class OpenAICaptionBackend(CaptionBackend):
@@ -73,7 +82,7 @@ class OpenAICaptionBackend(CaptionBackend):
             prompt_template=template.ref,
             prompt_text=template.text,
             decoding=decoding,
-            endpoint=self.endpoint_url,
+            endpoint=_without_credentials(self.endpoint_url),
         )
 
     @property
@@ -101,6 +110,7 @@ class OpenAICaptionBackend(CaptionBackend):
     def _request(self, method: str, url: str, payload: dict | None = None) -> httpx.Response:
         """One request with retries; returns the final response (2xx or a non-retryable 4xx)."""
         last_problem = ""
+        safe_url = _without_credentials(url)  # logs and errors never carry credentials
         for attempt in range(self.max_retries + 1):
             if attempt:
                 delay = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (attempt - 1))
@@ -114,16 +124,16 @@ class OpenAICaptionBackend(CaptionBackend):
             except httpx.TransportError as error:  # refused, reset, timeout: the server may come back
                 last_problem = f"{type(error).__name__}"
                 logger.warning("caption request to %s failed (%s), attempt %d/%d",
-                               url, last_problem, attempt + 1, self.max_retries + 1)
+                               safe_url, last_problem, attempt + 1, self.max_retries + 1)
                 continue
             if response.status_code in _RETRY_STATUS:
                 last_problem = f"HTTP {response.status_code}"
                 logger.warning("caption request to %s got %s, attempt %d/%d",
-                               url, last_problem, attempt + 1, self.max_retries + 1)
+                               safe_url, last_problem, attempt + 1, self.max_retries + 1)
                 continue
             return response
         raise CaptionBackendError(
-            f"{url} did not answer after {self.max_retries + 1} attempts (last: {last_problem})"
+            f"{safe_url} did not answer after {self.max_retries + 1} attempts (last: {last_problem})"
         )
 
     def _caption_one(self, item: CaptionInput) -> CaptionOutput:

@@ -20,7 +20,7 @@ def test_recaption_diff_counts_changes_and_teachers(tmp_path, eve_home) -> None:
     assert (diff.num_common, diff.num_added, diff.num_removed, diff.num_image_changed) == (6, 0, 0, 0)
     assert diff.num_caption_changed == 6
     [change] = diff.teacher_changes
-    assert (change.before, change.after, change.count) == ("source:source:None", "hf:counting-teacher:brief-v1", 6)
+    assert (change.before, change.after, change.count) == ("source:source:caption:None", "hf:counting-teacher:brief-v1", 6)
     deltas = {delta.metric: delta for delta in diff.metric_deltas}
     # v1 captions: "Already clean caption here." (4 words), "Another one." (2), "source caption N" x4 (3 each).
     assert deltas["mean_words"].previous == pytest.approx((4 + 2 + 3 * 4) / 6)
