@@ -56,6 +56,13 @@ def _summarise(result) -> None:
         print(f"    eval: {result.eval_questions_path}")
 
 
+def _use_prefect_server() -> None:
+    """PREFECT_API_URL if set, else the platform's local server (started once, then reused)."""
+    from tasks.orchestration import ensure_prefect_server
+
+    print(f"prefect: {ensure_prefect_server()}")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from tasks.data.demo_source import DemoDataMismatchError, ensure_demo_data
 
@@ -69,6 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return 0
     from flows.data_flow import DataFlowParams, data_pipeline
 
+    _use_prefect_server()
     params = DataFlowParams.demo()
     params.curation.embedder = args.embedder
     _summarise(data_pipeline(params))
@@ -79,6 +87,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     from flows.data_flow import DataFlowParams, data_pipeline
     from tasks.data.sources import SourceSpec
 
+    _use_prefect_server()
     source = SourceSpec(kind=args.kind, location=args.location, records_file=args.records_file)
     if args.paper:
         params = DataFlowParams.paper(args.name, [source])

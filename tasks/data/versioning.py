@@ -210,7 +210,9 @@ class DatasetRegistry:
         return versions
 
     def find(self, key: str) -> DatasetVersion:
-        """A version by dataset_hash, DVC md5 (with or without ``.dir``), a unique prefix, or tag."""
+        """A version by dataset_hash, DVC md5 (with or without ``.dir``), a unique prefix, or tag.
+
+        The same content registered under two names matches twice; either serves (same bytes)."""
         matches = [
             v for v in self.list_versions()
             if key in (v.tag, v.dataset_hash, v.dvc_md5, v.dvc_md5.removesuffix(".dir"))
@@ -218,9 +220,9 @@ class DatasetRegistry:
         ]
         if not matches:
             raise DatasetNotFoundError(f"no dataset version {key!r} in {self.root}")
-        if len({m.tag for m in matches}) > 1:
+        if len({m.dataset_hash for m in matches}) > 1:
             raise DatasetNotFoundError(f"{key!r} is ambiguous: {[m.tag for m in matches]}")
-        return matches[0]
+        return matches[0]  # one content; several names may share it, any copy serves
 
     # --- register -------------------------------------------------------------------------------
 

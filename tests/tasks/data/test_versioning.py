@@ -133,3 +133,18 @@ def test_an_interrupted_registration_leaves_no_version_and_can_be_rerun(tmp_path
     monkeypatch.undo()
     version = registry.register(tmp_path / "ds", "interrupted")
     assert version.dataset_hash == dataset_hash and len(registry.list_versions()) == 1
+
+
+def test_the_same_content_under_two_names_resolves_by_hash(tmp_path: Path) -> None:
+    from tasks.data.versioning import DatasetNotFoundError, resolve_dataset
+
+    registry = DatasetRegistry(tmp_path / "registry", RemoteConfig(url=str(tmp_path / "remote")))
+    dataset_hash = _make_dataset(tmp_path / "ds")
+    first, second = registry.register(tmp_path / "ds", "alpha"), registry.register(tmp_path / "ds", "beta")
+    assert first.tag != second.tag and first.dataset_hash == second.dataset_hash
+    assert registry.find(dataset_hash).dataset_hash == dataset_hash
+    shutil.rmtree(tmp_path / "ds")
+    assert verify_dataset(resolve_dataset(tmp_path / "ds", dataset_hash, registry)).dataset_hash == dataset_hash
+    other_hash = _make_dataset(tmp_path / "other", salt="x")
+    with pytest.raises(DatasetNotFoundError, match="no dataset version"):
+        registry.find(other_hash)
