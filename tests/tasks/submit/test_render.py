@@ -83,3 +83,31 @@ def test_env_names_must_be_identifiers(tmp_path):
         _spec(tmp_path, env={"A=1; touch x; B": "v"})
     with pytest.raises(ValidationError):
         _spec(tmp_path, secret_env_names=["KEY$(id)"])
+
+
+@pytest.mark.parametrize(
+    ("rank_codes", "received_signal", "expected"),
+    [
+        (["0", "0"], "", 0),
+        (["75", "0"], "", 75),  # one rank flushed, the other had finished
+        (["3", "143"], "", 3),  # a rank's own failure beats the rank torchrun killed afterwards
+        (["143", "143"], "", 255),  # killed by signals: a failure, never success
+        (["-1"], "", 255),  # garbage is a failure
+        (["-1"], "USR1", 75),  # stopped on request before the ranks reported: resumable
+        (["143", None], "TERM", 75),
+        (["0", "0"], "TERM", 0),  # finished before the stop took effect
+        (["2", "75"], "USR1", 2),  # a bad config stays a failure
+    ],
+)
+def test_supervisor_exit_code_aggregation(tmp_path, rank_codes, received_signal, expected):
+    supervisor = (INFRA_DIR / "slurm" / "_supervise.sh.j2").read_text()
+    block = supervisor[supervisor.index("workload_code=$launcher_code") : supervisor.index("marker_tmp=")]
+    for rank, code in enumerate(rank_codes):
+        if code is not None:
+            (tmp_path / f"rank-{rank}.exit").write_text(code + "\n")
+    script = (
+        f"marker_dir={shlex.quote(str(tmp_path))}; expected_ranks={len(rank_codes)}; launcher_code=1; "
+        f"received_signal={received_signal}\n{block}\necho $workload_code"
+    )
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    assert result.stdout.strip() == str(expected), result.stderr
