@@ -241,11 +241,14 @@ def gate_caption_dataset(
     compare_with_latest: bool = True,
     settings: PlatformSettings | None = None,
     max_items_per_shard: int = 500,
+    metrics_workers: int = 1,
 ) -> GateResult:
     """Gate the captions of a dataset version (see the module docstring).
 
     Deltas compare with ``previous_dataset_hash``'s stored result, or else (``compare_with_latest``)
-    with the most recently gated other version.
+    with the most recently gated other version. ``metrics_workers`` > 1 computes the metrics in
+    that many processes: it changes speed, never the result (on the shared 2-core dev machine it
+    was slower, 0.69x, so the default is 1; see benchmarks/bench_quality.py).
     """
     thresholds = thresholds or CaptionGateThresholds()
 
@@ -255,6 +258,7 @@ def gate_caption_dataset(
             [meta.get("caption") for _, meta, _ in samples],
             near_duplicate_jaccard=thresholds.near_duplicate_jaccard,
             progress=len(samples) >= 100_000,
+            workers=metrics_workers,
         )
 
     return _run_gate(

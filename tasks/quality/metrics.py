@@ -32,6 +32,9 @@ from tasks.quality.near_duplicates import bigram_shingles, find_near_duplicates
 METRICS_VERSION = 1
 """Bumped whenever a metric's definition changes (it is part of the suite version)."""
 
+MIN_CAPTIONS_FOR_WORKERS = 20_000
+"""Below this many captions, starting worker processes costs more than it saves."""
+
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _COMPLETE_ENDING = re.compile(r"[.!?][\"'\u201d\u2019)\]]*$")
 _ELLIPSIS_ENDING = re.compile(r"(\.\.\.|\u2026)[\"'\u201d\u2019)\]]*$")
@@ -87,15 +90,67 @@ def _non_language_share(raw_words: list[str]) -> float:
     return sum(1 for word in raw_words if not _is_alphabetic_word(word)) / len(raw_words)
 
 
+def _text_metrics(text: str) -> tuple:
+    """Per-caption metrics that need no other caption (runs in worker processes when asked)."""
+    stripped = text.strip()
+    raw_words = stripped.split()
+    dedup_key = canonical_for_dedup(stripped)
+    trigram_ratio, longest_repeat = _repetition(dedup_key.split())
+    url = markup = control = False
+    if _ANY_SUSPECT.search(text):  # one scan for the common clean case, three for the rest
+        url = bool(_URL.search(stripped))
+        markup = bool(_MARKUP.search(text))
+        control = bool(_CONTROL.search(text))
+    return (
+        len(raw_words),
+        len(_TOKEN.findall(stripped)),
+        trigram_ratio,
+        longest_repeat,
+        bool(_COMPLETE_ENDING.search(stripped)) and not _ELLIPSIS_ENDING.search(stripped),
+        bool(_BOILERPLATE_OPENING.match(stripped)),
+        url,
+        markup,
+        control,
+        _non_language_share(raw_words),
+        dedup_key,
+    )
+
+
+def _text_metrics_chunk(texts: list[str]) -> list[tuple]:
+    return [_text_metrics(text) for text in texts]
+
+
+def _iter_text_metrics(texts: list[str], workers: int, progress: bool):
+    bar = tqdm(total=len(texts), desc="caption metrics", unit="caption", disable=not progress, mininterval=2.0)
+    if workers <= 1 or len(texts) < MIN_CAPTIONS_FOR_WORKERS:
+        for text in texts:
+            yield _text_metrics(text)
+            bar.update(1)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunk = max(1, min(5_000, len(texts) // (4 * workers)))
+        # spawn, not fork: the caller may be a threaded Prefect worker, and forking threads can deadlock.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for rows in pool.map(_text_metrics_chunk, [texts[i : i + chunk] for i in range(0, len(texts), chunk)]):
+                yield from rows
+                bar.update(len(rows))
+    bar.close()
+
+
 def compute_caption_metrics(
     keys: Sequence[str],
     captions: Sequence[str | None],
     near_duplicate_jaccard: float = 0.8,
     progress: bool = False,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """The metrics table, one row per caption in input order (see the module docstring for columns).
 
-    ``progress`` shows a progress bar (tqdm, stderr): 10^7 captions take minutes.
+    ``progress`` shows a progress bar (tqdm, stderr): 10^7 captions take minutes. ``workers`` > 1
+    computes the per-caption metrics in that many processes (duplicates are found in this one);
+    the table is identical for any number of workers.
     """
     if len(keys) != len(captions):
         raise ValueError(f"{len(keys)} keys but {len(captions)} captions")
@@ -114,22 +169,10 @@ def compute_caption_metrics(
     text_hashes: list[str] = []
     shingles: list[set[int]] = []
     vocabulary: dict[str, int] = {}
-    for index, text in enumerate(tqdm(texts, desc="caption metrics", unit="caption", disable=not progress,
-                                      mininterval=2.0)):
-        stripped = text.strip()
-        raw_words = stripped.split()
-        dedup_key = canonical_for_dedup(stripped)
+    for index, row in enumerate(_iter_text_metrics(texts, workers, progress)):
+        (num_words[index], num_tokens[index], trigram_ratio[index], longest_repeat[index], complete[index],
+         boilerplate[index], url[index], markup[index], control[index], non_language[index], dedup_key) = row
         dedup_words = dedup_key.split()
-        num_words[index] = len(raw_words)
-        num_tokens[index] = len(_TOKEN.findall(stripped))
-        trigram_ratio[index], longest_repeat[index] = _repetition(dedup_words)
-        complete[index] = bool(_COMPLETE_ENDING.search(stripped)) and not _ELLIPSIS_ENDING.search(stripped)
-        boilerplate[index] = bool(_BOILERPLATE_OPENING.match(stripped))
-        if _ANY_SUSPECT.search(text):  # one scan for the common clean case, three for the rest
-            url[index] = bool(_URL.search(stripped))
-            markup[index] = bool(_MARKUP.search(text))
-            control[index] = bool(_CONTROL.search(text))
-        non_language[index] = _non_language_share(raw_words)
         text_hashes.append(hashlib.sha1(dedup_key.encode("utf-8")).hexdigest())
         shingles.append(bigram_shingles(dedup_words, vocabulary) if dedup_words else set())
 

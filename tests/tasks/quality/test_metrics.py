@@ -121,3 +121,18 @@ def test_instruction_metrics_flag_structure() -> None:
     assert not table.loc["no_alternation", "roles_alternate"]
     assert table.loc["empty_answer", "has_empty_turn"]
     assert not table.loc["malformed", "is_well_formed"]
+
+
+def test_worker_processes_give_the_identical_table(monkeypatch) -> None:
+    import tasks.quality.metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "MIN_CAPTIONS_FOR_WORKERS", 100)
+    rng = random.Random(3)
+    words = ["red", "bus", "dog", "runs", "the", "a", "on", "field", "IMG_1", "<b>", "http://x.io"]
+    captions = [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 14))) + rng.choice([".", "", "..."])
+                for _ in range(3_000)]
+    keys = [f"k{i}" for i in range(len(captions))]
+    serial = compute_caption_metrics(keys, captions)
+    parallel = compute_caption_metrics(keys, captions, workers=2)
+    assert serial.equals(parallel)
+    assert serial["is_exact_duplicate"].any() and serial["has_markup"].any() and serial["has_url"].any()
