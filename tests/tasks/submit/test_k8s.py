@@ -23,7 +23,7 @@ from tasks.submit.k8s import (
 )
 from tasks.submit.spec import JobSpec, JobState
 
-from .k8s_emulator import running_emulator
+from tests.tasks.submit.k8s_emulator import running_emulator
 
 IMAGE = "ghcr.io/eve-platform/train:test"
 VOLUMES = [
