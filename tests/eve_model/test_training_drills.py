@@ -7,9 +7,9 @@ fixtures; the ZeRO comparison and the kill -9 / resume drill run the cheap text-
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from eve_model.training.config import tiny_stage_config
 from eve_model.training.engine import HANG_AFTER_STEP_ENV, REQUEUE_MARKER_NAME
 from tests.eve_model.training_datasets import (
     REPO_ROOT,
+    kill_job,
     read_jsonl,
     run_stage,
     start_stage,
@@ -123,8 +124,12 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(work, base_zero2):
     try:
         wait_for_step(run_dir / "metrics.jsonl", 5, process)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the whole job: launcher and both ranks
-        process.wait(timeout=30)
+        ranks = kill_job(process)  # kill -9 of the whole job: launcher and both ranks
+    assert len(ranks) == 2
+    time.sleep(0.5)
+    for pid in ranks:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{pid}").exists() else "gone"
+        assert state in ("gone", "Z"), f"rank {pid} survived the kill ({state})"
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000004"
     assert not (run_dir / "final").exists()
     assert max(m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")) == 5  # step 5 ran, was never saved
@@ -158,7 +163,7 @@ def test_sigterm_flushes_a_checkpoint_and_exits_75(work):
         assert process.wait(timeout=120) == 75
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            kill_job(process)
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000002"
     assert json.loads((run_dir / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())["completed_steps"] == 2
     assert (run_dir / REQUEUE_MARKER_NAME).exists() and not (run_dir / "final").exists()

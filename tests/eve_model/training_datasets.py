@@ -114,6 +114,38 @@ def start_stage(config, config_path: Path, eve_home: Path, nproc: int = 2, log_p
     )
 
 
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Field 4 (after the parenthesised command name) is the parent pid.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def kill_job(process: subprocess.Popen) -> list[int]:
+    """SIGKILL a job started by ``start_stage``: the launcher's group and every rank's own group
+    (torchrun starts each worker in a new session, so killing the launcher's group alone orphans them).
+    Returns the pids of the ranks it killed."""
+    workers = _children(process.pid)
+    for worker in workers:
+        try:
+            os.killpg(worker, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+    return workers
+
+
 def wait_for_step(metrics_path: Path, step: int, process: subprocess.Popen, timeout_seconds: float = 240) -> None:
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
@@ -124,7 +156,7 @@ def wait_for_step(metrics_path: Path, step: int, process: subprocess.Popen, time
         if process.poll() is not None:
             raise AssertionError(f"job ended (rc {process.returncode}) before step {step}")
         time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
+    kill_job(process)
     raise AssertionError(f"step {step} not reached in {timeout_seconds} s")
 
 
