@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from tasks import audit
 from tasks.lineage import ApprovalRecord, LineageManifest, WeightsRef, read_lineage, write_lineage
+from eve_model.hashing import directory_sha256
 from tasks.platform import PlatformSettings
 
 MODEL_NAME = "eve"
@@ -62,19 +63,6 @@ class GateNotPassedError(RegistryError):
 
 class ApprovalRequiredError(RegistryError):
     """A stage assignment was attempted without an approval the platform recorded."""
-
-
-def directory_sha256(path: Path) -> str:
-    """Content hash of a directory: sha256 over sorted ``relative-path NUL file-sha256`` lines."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        file_digest = hashlib.sha256()
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                file_digest.update(block)
-        digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest.hexdigest()}\n".encode())
-    return digest.hexdigest()
 
 
 def gate_passed(eval_result: Any) -> bool:
