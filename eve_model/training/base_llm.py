@@ -32,7 +32,7 @@ class BaseLlmStageModel:
         if config.model_preset not in ("tiny", "tiny_hd"):
             raise ValueError("the base-llm bootstrap exists for the tiny presets only; production names an LLM directory")
         self.config = config
-        self.text_config = eve_config_for_preset(config.model_preset).text_config
+        self.text_config = eve_config_for_preset(config.model_preset, config.model_overrides).text_config
         self.tokenizer = load_tiny_tokenizer()
         self.model = LlamaForCausalLM(self.text_config)
         self.max_length = config.max_sequence_length_tokens

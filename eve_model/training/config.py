@@ -86,6 +86,11 @@ class StageConfig(BaseModel):
     model_preset: ModelPresetName = "tiny"
     """Name of the ``EveConfig`` preset (``EveConfig.tiny()`` etc.) the model is built from."""
 
+    model_overrides: dict[str, Any] = Field(default_factory=dict)
+    """Keyword overrides for the ``EveConfig`` preset when stage 1 builds the model, e.g.
+    ``{"teacher_path": "/models/clip-vit-large-patch14-336"}``; later stages read the config saved
+    with their init checkpoint."""
+
     trainable_groups: tuple[ParameterGroupName, ...]
     """Parameter groups that train; every other parameter is frozen. The teacher never trains."""
 

@@ -167,7 +167,7 @@ class StageTrainer:
         from eve_model.training.stage_model import build_stage_model, eve_config_for_preset
 
         cfg = self.config
-        hidden = eve_config_for_preset(cfg.model_preset).text_config.hidden_size
+        hidden = eve_config_for_preset(cfg.model_preset, cfg.model_overrides).text_config.hidden_size
         self.ds_config = resolve_deepspeed_config(cfg, self.env.world_size, pre.gradient_accumulation_steps, hidden)
         self._hf_ds_config = None
         if cfg.zero_stage == 3:

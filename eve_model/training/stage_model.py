@@ -49,12 +49,12 @@ class StageModel(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def eve_config_for_preset(preset: str):
-    """``EveConfig.<preset>()`` by name."""
+def eve_config_for_preset(preset: str, overrides: dict[str, Any] | None = None):
+    """``EveConfig.<preset>(**overrides)`` by name."""
     from eve_model.configuration_eve import EveConfig
 
     builders = {"tiny": EveConfig.tiny, "tiny_hd": EveConfig.tiny_hd, "eve_7b": EveConfig.eve_7b, "eve_7b_hd": EveConfig.eve_7b_hd}
-    return builders[preset]()
+    return builders[preset](**(overrides or {}))
 
 
 class EveStageModel:
@@ -69,7 +69,7 @@ class EveStageModel:
         self.config = config
         init_dir = Path(config.init_checkpoint)
         if config.stage == 1:
-            eve_config = eve_config_for_preset(config.model_preset)
+            eve_config = eve_config_for_preset(config.model_preset, config.model_overrides)
             self.model = EveForCausalLM.from_text_model(str(init_dir), eve_config)
             self.model.enable_alignment()
         else:

@@ -150,3 +150,15 @@ def test_entry_point_exits_2_before_compute_on_bad_configs(dataset, tmp_path):
         assert result.returncode == 2, (name, result.stderr[-2000:])
         assert expected[name] in result.stderr, (name, result.stderr[-2000:])
     assert not (tmp_path / "o").exists()  # nothing was written: the checks ran before any compute
+
+
+def test_model_overrides_reach_the_eve_config_preset():
+    from eve_model.training.stage_model import eve_config_for_preset
+
+    cfg = eve_7b_stage_config(1, "/o", "/d", init_checkpoint="/vicuna",
+                              model_overrides={"teacher_path": "/models/clip-vit-large-patch14-336"})
+    assert StageConfig.model_validate(cfg.to_json_dict()).model_overrides == cfg.model_overrides
+    eve_config = eve_config_for_preset(cfg.model_preset, cfg.model_overrides)
+    assert eve_config.teacher_path == "/models/clip-vit-large-patch14-336"
+    assert eve_config.text_config.hidden_size == 4096
+    assert cfg.content_hash() != eve_7b_stage_config(1, "/o", "/d", init_checkpoint="/vicuna").content_hash()
