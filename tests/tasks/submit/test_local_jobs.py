@@ -101,7 +101,8 @@ def test_pre_timeout_signal_checkpoints_and_the_stage_resumes(tmp_path):
     assert interruptions[0].exit_code == 75
     assert len(handle.attempt_job_ids) == len(interruptions) + 1
     result = json.loads((out_dir / "result-rank0.json").read_text())
-    assert result["attempts"] == len(handle.attempt_job_ids) and result["step"] == total_steps
+    # An attempt signalled before its rank started counts as a job attempt but not a workload attempt.
+    assert 2 <= result["attempts"] <= len(handle.attempt_job_ids) and result["step"] == total_steps
 
 
 def test_a_stop_request_during_startup_is_resumable_not_a_failure(tmp_path):
