@@ -47,13 +47,13 @@ def _run(args: argparse.Namespace) -> int:
     result = retrain(params)
 
     from tasks.evaluate.harness import HarnessConfig, evaluate_model_dir
-    from tasks.evaluate.suites import SHORT_ANSWER_INSTRUCTION, VqaSuite
+    from tasks.evaluate.suites import VqaSuite
 
     suites_path = _eval_questions_path()
     stage2 = next(s for s in result.stages if s.stage == "2")
     before_sft = evaluate_model_dir(
         stage2.model_dir,
-        [VqaSuite(name="demo_vqa", path=Path(suites_path), prompt_suffix=SHORT_ANSWER_INSTRUCTION, max_new_tokens=8)],
+        [VqaSuite(name="demo_vqa", path=Path(suites_path), max_new_tokens=8)],
         HarnessConfig(batch_size=16, max_new_tokens=16, show_progress=False),
     ).flat_metrics()
     baselines = answer_baselines(suites_path)

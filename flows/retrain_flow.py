@@ -59,7 +59,7 @@ class EvaluationParameters(BaseModel):
     eval_questions_path: str | None = None
     """Held-out VQA JSONL (question_id, image, question, answer, question_type); None: the demo's."""
 
-    near_duplicate_threshold: float = Field(default=0.97, gt=0, le=1)
+    near_duplicate_threshold: float = Field(default=0.95, gt=0, le=1)
     """Teacher-embedding cosine at or above which an evaluation image counts as seen in training."""
 
 

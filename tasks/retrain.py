@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from eve_model.training.config import StageConfig, preset_stage_config
 from tasks.data.versioning import DatasetRegistry, DatasetVersion
 from tasks.evaluate.report import EvaluationReport
-from tasks.evaluate.suites import SHORT_ANSWER_INSTRUCTION, PerplexitySuite, SuiteSpec, VqaSuite
+from tasks.evaluate.suites import PerplexitySuite, SuiteSpec, VqaSuite
 from tasks.lineage import (
     CaptionProvenance,
     DatasetRef,
@@ -125,13 +125,18 @@ def plan_stage_config(
 
 @task(name="demo-evaluation-suites")
 def demo_evaluation_suites(eval_questions_path: str) -> list[SuiteSpec]:
-    """The demo's held-out VQA (per question type) and text-only perplexity on held-out text.
+    """The demo's held-out VQA (per question type; its questions carry their own answer-format
+    instruction, as in training) and text-only perplexity on held-out text.
 
     The held-out text is the evaluation questions with their answers as sentences: text the
     model never trained on, in the domain's vocabulary, so perplexity tracks language ability.
     """
+    import hashlib
+
     questions_path = Path(eval_questions_path)
-    text_path = questions_path.with_name("heldout_text.jsonl")
+    # Derived inputs live under the platform home: data/ is DVC-tracked and must stay as recorded.
+    digest = hashlib.sha256(questions_path.read_bytes()).hexdigest()[:16]
+    text_path = PlatformSettings.load().path("evaluation-inputs") / f"heldout_text-{digest}.jsonl"
     if not text_path.exists():
         lines = []
         for raw in questions_path.read_text(encoding="utf-8").splitlines():
@@ -142,7 +147,7 @@ def demo_evaluation_suites(eval_questions_path: str) -> list[SuiteSpec]:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         tmp.replace(text_path)
     return [
-        VqaSuite(name="demo_vqa", path=questions_path, prompt_suffix=SHORT_ANSWER_INSTRUCTION, max_new_tokens=8),
+        VqaSuite(name="demo_vqa", path=questions_path, max_new_tokens=8),
         PerplexitySuite(name="heldout_text", path=text_path),
     ]
 

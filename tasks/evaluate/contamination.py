@@ -151,6 +151,9 @@ def check_contamination(
     train_ngrams: set[tuple[str, ...]] = set()
     num_train_images = 0
     undecodable: list[str] = []
+    # Training sets share images (SFT conversations reuse the caption scenes): embed each distinct
+    # image once; byte and pixel checks still see every sample.
+    embedded_sha256: set[str] = set()
     from tqdm import tqdm
 
     progress = tqdm(desc="contamination: training images", unit="img", disable=not show_progress, file=sys.stderr)
@@ -162,14 +165,17 @@ def check_contamination(
         num_train_images += len(images)
         decodable = []
         for key, data in images:
-            for eval_id in by_bytes.get(hashlib.sha256(data).hexdigest(), []):
+            byte_sha256 = hashlib.sha256(data).hexdigest()
+            for eval_id in by_bytes.get(byte_sha256, []):
                 byte_matches.append(ImageMatch(eval_id=eval_id, train_key=key))
                 byte_matched.add(eval_id)
             pixels = pixel_sha256(data)
             if pixels is None:
                 undecodable.append(key)  # cannot be embedded either; reported, not fatal
                 continue
-            decodable.append((key, data))
+            if byte_sha256 not in embedded_sha256:
+                embedded_sha256.add(byte_sha256)
+                decodable.append((key, data))
             for eval_id in by_pixels.get(pixels, []):
                 if eval_id not in byte_matched:
                     pixel_matches.append(ImageMatch(eval_id=eval_id, train_key=key))
