@@ -57,6 +57,20 @@ def _pid_running(pid: int) -> bool:
         return False
 
 
+def live_group_members(process_group_id: int) -> list[int]:
+    """Pids of non-zombie processes in a process group (zombies wait for a reaper, they run nothing)."""
+    members = []
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp, ...
+        if int(fields[2]) == process_group_id and fields[0] != "Z":
+            members.append(int(stat_path.parent.name))
+    return members
+
+
 class LocalBackend(Backend):
     """Runs jobs as local process groups; ``nodes`` must be 1."""
 
@@ -146,3 +160,7 @@ class LocalBackend(Backend):
             pass
         if child is not None:
             child.wait(timeout=5)
+        # SIGKILL is asynchronous: return only once nothing of the job runs any more.
+        deadline = time.monotonic() + 10
+        while live_group_members(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
