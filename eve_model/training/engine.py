@@ -15,7 +15,6 @@ Order of a run (every rank):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from eve_model.hashing import directory_sha256
 from eve_model.shards import DatasetIntegrityError, DatasetManifest, verify_dataset
 from eve_model.training.config import StageConfig, StageConfigError
 from eve_model.training.runtime import DistributedEnv, code_revision, platform_home
@@ -48,6 +48,12 @@ class Preflight:
 
 def preflight(config: StageConfig, world_size: int) -> Preflight:
     """Every check that needs no model: raises ``StageConfigError`` with a message that says what to fix."""
+    from eve_model.preflight import PreflightError, check_world_size
+
+    try:  # the scheduler's planned topology (EVE_EXPECTED_* set by the submission backends)
+        check_world_size()
+    except PreflightError as exc:
+        raise StageConfigError(str(exc)) from exc
     accumulation = config.gradient_accumulation_steps(world_size)
     if config.init_checkpoint is not None:
         init_dir = Path(config.init_checkpoint)
@@ -64,19 +70,8 @@ def preflight(config: StageConfig, world_size: int) -> Preflight:
 
 
 def directory_hash(directory: str | Path, exclude: tuple[str, ...] = (FINAL_METRICS_NAME,)) -> str:
-    """sha256 over (relative path, file sha256) of every file below ``directory``, in sorted order."""
-    directory = Path(directory)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        relative = path.relative_to(directory).as_posix()
-        if relative in exclude:
-            continue
-        file_digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                file_digest.update(chunk)
-        digest.update(f"{relative}\0{file_digest.hexdigest()}\n".encode())
-    return digest.hexdigest()
+    """``eve_model.hashing.directory_sha256`` without the metrics file written after the weights."""
+    return directory_sha256(directory, exclude=exclude)
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int):

@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.events import emit_event
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from eve_model.shards import DatasetIntegrityError, verify_dataset
@@ -118,6 +119,12 @@ def register_dataset_version(dataset_dir: str, name: str, dataset_hash: str | No
     Given ``dataset_hash``, an already registered version is returned even if ``dataset_dir`` is gone.
     """
     version = DatasetRegistry.from_settings().register(dataset_dir, name, dataset_hash=dataset_hash)
+    # prefect.yaml's retrain-on-new-data deployment triggers on this event for ``*-raw`` versions.
+    emit_event(
+        event="eve.dataset.registered",
+        resource={"prefect.resource.id": f"eve.dataset.{name}", "eve.dataset.hash": version.dataset_hash},
+        payload={"tag": version.tag, "num_items": version.num_items, "dvc_md5": version.dvc_md5},
+    )
     create_markdown_artifact(
         key=f"dataset-version-{name}".replace("_", "-").lower(),
         markdown=(

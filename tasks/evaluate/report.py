@@ -11,13 +11,13 @@ so a production model's stored report can be compared with a candidate's without
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from eve_model.hashing import directory_sha256
 from pydantic import BaseModel, ConfigDict, Field
 
 REPORT_SCHEMA_VERSION = 1
@@ -130,18 +130,10 @@ class EvaluationReport(BaseModel):
 
 
 def hash_model_dir(model_dir: str | Path) -> str:
-    """Content hash of a model directory: sha256 over sorted (relative path, file sha256)."""
-    root = Path(model_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"model directory not found: {root}")
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        file_digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                file_digest.update(block)
-        digest.update(f"{path.relative_to(root).as_posix()}\0{file_digest.hexdigest()}\n".encode())
-    return digest.hexdigest()
+    """Content hash of a model directory (``eve_model.hashing.directory_sha256``, every file)."""
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"model directory not found: {model_dir}")
+    return directory_sha256(model_dir)
 
 
 def metric_table(
