@@ -70,8 +70,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  uniform chance per type      {baselines['uniform_chance']:.3f}")
     print(f"  most common answer per type  {baselines['majority_answer']:.3f}")
     for key, value in sorted(metrics.items()):
-        if key.startswith("demo_vqa/accuracy/"):
-            print(f"    {key.removeprefix('demo_vqa/accuracy/'):<10} {value:.3f}")
+        if key.startswith("demo_vqa/accuracy_"):
+            print(f"    {key.removeprefix('demo_vqa/accuracy_'):<26} {value:.3f}")
     if "heldout_text/perplexity" in metrics:
         print(f"  held-out text perplexity     {metrics['heldout_text/perplexity']:.2f}")
     version = result.candidate_version
