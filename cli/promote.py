@@ -47,11 +47,10 @@ def _pending(args: argparse.Namespace) -> int:
 
 
 def _decide(args: argparse.Namespace, decision: str) -> int:
-    from prefect.flow_runs import resume_flow_run
-
     from tasks.orchestration import ensure_prefect_server
 
-    ensure_prefect_server()
+    ensure_prefect_server()  # before Prefect reads its settings: PREFECT_API_URL must be set first
+    from prefect.flow_runs import resume_flow_run
     runs = _paused_promotions(args.version)
     if not runs:
         print(f"no paused promotion for {args.version} (see `eve promote pending`)", file=sys.stderr)
