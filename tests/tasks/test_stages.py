@@ -20,8 +20,8 @@ from tasks.stages import (
 )
 
 
-def _config(**overrides):
-    return tiny_stage_config(1, output_dir="unset", dataset_location="/data/v1", dataset_hash="d" * 64,
+def _config(output_dir: str = "unset", **overrides):
+    return tiny_stage_config(1, output_dir=output_dir, dataset_location="/data/v1", dataset_hash="d" * 64,
                              init_checkpoint="/ckpt/base", **overrides)
 
 
