@@ -33,7 +33,7 @@ from tasks.lineage import (
 from tasks.platform import REPO_ROOT, PlatformSettings
 from tasks.quality.gate import GateResult
 from tasks.registry import ModelRegistry
-from tasks.stages import StageResult, plan_stage
+from tasks.stages import StageResult, plan_stage, platform_commit
 from tasks.submit.spec import JobSpec
 
 StageId = Literal["base-llm", "1", "2", "3"]
@@ -235,9 +235,8 @@ def assemble_lineage(
         dataset_hash=caption_gate.input_dataset_hash, success=caption_gate.passed,
         statistics={"counts": caption_gate.counts.model_dump(), "summary": caption_gate.summary},
     )
-    code = stages[-1][1].code_revision if stages else "unknown"
     return build_lineage_manifest(
-        code_revision=code, raw_sources=[raw], datasets=datasets, caption=caption, quality=quality,
+        code_revision=platform_commit(), raw_sources=[raw], datasets=datasets, caption=caption, quality=quality,
         stages=records, evaluation=evaluation,
     )
 

@@ -86,23 +86,38 @@ class StageResult(BaseModel):
 
 
 def code_revision(repo: Path = REPO_ROOT) -> str:
-    """The commit of the checkout, plus a hash of the diff when tracked files are modified.
+    """The revision of the code that trains: git tree hashes of ``eve_model/`` and ``infra/``, plus a
+    hash of their uncommitted diff.
 
-    A dirty tree must not share a cache key with its commit: the code that trained differs.
+    Tree hashes, not the commit: a README or flow change must not invalidate every trained stage,
+    while any change to the training code or its DeepSpeed/launch templates must. A dirty tree never
+    shares a key with its commit.
     """
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        trees = subprocess.run(
+            ["git", "rev-parse", "HEAD:eve_model", "HEAD:infra"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.split()
         diff = subprocess.run(
-            ["git", "diff", "HEAD", "--", "eve_model", "infra"],
-            cwd=repo, capture_output=True, check=True,
+            ["git", "diff", "HEAD", "--", "eve_model", "infra"], cwd=repo, capture_output=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unversioned"
+    revision = "trees:" + hashlib.sha256(" ".join(trees).encode()).hexdigest()[:20]
     if diff:
-        return f"{head}+dirty.{hashlib.sha256(diff).hexdigest()[:12]}"
-    return head
+        return f"{revision}+dirty.{hashlib.sha256(diff).hexdigest()[:12]}"
+    return revision
+
+
+def platform_commit(repo: Path = REPO_ROOT) -> str:
+    """The checked-out commit (``+dirty`` when tracked files are modified), for lineage."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unversioned"
+    return f"{head}+dirty" if dirty else head
 
 
 def stage_cache_key(
