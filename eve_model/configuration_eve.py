@@ -15,13 +15,15 @@ from typing import Literal
 
 from transformers import LlamaConfig, PretrainedConfig
 
+from eve_model.geometry import GridGeometry
+
 CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 TeacherKind = Literal["efficientnet_lite0", "clip"]
 
 
-class EveConfig(PretrainedConfig):
+class EveConfig(GridGeometry, PretrainedConfig):
     """EVE v1 configuration. Defaults are the paper's EVE-7B values (see :meth:`eve_7b`)."""
 
     model_type = "eve"
@@ -102,26 +104,6 @@ class EveConfig(PretrainedConfig):
         self.validate_geometry()
 
     # ----------------------------------------------------------------------------------------------- geometry
-    @property
-    def student_cell_px(self) -> int:
-        """Pixels per student visual token side (patch_size * pool_stride)."""
-        return self.patch_size * self.pool_stride
-
-    @property
-    def teacher_cell_px(self) -> int:
-        """Pixels per teacher feature side on the teacher canvas."""
-        return self.teacher_image_size // self.teacher_grid_size
-
-    @property
-    def student_max_grid(self) -> int:
-        """Student visual-token grid side of a square image."""
-        return self.image_max_side // self.student_cell_px
-
-    @property
-    def patch_ratio(self) -> int:
-        """Student grid side / teacher grid side (1 for EVE-7B, 2 for EVE-7B-HD)."""
-        return self.student_max_grid // self.teacher_grid_size
-
     @property
     def alignment_depths(self) -> list[int]:
         """LLM depths read by the PAL, last first: ``L, L - interval, ..., 0`` (query = first entry)."""

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from eve_model.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from eve_model.geometry import GridGeometry
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -67,7 +68,7 @@ class ImageLayout:
 
 
 @dataclass
-class EveImageProcessor:
+class EveImageProcessor(GridGeometry):
     """Builds the 4-channel student tensor (B, 4, S, S) and teacher tensor (B, 4, T, T) for a batch."""
 
     patch_size: int = 14
@@ -91,18 +92,6 @@ class EveImageProcessor:
         )
 
     # ------------------------------------------------------------------------------------------- geometry
-    @property
-    def student_cell_px(self) -> int:
-        return self.patch_size * self.pool_stride
-
-    @property
-    def teacher_cell_px(self) -> int:
-        return self.teacher_image_size // self.teacher_grid_size
-
-    @property
-    def patch_ratio(self) -> int:
-        return self.image_max_side // self.student_cell_px // self.teacher_grid_size
-
     def layout(self, width: int, height: int) -> ImageLayout:
         """Sizes and offsets of an image of ``width`` x ``height`` pixels on both canvases."""
         grid = self.teacher_grid_size

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from eve_model.training.runtime import free_loopback_port
 from tasks.platform import PlatformSettings
 
 SERVER_STATE_FILE = "server.json"
@@ -46,12 +47,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -101,7 +96,7 @@ def ensure_prefect_server(settings: PlatformSettings | None = None, startup_time
     os.environ["PREFECT_HOME"] = str(home)
     state = running_local_server(settings)
     if state is None:
-        port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else _free_port()
+        port = DEFAULT_PORT if _port_free(DEFAULT_PORT) else free_loopback_port()
         api_url = f"http://127.0.0.1:{port}/api"
         log_path = home / "server.log"
         env = {

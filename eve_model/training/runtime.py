@@ -32,7 +32,8 @@ class DistributedEnv:
     """"torchrun", "slurm" or "none"."""
 
 
-def _free_port() -> int:
+def free_loopback_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -67,7 +68,7 @@ def discover_distributed_env() -> DistributedEnv:
         launcher = "none"
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_loopback_port()))
     os.environ.setdefault("LOCAL_RANK", "0")
     return DistributedEnv(
         rank=int(os.environ["RANK"]),

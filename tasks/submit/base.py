@@ -75,9 +75,15 @@ class Backend(abc.ABC):
     def status(self, handle: JobHandle) -> JobStatus:
         """One observation of the current attempt (log tail filled for failed end states)."""
 
-    @abc.abstractmethod
-    def read_log_bytes(self, handle: JobHandle, since_offset: int) -> bytes:
-        """Raw log bytes of the current attempt from ``since_offset``."""
+    def read_log_bytes(self, handle: JobHandle, since_offset: int = 0) -> bytes:
+        """Raw log bytes of the current attempt from ``since_offset``: by default the job's log file
+        (local and SLURM write one; Kubernetes overrides this to read pod logs)."""
+        try:
+            with open(handle.log_path, "rb") as log_file:
+                log_file.seek(since_offset)
+                return log_file.read()
+        except FileNotFoundError:
+            return b""
 
     @abc.abstractmethod
     def cancel(self, handle: JobHandle) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -17,16 +16,11 @@ from pathlib import Path
 
 from tasks.submit.base import Backend, read_exit_marker, status_from_marker, tail_lines
 from tasks.submit.render import INFRA_DIR, shell_template_environment
+from eve_model.training.runtime import free_loopback_port
 from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
 
 _CHILDREN: dict[str, subprocess.Popen] = {}
 """Supervisors started by this process, kept so that they are reaped (no zombies)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def render_local_script(spec: JobSpec, job_id: str, rendezvous_port: int) -> str:
@@ -88,7 +82,7 @@ class LocalBackend(Backend):
         spec = spec.model_copy(update={"log_dir": log_dir})
         job_id = f"local-{uuid.uuid4().hex[:12]}"
         script_path = log_dir / f"{job_id}.sh"
-        script_path.write_text(render_local_script(spec, job_id, spec.rendezvous_port or _free_port()))
+        script_path.write_text(render_local_script(spec, job_id, spec.rendezvous_port or free_loopback_port()))
         script_path.chmod(0o700)
         log_path = log_dir / f"{job_id}.log"
         with open(log_path, "ab") as log_file:
@@ -130,14 +124,6 @@ class LocalBackend(Backend):
         if status.state != JobState.COMPLETED:
             status.log_tail = tail_lines(self.logs(handle))
         return status
-
-    def read_log_bytes(self, handle: JobHandle, since_offset: int = 0) -> bytes:
-        try:
-            with open(handle.log_path, "rb") as log_file:
-                log_file.seek(since_offset)
-                return log_file.read()
-        except FileNotFoundError:
-            return b""
 
     def cancel(self, handle: JobHandle) -> None:
         pid = self._pid(handle)

@@ -195,14 +195,6 @@ class SlurmBackend(Backend):
             reason = f"{reason} (signal {record.signal})"
         return JobStatus(state=state, exit_code=record.exit_code, reason=reason, restarts=record.restarts)
 
-    def read_log_bytes(self, handle: JobHandle, since_offset: int = 0) -> bytes:
-        try:
-            with open(handle.log_path, "rb") as log_file:
-                log_file.seek(since_offset)
-                return log_file.read()
-        except FileNotFoundError:
-            return b""
-
     def cancel(self, handle: JobHandle) -> None:
         self._run(["scancel", handle.job_id])
 
