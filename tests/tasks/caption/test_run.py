@@ -78,7 +78,19 @@ def test_source_backend_normalises_and_records_provenance(tmp_path, eve_home) ->
                         backend=CountingTeacher(), progress=False)
 
 
-def test_crash_resumes_without_redoing_committed_shards(tmp_path, eve_home) -> None:
+def test_crash_resumes_without_redoing_committed_shards(tmp_path, eve_home, monkeypatch) -> None:
+    # Provenance stamps each caption with its generation time (to the second); the runs compared
+    # below generate at different times, so the clock is held still to compare content.
+    from datetime import datetime, timezone
+
+    import tasks.caption.provenance as provenance
+
+    class _FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    monkeypatch.setattr(provenance, "datetime", _FrozenClock)
     source = write_images(tmp_path / "in", 12, per_shard=4)  # 3 shards
     config = CaptionConfig(backend="hf", model="counting-teacher", batch_size=2, use_cache=False)
 
