@@ -312,12 +312,13 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
         self.language_model.requires_grad_(True)
 
     # ----------------------------------------------------------------------------------------- alignment
-    def enable_alignment(self, teacher: "VisionTeacher | None" = None) -> None:
-        """Training only: build the PAL and attach the frozen teacher (``build_teacher(config)`` when None)."""
+    def enable_alignment(self, teacher: "VisionTeacher | None" = None, teacher_feature_cache_dir: str | Path | None = None) -> None:
+        """Training only: build the PAL and attach the frozen teacher (``build_teacher(config,
+        teacher_feature_cache_dir)`` when None)."""
         from eve_model.teachers import build_teacher
 
         if teacher is None:
-            teacher = build_teacher(self.config)
+            teacher = build_teacher(self.config, teacher_feature_cache_dir)
         if teacher.grid_size != self.config.teacher_grid_size or teacher.feature_dim != self.config.teacher_feature_dim:
             raise ValueError(
                 f"teacher grid {teacher.grid_size} / dim {teacher.feature_dim} != config "

@@ -134,8 +134,9 @@ class ClipVisionTeacher(VisionTeacher):
         return tokens.transpose(1, 2).reshape(batch, self.feature_dim, self.grid_size, self.grid_size)
 
 
-def build_teacher(config: EveConfig) -> VisionTeacher:
-    """The teacher named by ``config.teacher_kind``; checks that its geometry matches the config."""
+def build_teacher(config: EveConfig, feature_cache_dir: str | Path | None = None) -> VisionTeacher:
+    """The teacher named by ``config.teacher_kind``; checks that its geometry matches the config.
+    With ``feature_cache_dir`` it is wrapped in ``teacher_cache.CachedTeacher`` (features memoised on disk)."""
     if config.teacher_kind == "efficientnet_lite0":
         teacher: VisionTeacher = EfficientNetLite0Teacher()
     elif config.teacher_kind == "clip":
@@ -148,6 +149,10 @@ def build_teacher(config: EveConfig) -> VisionTeacher:
     actual = (teacher.image_size, teacher.grid_size, teacher.feature_dim)
     if expected != actual:
         raise ValueError(f"teacher (image, grid, dim) {actual} does not match config {expected}")
+    if feature_cache_dir is not None:
+        from eve_model.teacher_cache import CachedTeacher
+
+        return CachedTeacher(teacher, feature_cache_dir)
     return teacher
 
 

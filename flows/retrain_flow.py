@@ -109,21 +109,31 @@ class RetrainParameters(BaseModel):
             # noisy alt-text stays in each sample as source_caption.
             captions=CaptionConfig(backend="source", source_field="true_caption"),
             training=TrainingParameters(
+                cache_teacher_features=True,
                 stage_overrides={
                     "base-llm": {"max_steps": 120, "global_batch_size_samples": 16, "micro_batch_size_samples": 8},
-                    "1": {"max_steps": 30, "global_batch_size_samples": 16, "micro_batch_size_samples": 8},
-                    "2": {"max_steps": 40, "global_batch_size_samples": 16, "micro_batch_size_samples": 8},
-                    # SFT is where the demo's VQA ability comes from: longer, at a higher LR than the
-                    # preset's paper ratio (measured: 120 steps at 2e-4 stayed below chance).
-                    "3": {"max_steps": 300, "global_batch_size_samples": 16, "micro_batch_size_samples": 8,
+                    # Measured on the demo (VQA, 200 held-out questions; stage runs side by side):
+                    # the paper's 40-step-scale stage 2 at 4e-4 never taught the LLM to read its visual
+                    # block (caption CE with the matching image 0.906 vs a shuffled one 0.89, VQA 0.255
+                    # = one fixed answer per question type). With teacher features cached a step costs
+                    # ~0.27 s, so stage 2 can afford 500 steps at 2e-3: caption CE 0.49 vs 0.76 shuffled
+                    # after 300, VQA 0.34 (300/300 steps) -> 0.39 (500/400). Stage 1 at 1e-3: 4e-3 blew
+                    # the visual tokens up to ~130x the text-embedding norm.
+                    "1": {"max_steps": 60, "global_batch_size_samples": 16, "micro_batch_size_samples": 8,
+                          "learning_rates": {"pel": 1e-3, "aligning": 1e-3}},
+                    "2": {"max_steps": 500, "global_batch_size_samples": 16, "micro_batch_size_samples": 8,
+                          "warmup_ratio": 0.03, "learning_rates": {"pel": 2e-3, "aligning": 2e-3, "llm": 2e-3}},
+                    # SFT at a higher LR than the preset's paper ratio (120 steps at 2e-4 stayed below chance).
+                    "3": {"max_steps": 400, "global_batch_size_samples": 16, "micro_batch_size_samples": 8,
                           "learning_rates": {"pel": 1e-3, "aligning": 1e-3, "llm": 1e-3}},
                 }
             ),
             evaluation=EvaluationParameters(
                 gate=GatePolicy(
-                    # Uniform guessing among each question type's answers scores 0.226 on the demo's
-                    # held-out set (cli/demo.py prints it next to the model's accuracy).
-                    thresholds=[MetricThreshold(metric="demo_vqa/accuracy", minimum=0.23)],
+                    # Must beat always giving each question type's most common answer (0.285 on the
+                    # demo's held-out set; uniform guessing 0.226): a model that does not read the
+                    # image cannot pass. cli/demo.py prints both baselines next to the accuracy.
+                    thresholds=[MetricThreshold(metric="demo_vqa/accuracy", minimum=0.30)],
                     non_regression=[NonRegressionRule(metric="demo_vqa/accuracy", tolerance=0.05)],
                     aggregate_tolerance=0.05,
                 )

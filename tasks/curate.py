@@ -120,8 +120,9 @@ def thumbnail_embed(images: list) -> np.ndarray:
     return np.stack(vectors).astype(np.float32)
 
 
-def teacher_embed_fn(num_threads: int | None = 1) -> tuple[EmbedFn, str]:
-    """The platform's vision teacher as an embedding function, and its name."""
+def teacher_embed_fn(num_threads: int | None = 1, feature_cache_dir: str | Path | None = None) -> tuple[EmbedFn, str]:
+    """The platform's vision teacher as an embedding function, and its name; ``feature_cache_dir``
+    memoises its features (the training stages then find every curated image there)."""
     import torch
 
     from eve_model.configuration_eve import EveConfig
@@ -129,7 +130,7 @@ def teacher_embed_fn(num_threads: int | None = 1) -> tuple[EmbedFn, str]:
     from eve_model.teachers import build_teacher
 
     config = EveConfig.tiny()
-    teacher = build_teacher(config)
+    teacher = build_teacher(config, feature_cache_dir)
     processor = EveImageProcessor.from_eve_config(config)
 
     def embed(images: list) -> np.ndarray:
@@ -146,9 +147,12 @@ def teacher_embed_fn(num_threads: int | None = 1) -> tuple[EmbedFn, str]:
 
 
 def default_embed_fn(num_threads: int | None = 1) -> tuple[EmbedFn, str]:
-    """The teacher when it can be built here, else the thumbnail fallback (named so in the report)."""
+    """The teacher (features memoised under the platform home) when it can be built here, else the
+    thumbnail fallback (named so in the report)."""
+    from tasks.platform import PlatformSettings
+
     try:
-        return teacher_embed_fn(num_threads)
+        return teacher_embed_fn(num_threads, PlatformSettings.load().teacher_feature_cache_dir)
     except Exception as exc:  # missing weights/package must not stop curation, but must be visible
         logger.warning("vision teacher unavailable (%s: %s); curating with thumbnail embeddings", exc.__class__.__name__, exc)
         return thumbnail_embed, "thumbnail-8x8 (teacher unavailable)"

@@ -52,6 +52,12 @@ class PlatformSettings(BaseModel):
         return target
 
     @property
+    def teacher_feature_cache_dir(self) -> Path:
+        """Memoised vision-teacher features (``eve_model.teacher_cache``), shared by curation, the
+        training stages and the contamination check: each distinct image is embedded once."""
+        return self.path("cache", "teacher-features")
+
+    @property
     def local_dvc_remote(self) -> Path:
         return self.path("dvc-remote")
 

@@ -66,6 +66,11 @@ class TrainingParameters(BaseModel):
     stage_overrides: dict[StageId, dict[str, Any]] = Field(default_factory=dict)
     """Per-stage ``StageConfig`` field overrides, e.g. ``{"3": {"max_steps": 80}}``."""
 
+    cache_teacher_features: bool = False
+    """Memoise the frozen teacher's features under the platform home (shared with curation and the
+    contamination check). Only where the jobs see that directory (local backend, a shared
+    filesystem) and the features fit on disk: the embedded default, not 7B pre-training."""
+
 
 @task(name="derived-dataset-dir")
 def derived_dataset_dir(kind: str, input_dataset_hash: str, config: BaseModel | None = None) -> str:
@@ -120,7 +125,10 @@ def plan_stage_config(
         init_checkpoint=init_checkpoint,
         **training.stage_overrides.get(stage, {}),
     )
-    return plan_stage(config, PlatformSettings.load(), parent.checkpoint_hash if parent else None)
+    settings = PlatformSettings.load()
+    if training.cache_teacher_features and stage != "base-llm" and config.teacher_feature_cache_dir is None:
+        config = config.model_copy(update={"teacher_feature_cache_dir": str(settings.teacher_feature_cache_dir)})
+    return plan_stage(config, settings, parent.checkpoint_hash if parent else None)
 
 
 @task(name="demo-evaluation-suites")
@@ -128,21 +136,28 @@ def demo_evaluation_suites(eval_questions_path: str) -> list[SuiteSpec]:
     """The demo's held-out VQA (per question type; its questions carry their own answer-format
     instruction, as in training) and text-only perplexity on held-out text.
 
-    The held-out text is the evaluation questions with their answers as sentences: text the
-    model never trained on, in the domain's vocabulary, so perplexity tracks language ability.
+    The held-out text is the descriptions of the held-out scenes (``captions.jsonl`` next to the
+    questions): text the model never trained on, in the language the base-LLM bootstrap and the
+    caption stages teach, so perplexity tracks language ability. (The questions themselves are
+    no such text: the bootstrap corpus is captions only and SFT scores only answers, so even the
+    base LLM scored about 12k perplexity on them.) Without that file the questions with their
+    answers as sentences are used.
     """
     import hashlib
 
     questions_path = Path(eval_questions_path)
+    captions_path = questions_path.with_name("captions.jsonl")
+    source = captions_path if captions_path.exists() else questions_path
     # Derived inputs live under the platform home: data/ is DVC-tracked and must stay as recorded.
-    digest = hashlib.sha256(questions_path.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(source.name.encode() + source.read_bytes()).hexdigest()[:16]
     text_path = PlatformSettings.load().path("evaluation-inputs") / f"heldout_text-{digest}.jsonl"
     if not text_path.exists():
         lines = []
-        for raw in questions_path.read_text(encoding="utf-8").splitlines():
+        for raw in source.read_text(encoding="utf-8").splitlines():
             if raw.strip():
                 row = json.loads(raw)
-                lines.append(json.dumps({"text": f"{row['question']} {row['answer']}."}))
+                text = row["caption"] if source is captions_path else f"{row['question']} {row['answer']}."
+                lines.append(json.dumps({"text": text}))
         tmp = text_path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
         tmp.replace(text_path)

@@ -50,6 +50,7 @@ _NON_SEMANTIC_FIELDS = frozenset(
         "record_data_order",
         "log_interval_steps",
         "deepspeed_config_path",
+        "teacher_feature_cache_dir",
     }
 )
 
@@ -173,6 +174,11 @@ class StageConfig(BaseModel):
 
     log_interval_steps: int = Field(default=1, gt=0)
     """Write a metrics.jsonl line / W&B log every this many steps."""
+
+    teacher_feature_cache_dir: str | None = None
+    """Memoise the frozen teacher's features per image on disk here (``eve_model.teacher_cache``);
+    None recomputes them every step. A pure memo, so it is outside the content hash. On for the
+    embedded default, where the teacher dominates a step; off for 7B (terabytes of features)."""
 
     @field_validator("stage", mode="before")
     @classmethod

@@ -98,6 +98,12 @@ def init_process_group(device_type: str, local_rank: int) -> None:
 
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
+    else:
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce op on first use (48 s measured
+        # on a fresh platform home: half of a cold demo's base-LLM stage). Only its inference all-reduce
+        # uses that op; training collectives go through gloo either way. ``__compatible_ops__`` is
+        # DeepSpeed's own per-process switchboard (deepspeed/ops/__init__.py keeps edits to it).
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
 
 

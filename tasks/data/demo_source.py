@@ -9,6 +9,8 @@ in minutes on a laptop CPU, yet shaped like the real thing:
 - ``train/conversations.jsonl``: LLaVA-style QA conversations about the same scenes (stage 3);
 - ``eval/images/*.png`` + ``eval/questions.jsonl``: held-out questions on *separate* scenes
   (question_id, image, question, answer, question_type in {colour, shape, count, position});
+- ``eval/captions.jsonl``: the clean descriptions of those held-out scenes (image, caption): held-out
+  text in the language the model is taught, for text-only perplexity;
 - a handful of deliberately broken caption records (truncated PNG, empty file, tiny image, absurd
   aspect ratio, empty caption) so a demo run shows quarantine at work.
 
@@ -371,11 +373,12 @@ def generate_demo_data(out_root: str | Path, config: DemoDataConfig | None = Non
         conversations.append({"id": f"qa-{index:06d}", "image": f"images/{name}.png", "conversations": messages})
     _write_jsonl(staging / "train" / "conversations.jsonl", conversations)
 
-    questions = []
+    questions, eval_captions = [], []
     for index in range(config.num_eval_scenes):
         scene = sample_scene(rng, config)
         name = f"eval-{index:06d}"
         (eval_images / f"{name}.png").write_bytes(render_scene(scene))
+        eval_captions.append({"image": f"images/{name}.png", "caption": scene.describe()})
         for question_type, question, answer in _questions(
             rng, scene, wanted=config.eval_questions_per_scene, start_type=index
         ):
@@ -389,6 +392,7 @@ def generate_demo_data(out_root: str | Path, config: DemoDataConfig | None = Non
                 }
             )
     _write_jsonl(staging / "eval" / "questions.jsonl", questions)
+    _write_jsonl(staging / "eval" / "captions.jsonl", eval_captions)
     (staging / "demo_config.json").write_text(json.dumps(config.model_dump(), indent=2, sort_keys=True) + "\n")
 
     shutil.rmtree(final_dir, ignore_errors=True)

@@ -26,6 +26,7 @@ import io
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -262,8 +263,10 @@ def iter_training_samples(locations: Iterable[str]) -> Iterator[TrainingSample]:
             yield TrainingSample(key=f"{location}#{sample.key}", image_bytes=sample.image_bytes, texts=texts)
 
 
-def teacher_embedder(config=None, pooling: str = "spatial", batch_size: int = 32) -> ImageEmbedder:
-    """An ``ImageEmbedder`` from the model library's frozen vision teacher (L2-normalised rows).
+def teacher_embedder(config=None, pooling: str = "spatial", batch_size: int = 32,
+                     feature_cache_dir: str | Path | None = None) -> ImageEmbedder:
+    """An ``ImageEmbedder`` from the model library's frozen vision teacher (L2-normalised rows);
+    ``feature_cache_dir`` memoises the teacher's features (``eve_model.teacher_cache``).
 
     ``config`` is an ``EveConfig`` (default ``EveConfig.tiny()``: EfficientNet-Lite0).
     ``pooling="spatial"`` flattens the teacher's feature grid (layout kept, (B, g*g*D));
@@ -288,7 +291,7 @@ def teacher_embedder(config=None, pooling: str = "spatial", batch_size: int = 32
     if pooling not in ("spatial", "mean"):
         raise ValueError(f"pooling must be 'spatial' or 'mean', got {pooling!r}")
     config = config if config is not None else EveConfig.tiny()
-    teacher = build_teacher(config)
+    teacher = build_teacher(config, feature_cache_dir)
     processor = EveImageProcessor.from_eve_config(config)
 
     def embed(images: list[bytes]) -> np.ndarray:

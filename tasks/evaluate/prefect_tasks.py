@@ -100,7 +100,8 @@ def check_contamination_task(
     images, texts = eval_inputs({spec.name: load_benchmark(spec) for spec in suites})
     report = check_contamination(
         images, iter_training_samples(training_datasets), texts,
-        embed=teacher_embedder() if use_teacher_embeddings else None,
+        embed=teacher_embedder(feature_cache_dir=PlatformSettings.load().teacher_feature_cache_dir)
+        if use_teacher_embeddings else None,
         near_duplicate_threshold=near_duplicate_threshold, ngram_n=ngram_n, show_progress=True,
     )
     matches = (
