@@ -47,15 +47,19 @@ def _run(args: argparse.Namespace) -> int:
     result = retrain(params)
 
     from tasks.evaluate.harness import HarnessConfig, evaluate_model_dir
-    from tasks.evaluate.suites import VqaSuite
+    from tasks.evaluate.suites import PerplexitySuite, VqaSuite
+    from tasks.retrain import demo_evaluation_suites
 
     suites_path = _eval_questions_path()
+    harness = HarnessConfig(batch_size=16, max_new_tokens=16, show_progress=False)
     stage2 = next(s for s in result.stages if s.stage == "2")
     before_sft = evaluate_model_dir(
-        stage2.model_dir,
-        [VqaSuite(name="demo_vqa", path=Path(suites_path), max_new_tokens=8)],
-        HarnessConfig(batch_size=16, max_new_tokens=16, show_progress=False),
+        stage2.model_dir, [VqaSuite(name="demo_vqa", path=Path(suites_path), max_new_tokens=8)], harness
     ).flat_metrics()
+    # Stage 1 trains only the PEL and PAL: its LLM is the base LLM, bit for bit.
+    stage1 = next(s for s in result.stages if s.stage == "1")
+    text_suites = [spec for spec in demo_evaluation_suites.fn(suites_path) if isinstance(spec, PerplexitySuite)]
+    base_llm = evaluate_model_dir(stage1.model_dir, text_suites, harness).flat_metrics()
     baselines = answer_baselines(suites_path)
     metrics = result.evaluation["metrics"]
     elapsed = time.monotonic() - started
@@ -73,7 +77,8 @@ def _run(args: argparse.Namespace) -> int:
         if key.startswith("demo_vqa/accuracy_"):
             print(f"    {key.removeprefix('demo_vqa/accuracy_'):<26} {value:.3f}")
     if "heldout_text/perplexity" in metrics:
-        print(f"  held-out text perplexity     {metrics['heldout_text/perplexity']:.2f}")
+        print(f"  held-out text perplexity     {metrics['heldout_text/perplexity']:.2f}"
+              f"  (base LLM {base_llm.get('heldout_text/perplexity', float('nan')):.2f}; SFT scores answers only)")
     version = result.candidate_version
     print(f"\nCandidate registered as eve@{version}; promotion: {result.promotion}")
     print(f"Review it in the Prefect UI: {ui_url(api_url)}/runs  (flow run promote-{version}, Resume)")
@@ -85,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         "candidate_version": version,
         "metrics": metrics,
         "before_sft": before_sft,
+        "base_llm": base_llm,
         "baselines": baselines,
         "stages": [{"stage": s.stage, "skipped": s.skipped, "wall_seconds": s.wall_seconds} for s in result.stages],
     }

@@ -455,17 +455,23 @@ def format_lineage_text(manifest: LineageManifest) -> str:
         )
     if manifest.evaluation:
         lines.append(f"  evaluation {json.dumps(manifest.evaluation, sort_keys=True)}")
-    datasets = {d.dataset_hash: d for d in manifest.all_datasets()}
+    # Several roles can hold the same bytes (a gate that dropped nothing outputs its input): one node
+    # per hash, named by all its roles, whose parents are the union of theirs (minus itself).
+    datasets: dict[str, list[DatasetRef]] = {}
+    for ref in manifest.all_datasets():
+        datasets.setdefault(ref.dataset_hash, []).append(ref)
     seen: set[str] = set()
 
     def dataset_lines(dataset_hash: str, depth: int) -> None:
         pad = "  " * depth
-        dataset = datasets.get(dataset_hash)
-        if dataset is None:
+        refs = datasets.get(dataset_hash)
+        if not refs:
             lines.append(f"{pad}└─ dataset {dataset_hash} (not described in this manifest)")
             return
+        dataset = refs[-1]
+        roles = " = ".join(dict.fromkeys(ref.role for ref in reversed(refs)))
         lines.append(
-            f"{pad}└─ {dataset.role} dataset {dataset.dataset_hash}  {dataset.num_items} items  {dataset.location}"
+            f"{pad}└─ {roles} dataset {dataset.dataset_hash}  {dataset.num_items} items  {dataset.location}"
         )
         if dataset_hash in seen:
             return
@@ -482,7 +488,7 @@ def format_lineage_text(manifest: LineageManifest) -> str:
                 f"{pad}   quality gate: {quality.suite_name} {quality.suite_version} "
                 f"{'passed' if quality.success else 'FAILED'} {json.dumps(quality.statistics, sort_keys=True)}"
             )
-        for parent in dataset.derived_from:
+        for parent in dict.fromkeys(p for ref in refs for p in ref.derived_from if p != dataset_hash):
             dataset_lines(parent, depth + 1)
 
     for depth, stage in enumerate(reversed(manifest.stages), start=1):

@@ -65,7 +65,10 @@ def base_zero2(work) -> Path:
 
 @pytest.fixture(scope="module")
 def stage1(work, base_zero0) -> Path:
-    return _run(work, "stage1", 1, init=str(base_zero0 / "final"), max_steps=3, zero_stage=2)
+    # Stages 1 and 3 read the teacher through the feature cache (under ZeRO-2 and ZeRO-3: the cached
+    # teacher must stay out of DeepSpeed's partitioning); stage 2 runs the teacher every step.
+    return _run(work, "stage1", 1, init=str(base_zero0 / "final"), max_steps=3, zero_stage=2,
+                teacher_feature_cache_dir=str(work["root"] / "teacher-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,8 @@ def stage2(work, stage1) -> Path:
 @pytest.fixture(scope="module")
 def stage3(work, stage2) -> Path:
     """Under ZeRO-3, so that the partitioned save of the final HF directory is exercised too."""
-    return _run(work, "stage3", 3, init=str(stage2 / "final"), max_steps=3, zero_stage=3)
+    return _run(work, "stage3", 3, init=str(stage2 / "final"), max_steps=3, zero_stage=3,
+                teacher_feature_cache_dir=str(work["root"] / "teacher-cache"))
 
 
 def _final_metrics(run_dir: Path) -> dict:

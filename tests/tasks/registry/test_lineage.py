@@ -125,3 +125,15 @@ def test_cli_lineage_registry_and_audit(two_versions, capsys, tmp_path):
     log_path.write_text(log_path.read_text().replace("platform", "mallory", 1))
     assert eve(["audit", "verify"]) == 1
     assert "TAMPERED" in capsys.readouterr().out
+
+
+def test_a_gate_that_dropped_nothing_keeps_the_chain_to_the_raw_source(registry_inputs):
+    """The gate's output has its input's hash: one node named by both roles, still walked to raw."""
+    _, lineage = registry_inputs(1)
+    trained_on = lineage.stages[-1].input_dataset_hash
+    original = next(d for d in lineage.datasets if d.dataset_hash == trained_on)
+    unchanged = original.model_copy(update={"role": "gated", "derived_from": [trained_on]})
+    lineage = lineage.model_copy(update={"datasets": [*lineage.datasets, unchanged]})
+    text = format_lineage_text(lineage)
+    assert f"gated = {original.role} dataset {trained_on}" in text
+    assert "raw source " not in text  # the raw source is still reached through the original's parents
