@@ -50,13 +50,7 @@ def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(pixels, mode="RGB")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 spinning OpenMP threads run ~10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ from eve_model.processing_eve import EveImageProcessor
 from eve_model.teachers import ClipVisionTeacher, EfficientNetLite0Teacher, build_teacher
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
