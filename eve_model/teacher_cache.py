@@ -9,8 +9,8 @@ the tiny EVE model's own forward + backward per sample, so recomputing it is mos
 Key: sha256 over (teacher class, teacher weights digest, parameter dtype, input canvas side) and the
 row's ``teacher_pixel_values`` bytes (float32, contiguous). A hit returns exactly the stored tensors;
 a miss runs the teacher once for all missing rows of the batch, stores each row atomically
-(write to a temporary name, then ``os.replace``; concurrent ranks that race write the same content)
-(safetensors is lossless), so a row's targets are the same whether it hit or missed.
+(write to a temporary name, then ``os.replace``; concurrent ranks that race write the same content).
+safetensors is lossless, so a row's targets are the same whether it hit or missed.
 
 Why it is opt-in (``StageConfig.teacher_feature_cache_dir``): at production scale the features of
 CLIP ViT-L/14-336 are 576 x 1024 floats (2.4 MB) per image, terabytes for a pre-training set, and

@@ -256,6 +256,7 @@ def _evaluate_and_promote(params: RetrainParameters, prepared: PreparedData, tra
     contamination = check_contamination_task(
         suites, [prepared.pretrain_location] + ([prepared.sft_location] if prepared.sft_location else []),
         near_duplicate_threshold=params.evaluation.near_duplicate_threshold,
+        cache_teacher_features=params.training.cache_teacher_features,
     )
     decision = evaluation_gate_task(report, params.evaluation.gate, production, contamination)
     raw_md5, raw_location = raw_source_record(params.data.use_demo_source, prepared.versions["ingested"])

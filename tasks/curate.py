@@ -74,9 +74,15 @@ class CurationConfig(BaseModel):
     """torch intra-op threads while embedding (None: leave torch's setting). One thread per process
     avoids the oversubscription that made 2 threads ~5x slower on a shared 2-core machine."""
 
+    cache_teacher_features: bool = True
+    """Keep the teacher's patch features of every embedded image under the platform home
+    (``eve_model.teacher_cache``), so training stages that cache too never run the teacher on
+    them again. About 250 KB per image with EfficientNet-Lite0: on at demo scale, off in ``paper()``."""
+
     @classmethod
     def paper(cls) -> "CurationConfig":
-        return cls(min_width_pixels=449, min_height_pixels=449, num_clusters=50_000, keep_per_cluster=300)
+        return cls(min_width_pixels=449, min_height_pixels=449, num_clusters=50_000, keep_per_cluster=300,
+                   cache_teacher_features=False)
 
 
 class CurationReport(BaseModel):
@@ -146,13 +152,14 @@ def teacher_embed_fn(num_threads: int | None = 1, feature_cache_dir: str | Path 
     return embed, f"teacher:{config.teacher_kind}"
 
 
-def default_embed_fn(num_threads: int | None = 1) -> tuple[EmbedFn, str]:
-    """The teacher (features memoised under the platform home) when it can be built here, else the
-    thumbnail fallback (named so in the report)."""
+def default_embed_fn(num_threads: int | None = 1, cache_teacher_features: bool = False) -> tuple[EmbedFn, str]:
+    """The teacher (its features memoised under the platform home if asked) when it can be built
+    here, else the thumbnail fallback (named so in the report)."""
     from tasks.platform import PlatformSettings
 
+    cache_dir = PlatformSettings.load().teacher_feature_cache_dir if cache_teacher_features else None
     try:
-        return teacher_embed_fn(num_threads, PlatformSettings.load().teacher_feature_cache_dir)
+        return teacher_embed_fn(num_threads, cache_dir)
     except Exception as exc:  # missing weights/package must not stop curation, but must be visible
         logger.warning("vision teacher unavailable (%s: %s); curating with thumbnail embeddings", exc.__class__.__name__, exc)
         return thumbnail_embed, "thumbnail-8x8 (teacher unavailable)"
@@ -243,7 +250,7 @@ def curate_dataset(
         if config.embedder == "thumbnail":
             embed_fn, default_name = thumbnail_embed, "thumbnail-8x8"
         else:
-            embed_fn, default_name = default_embed_fn(config.embed_num_threads)
+            embed_fn, default_name = default_embed_fn(config.embed_num_threads, config.cache_teacher_features)
         embedder_name = embedder_name or default_name
     embedder_name = embedder_name or getattr(embed_fn, "__name__", "custom")
     manifest = read_manifest(input_location)

@@ -54,7 +54,8 @@ class PlatformSettings(BaseModel):
     @property
     def teacher_feature_cache_dir(self) -> Path:
         """Memoised vision-teacher features (``eve_model.teacher_cache``), shared by curation, the
-        training stages and the contamination check: each distinct image is embedded once."""
+        training stages and the contamination check where each opts in (the embedded default):
+        each distinct image is embedded once."""
         return self.path("cache", "teacher-features")
 
     @property

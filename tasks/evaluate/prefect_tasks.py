@@ -95,13 +95,16 @@ def check_contamination_task(
     near_duplicate_threshold: float = 0.85,
     ngram_n: int = 8,
     use_teacher_embeddings: bool = True,
+    cache_teacher_features: bool = False,
 ) -> ContaminationReport:
-    """Evaluation images/references of ``suites`` against eve-wds training datasets."""
+    """Evaluation images/references of ``suites`` against eve-wds training datasets;
+    ``cache_teacher_features`` reads and fills the platform's teacher feature cache."""
     images, texts = eval_inputs({spec.name: load_benchmark(spec) for spec in suites})
     report = check_contamination(
         images, iter_training_samples(training_datasets), texts,
-        embed=teacher_embedder(feature_cache_dir=PlatformSettings.load().teacher_feature_cache_dir)
-        if use_teacher_embeddings else None,
+        embed=teacher_embedder(
+            feature_cache_dir=PlatformSettings.load().teacher_feature_cache_dir if cache_teacher_features else None
+        ) if use_teacher_embeddings else None,
         near_duplicate_threshold=near_duplicate_threshold, ngram_n=ngram_n, show_progress=True,
     )
     matches = (

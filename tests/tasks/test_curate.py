@@ -105,10 +105,21 @@ def test_keeps_exactly_the_requested_count_spread_over_clusters(planted_dataset,
 
 
 @pytest.mark.slow
-def test_the_default_embedder_is_the_teacher(tmp_path: Path) -> None:
+def test_the_default_embedder_is_the_teacher(tmp_path: Path, eve_home: Path) -> None:
     duplicates_of, small = _write_planted(tmp_path / "input", 6, _resized_brighter_png, every=3)
-    report = curate_dataset(tmp_path / "input", tmp_path / "out", CurationConfig(num_clusters=3, keep_per_cluster=100))
+    config = CurationConfig(num_clusters=3, keep_per_cluster=100)
+    report = curate_dataset(tmp_path / "input", tmp_path / "out", config)
     assert report.embedder.startswith("teacher:"), report.embedder
     log = _log(report)
     assert {key for key, r in log.items() if r["reason"] == "near_duplicate"} == set(duplicates_of)
     assert report.num_kept == 6 and report.reconciles  # every distinct scene survives, cap is far above
+
+    # The teacher's features of every embedded image are kept for the training stages, and a rerun
+    # reads them back: the same decisions, nothing new written. Paper scale keeps nothing.
+    cache = eve_home / "cache" / "teacher-features"
+    entries = sorted(cache.rglob("*.safetensors"))
+    embedded = report.num_in - sum(1 for r in log.values() if r["reason"] == "resolution")
+    assert len(entries) == embedded > 0
+    again = curate_dataset(tmp_path / "input", tmp_path / "again", config)
+    assert _log(again) == log and sorted(cache.rglob("*.safetensors")) == entries
+    assert CurationConfig.paper().cache_teacher_features is False
