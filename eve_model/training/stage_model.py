@@ -71,12 +71,11 @@ class EveStageModel:
         if config.stage == 1:
             eve_config = eve_config_for_preset(config.model_preset, config.model_overrides)
             self.model = EveForCausalLM.from_text_model(str(init_dir), eve_config)
-            self.model.enable_alignment(teacher_feature_cache_dir=config.teacher_feature_cache_dir)
         else:
             self.model = EveForCausalLM.from_pretrained(str(init_dir))
-            self.model.enable_alignment(teacher_feature_cache_dir=config.teacher_feature_cache_dir)
-            if (init_dir / ALIGNMENT_STATE_NAME).exists():
-                self.model.load_alignment_state(str(init_dir))
+        self.model.enable_alignment(teacher_feature_cache_dir=config.teacher_feature_cache_dir)
+        if config.stage != 1 and (init_dir / ALIGNMENT_STATE_NAME).exists():
+            self.model.load_alignment_state(str(init_dir))
         self.tokenizer = AutoTokenizer.from_pretrained(str(init_dir))
         if IMAGE_PLACEHOLDER not in self.tokenizer.get_vocab():
             # A production base LLM (Vicuna) has no <image> token; the placeholder is spliced out before the

@@ -19,8 +19,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.events import emit_event
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 
 from eve_model.shards import DatasetIntegrityError, verify_dataset
 from tasks.data.demo_source import DemoSources, demo_sources, ensure_demo_data

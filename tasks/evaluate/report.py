@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from eve_model.hashing import directory_sha256
 from pydantic import BaseModel, ConfigDict, Field
+
+from eve_model.hashing import directory_sha256
 
 REPORT_SCHEMA_VERSION = 1
 

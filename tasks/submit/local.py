@@ -14,9 +14,9 @@ import time
 import uuid
 from pathlib import Path
 
+from eve_model.training.runtime import free_loopback_port
 from tasks.submit.base import Backend, read_exit_marker, status_from_marker, tail_lines
 from tasks.submit.render import INFRA_DIR, shell_template_environment
-from eve_model.training.runtime import free_loopback_port
 from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
 
 _CHILDREN: dict[str, subprocess.Popen] = {}
