@@ -25,7 +25,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
 import io
 import json
 import queue
@@ -44,30 +43,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from eve_model.constants import IMAGE_PLACEHOLDER
+from eve_model.identity import weights_sha256
 
 DEFAULT_MAX_REQUEST_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 64_000_000
 
 
 # ------------------------------------------------------------------------------------------- model side
-def weights_sha256(model_dir: str | Path) -> str:
-    """Content hash of a checkpoint: sha256 over (name, sha256) of its weights and config files."""
-    directory = Path(model_dir)
-    files = sorted(
-        path for pattern in ("*.safetensors", "*.bin", "config.json") for path in directory.glob(pattern)
-    )
-    if not files:
-        raise FileNotFoundError(f"{directory} holds no model weights (*.safetensors / *.bin)")
-    outer = hashlib.sha256()
-    for path in files:
-        inner = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                inner.update(block)
-        outer.update(f"{path.name}:{inner.hexdigest()}\n".encode())
-    return outer.hexdigest()
-
-
 class ImageInputError(ValueError):
     """An image that cannot be decoded or used (a client error)."""
 
@@ -498,5 +480,4 @@ __all__ = [
     "VisionTextGenerator",
     "create_app",
     "serve",
-    "weights_sha256",
 ]

@@ -31,18 +31,17 @@ from tasks.promotion import ApprovalPolicy, EvidenceInputs, SampleGeneration, re
 from tasks.quality.config import CaptionGateThresholds, InstructionGateThresholds
 from tasks.quality.prefect_tasks import gate_captions, gate_instruction_data
 from tasks.retrain import (
-    TrainingParameters,
     assemble_lineage,
     dataset_location_task,
     demo_evaluation_suites,
     derived_dataset_dir,
     evaluation_summary,
     launch_detached_promotion,
-    plan_stage_config,
     production_model_dir,
     raw_source_record,
 )
-from tasks.stages import StageResult, cached_stage, train_stage
+from eve_model.training.config import StageId, StageOverrides
+from tasks.stages import StageResult, TrainingParameters, cached_stage, plan_stage, train_stage
 from tasks.platform import REPO_ROOT
 from tasks.submit.spec import JobSpec
 
@@ -111,7 +110,7 @@ class RetrainParameters(BaseModel):
             training=TrainingParameters(
                 cache_teacher_features=True,
                 stage_overrides={
-                    "base-llm": {"max_steps": 120, "global_batch_size_samples": 16, "micro_batch_size_samples": 8},
+                    StageId.BASE_LLM: StageOverrides(max_steps=120, global_batch_size_samples=16, micro_batch_size_samples=8),
                     # Measured on the demo (VQA, 200 held-out questions; stage runs side by side):
                     # the paper's 40-step-scale stage 2 at 4e-4 never taught the LLM to read its visual
                     # block (caption CE with the matching image 0.906 vs a shuffled one 0.89, VQA 0.255
@@ -119,13 +118,13 @@ class RetrainParameters(BaseModel):
                     # ~0.27 s, so stage 2 can afford 500 steps at 2e-3: caption CE 0.49 vs 0.76 shuffled
                     # after 300, VQA 0.34 (300/300 steps) -> 0.39 (500/400). Stage 1 at 1e-3: 4e-3 blew
                     # the visual tokens up to ~130x the text-embedding norm.
-                    "1": {"max_steps": 60, "global_batch_size_samples": 16, "micro_batch_size_samples": 8,
-                          "learning_rates": {"pel": 1e-3, "aligning": 1e-3}},
-                    "2": {"max_steps": 500, "global_batch_size_samples": 16, "micro_batch_size_samples": 8,
-                          "warmup_ratio": 0.03, "learning_rates": {"pel": 2e-3, "aligning": 2e-3, "llm": 2e-3}},
+                    StageId.PREALIGN: StageOverrides(max_steps=60, global_batch_size_samples=16, micro_batch_size_samples=8,
+                                                     learning_rates={"pel": 1e-3, "aligning": 1e-3}),
+                    StageId.PRETRAIN: StageOverrides(max_steps=500, global_batch_size_samples=16, micro_batch_size_samples=8,
+                                                     warmup_ratio=0.03, learning_rates={"pel": 2e-3, "aligning": 2e-3, "llm": 2e-3}),
                     # SFT at a higher LR than the preset's paper ratio (120 steps at 2e-4 stayed below chance).
-                    "3": {"max_steps": 400, "global_batch_size_samples": 16, "micro_batch_size_samples": 8,
-                          "learning_rates": {"pel": 1e-3, "aligning": 1e-3, "llm": 1e-3}},
+                    StageId.SFT: StageOverrides(max_steps=400, global_batch_size_samples=16, micro_batch_size_samples=8,
+                                                learning_rates={"pel": 1e-3, "aligning": 1e-3, "llm": 1e-3}),
                 }
             ),
             evaluation=EvaluationParameters(
@@ -223,25 +222,23 @@ def data_only(params: RetrainParameters = RetrainParameters.demo()) -> PreparedD
     )
 
 
-def _train(params: RetrainParameters, prepared: PreparedData, first_stage: str | None = None) -> list[tuple]:
+def _train(params: RetrainParameters, prepared: PreparedData, first_stage: StageId | None = None) -> list[tuple]:
     """Plan and run the stages in order, each from its parent's output. Stages before
     ``first_stage`` must come from the stage cache: they are looked up, never trained."""
-    order = ["1", "2", "3"] if params.training.base_llm_dir else ["base-llm", "1", "2", "3"]
+    order = params.training.stage_order
     must_be_cached = set(order[: order.index(first_stage)]) if first_stage else set()
     parent: StageResult | None = None
     pretrain = prepared.versions["filtered"]
     sft = prepared.versions.get("sft-filtered")
     done = []
     for stage in order:
-        version, location = (sft, prepared.sft_location) if stage == "3" else (pretrain, prepared.pretrain_location)
-        config = plan_stage_config(stage, params.training, location, version.dataset_hash, parent)
-        parent_hash = parent.checkpoint_hash if parent else None
+        version, location = (sft, prepared.sft_location) if stage == StageId.SFT else (pretrain, prepared.pretrain_location)
+        planned = plan_stage(stage, params.training, location, version.dataset_hash, parent)
         if stage in must_be_cached:
-            parent = cached_stage(config, parent_hash)
+            parent = cached_stage(planned)
         else:
-            parent = train_stage(config, params.training.job, params.training.backend,
-                                 params.training.backend_options, parent_hash)
-        done.append((config, parent))
+            parent = train_stage(planned, params.training)
+        done.append((planned, parent))
     return done
 
 
@@ -301,7 +298,7 @@ def retrain(params: RetrainParameters = RetrainParameters.demo()) -> RetrainResu
 
 @flow(name="eve-train-from-stage", log_prints=True)
 def train_from_stage(
-    params: RetrainParameters = RetrainParameters.demo(), first_stage: Literal["1", "2", "3"] = "3"
+    params: RetrainParameters = RetrainParameters.demo(), first_stage: StageId = StageId.SFT
 ) -> RetrainResult:
     """Retrain from ``first_stage`` on; earlier stages come from the stage cache (they must have run
     with the same inputs before), so e.g. a new SFT mixture retrains stage 3 only; a missing one

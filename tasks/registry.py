@@ -40,7 +40,7 @@ from pydantic import BaseModel, Field
 
 from tasks import audit
 from tasks.lineage import ApprovalRecord, LineageManifest, WeightsRef, read_lineage, write_lineage
-from eve_model.hashing import directory_sha256
+from eve_model.identity import weights_sha256
 from tasks.platform import PlatformSettings
 
 MODEL_NAME = "eve"
@@ -286,10 +286,10 @@ class ModelRegistry:
         with self.write_lock():
             self._ensure_initialized_locked()
             # Re-running an unchanged retrain must not mint a second version of the same weights.
-            weights_sha256 = directory_sha256(model_dir)
+            candidate_sha256 = weights_sha256(model_dir)
             for existing in self._versions_raw():
                 known = self.lineage(existing["version"]).weights
-                if known is not None and known.sha256 == weights_sha256:
+                if known is not None and known.sha256 == candidate_sha256:
                     return existing["version"]
             version = self._next_version()
             target = self.repo_dir / WEIGHTS_PATH
@@ -305,7 +305,7 @@ class ModelRegistry:
             manifest.version = version
             manifest.model_name = MODEL_NAME
             manifest.created_at = datetime.now(timezone.utc).isoformat()
-            manifest.weights = WeightsRef(path=WEIGHTS_PATH, sha256=directory_sha256(model_dir), dvc_md5=dvc_md5)
+            manifest.weights = WeightsRef(path=WEIGHTS_PATH, sha256=candidate_sha256, dvc_md5=dvc_md5)
             lineage_file = write_lineage(self.repo_dir, manifest)
             self._git("add", "-A", f"{WEIGHTS_PATH}.dvc", "models/.gitignore", str(lineage_file), ".dvc/config")
             self._git("commit", "--quiet", "-m", f"Register {MODEL_NAME} {version}")
@@ -483,7 +483,7 @@ class ModelRegistry:
             dest.rmdir()
         DvcRepo.get(str(self.repo_dir), WEIGHTS_PATH, out=str(dest), rev=f"{MODEL_NAME}@{version}")
         expected = self.lineage(version).weights
-        actual = directory_sha256(dest)
+        actual = weights_sha256(dest)
         if expected is None or actual != expected.sha256:
             raise RegistryError(f"pulled weights of {version} hash to {actual}, lineage says {expected}")
         return dest
@@ -526,7 +526,6 @@ __all__ = [
     "RegistryEvent",
     "RegistryVersion",
     "assign_production",
-    "directory_sha256",
     "gate_passed",
     "history",
     "pull_version",

@@ -33,44 +33,9 @@ from tasks.lineage import (
 from tasks.platform import REPO_ROOT, PlatformSettings
 from tasks.quality.gate import GateResult
 from tasks.registry import ModelRegistry
-from tasks.stages import StageResult, plan_stage, platform_commit
+from eve_model.identity import platform_commit
+from tasks.stages import PlannedStage, StageResult
 from tasks.submit.spec import JobSpec
-
-StageId = Literal["base-llm", "1", "2", "3"]
-
-
-class TrainingParameters(BaseModel):
-    """How the three stages (and the demo's base-LLM bootstrap) run."""
-
-    preset: Literal["tiny", "eve_7b"] = "tiny"
-    """Stage preset family (``eve_model.training.config``): ``tiny`` on CPU, ``eve_7b`` = the paper."""
-
-    backend: Literal["local", "slurm", "k8s"] = "local"
-    """Where jobs run."""
-
-    backend_options: dict[str, Any] = Field(default_factory=dict)
-    """Constructor options of the backend (e.g. SLURM base dir, Kubernetes namespace)."""
-
-    job: JobSpec = Field(
-        default_factory=lambda: JobSpec(
-            name="eve", command=["eve_model.train"], workdir=REPO_ROOT, tasks_per_node=2,
-            time_limit_minutes=60, log_dir=Path("logs"),
-        )
-    )
-    """Resources and scheduler options of every stage job; ``command`` is filled in per stage."""
-
-    base_llm_dir: str | None = None
-    """Stage 1's base LLM (an HF Llama directory such as Vicuna-7B). None: bootstrap the tiny
-    decoder from scratch on the caption text (embedded default only)."""
-
-    stage_overrides: dict[StageId, dict[str, Any]] = Field(default_factory=dict)
-    """Per-stage ``StageConfig`` field overrides, e.g. ``{"3": {"max_steps": 80}}``."""
-
-    cache_teacher_features: bool = False
-    """Memoise the frozen teacher's features under the platform home (shared with curation and the
-    contamination check). Only where the jobs see that directory (local backend, a shared
-    filesystem) and the features fit on disk: the embedded default, not 7B pre-training."""
-
 
 @task(name="derived-dataset-dir")
 def derived_dataset_dir(kind: str, input_dataset_hash: str, config: BaseModel | None = None) -> str:
@@ -103,32 +68,6 @@ def dataset_location(version: DatasetVersion) -> str:
 @task(name="dataset-location", retries=2, retry_delay_seconds=10)
 def dataset_location_task(version: DatasetVersion) -> str:
     return dataset_location(version)
-
-
-@task(name="plan-stage", task_run_name="plan-stage-{stage}")
-def plan_stage_config(
-    stage: StageId,
-    training: TrainingParameters,
-    dataset_location: str,
-    dataset_hash: str,
-    parent: StageResult | None,
-) -> StageConfig:
-    """The stage's config from its preset and overrides, placed in its cache-key folder."""
-    stage_key: Any = stage if stage == "base-llm" else int(stage)
-    init_checkpoint = parent.model_dir if parent is not None else (training.base_llm_dir if stage == "1" else None)
-    config = preset_stage_config(
-        training.preset,
-        stage_key,
-        output_dir="(set by plan_stage)",
-        dataset_location=dataset_location,
-        dataset_hash=dataset_hash,
-        init_checkpoint=init_checkpoint,
-        **training.stage_overrides.get(stage, {}),
-    )
-    settings = PlatformSettings.load()
-    if training.cache_teacher_features and stage != "base-llm" and config.teacher_feature_cache_dir is None:
-        config = config.model_copy(update={"teacher_feature_cache_dir": str(settings.teacher_feature_cache_dir)})
-    return plan_stage(config, settings, parent.checkpoint_hash if parent else None)
 
 
 @task(name="demo-evaluation-suites")
@@ -198,7 +137,7 @@ def assemble_lineage(
     versions: dict[str, DatasetVersion],
     caption_identity: dict[str, Any],
     caption_gate: GateResult,
-    stages: list[tuple[StageConfig, StageResult]],
+    stages: list[tuple[PlannedStage, StageResult]],
     evaluation: dict[str, Any],
 ) -> LineageManifest:
     """The lineage manifest of the candidate: raw source -> datasets -> stages -> evaluation.
@@ -221,16 +160,17 @@ def assemble_lineage(
         for role, version in versions.items()
     ]
     records = []
-    for config, result in stages:
-        deepspeed_path = Path(config.output_dir) / "deepspeed_config.json"
+    for planned, result in stages:
+        config = planned.config
+        deepspeed_path = Path(config.output_dir) / "final" / "deepspeed_config.json"
         records.append(StageRecord(
             name=f"stage-{config.stage}",
             config=config.to_json_dict(),
             config_sha256=config.content_hash(),
             deepspeed_config=json.loads(deepspeed_path.read_text()) if deepspeed_path.exists() else {},
             input_dataset_hash=result.dataset_hash,
-            parent_checkpoint_sha256=result.parent_checkpoint_hash,
-            checkpoint_sha256=result.checkpoint_hash,
+            parent_checkpoint_sha256=result.parent_weights_sha256,
+            checkpoint_sha256=result.weights_sha256,
             checkpoint_location=result.model_dir,
             scheduler=result.backend,
             job_ids=result.job_ids,

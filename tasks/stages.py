@@ -1,36 +1,38 @@
-"""Training stages as cached, resumable units of a retrain (design.md 3.10).
+"""Training stages as cached, resumable units of a retrain (docs/architecture.md, "Stage cache").
 
-A stage's cache key is the hash of what determines its result: the input dataset, the parent
-checkpoint's content, the stage config and the code revision. The stage writes into a folder
-named after that key, so
+A stage's cache key is the hash of what determines its result: the input dataset's hash, the parent
+checkpoint's weights hash, the stage config's content hash and the code-tree revision
+(``eve_model.identity``). The stage writes into a folder named after that key, so
 
-- an unchanged stage finds its finished output and is skipped (nothing is trained twice);
-- a stage that failed or was killed finds its own DeepSpeed checkpoints in the same folder, and
-  the training entry point resumes from them;
+- an unchanged stage finds its finished output and is skipped (nothing is trained twice), after its
+  weights hash is verified again: an edited or truncated ``final/`` is moved aside and retrained;
+- a stage that failed or was killed finds its own DeepSpeed checkpoints in the same folder, and the
+  training entry point resumes from them;
 - a changed input gets a new folder, and old results stay addressable for lineage.
 
-Outputs are referenced by path and hash, never pickled into Prefect results: a 7B checkpoint
-is many GB and lives on shared storage.
+``plan_stage`` computes the key once and returns it with the config (``PlannedStage``); everything
+later reads it from there. Outputs are referenced by path and hash, never pickled into Prefect
+results: a 7B checkpoint is many GB and lives on shared storage.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import task
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
-from eve_model.hashing import directory_sha256
-from eve_model.training.config import StageConfig
+from eve_model.identity import CODE_REVISION_ENV, WeightsMismatch, code_tree_revision, verify_weights, weights_sha256
+from eve_model.training.config import StageConfig, StageId, StageOverrides, overrides_as_kwargs, preset_stage_config
 from tasks.platform import REPO_ROOT, PlatformSettings
-from tasks.submit.spec import JobSpec, JobState
+from tasks.submit.prefect_tasks import JobFailed, retry_only_unreachable_scheduler, run_job_to_end
+from tasks.submit.spec import JobSpec
 
 STAGE_RESULT_NAME = "stage_result.json"
 
@@ -39,14 +41,57 @@ class StageFailed(RuntimeError):
     """A stage's job ended in a state other than completed; the message says how and why."""
 
 
+class CachedStageInvalid(StageFailed):
+    """A stage's cached result failed verification; it has been set aside for retraining."""
+
+
+class TrainingParameters(BaseModel):
+    """How the three stages (and the embedded default's base-LLM bootstrap) run."""
+
+    preset: Literal["tiny", "eve_7b"] = "tiny"
+    """Stage preset family (``eve_model.training.config``): ``tiny`` on CPU, ``eve_7b`` = the paper."""
+
+    backend: Literal["local", "slurm", "k8s"] = "local"
+    """Where jobs run."""
+
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    """Constructor options of the backend (e.g. SLURM base dir, Kubernetes namespace)."""
+
+    job: JobSpec = Field(
+        default_factory=lambda: JobSpec(
+            name="eve", command=["eve_model.train"], workdir=REPO_ROOT, tasks_per_node=2,
+            time_limit_minutes=60, log_dir=Path("logs"),
+        )
+    )
+    """Resources and scheduler options of every stage job; ``command`` is filled in per stage."""
+
+    base_llm_dir: str | None = None
+    """Stage 1's base LLM (an HF Llama directory such as Vicuna-7B). None: bootstrap the tiny
+    decoder from scratch on the caption text (embedded default only)."""
+
+    stage_overrides: dict[StageId, StageOverrides] = Field(default_factory=dict)
+    """Per-stage changes to the preset, e.g. ``{"3": {"max_steps": 80}}``."""
+
+    cache_teacher_features: bool = False
+    """Memoise the frozen teacher's features under the platform home (shared with curation and the
+    contamination check). Only where the jobs see that directory (local backend, a shared
+    filesystem) and the features fit on disk: the embedded default, not 7B pre-training."""
+
+    @property
+    def stage_order(self) -> list[StageId]:
+        """The stages a retrain runs, in order (the bootstrap only without a base LLM)."""
+        stages = list(StageId)
+        return stages if self.base_llm_dir is None else stages[1:]
+
+
 class StageResult(BaseModel):
     """What a finished stage hands to the next one and to lineage."""
 
-    stage: str
-    """"base-llm", "1", "2" or "3"."""
+    stage: StageId
+    """Which stage."""
 
     cache_key: str
-    """sha256 of (dataset hash, parent checkpoint hash, stage config hash, code revision)."""
+    """sha256 of (dataset hash, parent weights hash, stage config hash, code-tree revision)."""
 
     output_dir: str
     """The stage's folder: checkpoints, logs, metrics.jsonl, and ``final/``."""
@@ -54,20 +99,20 @@ class StageResult(BaseModel):
     model_dir: str
     """The final HF model directory (``output_dir/final``)."""
 
-    checkpoint_hash: str
-    """``eve_model.hashing.directory_sha256`` of the final model directory."""
+    weights_sha256: str
+    """``eve_model.identity.weights_sha256`` of the final model directory."""
 
     dataset_hash: str
     """The dataset the stage trained on."""
 
-    parent_checkpoint_hash: str | None
-    """Content hash of the init checkpoint; None for a from-scratch bootstrap."""
+    parent_weights_sha256: str | None
+    """Weights hash of the init checkpoint; None for a from-scratch bootstrap."""
 
     config_hash: str
     """``StageConfig.content_hash()``."""
 
     code_revision: str
-    """Git revision of the code that trained it (with a diff hash when the tree was dirty)."""
+    """``eve_model.identity.code_tree_revision`` of the code that trained it."""
 
     skipped: bool = False
     """True when this result was found in the cache instead of trained by this run."""
@@ -85,199 +130,219 @@ class StageResult(BaseModel):
     """Wall-clock time of this run's job (0 when skipped)."""
 
 
-def code_revision(repo: Path = REPO_ROOT) -> str:
-    """The revision of the code that trains: git tree hashes of ``eve_model/`` and ``infra/``, plus a
-    hash of their uncommitted diff.
+class PlannedStage(BaseModel):
+    """A stage ready to run: its config placed in the folder of its cache key, and the key's inputs."""
 
-    Tree hashes, not the commit: a README or flow change must not invalidate every trained stage,
-    while any change to the training code or its DeepSpeed/launch templates must. A dirty tree never
-    shares a key with its commit.
-    """
-    try:
-        trees = subprocess.run(
-            ["git", "rev-parse", "HEAD:eve_model", "HEAD:infra"], cwd=repo, capture_output=True, text=True, check=True
-        ).stdout.split()
-        diff = subprocess.run(
-            ["git", "diff", "HEAD", "--", "eve_model", "infra"], cwd=repo, capture_output=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unversioned"
-    revision = "trees:" + hashlib.sha256(" ".join(trees).encode()).hexdigest()[:20]
-    if diff:
-        return f"{revision}+dirty.{hashlib.sha256(diff).hexdigest()[:12]}"
-    return revision
+    config: StageConfig
+    """The stage config, ``output_dir`` set to the key's folder."""
 
+    cache_key: str
+    """``stage_cache_key`` of the inputs below."""
 
-def platform_commit(repo: Path = REPO_ROOT) -> str:
-    """The checked-out commit (``+dirty`` when tracked files are modified), for lineage."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unversioned"
-    return f"{head}+dirty" if dirty else head
+    parent_weights_sha256: str | None
+    """Weights hash of the init checkpoint (None for the bootstrap)."""
+
+    code_revision: str
+    """Code-tree revision the key was computed with."""
+
+    @property
+    def stage(self) -> StageId:
+        return self.config.stage
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
 
 
-def stage_cache_key(
-    dataset_hash: str, parent_checkpoint_hash: str | None, config_hash: str, revision: str
-) -> str:
+def stage_cache_key(dataset_hash: str, parent_weights_sha256: str | None, config_hash: str, revision: str) -> str:
     canonical = json.dumps(
-        {"dataset": dataset_hash, "parent": parent_checkpoint_hash, "config": config_hash, "code": revision},
+        {"dataset": dataset_hash, "parent": parent_weights_sha256, "config": config_hash, "code": revision},
         sort_keys=True,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def stage_output_dir(settings: PlatformSettings, stage: str, cache_key: str) -> Path:
+def stage_output_dir(settings: PlatformSettings, stage: StageId, cache_key: str) -> Path:
     return settings.runs_dir / "stages" / f"stage-{stage}-{cache_key[:16]}"
 
 
-def plan_stage(
+def place_stage(
     config: StageConfig,
     settings: PlatformSettings,
-    parent_checkpoint_hash: str | None,
+    parent_weights_sha256: str | None,
     revision: str | None = None,
-) -> StageConfig:
-    """The config with ``output_dir`` set to the folder of its cache key.
+) -> PlannedStage:
+    """Compute the cache key once and set ``output_dir`` to its folder.
 
-    ``output_dir`` is not part of ``content_hash`` (it is a location, not a semantic input), so
-    the key can be computed first and the folder named after it.
+    ``output_dir`` is not part of ``content_hash`` (it is a location, not a semantic input), so the
+    key can be computed first and the folder named after it.
     """
     if config.dataset_hash is None:
         raise StageFailed(f"stage {config.stage}: the platform always pins the dataset hash")
-    key = stage_cache_key(
-        config.dataset_hash, parent_checkpoint_hash, config.content_hash(), revision or code_revision()
+    revision = revision or code_tree_revision()
+    key = stage_cache_key(config.dataset_hash, parent_weights_sha256, config.content_hash(), revision)
+    placed = config.model_copy(update={"output_dir": str(stage_output_dir(settings, config.stage, key))})
+    return PlannedStage(config=placed, cache_key=key, parent_weights_sha256=parent_weights_sha256, code_revision=revision)
+
+
+@task(name="plan-stage", task_run_name="plan-stage-{stage}")
+def plan_stage(
+    stage: StageId,
+    training: TrainingParameters,
+    dataset_location: str,
+    dataset_hash: str,
+    parent: StageResult | None,
+) -> PlannedStage:
+    """The stage's config from its preset and overrides, placed in its cache-key folder."""
+    init_checkpoint = parent.model_dir if parent is not None else (
+        training.base_llm_dir if stage == StageId.PREALIGN else None
     )
-    return config.model_copy(update={"output_dir": str(stage_output_dir(settings, str(config.stage), key))})
+    config = preset_stage_config(
+        training.preset,
+        stage,
+        output_dir="(set by place_stage)",
+        dataset_location=dataset_location,
+        dataset_hash=dataset_hash,
+        init_checkpoint=init_checkpoint,
+        **overrides_as_kwargs(training.stage_overrides.get(stage)),
+    )
+    settings = PlatformSettings.load()
+    if training.cache_teacher_features and stage != StageId.BASE_LLM and config.teacher_feature_cache_dir is None:
+        config = config.model_copy(update={"teacher_feature_cache_dir": str(settings.teacher_feature_cache_dir)})
+    parent_weights = parent.weights_sha256 if parent is not None else (
+        weights_sha256(init_checkpoint) if init_checkpoint else None
+    )
+    return place_stage(config, settings, parent_weights)
 
 
-def find_cached_result(output_dir: Path, cache_key: str) -> StageResult | None:
-    """A finished result in ``output_dir`` for exactly this key, or None."""
-    result_path = output_dir / STAGE_RESULT_NAME
+def find_cached_result(planned: PlannedStage) -> StageResult | None:
+    """A finished result in the stage's folder for exactly its key, with verified weights, or None.
+
+    A result whose ``final/`` no longer hashes to the recorded weights hash (edited, truncated) is
+    not a hit: ``final/`` is moved aside to ``final.mismatch-<time>`` (kept as evidence) and the
+    result file removed, so the job trains it again (resuming from its last step checkpoint).
+    """
+    result_path = planned.output_dir / STAGE_RESULT_NAME
     if not result_path.exists():
         return None
     result = StageResult.model_validate_json(result_path.read_text())
-    if result.cache_key != cache_key or not (Path(result.model_dir) / "config.json").exists():
+    if result.cache_key != planned.cache_key:
         return None
+    try:
+        verify_weights(result.model_dir, result.weights_sha256)
+    except (WeightsMismatch, FileNotFoundError) as problem:
+        final_dir = Path(result.model_dir)
+        if final_dir.exists():
+            final_dir.rename(final_dir.with_name(f"{final_dir.name}.mismatch-{int(time.time())}"))
+        result_path.unlink()
+        raise CachedStageInvalid(f"stage {planned.stage} cache entry {planned.cache_key[:16]}: {problem}") from problem
     return result.model_copy(update={"skipped": True, "wall_seconds": 0.0})
 
 
-def build_job_spec(config_path: Path, config: StageConfig, template: JobSpec) -> JobSpec:
+def build_job_spec(config_path: Path, planned: PlannedStage, template: JobSpec) -> JobSpec:
     """The job that runs one stage: the training entry point on the stage config, with the
-    resources, scheduler options and environment of ``template``."""
+    resources, scheduler options and environment of ``template``. The code revision travels in the
+    environment so nodes without the git checkout record the same one."""
     return template.model_copy(
         update={
-            "name": f"{template.name}-stage-{config.stage}",
+            "name": f"{template.name}-stage-{planned.stage}",
             "command": [template.python_executable, "-m", "eve_model.train", str(config_path)],
-            "log_dir": str(Path(config.output_dir) / "logs"),
+            "log_dir": str(planned.output_dir / "logs"),
+            "env": {**template.env, CODE_REVISION_ENV: planned.code_revision},
         }
     )
 
 
-def run_stage_job(
-    config: StageConfig,
-    job_template: JobSpec,
-    backend_name: str,
-    backend_options: dict[str, Any] | None = None,
-    parent_checkpoint_hash: str | None = None,
-    revision: str | None = None,
-    on_log: Callable[[str], None] | None = None,
-    poll_seconds: float = 2.0,
-    timeout_seconds: float | None = None,
-) -> StageResult:
-    """Run (or find cached) one stage. ``config.output_dir`` must be the key's folder
-    (``plan_stage`` builds it so)."""
-    from tasks.submit.base import get_backend  # imported late: backends pull in kubernetes/jinja
-
-    revision = revision or code_revision()
-    if config.dataset_hash is None:
-        raise StageFailed(f"stage {config.stage}: the platform always pins the dataset hash")
-    cache_key = stage_cache_key(config.dataset_hash, parent_checkpoint_hash, config.content_hash(), revision)
-    output_dir = Path(config.output_dir)
-    cached = find_cached_result(output_dir, cache_key)
-    if cached is not None:
-        return cached
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_path = config.write(output_dir / "stage_config.json")
-    spec = build_job_spec(config_path, config, job_template)
-    backend = get_backend(backend_name, **(backend_options or {}))
-    started = time.monotonic()
-    handle = backend.submit(spec)
-    status = backend.wait(handle, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, on_log=on_log)
-    wall_seconds = time.monotonic() - started
-    job_ids = list(getattr(handle, "attempt_job_ids", None) or [handle.job_id])
-    if status.state != JobState.COMPLETED:
-        raise StageFailed(
-            f"stage {config.stage} ended {status.state.value}"
-            + (f" with exit code {status.exit_code}" if status.exit_code is not None else "")
-            + (f": {status.reason}" if status.reason else "")
-            + (f"\n--- log tail ---\n{status.log_tail}" if status.log_tail else "")
-        )
-    model_dir = output_dir / "final"
+def _record_result(planned: PlannedStage, job_ids: list[str], backend: str, wall_seconds: float) -> StageResult:
+    model_dir = planned.output_dir / "final"
     metrics_path = model_dir / "final_metrics.json"
     if not metrics_path.exists():
-        raise StageFailed(f"stage {config.stage} reported success but wrote no {metrics_path}")
+        raise StageFailed(f"stage {planned.stage} reported success but wrote no {metrics_path}")
     result = StageResult(
-        stage=str(config.stage),
-        cache_key=cache_key,
-        output_dir=str(output_dir),
+        stage=planned.stage,
+        cache_key=planned.cache_key,
+        output_dir=str(planned.output_dir),
         model_dir=str(model_dir),
-        checkpoint_hash=directory_sha256(model_dir),
-        dataset_hash=config.dataset_hash,
-        parent_checkpoint_hash=parent_checkpoint_hash,
-        config_hash=config.content_hash(),
-        code_revision=revision,
+        weights_sha256=weights_sha256(model_dir),
+        dataset_hash=planned.config.dataset_hash or "",
+        parent_weights_sha256=planned.parent_weights_sha256,
+        config_hash=planned.config.content_hash(),
+        code_revision=planned.code_revision,
         job_ids=job_ids,
-        backend=backend_name,
+        backend=backend,
         final_metrics=json.loads(metrics_path.read_text()),
         wall_seconds=round(wall_seconds, 2),
     )
-    tmp = output_dir / f".{STAGE_RESULT_NAME}.tmp"
+    tmp = planned.output_dir / f".{STAGE_RESULT_NAME}.tmp"
     tmp.write_text(result.model_dump_json(indent=2))
-    tmp.replace(output_dir / STAGE_RESULT_NAME)
+    tmp.replace(planned.output_dir / STAGE_RESULT_NAME)
     return result
 
 
-@task(name="cached-stage", task_run_name="cached-stage-{config.stage}")
-def cached_stage(config: StageConfig, parent_checkpoint_hash: str | None = None) -> StageResult:
+@task(name="cached-stage", task_run_name="cached-stage-{planned.config.stage}")
+def cached_stage(planned: PlannedStage) -> StageResult:
     """The cached result of a stage that must not be retrained; fails when there is none."""
-    key = stage_cache_key(config.dataset_hash or "", parent_checkpoint_hash, config.content_hash(), code_revision())
-    result = find_cached_result(Path(config.output_dir), key)
+    result = find_cached_result(planned)
     if result is None:
         raise StageFailed(
-            f"stage {config.stage} has no cached result for these inputs (key {key[:16]}); "
+            f"stage {planned.stage} has no cached result for these inputs (key {planned.cache_key[:16]}); "
             "run the full retrain, or start from an earlier stage"
         )
     return result
 
 
-@task(name="train-stage", retries=0, task_run_name="stage-{config.stage}")
-def train_stage(
-    config: StageConfig,
-    job_template: JobSpec,
-    backend_name: str,
-    backend_options: dict[str, Any] | None = None,
-    parent_checkpoint_hash: str | None = None,
+def run_stage(
+    planned: PlannedStage,
+    training: TrainingParameters,
+    on_log: Callable[[str], None] | None = None,
+    poll_seconds: float = 2.0,
+    timeout_seconds: float | None = None,
 ) -> StageResult:
-    """Prefect task around ``run_stage_job``; the job log streams into the run's log.
+    """Reuse the stage's verified cached result, or run its job to the end and record the result.
 
-    No Prefect retries: a failed job resumes from its checkpoint when the flow is rerun, and
-    the backend itself resubmits preempted or timed-out jobs.
+    The job goes through ``run_job_to_end``, the one submission path (submit, stream the log, wait,
+    resubmit resumable ends, map the end state). A cached result that fails verification is set
+    aside and trained again.
+    """
+    try:
+        cached = find_cached_result(planned)
+    except CachedStageInvalid as problem:
+        if on_log is not None:
+            on_log(f"{problem}; training it again\n")
+        cached = None
+    if cached is not None:
+        return cached
+    planned.output_dir.mkdir(parents=True, exist_ok=True)
+    config_path = planned.config.write(planned.output_dir / "stage_config.json")
+    spec = build_job_spec(config_path, planned, training.job)
+    started = time.monotonic()
+    try:
+        job = run_job_to_end(spec, training.backend, training.backend_options, poll_seconds=poll_seconds,
+                             timeout_seconds=timeout_seconds, on_log=on_log)
+    except JobFailed as failure:
+        raise StageFailed(f"stage {planned.stage}: {failure}") from failure
+    return _record_result(planned, list(job.handle.attempt_job_ids or [job.handle.job_id]), training.backend,
+                          time.monotonic() - started)
+
+
+@task(
+    name="train-stage",
+    task_run_name="stage-{planned.config.stage}",
+    retries=3,
+    retry_delay_seconds=[10, 60, 300],
+    retry_condition_fn=retry_only_unreachable_scheduler,
+)
+def train_stage(planned: PlannedStage, training: TrainingParameters) -> StageResult:
+    """``run_stage`` with the job log streamed into the task run's log.
+
+    Retries only when the scheduler could not be reached or refused the submission (no job exists
+    then); a job that ran and failed is not resubmitted by Prefect: rerunning the flow resumes it
+    from its checkpoint.
     """
     logger = get_run_logger()
-    result = run_stage_job(
-        config,
-        job_template,
-        backend_name,
-        backend_options,
-        parent_checkpoint_hash=parent_checkpoint_hash,
-        on_log=lambda text: [logger.info(line) for line in text.splitlines() if line.strip()],
-    )
+    result = run_stage(planned, training, on_log=lambda text: [logger.info(line) for line in text.splitlines() if line.strip()])
     if result.skipped:
-        logger.info("stage %s unchanged (cache key %s): reusing %s", config.stage, result.cache_key[:16], result.model_dir)
+        logger.info("stage %s unchanged (cache key %s): reusing %s", planned.stage, planned.cache_key[:16], result.model_dir)
     else:
-        logger.info("stage %s trained in %.1f s -> %s", config.stage, result.wall_seconds, result.model_dir)
+        logger.info("stage %s trained in %.1f s -> %s", planned.stage, result.wall_seconds, result.model_dir)
     return result

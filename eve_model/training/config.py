@@ -20,21 +20,51 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-StageName = Literal["base-llm", 1, 2, 3]
+
+
+class StageId(StrEnum):
+    """The one stage identifier of the platform: configs, results, overrides, folder names, CLI.
+
+    Its value is the string written everywhere (``stage-1``, ``"stage": "2"``); a ``StrEnum``, so it
+    formats and compares as that string.
+    """
+
+    BASE_LLM = "base-llm"
+    """Bootstrap a text-only Llama decoder from scratch (embedded default only)."""
+    PREALIGN = "1"
+    """LLM-guided pre-aligning: PEL + projector + aligning layer train, LLM frozen."""
+    PRETRAIN = "2"
+    """Generative pre-training: everything but the teacher trains."""
+    SFT = "3"
+    """Supervised fine-tuning on conversations: everything but the teacher trains."""
+
+    @classmethod
+    def parse(cls, value: "StageId | str | int") -> "StageId":
+        """A stage from its value (``"2"``, ``2``, ``"base-llm"``); a clear error otherwise."""
+        try:
+            return cls(str(value).strip())
+        except ValueError:
+            raise StageConfigError(
+                f"unknown stage {value!r}; expected one of {', '.join(stage.value for stage in cls)}"
+            ) from None
+
+    @property
+    def previous(self) -> "StageId | None":
+        """The stage whose output this one starts from (None for the bootstrap)."""
+        order = list(StageId)
+        index = order.index(self)
+        return order[index - 1] if index else None
+
+
 ParameterGroupName = Literal["pel", "aligning", "llm"]
 ModelPresetName = Literal["tiny", "tiny_hd", "eve_7b", "eve_7b_hd"]
 
-STAGE_DESCRIPTIONS: dict[StageName, str] = {
-    "base-llm": "bootstrap a text-only Llama decoder from scratch (embedded default only)",
-    1: "LLM-guided pre-aligning: PEL + projector + aligning layer train, LLM frozen",
-    2: "generative pre-training: everything but the teacher trains",
-    3: "supervised fine-tuning on conversations: everything but the teacher trains",
-}
 
 # Fields that change where or how visibly a run happens, never what it computes; they are left
 # out of the content hash so that moving a run or renaming it keeps its cache key.
@@ -51,6 +81,10 @@ _NON_SEMANTIC_FIELDS = frozenset(
         "log_interval_steps",
         "deepspeed_config_path",
         "teacher_feature_cache_dir",
+        # Locations: the cache key pins what they hold by content (dataset hash, parent weights hash),
+        # so a moved platform home or another work tree keeps the key.
+        "dataset_location",
+        "init_checkpoint",
     }
 )
 
@@ -64,7 +98,7 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
-    stage: StageName
+    stage: StageId
     """1 pre-align, 2 pre-train, 3 SFT, or "base-llm" (the tiny text decoder bootstrap)."""
 
     run_name: str = Field(min_length=1, max_length=200)
@@ -182,32 +216,30 @@ class StageConfig(BaseModel):
 
     @field_validator("stage", mode="before")
     @classmethod
-    def _stage_from_string(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        return value
+    def _stage_from_number(cls, value: Any) -> Any:
+        return StageId.parse(value) if isinstance(value, (int, str)) else value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "StageConfig":
         if self.max_steps is None and self.num_epochs is None:
             raise ValueError("set max_steps or num_epochs (or both: max_steps caps the epochs)")
-        if self.stage in (1, 2, 3) and not self.init_checkpoint:
+        if self.stage != StageId.BASE_LLM and not self.init_checkpoint:
             raise ValueError(
                 f"stage {self.stage} needs init_checkpoint: "
-                + ("a base LLM directory" if self.stage == 1 else f"the stage-{self.stage - 1} output")
+                + ("a base LLM directory" if self.stage == StageId.PREALIGN else f"the stage-{self.stage.previous} output")
             )
-        if self.stage == "base-llm" and tuple(self.trainable_groups) != ("llm",):
+        if self.stage == StageId.BASE_LLM and tuple(self.trainable_groups) != ("llm",):
             raise ValueError('stage "base-llm" trains the text decoder only: trainable_groups must be ["llm"]')
-        if self.stage == 1 and "llm" in self.trainable_groups:
+        if self.stage == StageId.PREALIGN and "llm" in self.trainable_groups:
             raise ValueError("stage 1 (pre-align) keeps the LLM frozen: remove 'llm' from trainable_groups")
         if not self.trainable_groups:
             raise ValueError("trainable_groups is empty: nothing would train")
         missing = [group for group in self.trainable_groups if group not in self.learning_rates]
         if missing:
             raise ValueError(f"no learning rate for trainable group(s) {missing}")
-        if self.stage == 3 and self.template != "vicuna_v1":
+        if self.stage == StageId.SFT and self.template != "vicuna_v1":
             raise ValueError("stage 3 (SFT) trains on conversations: template must be 'vicuna_v1'")
-        if self.stage in (1, 2, "base-llm") and self.template != "plain":
+        if self.stage != StageId.SFT and self.template != "plain":
             raise ValueError(f"stage {self.stage} trains on captions: template must be 'plain'")
         if self.zero_offload and self.zero_stage != 3:
             raise ValueError("zero_offload needs zero_stage 3 (the zero3_offload.json template)")
@@ -277,32 +309,59 @@ class StageConfig(BaseModel):
         return cls.model_validate(payload)
 
 
+# ---- overrides -------------------------------------------------------------------------------
+
+_PLACED_BY_THE_PLATFORM = frozenset({"stage", "output_dir", "dataset_location", "dataset_hash", "init_checkpoint"})
+
+
+def _override_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, info in StageConfig.model_fields.items():
+        if name in _PLACED_BY_THE_PLATFORM:
+            continue
+        fields[name] = (info.annotation | None, Field(default=None, description=info.description))
+    return fields
+
+
+StageOverrides = create_model(
+    "StageOverrides",
+    __config__=ConfigDict(extra="forbid", frozen=True),
+    __doc__=(
+        "Per-stage changes to a preset's ``StageConfig``: every tunable field of ``StageConfig`` (same "
+        "type and meaning), None meaning \"as the preset says\". Where a stage runs and on what "
+        "(output folder, dataset, init checkpoint) is placed by the platform, not overridden."
+    ),
+    **_override_fields(),
+)
+"""Typed per-stage overrides, derived from ``StageConfig`` so the two never drift apart."""
+
+
+def overrides_as_kwargs(overrides: Any) -> dict[str, Any]:
+    """The fields an override sets (None fields left out), as keyword arguments for a preset."""
+    if overrides is None:
+        return {}
+    return {name: value for name, value in overrides if value is not None}
+
+
 # ---- presets ---------------------------------------------------------------------------------
 
-_STAGE_TEMPLATES: dict[StageName, Literal["plain", "vicuna_v1"]] = {
-    "base-llm": "plain",
-    1: "plain",
-    2: "plain",
-    3: "vicuna_v1",
+_S = StageId
+_STAGE_TEMPLATES: dict[StageId, Literal["plain", "vicuna_v1"]] = {
+    _S.BASE_LLM: "plain",
+    _S.PREALIGN: "plain",
+    _S.PRETRAIN: "plain",
+    _S.SFT: "vicuna_v1",
 }
-_STAGE_GROUPS: dict[StageName, tuple[ParameterGroupName, ...]] = {
-    "base-llm": ("llm",),
-    1: ("pel", "aligning"),
-    2: ("pel", "aligning", "llm"),
-    3: ("pel", "aligning", "llm"),
+_STAGE_GROUPS: dict[StageId, tuple[ParameterGroupName, ...]] = {
+    _S.BASE_LLM: ("llm",),
+    _S.PREALIGN: ("pel", "aligning"),
+    _S.PRETRAIN: ("pel", "aligning", "llm"),
+    _S.SFT: ("pel", "aligning", "llm"),
 }
-
-
-def _normalise_stage(stage: StageName | str) -> StageName:
-    if isinstance(stage, str) and stage.isdigit():
-        stage = int(stage)
-    if stage not in _STAGE_TEMPLATES:
-        raise StageConfigError(f"unknown stage {stage!r}; expected 1, 2, 3 or 'base-llm'")
-    return stage
 
 
 def tiny_stage_config(
-    stage: StageName | str,
+    stage: StageId | str,
     output_dir: str,
     dataset_location: str,
     dataset_hash: str | None = None,
@@ -311,8 +370,8 @@ def tiny_stage_config(
 ) -> StageConfig:
     """The embedded default: ``EveConfig.tiny()`` on CPU, 2 gloo ranks, ZeRO-0, fp32, a stage in
     well under a minute of compute. LR ratios follow the paper (stage 1 = 10x stage 2 = 20x stage 3)."""
-    stage = _normalise_stage(stage)
-    peak_lr = {"base-llm": 3e-3, 1: 4e-3, 2: 4e-4, 3: 2e-4}[stage]
+    stage = StageId.parse(stage)
+    peak_lr = {_S.BASE_LLM: 3e-3, _S.PREALIGN: 4e-3, _S.PRETRAIN: 4e-4, _S.SFT: 2e-4}[stage]
     values: dict[str, Any] = dict(
         stage=stage,
         run_name=f"tiny-stage-{stage}",
@@ -323,7 +382,7 @@ def tiny_stage_config(
         model_preset="tiny",
         trainable_groups=_STAGE_GROUPS[stage],
         learning_rates={group: peak_lr for group in _STAGE_GROUPS[stage]},
-        warmup_ratio={"base-llm": 0.05, 1: 0.03, 2: 0.01, 3: 0.01}[stage],
+        warmup_ratio={_S.BASE_LLM: 0.05, _S.PREALIGN: 0.03, _S.PRETRAIN: 0.01, _S.SFT: 0.01}[stage],
         weight_decay=0.0,
         global_batch_size_samples=8,
         micro_batch_size_samples=2,
@@ -332,7 +391,7 @@ def tiny_stage_config(
         precision="fp32",
         zero_stage=0,
         checkpoint_interval_steps=10,
-        max_steps={"base-llm": 60, 1: 20, 2: 20, 3: 20}[stage],
+        max_steps={_S.BASE_LLM: 60, _S.PREALIGN: 20, _S.PRETRAIN: 20, _S.SFT: 20}[stage],
         num_epochs=None,
         seed=0,
     )
@@ -341,7 +400,7 @@ def tiny_stage_config(
 
 
 def eve_7b_stage_config(
-    stage: StageName | str,
+    stage: StageId | str,
     output_dir: str,
     dataset_location: str,
     dataset_hash: str | None = None,
@@ -351,8 +410,8 @@ def eve_7b_stage_config(
     """EVE-7B as in the paper (P1 Table 8): global batch 512/512/128, peak LR 4e-4/4e-5/2e-5,
     warm-up 0.03/0.01/0.01, seq 2048, 1 epoch, AdamW, wd 0, ZeRO-3, bf16. Micro-batch 16/16/4 as in
     the release scripts (32 GPUs x accumulation 1; fewer GPUs accumulate more)."""
-    stage = _normalise_stage(stage)
-    if stage == "base-llm":
+    stage = StageId.parse(stage)
+    if stage == StageId.BASE_LLM:
         raise StageConfigError("eve_7b starts from a pretrained LLM directory (Vicuna-7B); there is no base-llm stage")
     values: dict[str, Any] = dict(
         stage=stage,
@@ -363,18 +422,18 @@ def eve_7b_stage_config(
         dataset_hash=dataset_hash,
         model_preset="eve_7b",
         trainable_groups=_STAGE_GROUPS[stage],
-        learning_rates={group: {1: 4e-4, 2: 4e-5, 3: 2e-5}[stage] for group in _STAGE_GROUPS[stage]},
-        warmup_ratio={1: 0.03, 2: 0.01, 3: 0.01}[stage],
+        learning_rates={group: {_S.PREALIGN: 4e-4, _S.PRETRAIN: 4e-5, _S.SFT: 2e-5}[stage] for group in _STAGE_GROUPS[stage]},
+        warmup_ratio={_S.PREALIGN: 0.03, _S.PRETRAIN: 0.01, _S.SFT: 0.01}[stage],
         weight_decay=0.0,
-        global_batch_size_samples={1: 512, 2: 512, 3: 128}[stage],
-        micro_batch_size_samples={1: 16, 2: 16, 3: 4}[stage],
+        global_batch_size_samples={_S.PREALIGN: 512, _S.PRETRAIN: 512, _S.SFT: 128}[stage],
+        micro_batch_size_samples={_S.PREALIGN: 16, _S.PRETRAIN: 16, _S.SFT: 4}[stage],
         template=_STAGE_TEMPLATES[stage],
         max_sequence_length_tokens=2048,
         precision="bf16",
         gradient_checkpointing=True,
         zero_stage=3,
         # ~4M samples between checkpoints in stages 1-2, as the release scripts (save_steps 7813).
-        checkpoint_interval_steps={1: 7813, 2: 7813, 3: 1000}[stage],
+        checkpoint_interval_steps={_S.PREALIGN: 7813, _S.PRETRAIN: 7813, _S.SFT: 1000}[stage],
         max_steps=None,
         num_epochs=1,
         seed=42,
@@ -386,7 +445,7 @@ def eve_7b_stage_config(
 PRESETS = {"tiny": tiny_stage_config, "eve_7b": eve_7b_stage_config}
 
 
-def preset_stage_config(preset: str, stage: StageName | str, **kwargs: Any) -> StageConfig:
+def preset_stage_config(preset: str, stage: StageId | str, **kwargs: Any) -> StageConfig:
     """Look a preset up by name (``tiny`` or ``eve_7b``) and build the stage's config."""
     if preset not in PRESETS:
         raise StageConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -395,10 +454,12 @@ def preset_stage_config(preset: str, stage: StageName | str, **kwargs: Any) -> S
 
 __all__ = [
     "PRESETS",
-    "STAGE_DESCRIPTIONS",
     "StageConfig",
     "StageConfigError",
+    "StageId",
+    "StageOverrides",
     "eve_7b_stage_config",
+    "overrides_as_kwargs",
     "preset_stage_config",
     "tiny_stage_config",
 ]

@@ -25,10 +25,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from eve_model.hashing import directory_sha256
+from eve_model.identity import code_tree_revision, weights_sha256
 from eve_model.shards import DatasetIntegrityError, DatasetManifest, verify_dataset
 from eve_model.training.config import StageConfig, StageConfigError
-from eve_model.training.runtime import DistributedEnv, code_revision, platform_home
+from eve_model.training.runtime import DistributedEnv, platform_home
 from eve_model.training.signals import REQUEUE_EXIT_CODE
 
 FINAL_DIR_NAME = "final"
@@ -67,11 +67,6 @@ def preflight(config: StageConfig, world_size: int) -> Preflight:
     except DatasetIntegrityError as exc:
         raise StageConfigError(f"dataset check failed: {exc}") from exc
     return Preflight(manifest=manifest, total_steps=config.total_steps(manifest.num_items), gradient_accumulation_steps=accumulation)
-
-
-def directory_hash(directory: str | Path, exclude: tuple[str, ...] = (FINAL_METRICS_NAME,)) -> str:
-    """``eve_model.hashing.directory_sha256`` without the metrics file written after the weights."""
-    return directory_sha256(directory, exclude=exclude)
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int):
@@ -261,7 +256,7 @@ class StageTrainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / REQUEUE_MARKER_NAME).unlink(missing_ok=True)
             self.config.write(self.output_dir / "stage_config.json")
-            self.init_checkpoint_hash = directory_hash(self.config.init_checkpoint) if self.config.init_checkpoint else None
+            self.init_checkpoint_hash = weights_sha256(self.config.init_checkpoint) if self.config.init_checkpoint else None
         self._build(pre)
         start_step = self._resume()
         self.total_steps = pre.total_steps
@@ -424,9 +419,9 @@ class StageTrainer:
                     "init_checkpoint": self.config.init_checkpoint,
                     "init_checkpoint_hash": self.init_checkpoint_hash,
                     "stage_config_hash": self.config.content_hash(),
-                    "code_revision": code_revision(),
+                    "code_revision": code_tree_revision(),
                 },
-                "model_hash": directory_hash(partial),
+                "weights_sha256": weights_sha256(partial),
                 "wandb_run_id": self.logger.wandb_run_id,
                 "checkpoints_dir": str(self.checkpoints.root),
             }
@@ -453,7 +448,6 @@ __all__ = [
     "REQUEUE_MARKER_NAME",
     "StageTrainer",
     "cosine_with_warmup",
-    "directory_hash",
     "preflight",
     "resolve_deepspeed_config",
 ]

@@ -116,26 +116,8 @@ def shutdown_process_group() -> None:
         dist.destroy_process_group()
 
 
-def code_revision() -> str:
-    """The git commit of the code that runs (with ``+dirty`` for local changes), or EVE_CODE_REVISION."""
-    if os.environ.get("EVE_CODE_REVISION"):
-        return os.environ["EVE_CODE_REVISION"]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no", "--", "eve_model"],
-            capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 __all__ = [
     "DistributedEnv",
-    "code_revision",
     "configure_accelerator_env",
     "discover_distributed_env",
     "init_process_group",

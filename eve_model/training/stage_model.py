@@ -19,7 +19,7 @@ import torch
 
 from eve_model.constants import IMAGE_PLACEHOLDER
 from eve_model.shards import ShardSample
-from eve_model.training.config import StageConfig
+from eve_model.training.config import StageConfig, StageId
 from eve_model.training.data import processor_inputs
 
 ALIGNMENT_STATE_NAME = "aligning_layer.safetensors"
@@ -68,13 +68,13 @@ class EveStageModel:
 
         self.config = config
         init_dir = Path(config.init_checkpoint)
-        if config.stage == 1:
+        if config.stage == StageId.PREALIGN:
             eve_config = eve_config_for_preset(config.model_preset, config.model_overrides)
             self.model = EveForCausalLM.from_text_model(str(init_dir), eve_config)
         else:
             self.model = EveForCausalLM.from_pretrained(str(init_dir))
         self.model.enable_alignment(teacher_feature_cache_dir=config.teacher_feature_cache_dir)
-        if config.stage != 1 and (init_dir / ALIGNMENT_STATE_NAME).exists():
+        if config.stage != StageId.PREALIGN and (init_dir / ALIGNMENT_STATE_NAME).exists():
             self.model.load_alignment_state(str(init_dir))
         self.tokenizer = AutoTokenizer.from_pretrained(str(init_dir))
         if IMAGE_PLACEHOLDER not in self.tokenizer.get_vocab():
@@ -134,7 +134,7 @@ class EveStageModel:
 
 
 def build_stage_model(config: StageConfig) -> StageModel:
-    if config.stage == "base-llm":
+    if config.stage == StageId.BASE_LLM:
         from eve_model.training.base_llm import BaseLlmStageModel
 
         return BaseLlmStageModel(config)

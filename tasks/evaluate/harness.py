@@ -24,7 +24,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.evaluate import readers
-from tasks.evaluate.report import EvaluationReport, SuiteResult, hash_model_dir
+from eve_model.identity import weights_sha256
+from tasks.evaluate.report import EvaluationReport, SuiteResult
 from tasks.evaluate.suites import (
     GENERATION_KINDS,
     PerplexitySuite,
@@ -197,7 +198,7 @@ def evaluate_model(
         if spec.name not in benchmarks:
             benchmarks[spec.name] = load_benchmark(spec)
     report = EvaluationReport(
-        model_dir=str(model_dir), model_dir_hash=hash_model_dir(model_dir), seeds={"torch": config.seed}
+        model_dir=str(model_dir), model_dir_hash=weights_sha256(model_dir), seeds={"torch": config.seed}
     )
     for spec in suites:
         result = run_suite(model, spec, config, benchmarks[spec.name])

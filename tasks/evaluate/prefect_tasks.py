@@ -30,7 +30,8 @@ from tasks.evaluate.contamination import (
 )
 from tasks.evaluate.gates import GateDecision, GatePolicy, decide_gate
 from tasks.evaluate.harness import HarnessConfig, evaluate_model_dir
-from tasks.evaluate.report import EvaluationReport, hash_model_dir, plot_metrics, publish_artifacts
+from eve_model.identity import weights_sha256
+from tasks.evaluate.report import EvaluationReport, plot_metrics, publish_artifacts
 from tasks.evaluate.suites import SUITE_VERSIONS, SuiteSpec, load_benchmark
 from tasks.platform import PlatformSettings
 
@@ -43,7 +44,7 @@ def evaluation_cache_key(model_dir: str | Path, suites: list[SuiteSpec], config:
     """Content address of one evaluation (what a cached report is valid for)."""
     config = config or HarnessConfig()
     payload = {
-        "model": hash_model_dir(model_dir),
+        "model": weights_sha256(model_dir),
         "suites": [
             {"spec": spec.model_dump(mode="json"), "eval_set": load_benchmark(spec).content_hash,
              "version": SUITE_VERSIONS[spec.kind]}

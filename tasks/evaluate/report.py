@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from eve_model.hashing import directory_sha256
+from eve_model.identity import weights_sha256
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -128,13 +128,6 @@ class EvaluationReport(BaseModel):
                 f"(this code reads version {REPORT_SCHEMA_VERSION})"
             )
         return cls.model_validate(payload)
-
-
-def hash_model_dir(model_dir: str | Path) -> str:
-    """Content hash of a model directory (``eve_model.hashing.directory_sha256``, every file)."""
-    if not Path(model_dir).is_dir():
-        raise FileNotFoundError(f"model directory not found: {model_dir}")
-    return directory_sha256(model_dir)
 
 
 def metric_table(

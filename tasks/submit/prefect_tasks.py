@@ -1,8 +1,10 @@
-"""Thin Prefect task over the submission backends: run one job to its end, logs into the run's log.
+"""Run one job to its end on any backend: the platform's one submission path.
 
-Retries on the decorator cover only an unreachable scheduler (``SubmitError``): a job that ran
-and failed is not resubmitted by Prefect; resumable ends (timeout, preemption after a flushed
-checkpoint) are already resubmitted by ``Backend.wait`` up to ``JobSpec.max_resubmits``.
+``run_job_to_end`` submits, streams the log, waits, lets ``Backend.wait`` resubmit resumable ends
+(timeout, preemption after a flushed checkpoint, up to ``JobSpec.max_resubmits``) and maps the end
+state. Callers that are Prefect tasks declare retries with ``retry_only_unreachable_scheduler``:
+only a submission the scheduler refused or never received is retried; a job that ran and failed
+is not.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prefect import task
-from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from tasks.submit.base import SubmitError, get_backend
@@ -28,6 +28,11 @@ class JobFailed(RuntimeError):
             f"job {handle.spec.name!r} ({handle.backend} {', '.join(handle.attempt_job_ids)}) ended "
             f"{status.state.value}{exit_text}: {status.reason}\n--- log tail ---\n{status.log_tail}"
         )
+
+
+class SchedulerLost(RuntimeError):
+    """The scheduler stopped answering after the job was submitted. Not retried by submitting again
+    (the job may still run); the message names the job so an operator can look it up."""
 
 
 class JobResult(BaseModel):
@@ -47,8 +52,13 @@ def run_job_to_end(
 ) -> JobResult:
     """Submit ``spec`` and wait for its end; raises ``JobFailed`` unless it COMPLETED."""
     backend = get_backend(backend_name, **(backend_options or {}))
-    handle = backend.submit(spec)
-    status = backend.wait(handle, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, on_log=on_log)
+    handle = backend.submit(spec)  # a SubmitError here means no job exists: safe to retry
+    try:
+        status = backend.wait(handle, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, on_log=on_log)
+    except SubmitError as error:
+        raise SchedulerLost(
+            f"lost contact with the {handle.backend} scheduler while job {handle.job_id} ({spec.name!r}) ran: {error}"
+        ) from error
     if status.state != JobState.COMPLETED:
         raise JobFailed(handle, status)
     return JobResult(handle=handle, status=status)
@@ -57,29 +67,3 @@ def run_job_to_end(
 def retry_only_unreachable_scheduler(task, task_run, state) -> bool:
     """Prefect retry condition: retry a SubmitError (scheduler unreachable/refused), nothing else."""
     return isinstance(state.result(raise_on_failure=False), SubmitError)
-
-
-@task(
-    name="run-training-job",
-    task_run_name="job-{spec.name}",
-    retries=3,
-    retry_delay_seconds=[10, 60, 300],
-    retry_condition_fn=retry_only_unreachable_scheduler,
-)
-def run_job(
-    spec: JobSpec,
-    backend_name: str = "local",
-    backend_options: dict[str, Any] | None = None,
-    poll_seconds: float = 5.0,
-    timeout_seconds: float | None = None,
-) -> JobResult:
-    """Prefect task around ``run_job_to_end``; the job's log lines stream into the task run's log."""
-    logger = get_run_logger()
-    return run_job_to_end(
-        spec,
-        backend_name,
-        backend_options,
-        poll_seconds=poll_seconds,
-        timeout_seconds=timeout_seconds,
-        on_log=lambda text: [logger.info(line) for line in text.splitlines() if line.strip()],
-    )

@@ -62,7 +62,7 @@ def test_content_hash_ignores_names_and_paths_but_not_hyperparameters():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"stage": 4}, "Input should be"),
+        ({"stage": 4}, "unknown stage 4; expected one of base-llm, 1, 2, 3"),
         ({"stage": 1, "init_checkpoint": None}, "needs init_checkpoint"),
         ({"stage": 1, "trainable_groups": ["pel", "llm"], "learning_rates": {"pel": 1e-3, "llm": 1e-3}}, "keeps the LLM frozen"),
         ({"stage": 3, "template": "plain"}, "template must be 'vicuna_v1'"),
@@ -136,7 +136,7 @@ def test_entry_point_exits_2_before_compute_on_bad_configs(dataset, tmp_path):
     }
     expected = {
         "hash.json": "was expected",
-        "stage.json": "Input should be",
+        "stage.json": "unknown stage 'pre-align'",
         "init.json": "not an HF model directory",
         "batch.json": "not divisible",
         "notjson.json": "not valid JSON",

@@ -64,7 +64,7 @@ class _PromptFreeCaptioner:
         import torch
         from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-        from eve_model.serving import weights_sha256
+        from eve_model.identity import weights_sha256
 
         self._torch = torch
         self.device = torch.device(device)

@@ -15,7 +15,8 @@ from eve_model.shards import verify_dataset
 from tasks import audit
 from tasks.lineage import ApprovalRecord
 from tasks.platform import PlatformSettings
-from tasks.registry import ApprovalRequiredError, GateNotPassedError, ModelRegistry, RegistryError, directory_sha256
+from eve_model.identity import weights_sha256
+from tasks.registry import ApprovalRequiredError, GateNotPassedError, ModelRegistry, RegistryError
 
 
 def _audited_approval(registry: ModelRegistry, version: str, reviewer: str = "bob") -> ApprovalRecord:
@@ -64,7 +65,7 @@ def test_every_hash_in_the_lineage_resolves_and_pulls_back(eve_home, registry_in
     version = registry.register_candidate(weights, lineage, {"passed": True})
     assert version == "v0.1.0"
     stored = registry.lineage(version)
-    assert stored.version == version and stored.weights.sha256 == directory_sha256(weights)
+    assert stored.version == version and stored.weights.sha256 == weights_sha256(weights)
     committed = subprocess.run(
         ["git", "show", f"eve@{version}:lineage/eve/{version}.json"],
         cwd=registry.repo_dir,
@@ -85,7 +86,7 @@ def test_every_hash_in_the_lineage_resolves_and_pulls_back(eve_home, registry_in
     shutil.rmtree(registry.repo_dir / ".dvc" / "cache")
     shutil.rmtree(registry.repo_dir / "models" / "eve")
     pulled = registry.pull_version(version, tmp_path / "pulled")
-    assert directory_sha256(pulled) == stored.weights.sha256
+    assert weights_sha256(pulled) == stored.weights.sha256
     assert (pulled / "model.safetensors").read_bytes() == (weights / "model.safetensors").read_bytes()
 
 
@@ -147,7 +148,7 @@ def test_weights_go_to_the_s3_data_remote_and_pull_back(eve_home, registry_input
     assert s3_env.secret_key not in config and s3_env.access_key not in config
     shutil.rmtree(registry.repo_dir / ".dvc" / "cache")
     pulled = registry.pull_version(version, tmp_path / "pulled")
-    assert directory_sha256(pulled) == directory_sha256(weights)
+    assert weights_sha256(pulled) == weights_sha256(weights)
 
 
 def _register_in_subprocess(home: str, weights: str, lineage_json: str, queue) -> None:
