@@ -31,37 +31,40 @@ def answer_baselines(questions_path: str | Path) -> dict[str, float]:
 
 def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    from tasks.orchestration import ensure_prefect_server, ui_url
+    from cli.server import start_services
+    from tasks.orchestration import ui_url
     from tasks.platform import PlatformSettings
 
     settings = PlatformSettings.load()
-    api_url = ensure_prefect_server(settings)
+    api_url = start_services()
     print(f"[eve demo] platform home {settings.home}")
     print(f"[eve demo] Prefect UI {ui_url(api_url)}  (server started in {time.monotonic() - started:.0f} s)")
 
-    from flows.retrain_flow import RetrainParameters, retrain
+    from flows.recipes import demo
+    from flows.retrain_flow import retrain
 
-    params = RetrainParameters.demo()
+    params = demo()
     if args.requested_by:
         params.requested_by = args.requested_by
     result = retrain(params)
 
+    from eve_model.training.config import StageId
     from tasks.evaluate.harness import HarnessConfig, evaluate_model_dir
     from tasks.evaluate.suites import PerplexitySuite, VqaSuite
-    from tasks.retrain import demo_evaluation_suites
+    from tasks.evaluate.suites import demo_evaluation_suites
 
     suites_path = _eval_questions_path()
     harness = HarnessConfig(batch_size=16, max_new_tokens=16, show_progress=False)
-    stage2 = next(s for s in result.stages if s.stage == "2")
+    stage2 = next(s for s in result.stages if s.stage == StageId.PRETRAIN)
     before_sft = evaluate_model_dir(
         stage2.model_dir, [VqaSuite(name="demo_vqa", path=Path(suites_path), max_new_tokens=8)], harness
     ).flat_metrics()
     # Stage 1 trains only the PEL and PAL: its LLM is the base LLM, bit for bit.
-    stage1 = next(s for s in result.stages if s.stage == "1")
-    text_suites = [spec for spec in demo_evaluation_suites.fn(suites_path) if isinstance(spec, PerplexitySuite)]
+    stage1 = next(s for s in result.stages if s.stage == StageId.PREALIGN)
+    text_suites = [spec for spec in demo_evaluation_suites(suites_path) if isinstance(spec, PerplexitySuite)]
     base_llm = evaluate_model_dir(stage1.model_dir, text_suites, harness).flat_metrics()
     baselines = answer_baselines(suites_path)
-    metrics = result.evaluation["metrics"]
+    metrics = result.evaluation.metrics
     elapsed = time.monotonic() - started
 
     print("\n=== EVE demo retrain finished in %.1f min ===" % (elapsed / 60))
@@ -81,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
               f"  (base LLM {base_llm.get('heldout_text/perplexity', float('nan')):.2f}; SFT scores answers only)")
     version = result.candidate_version
     print(f"\nCandidate registered as eve@{version}; promotion: {result.promotion}")
-    print(f"Review it in the Prefect UI: {ui_url(api_url)}/runs  (flow run promote-{version}, Resume)")
+    print(f"Review it in the Prefect UI: {ui_url(api_url)}/runs  (flow run promote-eve@{version}, Resume)")
     print(f"or from the terminal:\n  .venv/bin/eve promote approve {version} --reviewer reviewer "
           f"--comment 'VQA above chance and the pre-SFT model'")
     print("Then: .venv/bin/eve registry show; .venv/bin/eve lineage eve@" + str(version))

@@ -85,7 +85,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return 2
 
     report = evaluate_model_dir(args.model_dir, suites, config, benchmarks)
-    output = args.output or PlatformSettings.load().path("evaluations", report.model_dir_hash[:16])
+    output = args.output or PlatformSettings.load().path("evaluations", report.weights_sha256[:16])
     report.save(output / "report.json")
     plot_metrics(report, output / "metrics.png", production=production)
     for suite in report.suites.values():

@@ -23,13 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tasks.lineage import (
-        find_models_using_dataset,
-        format_lineage_dot,
-        format_lineage_text,
-        read_lineage,
-        render_lineage_png,
-    )
+    from tasks.lineage.render import format_lineage_dot, format_lineage_text, render_lineage_png
+    from tasks.lineage.store import find_models_using_dataset, read_lineage
     from tasks.platform import PlatformSettings
 
     registry_dir = PlatformSettings.load().registry_dir

@@ -29,7 +29,7 @@ def _paused_promotions(version: str | None = None) -> list:
             ),
         )
     if version is not None:
-        runs = [run for run in runs if run.name == f"promote-{version}"]
+        runs = [run for run in runs if run.name == f"promote-eve@{version}"]
     return runs
 
 

@@ -5,18 +5,31 @@ from __future__ import annotations
 import argparse
 
 
-def _start(args: argparse.Namespace) -> int:
-    from tasks.orchestration import ensure_prefect_server, ui_url
+def start_services() -> str:
+    """The server (unless PREFECT_API_URL names one), the platform's process worker, and the
+    promotion deployment it runs; returns the API URL."""
+    from tasks.orchestration import ensure_prefect_server, ensure_worker
 
     api_url = ensure_prefect_server()
-    print(f"Prefect API {api_url}\nPrefect UI  {ui_url(api_url)}")
+    ensure_worker()
+    from flows.deployments import apply_deployments  # after the server: Prefect reads its URL on import
+
+    apply_deployments(["promote"])
+    return api_url
+
+
+def _start(args: argparse.Namespace) -> int:
+    from tasks.orchestration import ui_url
+
+    api_url = start_services()
+    print(f"Prefect API {api_url}\nPrefect UI  {ui_url(api_url)}\nworker: pool eve-local (promotions wait there)")
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     from tasks.orchestration import stop_local_server
 
-    print("stopped the local Prefect server" if stop_local_server() else "no local Prefect server was running")
+    print("stopped the local Prefect server and worker" if stop_local_server() else "no local Prefect server was running")
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from tasks.curate import CurationConfig, CurationReport, curate_dataset_task
+from tasks.data.curate import CurationConfig, CurationReport, curate_dataset_task
 from tasks.data.demo_source import DemoSources
 from tasks.data.sharding import IngestReport
 from tasks.data.sources import SourceSpec

@@ -1,10 +1,16 @@
-"""The local Prefect server of the embedded default (design.md 3.1).
+"""The platform's local Prefect services: the server and the process worker (docs/operations.md).
 
-Teams point ``PREFECT_API_URL`` at their own server and nothing here starts. Without it, the
-platform starts one Prefect server on 127.0.0.1 with SQLite under the platform home, detached
-so that it outlives the command that started it (a paused promotion waits there for a
-reviewer), and records its PID and URL so later commands reuse it and ``eve server stop``
-stops exactly that process and nothing else.
+Teams point ``PREFECT_API_URL`` at their own server and no server starts here. Without it, the
+platform starts one Prefect server on 127.0.0.1 with SQLite under the platform home, detached so
+that it outlives the command that started it (a paused promotion waits there for a reviewer).
+
+The worker (``prefect worker start --pool eve-local``) runs flow runs created on the platform's
+deployments, such as the promotion the retrain hands over: the run waits for a reviewer in the
+worker's process, not in the command that started the retrain.
+
+Each service's identity is recorded (PID and the kernel's start time of that PID), so later
+commands reuse it, and ``eve server stop`` stops exactly those processes: a PID reused by another
+process after a reboot or a crash is never signalled.
 """
 
 from __future__ import annotations
@@ -49,12 +55,22 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
+def process_start_ticks(pid: int) -> int | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot; /proc/<pid>/stat field 22), or
+    None when no live process has that PID (a zombie that exited but was not reaped counts as gone)."""
     try:
-        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return True
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def is_recorded_process(state: dict) -> bool:
+    """True when the process recorded in ``state`` (pid + start ticks) is still that same process."""
+    recorded = state.get("start_ticks")
+    return recorded is not None and process_start_ticks(state["pid"]) == recorded
 
 
 def prefect_home(settings: PlatformSettings) -> Path:
@@ -71,7 +87,7 @@ def running_local_server(settings: PlatformSettings) -> dict | None:
     if not path.exists():
         return None
     state = json.loads(path.read_text())
-    if _pid_alive(state["pid"]) and _healthy(state["api_url"]):
+    if is_recorded_process(state) and _healthy(state["api_url"]):
         return state
     return None
 
@@ -126,7 +142,8 @@ def ensure_prefect_server(settings: PlatformSettings | None = None, startup_time
                 raise PrefectServerError(f"the local Prefect server was not healthy after "
                                          f"{startup_timeout_seconds:.0f} s; see {log_path}")
             time.sleep(0.5)
-        state = {"pid": process.pid, "api_url": api_url, "ui_url": api_url.removesuffix("/api"), "log": str(log_path)}
+        state = {"pid": process.pid, "start_ticks": process_start_ticks(process.pid), "api_url": api_url,
+                 "ui_url": api_url.removesuffix("/api"), "log": str(log_path)}
         _state_path(settings).write_text(json.dumps(state))
     os.environ["PREFECT_API_URL"] = state["api_url"]
     return state["api_url"]
@@ -136,22 +153,90 @@ def ui_url(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
 
-def stop_local_server(settings: PlatformSettings | None = None, timeout_seconds: float = 20.0) -> bool:
-    """Stop the server this platform home started (and only it). True if one was stopped."""
+LOCAL_WORK_POOL = "eve-local"
+"""The process work pool of the platform's deployments (``prefect.yaml``)."""
+WORKER_STATE_FILE = "worker.json"
+
+
+def _worker_state_path(settings: PlatformSettings) -> Path:
+    return prefect_home(settings) / WORKER_STATE_FILE
+
+
+def ensure_work_pool(name: str = LOCAL_WORK_POOL) -> None:
+    """Create the process work pool ``name`` on the configured server unless it exists."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
+def running_local_worker(settings: PlatformSettings) -> dict | None:
+    """The recorded worker when that very process still runs, else None."""
+    path = _worker_state_path(settings)
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    return state if is_recorded_process(state) else None
+
+
+def ensure_worker(settings: PlatformSettings | None = None, pool: str = LOCAL_WORK_POOL) -> dict:
+    """Start (or reuse) a detached process worker for ``pool`` against the configured server.
+
+    The worker runs flow runs in subprocesses with its own environment: the platform home and the
+    API URL of this process (``ensure_prefect_server`` first).
+    """
     settings = settings or PlatformSettings.load()
+    ensure_work_pool(pool)
+    state = running_local_worker(settings)
+    if state is not None and state.get("api_url") == os.environ.get("PREFECT_API_URL"):
+        return state
+    if state is not None:  # a worker of another server: replace it
+        _stop_recorded(state)
+    log_path = prefect_home(settings) / "worker.log"
+    env = {**os.environ, "EVE_HOME": str(settings.home)}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # outlives this command: it owns runs that wait for reviewers
+        )
+    state = {"pid": process.pid, "start_ticks": process_start_ticks(process.pid), "pool": pool,
+             "api_url": os.environ.get("PREFECT_API_URL"), "log": str(log_path)}
+    _worker_state_path(settings).write_text(json.dumps(state))
+    return state
+
+
+def _stop_recorded(state: dict, timeout_seconds: float = 20.0) -> bool:
+    """Stop the recorded process group if (and only if) its leader is still the recorded process."""
+    if not is_recorded_process(state):
+        return False
+    pid = state["pid"]
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_seconds
+    while is_recorded_process(state) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if is_recorded_process(state):
+        os.killpg(pid, signal.SIGKILL)
+    return True
+
+
+def stop_local_server(settings: PlatformSettings | None = None, timeout_seconds: float = 20.0) -> bool:
+    """Stop the worker and the server this platform home started (and only them). True if the
+    server was stopped."""
+    settings = settings or PlatformSettings.load()
+    worker_path = _worker_state_path(settings)
+    if worker_path.exists():
+        _stop_recorded(json.loads(worker_path.read_text()), timeout_seconds)
+        worker_path.unlink(missing_ok=True)
     path = _state_path(settings)
     if not path.exists():
         return False
-    state = json.loads(path.read_text())
-    pid = state["pid"]
-    stopped = False
-    if _pid_alive(pid):
-        os.killpg(pid, signal.SIGTERM)  # the server runs uvicorn workers in its own session
-        deadline = time.monotonic() + timeout_seconds
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        stopped = True
+    # The server runs uvicorn workers in its own session: the whole group goes.
+    stopped = _stop_recorded(json.loads(path.read_text()), timeout_seconds)
     path.unlink(missing_ok=True)
     return stopped

@@ -26,7 +26,8 @@ from prefect.input import RunInput
 from pydantic import BaseModel, Field
 
 from tasks import audit
-from tasks.lineage import ApprovalRecord, LineageManifest, summarize_lineage_markdown
+from tasks.lineage.render import summarize_lineage_markdown
+from tasks.lineage.schema import ApprovalRecord, LineageManifest
 from tasks.platform import PlatformSettings
 from tasks.registry import ModelRegistry
 
@@ -105,6 +106,22 @@ class EvidenceInputs(BaseModel):
 
     sample_generations: list[SampleGeneration] = Field(default_factory=list)
     """A few generations for a quick look."""
+
+
+class PromotionRequest(BaseModel):
+    """Parameters of one promotion (the ``promote-eve`` flow's only parameter)."""
+
+    candidate_version: str
+    """Registered version to promote, e.g. ``v0.2.0``."""
+
+    requested_by: str
+    """Who asks for the promotion; may not approve it."""
+
+    evidence: EvidenceInputs
+    """Evaluation, caption-quality and sample-generation results to show the reviewer."""
+
+    policy: ApprovalPolicy
+    """Allowed reviewers and deadline."""
 
 
 class EvidenceReport(BaseModel):
@@ -359,10 +376,27 @@ def publish_lineage(lineage: LineageManifest) -> None:
     )
 
 
-@task(name="register-candidate")
-def register_candidate(model_dir: str, lineage_manifest: LineageManifest, eval_result: Any) -> str:
-    """Register a model that passed the evaluation gate (refused otherwise); returns its version."""
-    return ModelRegistry(PlatformSettings.load()).register_candidate(Path(model_dir), lineage_manifest, eval_result)
+PROMOTION_DEPLOYMENT = "promote-eve/promote"
+"""The deployment (``prefect.yaml``) that runs a promotion on the platform's worker."""
+
+
+@task(name="start-promotion", retries=2, retry_delay_seconds=10)
+def start_promotion(request: PromotionRequest) -> str:
+    """Create the promotion's flow run on ``PROMOTION_DEPLOYMENT`` and return its id at once.
+
+    The run waits days for a reviewer; a worker owns it (the local default: the process worker
+    ``eve server`` starts), so the retrain that asked for it can finish. Linked to the calling run
+    in the UI as its child.
+    """
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(
+        PROMOTION_DEPLOYMENT,
+        parameters={"request": request.model_dump(mode="json")},
+        flow_run_name=f"promote-eve@{request.candidate_version}",  # the flow's own name template, set at once
+        timeout=0,
+    )
+    return str(flow_run.id)
 
 
 @task(name="assign-production")
@@ -375,6 +409,8 @@ __all__ = [
     "ApprovalPolicy",
     "EvidenceInputs",
     "EvidenceReport",
+    "PROMOTION_DEPLOYMENT",
+    "PromotionRequest",
     "ReviewDecision",
     "ReviewOutcome",
     "SampleGeneration",
@@ -386,5 +422,5 @@ __all__ = [
     "publish_evidence_report",
     "publish_lineage",
     "record_promotion_request",
-    "register_candidate",
+    "start_promotion",
 ]

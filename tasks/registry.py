@@ -12,7 +12,7 @@ stage assignments by that time, a write never lands in the same second as the pr
 
     from tasks.registry import ModelRegistry
     registry = ModelRegistry.default()
-    version = registry.register_candidate(model_dir, lineage, gate_decision)   # only if the gate passed
+    version = registry.register_candidate(model_dir, lineage, gate_decision)   # only if gate_decision.passed
     registry.show(); registry.history(); registry.pull_version(version, dest)
 """
 
@@ -36,10 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prefect import task
 from pydantic import BaseModel, Field
 
 from tasks import audit
-from tasks.lineage import ApprovalRecord, LineageManifest, WeightsRef, read_lineage, write_lineage
+from tasks.evaluate.gates import GateDecision
+from tasks.lineage.schema import ApprovalRecord, LineageManifest, WeightsRef
+from tasks.lineage.store import read_lineage, write_lineage
 from eve_model.identity import weights_sha256
 from tasks.platform import PlatformSettings
 
@@ -63,17 +66,6 @@ class GateNotPassedError(RegistryError):
 
 class ApprovalRequiredError(RegistryError):
     """A stage assignment was attempted without an approval the platform recorded."""
-
-
-def gate_passed(eval_result: Any) -> bool:
-    """Read the evaluation gate's verdict from a result object or dict (``passed`` or ``decision == "pass"``)."""
-    if isinstance(eval_result, BaseModel):
-        eval_result = eval_result.model_dump()
-    elif not isinstance(eval_result, dict):
-        eval_result = {key: getattr(eval_result, key) for key in ("passed", "decision") if hasattr(eval_result, key)}
-    if "passed" in eval_result:
-        return eval_result["passed"] is True
-    return str(eval_result.get("decision", "")).lower() in {"pass", "passed"}
 
 
 class RegistryVersion(BaseModel):
@@ -267,16 +259,17 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ writes
 
-    def register_candidate(self, model_dir: Path, lineage_manifest: LineageManifest, eval_result: Any) -> str:
+    def register_candidate(self, model_dir: Path, lineage_manifest: LineageManifest, gate: GateDecision) -> str:
         """Register ``model_dir`` as the next version, with its lineage; only after the evaluation gate passed.
 
         Weights already registered (same directory hash) return their existing version.
         Copies the weights to ``models/eve``, DVC-adds and pushes them, commits the lineage manifest
         (with version and weight hashes filled in), tags ``eve@vX`` with GTO, pushes, and audits it.
         """
-        if not gate_passed(eval_result):
+        if not gate.passed:
             raise GateNotPassedError(
-                f"refusing to register {model_dir}: the evaluation gate did not pass ({eval_result!r})"
+                f"refusing to register {model_dir}: the evaluation gate did not pass "
+                f"({'; '.join(check.reason for check in gate.failures) or 'no passing check'})"
             )
         model_dir = Path(model_dir)
         if not model_dir.is_dir() or not any(model_dir.iterdir()):
@@ -313,7 +306,7 @@ class ModelRegistry:
                 {
                     "weights_sha256": manifest.weights.sha256,
                     "lineage_sha256": hashlib.sha256(lineage_file.read_bytes()).hexdigest(),
-                    "evaluation": manifest.evaluation,
+                    "evaluation": manifest.evaluation.model_dump(mode="json") if manifest.evaluation else None,
                 }
             )
             self._gto().register(
@@ -489,29 +482,31 @@ class ModelRegistry:
         return dest
 
 
-# Module-level entry points on the default registry (``PlatformSettings.load()``), as the flows call them.
+# ---------------------------------------------------------------------- Prefect tasks of the retrain
 
 
-def register_candidate(model_dir: Path, lineage_manifest: LineageManifest, eval_result: Any) -> str:
-    """``ModelRegistry.register_candidate`` on the default registry; returns the new version."""
-    return ModelRegistry.default().register_candidate(model_dir, lineage_manifest, eval_result)
+@task(name="register-candidate")
+def register_candidate(model_dir: str, lineage_manifest: LineageManifest, gate: GateDecision) -> str:
+    """Register a model that passed the evaluation gate (refused otherwise); returns its version."""
+    return ModelRegistry.default().register_candidate(Path(model_dir), lineage_manifest, gate)
 
 
-def assign_production(version: str, approval_record: ApprovalRecord) -> str:
-    """``ModelRegistry.assign_production`` on the default registry; returns the stage tag."""
-    return ModelRegistry.default().assign_production(version, approval_record)
+@task(name="checkout-production", retries=1, retry_delay_seconds=10)
+def checkout_production() -> tuple[str | None, str | None]:
+    """(version, local weights directory) of the model holding production, or (None, None).
 
-
-def show() -> list[RegistryVersion]:
-    return ModelRegistry.default().show()
-
-
-def history() -> list[RegistryEvent]:
-    return ModelRegistry.default().history()
-
-
-def pull_version(version: str, dest: Path) -> Path:
-    return ModelRegistry.default().pull_version(version, dest)
+    The weights are pulled once into ``<home>/registry-cache/<version>`` and verified against the
+    version's recorded weights hash.
+    """
+    registry = ModelRegistry.default()
+    version = registry.production_version()
+    if version is None:
+        return None, None
+    target = registry.settings.path("registry-cache") / version
+    if not (target / "config.json").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        registry.pull_version(version, target)
+    return version, str(target)
 
 
 def _iso(value: Any) -> str:
@@ -525,10 +520,6 @@ __all__ = [
     "RegistryError",
     "RegistryEvent",
     "RegistryVersion",
-    "assign_production",
-    "gate_passed",
-    "history",
-    "pull_version",
+    "checkout_production",
     "register_candidate",
-    "show",
 ]

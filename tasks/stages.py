@@ -154,6 +154,16 @@ class PlannedStage(BaseModel):
         return Path(self.config.output_dir)
 
 
+class TrainedStage(BaseModel):
+    """One stage of a retrain: how it was planned and what it produced (trained or reused)."""
+
+    planned: PlannedStage
+    """Its config and cache key."""
+
+    result: StageResult
+    """Its output."""
+
+
 def stage_cache_key(dataset_hash: str, parent_weights_sha256: str | None, config_hash: str, revision: str) -> str:
     canonical = json.dumps(
         {"dataset": dataset_hash, "parent": parent_weights_sha256, "config": config_hash, "code": revision},

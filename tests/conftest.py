@@ -23,6 +23,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+# DVC binds its log handlers to the sys.stdout of the moment it is first imported. Import it once for
+# the session, so that the stream of a test's capsys (closed after that test) never becomes DVC's and
+# no later test fails with "I/O operation on closed file" depending on the order tests run in.
+import dvc.repo  # noqa: E402,F401
+
 
 @pytest.fixture
 def eve_home(tmp_path, monkeypatch) -> Path:

@@ -17,8 +17,8 @@ def _summary_markdown(result: CaptionRunResult) -> str:
     return "\n".join([
         f"# Caption run `{result.run_id}`",
         "",
-        f"- backend: {identity['backend']}, model `{identity['model_id']}`, weights `{identity.get('weights_sha256')}`",
-        f"- prompt: {identity.get('prompt_template')}, decoding: `{identity.get('decoding')}`",
+        f"- backend: {identity.backend}, model `{identity.model_id}`, weights `{identity.weights_sha256}`",
+        f"- prompt: {identity.prompt_template}, decoding: `{identity.decoding}`",
         f"- input `{result.input_dataset_hash}` -> output `{result.output_dataset_hash}`",
         f"- samples: {result.num_samples} = {result.num_captioned} captioned + {result.num_failed} failed",
         f"- this invocation: {result.num_generated} generated, {result.num_from_cache} from cache, "

@@ -77,22 +77,18 @@ class BackendIdentity(BaseModel):
         payload = self.model_dump(mode="json", exclude={"endpoint"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
+    @property
+    def prompt_sha256(self) -> str:
+        """sha256 of the exact instruction text ("" when the backend sends none)."""
+        return hashlib.sha256((self.prompt_text or "").encode("utf-8")).hexdigest()
 
-class CaptionProvenance(BaseModel):
-    """Per-caption provenance record stored in the sample's ``caption_provenance``."""
 
-    backend: str
-    """Backend kind."""
-    model_id: str
-    """Model name or directory."""
-    weights_sha256: str | None = None
-    """Model weights hash when known."""
-    prompt_template: str | None = None
-    """Template reference ``name-vN``."""
-    prompt_text: str | None = None
-    """Exact instruction text."""
-    decoding: dict[str, Any] = Field(default_factory=dict)
-    """Decoding parameters."""
+class CaptionProvenance(BackendIdentity):
+    """Per-caption provenance record stored in the sample's ``caption_provenance``: the identity of
+    the backend that wrote it (never its endpoint URL), and when and in which run."""
+
+    endpoint: None = Field(default=None, exclude=True)
+    """Not recorded per caption: the same model behind another URL wrote the same caption."""
     created_at: str
     """UTC time the caption was generated (ISO 8601); a cache hit keeps the original time."""
     caption_run_id: str | None = None

@@ -34,7 +34,7 @@ from eve_model.shards import DatasetIntegrityError, ShardSample, ShardWriter, re
 from tasks.caption.backends import CaptionBackend, CaptionInput, build_backend
 from tasks.caption.cache import CaptionCache, cache_key
 from tasks.caption.config import CaptionConfig
-from tasks.caption.provenance import CaptionProvenance
+from tasks.caption.provenance import BackendIdentity, CaptionProvenance
 from tasks.platform import PlatformSettings
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class CaptionRunResult(BaseModel):
     """dataset_hash of the captioned version."""
     output_location: str
     """Where the captioned version was written."""
-    identity: dict[str, Any]
+    identity: BackendIdentity
     """Backend identity (model, weights hash, prompt template, decoding)."""
     num_samples: int
     """Samples in (and out)."""
@@ -218,7 +218,7 @@ def caption_dataset(
             input_dataset_hash=manifest.dataset_hash,
             output_dataset_hash="",
             output_location=str(output_dir),
-            identity=identity.model_dump(mode="json"),
+            identity=identity,
             num_samples=manifest.num_items,
             num_captioned=manifest.num_items - num_failed,
             num_failed=num_failed,

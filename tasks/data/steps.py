@@ -1,7 +1,7 @@
-"""Prefect tasks of the data pipeline (curation's task lives in ``tasks.curate``): thin wrappers that declare retries, caching and artifacts.
+"""Prefect tasks of the data pipeline (curation's task lives in ``tasks.data.curate``): thin wrappers that declare retries, caching and artifacts.
 
 The logic lives in plain functions (``sources``, ``sharding``, ``versioning``, ``demo_source``,
-``tasks.curate``); these wrappers add what only an orchestrated run needs: progress in the run log,
+``tasks.data.curate``); these wrappers add what only an orchestrated run needs: progress in the run log,
 table artifacts with the counts, and content-based cache keys, so an unchanged source is not
 ingested again and an unchanged dataset is not curated again.
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
+from pydantic import BaseModel
 
 from eve_model.shards import DatasetIntegrityError, verify_dataset
 from tasks.data.demo_source import DemoSources, demo_sources, ensure_demo_data
@@ -137,3 +138,27 @@ def register_dataset_version(dataset_dir: str, name: str, dataset_hash: str | No
     )
     get_run_logger().info("registered %s (%s, %d items)", version.tag, version.dvc_md5, version.num_items)
     return version
+
+
+# ------------------------------------------------------------------------- dataset locations
+
+
+@task(name="derived-dataset-dir")
+def derived_dataset_dir(kind: str, input_dataset_hash: str, config: BaseModel | None = None) -> str:
+    """Where a step writes the version it derives from ``input_dataset_hash`` with ``config``.
+
+    Named after both, so a rerun with the same inputs finds (and resumes) its own output and a
+    changed config never collides with an earlier result.
+    """
+    config_part = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:8] if config else "none"
+    return str(PlatformSettings.load().path("datasets", kind) / f"{input_dataset_hash[:16]}-{config_part}")
+
+
+def dataset_location(version: DatasetVersion) -> str:
+    """Local directory of a registered dataset version (pulled from the remote if needed)."""
+    return str(DatasetRegistry.from_settings().checkout(version.tag))  # the tag is unique; a hash may be shared by two names
+
+
+@task(name="dataset-location", retries=2, retry_delay_seconds=10)
+def dataset_location_task(version: DatasetVersion) -> str:
+    return dataset_location(version)

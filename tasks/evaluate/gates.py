@@ -105,11 +105,18 @@ class GateCheck(BaseModel):
 
 
 class GateDecision(BaseModel):
+    """The evaluation gate's verdict, every check with its numbers, and the policy that decided."""
+
     passed: bool
+    """True when every check passed."""
     checks: list[GateCheck]
+    """One per rule (threshold, non-regression, aggregate, contamination)."""
     policy: GatePolicy
-    candidate_model_hash: str
-    production_model_hash: str | None = None
+    """The rules as configured for this run."""
+    candidate_weights_sha256: str
+    """``eve_model.identity.weights_sha256`` of the candidate."""
+    production_weights_sha256: str | None = None
+    """The same for the production model it was compared with (None on the first promotion)."""
 
     @property
     def failures(self) -> list[GateCheck]:
@@ -125,8 +132,8 @@ class GateDecision(BaseModel):
         lines = [
             f"## Evaluation gate: {verdict}",
             "",
-            f"Candidate model `{self.candidate_model_hash[:12]}`"
-            + (f" vs production `{self.production_model_hash[:12]}`" if self.production_model_hash
+            f"Candidate model `{self.candidate_weights_sha256[:12]}`"
+            + (f" vs production `{self.production_weights_sha256[:12]}`" if self.production_weights_sha256
                else " (no production model)")
             + f". Delta is oriented (positive = candidate better); {self.policy.confidence_level:.0%} "
             f"paired-bootstrap CI, {self.policy.bootstrap_resamples} resamples, seed {self.policy.bootstrap_seed}.",
@@ -142,6 +149,17 @@ class GateDecision(BaseModel):
                 f"{fmt(c.limit)} | {reason} |"
             )
         return "\n".join(lines) + "\n"
+
+
+class EvaluationSummary(BaseModel):
+    """What a retrain records about its candidate's evaluation (lineage, flow result, evidence)."""
+
+    metrics: dict[str, float]
+    """Flat metrics of the candidate (``suite/metric``)."""
+    weights_sha256: str
+    """The evaluated weights."""
+    gate: GateDecision
+    """The gate's verdict."""
 
 
 def paired_bootstrap(
@@ -307,6 +325,6 @@ def decide_gate(
         passed=all(check.passed for check in checks),
         checks=checks,
         policy=policy,
-        candidate_model_hash=candidate.model_dir_hash,
-        production_model_hash=production.model_dir_hash if production is not None else None,
+        candidate_weights_sha256=candidate.weights_sha256,
+        production_weights_sha256=production.weights_sha256 if production is not None else None,
     )

@@ -198,7 +198,7 @@ def evaluate_model(
         if spec.name not in benchmarks:
             benchmarks[spec.name] = load_benchmark(spec)
     report = EvaluationReport(
-        model_dir=str(model_dir), model_dir_hash=weights_sha256(model_dir), seeds={"torch": config.seed}
+        model_dir=str(model_dir), weights_sha256=weights_sha256(model_dir), seeds={"torch": config.seed}
     )
     for spec in suites:
         result = run_suite(model, spec, config, benchmarks[spec.name])

@@ -21,6 +21,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from eve_model.identity import weights_sha256
 from tasks.evaluate.contamination import (
     ContaminationReport,
     check_contamination,
@@ -30,9 +31,8 @@ from tasks.evaluate.contamination import (
 )
 from tasks.evaluate.gates import GateDecision, GatePolicy, decide_gate
 from tasks.evaluate.harness import HarnessConfig, evaluate_model_dir
-from eve_model.identity import weights_sha256
 from tasks.evaluate.report import EvaluationReport, plot_metrics, publish_artifacts
-from tasks.evaluate.suites import SUITE_VERSIONS, SuiteSpec, load_benchmark
+from tasks.evaluate.suites import SUITE_VERSIONS, SuiteSpec, demo_evaluation_suites, load_benchmark
 from tasks.platform import PlatformSettings
 
 
@@ -82,11 +82,15 @@ def evaluate_model_task(
     returned and nothing is re-run or re-written.
     """
     report = evaluate_model_dir(model_dir, suites, config)
-    target = Path(output_dir) if output_dir else PlatformSettings.load().path("evaluations", report.model_dir_hash[:16])
+    target = Path(output_dir) if output_dir else PlatformSettings.load().path("evaluations", report.weights_sha256[:16])
     report.save(target / "report.json")
     plot_metrics(report, target / "metrics.png", production=production)
     publish_artifacts(report, production, key_prefix="eval")
     return report
+
+
+evaluation_suites = task(name="evaluation-suites")(demo_evaluation_suites)
+"""The demo's held-out suites as a task (the derived held-out text is written under the platform home)."""
 
 
 @task(name="check-contamination", retries=0, timeout_seconds=6 * 3600)
@@ -136,11 +140,11 @@ def evaluation_gate_task(
     decision = decide_gate(candidate, policy, production=production, contamination=contamination)
     create_markdown_artifact(
         decision.to_markdown(), key="evaluation-gate",
-        description=f"evaluation gate for model {candidate.model_dir_hash[:12]}",
+        description=f"evaluation gate for model {candidate.weights_sha256[:12]}",
     )
     if fail_on_reject and not decision.passed:
         raise EvaluationGateFailed(
-            f"model {candidate.model_dir_hash[:12]} failed the evaluation gate: "
+            f"model {candidate.weights_sha256[:12]} failed the evaluation gate: "
             + "; ".join(f"{c.metric}: {c.reason}" for c in decision.failures)
         )
     return decision
@@ -152,4 +156,5 @@ __all__ = [
     "evaluate_model_task",
     "evaluation_cache_key",
     "evaluation_gate_task",
+    "evaluation_suites",
 ]

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from eve_model.identity import weights_sha256
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+"""v2: ``weights_sha256`` (the platform's weights identity) replaces ``model_dir_hash``."""
 
 
 class SampleRecord(BaseModel):
@@ -82,8 +83,8 @@ class EvaluationReport(BaseModel):
     schema_version: int = REPORT_SCHEMA_VERSION
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     model_dir: str
-    model_dir_hash: str
-    """sha256 over the model directory's files (relative path + content hash of each)."""
+    weights_sha256: str
+    """``eve_model.identity.weights_sha256`` of the evaluated model."""
     seeds: dict[str, int] = Field(default_factory=dict)
     suites: dict[str, SuiteResult] = Field(default_factory=dict)
 
@@ -173,7 +174,7 @@ def publish_artifacts(
     create_table_artifact(
         key=f"{key_prefix}-metrics",
         table=metric_table(candidate, production),
-        description=f"Evaluation metrics of {candidate.model_dir} (model hash {candidate.model_dir_hash[:12]})",
+        description=f"Evaluation metrics of {candidate.model_dir} (model hash {candidate.weights_sha256[:12]})",
     )
     for name, suite in candidate.suites.items():
         if suite.samples and suite.samples[0].prediction is not None:

@@ -13,6 +13,8 @@ versions are not compared by the gate.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tasks.evaluate import metrics as M
 from tasks.evaluate import readers
 from tasks.evaluate.report import SampleRecord, SkippedRecord, SuiteResult
+from tasks.platform import PlatformSettings
 
 SUITE_VERSIONS = {
     "vqa": "vqa/1",
@@ -293,3 +296,36 @@ def parse_suite_shorthand(text: str) -> SuiteSpec:
         return TypeAdapter(SuiteSpec).validate_python(fields)
     except ValidationError as exc:
         raise ValueError(f"--suite {text!r}: {exc}") from exc
+
+
+def demo_evaluation_suites(eval_questions_path: str) -> list[SuiteSpec]:
+    """The demo's held-out VQA (per question type; its questions carry their own answer-format
+    instruction, as in training) and text-only perplexity on held-out text.
+
+    The held-out text is the descriptions of the held-out scenes (``captions.jsonl`` next to the
+    questions): text the model never trained on, in the language the base-LLM bootstrap and the
+    caption stages teach, so perplexity tracks language ability. (The questions themselves are
+    no such text: the bootstrap corpus is captions only and SFT scores only answers, so even the
+    base LLM scored about 12k perplexity on them.) Without that file the questions with their
+    answers as sentences are used.
+    """
+    questions_path = Path(eval_questions_path)
+    captions_path = questions_path.with_name("captions.jsonl")
+    source = captions_path if captions_path.exists() else questions_path
+    # Derived inputs live under the platform home: data/ is DVC-tracked and must stay as recorded.
+    digest = hashlib.sha256(source.name.encode() + source.read_bytes()).hexdigest()[:16]
+    text_path = PlatformSettings.load().path("evaluation-inputs") / f"heldout_text-{digest}.jsonl"
+    if not text_path.exists():
+        lines = []
+        for raw in source.read_text(encoding="utf-8").splitlines():
+            if raw.strip():
+                row = json.loads(raw)
+                text = row["caption"] if source is captions_path else f"{row['question']} {row['answer']}."
+                lines.append(json.dumps({"text": text}))
+        tmp = text_path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(text_path)
+    return [
+        VqaSuite(name="demo_vqa", path=questions_path, max_new_tokens=8),
+        PerplexitySuite(name="heldout_text", path=text_path),
+    ]

@@ -12,24 +12,28 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-_SMALL_STAGES = {
-    stage: {"max_steps": steps, "global_batch_size_samples": 4, "micro_batch_size_samples": 2}
-    for stage, steps in {"base-llm": 4, "1": 2, "2": 2, "3": 3}.items()
-}
+def _small_stages():
+    from eve_model.training.config import StageId, StageOverrides
+
+    return {
+        stage: StageOverrides(max_steps=steps, global_batch_size_samples=4, micro_batch_size_samples=2)
+        for stage, steps in {StageId.BASE_LLM: 4, StageId.PREALIGN: 2, StageId.PRETRAIN: 2, StageId.SFT: 3}.items()
+    }
 
 
 def _small_params(demo_dir: Path, mode: str):
-    from flows.retrain_flow import EvaluationParameters, PromotionParameters, RetrainParameters
+    from flows.parameters import EvaluationParameters, PromotionParameters
+    from flows.recipes import demo
     from tasks.caption.config import CaptionConfig
     from tasks.data.demo_source import demo_sources
     from tasks.evaluate.gates import GatePolicy, MetricThreshold
     from tasks.evaluate.harness import HarnessConfig
     from tasks.promotion import ApprovalPolicy
     from tasks.quality.config import CaptionGateThresholds
-    from tasks.retrain import TrainingParameters
+    from tasks.stages import TrainingParameters
 
     sources = demo_sources(demo_dir)
-    params = RetrainParameters.demo()
+    params = demo()
     return params.model_copy(update={
         "requested_by": "alice",
         "data": params.data.model_copy(update={
@@ -38,7 +42,7 @@ def _small_params(demo_dir: Path, mode: str):
         "captions": CaptionConfig(backend="source", source_field="true_caption"),
         # 24 scenes: a few repeated descriptions are a large share, so only hard row rules apply.
         "caption_quality": CaptionGateThresholds(max_duplicate_rate=1.0, max_filtered_fraction=1.0),
-        "training": TrainingParameters(stage_overrides=_SMALL_STAGES),
+        "training": TrainingParameters(stage_overrides=_small_stages()),
         "evaluation": EvaluationParameters(
             harness=HarnessConfig(batch_size=8, max_new_tokens=4, show_progress=False),
             gate=GatePolicy(thresholds=[MetricThreshold(metric="demo_vqa/accuracy", minimum=0.0)]),
@@ -78,7 +82,7 @@ def test_small_retrain_end_to_end_then_unchanged_rerun_trains_nothing(prefect_se
     from eve_model.shards import verify_dataset
     from flows.retrain_flow import retrain
     from tasks.data.demo_source import DemoDataConfig, generate_demo_data
-    from tasks.lineage import read_lineage
+    from tasks.lineage.store import read_lineage
     from tasks.registry import ModelRegistry
 
     demo_dir = generate_demo_data(tmp_path / "raw", DemoDataConfig.tiny())
@@ -96,7 +100,7 @@ def test_small_retrain_end_to_end_then_unchanged_rerun_trains_nothing(prefect_se
     assert len(trained) == 4
     # Each stage starts from its parent's output: the chain of checkpoint hashes is unbroken.
     for parent, child in zip(first.stages, first.stages[1:]):
-        assert child.parent_checkpoint_hash == parent.checkpoint_hash
+        assert child.parent_weights_sha256 == parent.weights_sha256
 
     registry = ModelRegistry.default()
     version = first.candidate_version
@@ -106,12 +110,12 @@ def test_small_retrain_end_to_end_then_unchanged_rerun_trains_nothing(prefect_se
 
     lineage = read_lineage(registry.repo_dir, f"eve@{version}")
     assert [s.name for s in lineage.stages] == ["stage-base-llm", "stage-1", "stage-2", "stage-3"]
-    assert lineage.stages[-1].checkpoint_sha256 == first.stages[-1].checkpoint_hash
+    assert lineage.stages[-1].weights_sha256 == first.stages[-1].weights_sha256
     for dataset in lineage.datasets:  # every dataset of the chain resolves to verified shards
         assert verify_dataset(dataset.location, dataset.dataset_hash).num_items == dataset.num_items
     assert lineage.quality is not None and lineage.quality.success
 
     second = retrain(_small_params(demo_dir, mode="skip"))
     assert [s.skipped for s in second.stages] == [True, True, True, True]
-    assert [s.checkpoint_hash for s in second.stages] == [s.checkpoint_hash for s in first.stages]
+    assert [s.weights_sha256 for s in second.stages] == [s.weights_sha256 for s in first.stages]
     assert second.candidate_version == version  # same weights: no second registration

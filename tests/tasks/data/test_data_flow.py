@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tasks.curate import CurationConfig
+from tasks.data.curate import CurationConfig
 from tasks.data.demo_source import DemoDataConfig, demo_sources, generate_demo_data
 from tasks.data.versioning import DatasetRegistry
 

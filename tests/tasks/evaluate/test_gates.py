@@ -39,7 +39,7 @@ def _report(correct: np.ndarray, nll: np.ndarray | None = None, model_hash: str 
             samples=[SampleRecord(item_id=f"d{i}", scores={"token_nll": float(v)}, weight=1.0)
                      for i, v in enumerate(nll)],
         )
-    return EvaluationReport(model_dir="/m", model_dir_hash=model_hash, suites=suites)
+    return EvaluationReport(model_dir="/m", weights_sha256=model_hash, suites=suites)
 
 
 @pytest.fixture

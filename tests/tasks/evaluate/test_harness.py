@@ -42,6 +42,7 @@ class ScriptedModel:
 def _model_dir(tmp_path: Path) -> Path:
     (tmp_path / "model").mkdir(exist_ok=True)
     (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"scripted model: the weights are never read")
     return tmp_path / "model"
 
 
@@ -58,7 +59,7 @@ def test_vqa_accuracy_overall_and_per_type(tmp_path):
     assert [s.prediction for s in result.samples] == ["Red.", "squares", "two", "centre"]
     assert [s.scores["accuracy"] for s in result.samples] == [1.0, 0.0, 1.0, 0.0]
     assert model.batches == [(3, 3), (1, 1)]  # batched, every item with its image
-    assert report.model_dir_hash and report.seeds == {"torch": 0}
+    assert report.weights_sha256 and report.seeds == {"torch": 0}
 
 
 def test_llava_soft_accuracy_pope_mme(tmp_path):
@@ -148,7 +149,7 @@ def test_tiny_random_eve_end_to_end(tiny_eve_dir, tmp_path):
     # Greedy decoding is deterministic: a second run gives the same predictions and hash.
     again = evaluate_model_dir(tiny_eve_dir, suites[:1], config)
     assert [s.prediction for s in again.suites["demo_vqa"].samples] == [s.prediction for s in vqa.samples]
-    assert again.model_dir_hash == report.model_dir_hash
+    assert again.weights_sha256 == report.weights_sha256
 
     path = report.save(tmp_path / "report.json")
     loaded = EvaluationReport.load(path)
@@ -168,7 +169,7 @@ def test_tiny_random_eve_end_to_end(tiny_eve_dir, tmp_path):
 
 def test_report_rejects_unknown_schema_version(tmp_path):
     path = tmp_path / "r.json"
-    path.write_text('{"schema_version": 99, "model_dir": "m", "model_dir_hash": "h"}')
+    path.write_text('{"schema_version": 99, "model_dir": "m", "weights_sha256": "h"}')
     with pytest.raises(ValueError, match="schema_version 99 is not supported"):
         EvaluationReport.load(path)
 

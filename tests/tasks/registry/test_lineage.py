@@ -8,18 +8,12 @@ import json
 import pytest
 
 from cli.main import main as eve
-from tasks.lineage import (
-    StageRecord,
-    build_lineage_graph,
-    build_lineage_manifest,
-    find_models_using_dataset,
-    format_lineage_dot,
-    format_lineage_text,
-    render_lineage_png,
-    sha256_of_config,
-)
+from tasks.lineage.render import build_lineage_graph, format_lineage_dot, format_lineage_text, render_lineage_png
+from tasks.lineage.schema import StageRecord, build_lineage_manifest, sha256_of_config
+from tasks.lineage.store import find_models_using_dataset
 from tasks.platform import PlatformSettings
 from tasks.registry import ModelRegistry
+from tests.fixtures.model_registry import passing_gate
 
 
 @pytest.fixture
@@ -27,18 +21,18 @@ def two_versions(eve_home, registry_inputs):
     """v0.1.0 and v0.2.0 registered; they share the raw source (same samples) and differ downstream."""
     registry = ModelRegistry(PlatformSettings.load())
     for seed in (1, 2):
-        registry.register_candidate(*registry_inputs(seed), {"passed": True})
+        registry.register_candidate(*registry_inputs(seed), passing_gate())
     return registry
 
 
 def test_manifest_refuses_inputs_it_cannot_point_to(registry_inputs):
     _, lineage = registry_inputs(1)
-    dangling = StageRecord(name="sft", input_dataset_hash="d" * 64, checkpoint_sha256="c" * 64)
+    dangling = StageRecord(name="sft", input_dataset_hash="d" * 64, weights_sha256="c" * 64)
     with pytest.raises(ValueError, match="not in the lineage"):
         build_lineage_manifest(
             code_revision="abc", raw_sources=lineage.raw_sources, datasets=lineage.datasets, stages=[dangling]
         )
-    orphan = lineage.stages[1].model_copy(update={"parent_checkpoint_sha256": "9" * 64})
+    orphan = lineage.stages[1].model_copy(update={"parent_weights_sha256": "9" * 64})
     with pytest.raises(ValueError, match="no earlier stage produced"):
         build_lineage_manifest(
             code_revision="abc",
@@ -61,8 +55,8 @@ def test_text_chain_reaches_every_raw_source_through_the_stages(registry_inputs)
     for dataset in lineage.all_datasets():
         assert dataset.dataset_hash in text
     for stage in lineage.stages:
-        assert stage.checkpoint_sha256 in text
-    assert lineage.caption.prompt_sha256 in text
+        assert stage.weights_sha256 in text
+    assert lineage.caption.identity.prompt_sha256 in text
     # The raw source is reached by walking the chain, not only listed as a leftover.
     assert "raw source " not in text
     graph = build_lineage_graph(lineage)
@@ -104,7 +98,7 @@ def test_dataset_query_finds_every_version_that_used_it(two_versions):
 def test_cli_lineage_registry_and_audit(two_versions, capsys, tmp_path):
     assert eve(["lineage", "eve@v0.2.0", "--format", "json"]) == 0
     payload = json.loads(capsys.readouterr().out)
-    assert payload["version"] == "v0.2.0" and payload["schema_version"] == "eve-lineage/1"
+    assert payload["version"] == "v0.2.0" and payload["schema_version"] == "eve-lineage/2"
 
     raw_hash = payload["raw_sources"][0]["dataset_hash"]
     assert eve(["lineage", "eve@v0.2.0"]) == 0

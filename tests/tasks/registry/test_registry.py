@@ -13,10 +13,11 @@ import pytest
 
 from eve_model.shards import verify_dataset
 from tasks import audit
-from tasks.lineage import ApprovalRecord
+from tasks.lineage.schema import ApprovalRecord
 from tasks.platform import PlatformSettings
 from eve_model.identity import weights_sha256
 from tasks.registry import ApprovalRequiredError, GateNotPassedError, ModelRegistry, RegistryError
+from tests.fixtures.model_registry import passing_gate
 
 
 def _audited_approval(registry: ModelRegistry, version: str, reviewer: str = "bob") -> ApprovalRecord:
@@ -43,16 +44,16 @@ def test_registration_requires_a_passing_gate(eve_home, registry_inputs):
     registry = ModelRegistry(PlatformSettings.load())
     weights, lineage = registry_inputs(1)
     with pytest.raises(GateNotPassedError):
-        registry.register_candidate(weights, lineage, {"passed": False, "reasons": ["vqa regressed"]})
+        registry.register_candidate(weights, lineage, passing_gate(passed=False))
     assert registry.show() == []
 
 
 def test_the_evaluation_gates_decision_is_honoured_through_the_task(eve_home, registry_inputs):
     from tasks.evaluate.gates import GateDecision, GatePolicy
-    from tasks.promotion import register_candidate
+    from tasks.registry import register_candidate
 
     weights, lineage = registry_inputs(1)
-    failed = GateDecision(passed=False, checks=[], policy=GatePolicy(), candidate_model_hash="c" * 64)
+    failed = GateDecision(passed=False, checks=[], policy=GatePolicy(), candidate_weights_sha256="c" * 64)
     with pytest.raises(GateNotPassedError):
         register_candidate.fn(str(weights), lineage, failed)
     assert ModelRegistry(PlatformSettings.load()).show() == []
@@ -62,7 +63,7 @@ def test_the_evaluation_gates_decision_is_honoured_through_the_task(eve_home, re
 def test_every_hash_in_the_lineage_resolves_and_pulls_back(eve_home, registry_inputs, tmp_path):
     registry = ModelRegistry(PlatformSettings.load())
     weights, lineage = registry_inputs(1)
-    version = registry.register_candidate(weights, lineage, {"passed": True})
+    version = registry.register_candidate(weights, lineage, passing_gate())
     assert version == "v0.1.0"
     stored = registry.lineage(version)
     assert stored.version == version and stored.weights.sha256 == weights_sha256(weights)
@@ -92,7 +93,7 @@ def test_every_hash_in_the_lineage_resolves_and_pulls_back(eve_home, registry_in
 
 def test_production_moves_only_with_an_audited_approval(eve_home, registry_inputs):
     registry = ModelRegistry(PlatformSettings.load())
-    version = registry.register_candidate(*registry_inputs(1), {"passed": True})
+    version = registry.register_candidate(*registry_inputs(1), passing_gate())
     forged = ApprovalRecord(
         version=version,
         decision="approve",
@@ -122,7 +123,7 @@ def test_production_moves_only_with_an_audited_approval(eve_home, registry_input
 
 def test_a_rewritten_audit_log_is_caught_by_the_registry_tags(eve_home, registry_inputs):
     registry = ModelRegistry(PlatformSettings.load())
-    version = registry.register_candidate(*registry_inputs(1), {"passed": True})
+    version = registry.register_candidate(*registry_inputs(1), passing_gate())
     registry.assign_production(version, _audited_approval(registry, version))
     assert registry.verify_against_audit() == []
 
@@ -142,7 +143,7 @@ def test_weights_go_to_the_s3_data_remote_and_pull_back(eve_home, registry_input
     monkeypatch.setenv("EVE_DVC_REMOTE", f"s3://{s3_env.bucket}/registry-{tmp_path.name}")
     registry = ModelRegistry(PlatformSettings.load())
     weights, lineage = registry_inputs(1)
-    version = registry.register_candidate(weights, lineage, {"passed": True})
+    version = registry.register_candidate(weights, lineage, passing_gate())
     config = (registry.repo_dir / ".dvc" / "config").read_text()
     assert s3_env.endpoint_url in config
     assert s3_env.secret_key not in config and s3_env.access_key not in config
@@ -155,12 +156,12 @@ def _register_in_subprocess(home: str, weights: str, lineage_json: str, queue) -
     import os
 
     os.environ["EVE_HOME"] = home
-    from tasks.lineage import LineageManifest
+    from tasks.lineage.schema import LineageManifest
     from tasks.registry import ModelRegistry
 
     registry = ModelRegistry()
     queue.put(
-        registry.register_candidate(Path(weights), LineageManifest.model_validate_json(lineage_json), {"passed": True})
+        registry.register_candidate(Path(weights), LineageManifest.model_validate_json(lineage_json), passing_gate())
     )
 
 
@@ -206,7 +207,7 @@ def test_remote_registry_receives_commits_and_tags(eve_home, registry_inputs, tm
     subprocess.run(["git", "init", "--quiet", "--bare", "-b", "main", str(remote)], check=True)
     monkeypatch.setenv("EVE_REGISTRY_URL", str(remote))
     registry = ModelRegistry(PlatformSettings.load())
-    version = registry.register_candidate(*registry_inputs(1), {"passed": True})
+    version = registry.register_candidate(*registry_inputs(1), passing_gate())
     registry.assign_production(version, _audited_approval(registry, version))
     remote_tags = subprocess.run(
         ["git", "ls-remote", "--tags", str(remote)], capture_output=True, text=True, check=True

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from eve_model.training.config import tiny_stage_config
-from tasks.stages import run_stage_job
+from tasks.platform import PlatformSettings
+from tasks.stages import TrainingParameters, place_stage, run_stage
 from tasks.submit.spec import JobSpec
 from tests.eve_model.training_datasets import REPO_ROOT, run_stage, subprocess_env, write_tiny_dataset
 
@@ -44,10 +45,11 @@ def test_tiny_stage1_with_two_tasks_through_sbatch_completes_and_loads(slurm_clu
         env={key: environment[key] for key in ("EVE_HOME", "WANDB_MODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONPATH", "TORCH_EXTENSIONS_DIR")},
     )
     streamed: list[str] = []
-    result = run_stage_job(
-        stage1, job_template, "slurm", {"slurm_conf": str(slurm_cluster.slurm_conf)},
-        on_log=streamed.append, poll_seconds=1.0, timeout_seconds=600,
-    )
+    training = TrainingParameters(backend="slurm", backend_options={"slurm_conf": str(slurm_cluster.slurm_conf)},
+                                  job=job_template)
+    planned = place_stage(stage1, PlatformSettings.load(), parent_weights_sha256=None)
+    planned = planned.model_copy(update={"config": planned.config.model_copy(update={"output_dir": str(tmp_path / "stage1")})})
+    result = run_stage(planned, training, on_log=streamed.append, poll_seconds=1.0, timeout_seconds=600)
 
     assert result.backend == "slurm" and len(result.job_ids) == 1 and result.job_ids[0].isdigit()
     final = Path(result.model_dir)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from eve_model.shards import ShardSample, ShardWriter, iter_samples
-from tasks.curate import CurationConfig, curate_dataset, thumbnail_embed
+from tasks.data.curate import CurationConfig, curate_dataset, thumbnail_embed
 from tasks.data.demo_source import DemoDataConfig, render_scene, sample_scene
 
 

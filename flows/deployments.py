@@ -1,0 +1,75 @@
+"""The platform's deployments, defined once in ``prefect.yaml`` and applied from there.
+
+``prefect deploy --all`` (run from the checkout, ``EVE_PLATFORM_CHECKOUT`` set) applies the same
+file; ``apply_deployments`` does it in-process for the platform's own commands (a second or two
+instead of a CLI start per deployment), with the checkout as the code source of every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.platform import REPO_ROOT
+
+PREFECT_YAML = REPO_ROOT / "prefect.yaml"
+
+
+def deployment_specs(path: Path = PREFECT_YAML) -> dict[str, dict[str, Any]]:
+    """The ``deployments`` entries of ``prefect.yaml`` by name."""
+    return {spec["name"]: spec for spec in yaml.safe_load(path.read_text())["deployments"]}
+
+
+def _schedules(spec: dict[str, Any]) -> list:
+    from prefect.schedules import Cron
+
+    return [
+        Cron(entry["cron"], timezone=entry.get("timezone"), active=entry.get("active", True))
+        for entry in spec.get("schedules") or []
+    ]
+
+
+def _triggers(spec: dict[str, Any]) -> list:
+    from prefect.events import DeploymentEventTrigger
+
+    triggers = []
+    for entry in spec.get("triggers") or []:
+        if entry.get("type") != "event":
+            raise ValueError(f"deployment {spec['name']!r}: only event triggers are supported, got {entry.get('type')!r}")
+        triggers.append(DeploymentEventTrigger(**{key: value for key, value in entry.items() if key != "type"}))
+    return triggers
+
+
+def apply_deployments(names: list[str] | None = None, source: Path = REPO_ROOT) -> list[str]:
+    """Create or update the named deployments (all when None) on the configured Prefect server;
+    returns their ``flow/deployment`` names. Their work pools must exist (``ensure_work_pool``)."""
+    from prefect import flow
+
+    specs = deployment_specs()
+    unknown = sorted(set(names or []) - set(specs))
+    if unknown:
+        raise ValueError(f"no deployment {unknown} in {PREFECT_YAML}; known: {sorted(specs)}")
+    applied = []
+    for name in names or list(specs):
+        spec = specs[name]
+        loaded = flow.from_source(source=str(source), entrypoint=spec["entrypoint"])
+        with contextlib.redirect_stdout(io.StringIO()):  # deploy() prints a table meant for the CLI
+            loaded.deploy(
+                name=name,
+                work_pool_name=spec["work_pool"]["name"],
+                description=spec.get("description"),
+                parameters=spec.get("parameters") or {},
+                schedules=_schedules(spec),
+                triggers=_triggers(spec),
+                print_next_steps=False,
+                ignore_warnings=True,
+            )
+        applied.append(f"{loaded.name}/{name}")
+    return applied
+
+
+__all__ = ["PREFECT_YAML", "apply_deployments", "deployment_specs"]
