@@ -7,7 +7,7 @@ Prints:
 1. validation: images checked per second (open, header checks, full decode, mode, caption);
 2. shard writing: items/s and MB/s of eve_model.shards.ShardWriter;
 3. DVC add + push to a local directory remote: the same images stored as tar shards vs as
-   individual files, each in a fresh DVC repository, and the ratio (why design.md 3.2 says shards).
+   individual files, each in a fresh DVC repository, and the ratio (why datasets are stored as shards).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Sample metadata (``<key>.json``, UTF-8)::
      "extra": {...}}
 
 Why tar shards: DVC versions a few large files far better than millions of small ones
-(design.md 3.2), tar is streamable from S3, and WebDataset tooling reads it as is.
+(docs/architecture.md), tar is streamable from S3, and WebDataset tooling reads it as is.
 Tars are written deterministically (sorted members, zero mtime/uid), so the same samples
 always produce the same shard hashes and hence the same ``dataset_hash``.
 """

@@ -1,6 +1,6 @@
 """Append-only, hash-chained audit log of promotion requests, review decisions and stage moves.
 
-Prefect OSS has no identity or audit trail (peers.md P6), so the platform keeps its own: one JSON
+Prefect OSS has no identity or audit trail (docs/security.md), so the platform keeps its own: one JSON
 object per line in ``<EVE_HOME>/audit/audit.jsonl``. Each record carries the hash of the previous
 record and the sha256 of its own canonical JSON, so editing, deleting or reordering any line breaks
 the chain; a head file (``audit.head.json``: last sequence number and hash) also catches a cut-off

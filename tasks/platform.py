@@ -1,4 +1,4 @@
-"""Where the platform keeps its state: one home directory (design.md 3.11).
+"""Where the platform keeps its state: one home directory (docs/operations.md, "Where state lives").
 
 Everything local lives under ``PlatformSettings.home``: the local DVC remote, the registry
 repository, Prefect's home, W&B offline runs, stage outputs and caches. Teams override single

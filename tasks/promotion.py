@@ -1,4 +1,4 @@
-"""Promotion to production: one evidence report, a typed review form, and the approval policy (design.md 3.8).
+"""Promotion to production: one evidence report, a typed review form, and the approval policy (docs/security.md).
 
 The flow (``flows/promotion_flow.py``) publishes the evidence report as a Prefect markdown artifact,
 pauses with a ``ReviewDecision`` form whose description is that report, and checks every submitted

@@ -1,4 +1,4 @@
-"""The model registry: a GTO git-tag registry with DVC-tracked weights (design.md 3.7).
+"""The model registry: a GTO git-tag registry with DVC-tracked weights (docs/architecture.md).
 
 The registry is a git repository (``<EVE_HOME>/registry`` by default; a clone of ``EVE_REGISTRY_URL``
 when a team remote is configured, with commits and tags pushed there). ``dvc.yaml`` declares the

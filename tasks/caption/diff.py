@@ -1,4 +1,4 @@
-"""Re-caption diff between two captioned dataset versions (peers.md differentiator 8).
+"""Re-caption diff between two captioned dataset versions (what auditors ask after a teacher change).
 
     diff = recaption_diff("/data/captioned-v2", "/data/captioned-v3")
     diff.num_caption_changed, diff.teacher_changes, diff.metric_deltas

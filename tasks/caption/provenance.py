@@ -2,7 +2,7 @@
 
 Every captioned sample carries a ``caption_provenance`` dict (``CaptionProvenance.model_dump``),
 so a dataset version records per caption which teacher wrote it, with which prompt and settings
-(peers.md differentiator 8). Prompt templates are versioned here, never edited in place: a new
+(see docs/security.md). Prompt templates are versioned here, never edited in place: a new
 wording is a new version, so old provenance records keep meaning what they said.
 """
 

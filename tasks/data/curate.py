@@ -1,4 +1,4 @@
-"""Curation: resolution filter, near-duplicate removal and k-means diversity sampling (eve-spec 5).
+"""Curation: resolution filter, near-duplicate removal and k-means diversity sampling (docs/model.md, "Data curation").
 
 The paper keeps LAION images above 448x448, embeds them with EVA-CLIP, runs k-means with 50,000
 clusters and keeps the 300 images nearest each centroid. Here the same steps run on any embedding

@@ -1,6 +1,6 @@
 """The built-in demo source: synthetic shape scenes with web-like alt-text, clean descriptions and QA.
 
-It is the embedded default's raw data (design.md section 4): small enough that the whole retrain runs
+It is the embedded default's raw data (docs/operations.md): small enough that the whole retrain runs
 in minutes on a laptop CPU, yet shaped like the real thing:
 
 - ``train/images/*.png`` + ``train/captions.jsonl``: one record per scene with noisy web-like

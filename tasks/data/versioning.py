@@ -1,6 +1,6 @@
 """Dataset versions with DVC: a git+DVC "dataset registry" repository under the platform home.
 
-Mechanism (design.md 3.2):
+Mechanism (docs/architecture.md):
 
 - ``<home>/datasets`` is a git repository with DVC initialised. A version of dataset ``NAME`` lives
   at ``versions/NAME/<dataset_hash[:16]>/`` (manifest.json + shards/), tracked by one ``.dvc``

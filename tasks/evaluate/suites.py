@@ -34,7 +34,7 @@ SUITE_VERSIONS = {
     "perplexity": "perplexity/1",
 }
 SHORT_ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."
-"""LLaVA-1.5's short-answer prompt suffix (eve-spec.md section 6)."""
+"""LLaVA-1.5's short-answer prompt suffix (upstream EVE evaluates the same way)."""
 
 
 class _SuiteBase(BaseModel):

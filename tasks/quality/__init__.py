@@ -1,4 +1,4 @@
-"""Caption and instruction-data quality gates (issue 5, design.md 3.5).
+"""Caption and instruction-data quality gates (docs/architecture.md, "The retrain").
 
 - ``metrics`` / ``instruction_metrics``: per-sample metrics tables (pandas);
 - ``near_duplicates``: MinHash + LSH near-duplicate detection with exact verification;
