@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -357,3 +358,79 @@ def test_placeholder_and_image_mismatch_is_a_clear_error(processor):
         model(input_ids=without_placeholder, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"])
     with pytest.raises(ValueError, match="no pixel_values"):
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+# ------------------------------------------------------------------------ numbers recorded before the redesign
+REFERENCE_NUMBERS = Path(__file__).parent / "assets" / "reference_numbers_41e68bb.pt"
+REFERENCE_VOCAB_STRIDE = 16
+"""Logit columns kept in the recording (every 16th of 768, plus the full-vocabulary logsumexp), so it stays small."""
+
+
+def reference_numbers() -> dict[str, torch.Tensor]:
+    """Logits, CE and PAL losses and greedy generations of a seeded tiny EVE on fixed mixed batches: images of
+    several aspect ratios, text-only rows, a truncated row, the image mid-sequence (vicuna_v1) and first
+    (plain), right-padded training batches and a left-padded generation batch. Only the public API is used
+    (processor call, ``model(**batch)``, ``model.generate``), so the same function ran on the code before the
+    image-token redesign (commit 41e68bb, which wrote ``REFERENCE_NUMBERS``) and runs on today's."""
+    config = EveConfig.tiny()
+    torch.manual_seed(0)
+    model = EveForCausalLM(config)
+    with torch.no_grad():  # 10x the init scale: sharper logits, so a misplaced token moves them visibly
+        for parameter in model.language_model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(10.0)
+    torch.manual_seed(1)
+    model.enable_alignment(FrozenRandomTeacher())
+    model.eval()
+    chat = [{"from": "human", "value": "<image>\nWhat colour is the circle?"}, {"from": "gpt", "value": "It is red."},
+            {"from": "human", "value": "And the square?"}, {"from": "gpt", "value": "A blue square on the left."}]
+    text_chat = [{"from": "human", "value": "Say something."}, {"from": "gpt", "value": "Two green stars at the top."}]
+    long_caption = "a small red circle on the left and a large blue square on the right " * 3
+    batches = {
+        "vicuna_v1": (EveProcessor.from_eve_config(config, max_length=160), [
+            {"image": noise_image(640, 480, 11), "conversations": chat},
+            {"image": None, "conversations": text_chat},
+            {"image": noise_image(40, 320, 12), "conversations": chat[:2]},
+            {"image": noise_image(90, 90, 13), "conversations": chat + chat[2:] * 4},  # truncated to 160
+        ]),
+        "plain": (EveProcessor.from_eve_config(config, max_length=72), [
+            {"image": noise_image(300, 200, 14), "caption": long_caption},  # truncated to 72
+            {"image": None, "caption": "two blue squares"},
+            {"image": noise_image(5, 3, 15), "caption": "a tiny image"},
+            {"image": noise_image(64, 64, 16), "caption": "a green line"},
+        ]),
+    }
+    numbers: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, (processor, samples) in batches.items():
+            output = model(**processor(samples, name))
+            real = output.attention_mask.bool()
+            numbers[f"{name}.logits"] = output.logits[real][:, ::REFERENCE_VOCAB_STRIDE].clone()
+            numbers[f"{name}.logsumexp"] = output.logits[real].logsumexp(dim=-1)
+            numbers[f"{name}.ce_loss"] = output.ce_loss.detach().clone()
+            numbers[f"{name}.alignment_loss"] = output.alignment_loss.detach().clone()
+        processor = batches["vicuna_v1"][0]
+        generation = processor.for_generation(
+            [noise_image(640, 480, 21), None, noise_image(40, 320, 22)],
+            [processor.prompt("Describe the image."), processor.prompt("Say hi", with_image=False),
+             processor.prompt("a red", template="plain")],
+        )
+        inference = {k: v for k, v in generation.items() if k != "teacher_pixel_values"}
+        output = model(**inference)
+        real = output.attention_mask.bool()
+        numbers["generation.logits"] = output.logits[real][:, ::REFERENCE_VOCAB_STRIDE].clone()
+        numbers["generation.logsumexp"] = output.logits[real].logsumexp(dim=-1)
+        numbers["generation.new_tokens"] = model.generate(**inference, max_new_tokens=8, do_sample=False)
+    return numbers
+
+
+def test_numbers_match_the_recording_made_before_the_image_token_redesign():
+    recorded = torch.load(REFERENCE_NUMBERS, weights_only=True)
+    current = reference_numbers()
+    assert current.keys() == recorded.keys()
+    for key, expected in recorded.items():
+        if key.endswith("new_tokens"):
+            assert torch.equal(current[key], expected), key
+        else:
+            assert current[key].shape == expected.shape, key
+            assert (current[key] - expected).abs().max() < 1e-5, key
