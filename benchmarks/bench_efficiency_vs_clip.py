@@ -44,6 +44,7 @@ def main() -> int:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from eve_model.configuration_eve import EveConfig
+    from eve_model.geometry import visual_token_count
     from eve_model.modeling_eve import PatchEmbeddingLayer
     from eve_model.processing_eve import EveImageProcessor
 
@@ -73,7 +74,7 @@ def main() -> int:
         timing = {}
         for name, run in (("eve_pel_672", run_pel), ("clip_vit_l14_336", run_clip)):
             timing[name] = measure(run, args.repeats)
-    tokens = int((1 + batch["image_grid_hw"][:, 0] * (batch["image_grid_hw"][:, 1] + 1)).sum()) / len(images)
+    tokens = int(visual_token_count(batch["image_grid_hw"][:, 0], batch["image_grid_hw"][:, 1]).sum()) / len(images)
     parameters = {"eve_pel_672": sum(p.numel() for p in pel.parameters()), "clip_vit_l14_336": sum(p.numel() for p in clip.parameters())}
     print(f"Vision front-end, forward, {len(images)} images ({', '.join(f'{w}x{h}' for w, h in ASPECTS[:len(images)])}), "
           f"{args.threads} thread(s), per image")

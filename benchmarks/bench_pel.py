@@ -35,6 +35,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from eve_model.configuration_eve import EveConfig
+    from eve_model.geometry import visual_token_count
     from eve_model.modeling_eve import PatchEmbeddingLayer
     from eve_model.processing_eve import EveImageProcessor
 
@@ -43,7 +44,7 @@ def main() -> int:
     layer = PatchEmbeddingLayer(config)
     batch = EveImageProcessor.from_eve_config(config)(images(args.images))
     pixels, has_image = batch["pixel_values"], batch["has_image"]
-    tokens = int((1 + batch["image_grid_hw"][:, 0] * (batch["image_grid_hw"][:, 1] + 1)).sum())
+    tokens = int(visual_token_count(batch["image_grid_hw"][:, 0], batch["image_grid_hw"][:, 1]).sum())
 
     def batched() -> None:
         layer.zero_grad(set_to_none=True)

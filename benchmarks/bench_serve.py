@@ -24,20 +24,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 
-def tiny_checkpoint(directory: Path) -> Path:
-    import torch
-
-    from eve_model.configuration_eve import EveConfig
-    from eve_model.modeling_eve import EveForCausalLM
-    from eve_model.processing_eve import EveProcessor
-
-    config = EveConfig.tiny()
-    torch.manual_seed(0)
-    EveForCausalLM(config).save_pretrained(directory)
-    EveProcessor.from_eve_config(config).save_pretrained(directory)
-    return directory
-
-
 def image_payloads(count: int, max_tokens: int) -> list[dict]:
     from PIL import Image
 
@@ -84,9 +70,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from tests.fixtures.eve_serve import EveServer
+    from tests.fixtures.tiny_eve import write_tiny_eve_checkpoint
 
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model_dir or tiny_checkpoint(Path(scratch) / "tiny-eve")
+        model_dir = args.model_dir or write_tiny_eve_checkpoint(Path(scratch) / "tiny-eve")
         payloads = image_payloads(args.requests, args.max_tokens)
         rows = {}
         for label, batch in [("unbatched (batch 1)", 1), (f"batched (batch {args.max_batch_size})", args.max_batch_size)]:

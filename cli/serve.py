@@ -8,7 +8,7 @@ import argparse
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from eve_model.serving import ServeSettings, serve
+    from eve_model.server import ServeSettings, serve
 
     settings = ServeSettings(
         model_dir=Path(args.model_dir),
@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from eve_model.serving import DEFAULT_MAX_REQUEST_BYTES
+    from eve_model.server import DEFAULT_MAX_REQUEST_BYTES
 
     parser = subparsers.add_parser(
         "serve",

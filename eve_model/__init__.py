@@ -22,7 +22,7 @@ _LAZY = {
     "EveImageProcessor": "eve_model.processing_eve",
     "EveProcessor": "eve_model.processing_eve",
     "EveInputError": "eve_model.processing_eve",
-    "VisionTeacher": "eve_model.teachers",
+    "VisionTeacher": "eve_model.teacher_base",
     "build_teacher": "eve_model.teachers",
     "load_tiny_tokenizer": "eve_model.tokenizer",
 }

@@ -33,8 +33,9 @@ class EveConfig(GridGeometry, PretrainedConfig):
     """The Llama decoder (Vicuna-7B-v1.5 for EVE-7B)."""
 
     image_token_id: int = 32000
-    """Id of the ``<image>`` placeholder in ``input_ids``; it is replaced by the visual tokens before the
-    embedding lookup, so it may lie outside the LLM vocabulary (Vicuna: added token 32000, vocab stays 32000)."""
+    """Id of the ``<image>`` token: ``EveProcessor`` repeats it once per visual token in ``input_ids`` and the
+    model fills those positions with the PEL output, masking the id out of the embedding lookup, so it may lie
+    outside the LLM vocabulary (Vicuna: added token 32000, vocab stays 32000)."""
 
     patch_size: int = 14
     """PEL patchify convolution kernel = stride, in pixels."""

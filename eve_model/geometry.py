@@ -1,11 +1,26 @@
-"""Student/teacher grid arithmetic shared by ``EveConfig`` and ``EveImageProcessor``.
+"""Student/teacher grid arithmetic shared by ``EveConfig``, ``EveImageProcessor`` and the PEL.
 
 Both carry the same five sizes (the processor stands alone so it can be saved and loaded
-without the model config); the derived quantities are defined once, here. Imports nothing, so
-the processor does not pay for importing transformers.
+without the model config); the derived quantities are defined once, here, and so is the number of
+visual tokens per image (``visual_token_count``). Imports nothing, so the processor does not pay for
+importing transformers.
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
+
+Count = TypeVar("Count")
+
+
+def visual_token_count(grid_h: Count, grid_w: Count) -> Count:
+    """Visual tokens the PEL emits for a student grid of ``grid_h`` rows x ``grid_w`` columns, which is also
+    how many ``<image>`` token ids the processor puts in the sequence: 1 class token + ``grid_h`` rows of
+    (``grid_w`` patch tokens + 1 row separator).
+
+    Works element-wise on ints and on integer tensors alike (e.g. ``image_grid_hw[:, 0], image_grid_hw[:, 1]``).
+    """
+    return 1 + grid_h * (grid_w + 1)
 
 
 class GridGeometry:

@@ -1,8 +1,10 @@
 """EVE v1 model: Patch Embedding Layer + Llama decoder (+ Patch Aligning Layer and frozen teacher in training).
 
-Sequence layout per sample with an image: ``[text][CLS][row 1: w patches][SPL]...[row h][SPL][text]``,
-spliced at the single ``<image>`` placeholder; visual positions never carry a label.
-Teacher and PAL exist only after :meth:`EveForCausalLM.enable_alignment` and are never saved with the model.
+Sequence layout per sample with an image: ``[text][CLS][row 1: w patches][SPL]...[row h][SPL][text]``.
+``EveProcessor`` writes the visual block as ``visual_token_count(h, w)`` image-token ids (HF's LLaVA
+pattern); the model embeds the text and fills those positions with the PEL output in one ``masked_scatter``.
+Visual positions never carry a label. Teacher and PAL exist only after :meth:`EveForCausalLM.enable_alignment`
+and are never saved with the model; saving and loading the PAL is ``eve_model.training.alignment_state``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from transformers.utils import ModelOutput
 
 from eve_model.configuration_eve import EveConfig
 from eve_model.constants import IGNORE_INDEX
+from eve_model.geometry import visual_token_count
 
 if TYPE_CHECKING:
-    from eve_model.teachers import VisionTeacher
-
-ALIGNMENT_STATE_FILE = "aligning_layer.safetensors"
+    from eve_model.teacher_base import VisionTeacher
 
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -71,9 +72,9 @@ class CrossAttention(nn.Module):
 class VisualTokens:
     """Output of the PEL for a batch, packed without padding.
 
-    ``embeddings`` (sum_i n_i, D) with n_i = 1 + h_i * (w_i + 1), image after image; ``lengths`` (B,) = n_i;
-    ``grid_hw`` (B, 2) = (h_i, w_i); ``has_image`` (B,): False rows are the 1x1 fallback of a blank image,
-    computed only so every PEL parameter joins the graph and never spliced into the sequence.
+    ``embeddings`` (sum_i n_i, D) with n_i = ``visual_token_count(h_i, w_i)``, image after image; ``lengths``
+    (B,) = n_i; ``grid_hw`` (B, 2) = (h_i, w_i); ``has_image`` (B,): False rows are the 1x1 fallback of a blank
+    image, computed only so every PEL parameter joins the graph and never placed in the sequence.
     """
 
     embeddings: torch.Tensor
@@ -83,6 +84,11 @@ class VisualTokens:
 
     def split(self) -> list[torch.Tensor]:
         return list(self.embeddings.split(self.lengths.tolist()))
+
+    def image_embeddings(self) -> torch.Tensor:
+        """(sum of n_i over rows with an image, D): the tokens that go into the sequence, image after image."""
+        keep = torch.repeat_interleave(self.has_image.to(self.lengths.device), self.lengths)
+        return self.embeddings[keep.to(self.embeddings.device)]
 
 
 class PatchEmbeddingLayer(nn.Module):
@@ -113,7 +119,7 @@ class PatchEmbeddingLayer(nn.Module):
     def valid_cells(self, pixel_values: torch.Tensor, has_image: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, G, G) bool grid of student cells covered by the image (mask channel), and has_image (B,).
 
-        Rows without an image get their top-left cell marked valid (the 1x1 fallback, never spliced).
+        Rows without an image get their top-left cell marked valid (the 1x1 fallback, never placed in the sequence).
         """
         mask = pixel_values[:, 3:4].float()
         coverage = F.avg_pool2d(mask, kernel_size=self.cell_px, stride=self.cell_px)[:, 0]
@@ -159,7 +165,7 @@ class PatchEmbeddingLayer(nn.Module):
         cols = valid.any(dim=1)
         grid_h, grid_w = rows.sum(dim=1), cols.sum(dim=1)
         top, left = rows.float().argmax(dim=1), cols.float().argmax(dim=1)
-        lengths = 1 + grid_h * (grid_w + 1)
+        lengths = visual_token_count(grid_h, grid_w)
         offsets = torch.cumsum(lengths, 0) - lengths
         row_in_image = cell_index[:, 1] - top[image_of_cell]
         col_in_image = cell_index[:, 2] - left[image_of_cell]
@@ -217,7 +223,9 @@ def alignment_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, sample_i
 # --------------------------------------------------------------------------------------------------- model
 @dataclass
 class EveCausalLMOutput(ModelOutput):
-    """loss = ce_loss + alignment_loss_weight * alignment_loss; logits (B, T', V) over the spliced sequence."""
+    """loss = ce_loss + alignment_loss_weight * alignment_loss; logits (B, T, V) over the input sequence
+    (visual block included); attention_mask (B, T) as given; labels (B, T) as given, visual positions
+    set to IGNORE_INDEX."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -230,17 +238,6 @@ class EveCausalLMOutput(ModelOutput):
     @property
     def past_key_values(self) -> Any:
         return self.cache
-
-
-@dataclass
-class SplicedInputs:
-    """The decoder input after splicing: embeds (B, T', D), mask and labels (B, T'), per-sample visual start."""
-
-    inputs_embeds: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor | None
-    visual_start: list[int]
-    visual: VisualTokens | None
 
 
 class EvePreTrainedModel(PreTrainedModel):
@@ -324,43 +321,20 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
                 f"teacher grid {teacher.grid_size} / dim {teacher.feature_dim} != config "
                 f"{self.config.teacher_grid_size} / {self.config.teacher_feature_dim}"
             )
-        reference = self.patch_embedding.class_embedding
-        if self.aligning_layer is None:
-            self.aligning_layer = PatchAligningLayer(self.config).to(device=reference.device, dtype=reference.dtype)
-        self.teacher = teacher.to(device=reference.device)
+        self.build_aligning_layer()
+        self.teacher = teacher.to(device=self.patch_embedding.class_embedding.device)
         self.teacher.requires_grad_(False)
+
+    def build_aligning_layer(self) -> PatchAligningLayer:
+        """The PAL, created (freshly initialised, on the PEL's device and dtype) if the model has none yet."""
+        if self.aligning_layer is None:
+            reference = self.patch_embedding.class_embedding
+            self.aligning_layer = PatchAligningLayer(self.config).to(device=reference.device, dtype=reference.dtype)
+        return self.aligning_layer
 
     def disable_alignment(self) -> None:
         self.aligning_layer = None
         self.teacher = None
-
-    def save_alignment_state(self, directory: str | Path) -> Path:
-        """Write the PAL weights to ``directory/aligning_layer.safetensors`` (next stage continues them)."""
-        from safetensors.torch import save_file
-
-        if self.aligning_layer is None:
-            raise RuntimeError("alignment is not enabled; nothing to save")
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        with _gathered(list(self.aligning_layer.parameters())):
-            state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in self.aligning_layer.state_dict().items()}
-        target = path / ALIGNMENT_STATE_FILE
-        save_file(state, str(target), metadata={"depths": ",".join(map(str, self.config.alignment_depths))})
-        return target
-
-    def load_alignment_state(self, directory: str | Path) -> None:
-        """Load ``aligning_layer.safetensors`` (builds the PAL if needed; the teacher stays as it is)."""
-        from safetensors.torch import load_file
-
-        source = Path(directory) / ALIGNMENT_STATE_FILE
-        if not source.exists():
-            raise FileNotFoundError(f"no {ALIGNMENT_STATE_FILE} in {directory}")
-        reference = self.patch_embedding.class_embedding
-        if self.aligning_layer is None:
-            self.aligning_layer = PatchAligningLayer(self.config).to(device=reference.device, dtype=reference.dtype)
-        state = load_file(str(source), device="cpu")
-        with _gathered(list(self.aligning_layer.parameters()), modify=True):
-            self.aligning_layer.load_state_dict(state, strict=True)
 
     def save_pretrained(self, save_directory: str | Path, *args, **kwargs):
         """Standard HF checkpoint of PEL + LLM; teacher and PAL are never part of it."""
@@ -371,68 +345,48 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
             for name, module in detached.items():
                 self._modules[name] = module
 
-    # --------------------------------------------------------------------------------------------- splice
-    def build_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                     pixel_values: torch.Tensor | None = None, has_image: torch.Tensor | None = None,
-                     labels: torch.Tensor | None = None) -> SplicedInputs:
-        """Embed text, run the PEL and splice each image's tokens at its placeholder.
+    # --------------------------------------------------------------------------------------- image tokens
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, T) -> (B, T) bool, True at the image-token positions the PEL output fills."""
+        return input_ids == self.config.image_token_id
 
-        Keeps the batch's padding side (left if any row starts with padding, as for generation).
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                     has_image: torch.Tensor | None = None) -> tuple[torch.Tensor, VisualTokens | None]:
+        """Decoder input embeddings (B, T, D) and the PEL output (None without ``pixel_values``).
+
+        input_ids (B, T) holds ``visual_token_count(h, w)`` image-token ids per sample with an image
+        (``EveProcessor`` expands them); pixel_values (B, 4, S, S); has_image (B,) bool (derived from the mask
+        channel when None). Raises ``ValueError`` naming the rows whose image-token count differs from their
+        visual tokens.
         """
-        batch = input_ids.shape[0]
-        device = input_ids.device
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        placeholder = input_ids == self.config.image_token_id
-        text_embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholder, 0))
-        visual = None
+        mask = self.image_token_mask(input_ids)
+        # A production tokenizer's <image> id may lie past the LLM vocabulary (Vicuna: 32000 of 32000 rows), so
+        # it never reaches the lookup; those rows are overwritten below anyway.
+        inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(mask, 0))
         if pixel_values is None:
-            if bool(placeholder.any()):
-                raise ValueError("input_ids contain the image placeholder but no pixel_values were given")
-            return SplicedInputs(text_embeds, attention_mask, labels, [-1] * batch, None)
-        visual = self.patch_embedding(pixel_values.to(device), has_image)
-        placeholders_per_row = placeholder.sum(dim=1)
-        expected = visual.has_image.to(device).long()
-        if not torch.equal(placeholders_per_row, expected):
-            bad = (placeholders_per_row != expected).nonzero()[:, 0].tolist()
-            raise ValueError(f"rows {bad}: each sample needs exactly one placeholder iff it has an image "
-                             f"(found {placeholders_per_row[bad].tolist()}, has_image {expected[bad].tolist()})")
-        pieces = visual.split()
-        left_padded = bool((attention_mask[:, 0] == 0).any())
-        rows_embeds, rows_mask, rows_labels, starts = [], [], [], []
-        for row in range(batch):
-            if not bool(visual.has_image[row]):
-                rows_embeds.append(text_embeds[row])
-                rows_mask.append(attention_mask[row])
-                rows_labels.append(labels[row] if labels is not None else None)
-                starts.append(-1)
-                continue
-            position = int(placeholder[row].nonzero()[0, 0])
-            tokens = pieces[row].to(text_embeds.dtype)
-            count = tokens.shape[0]
-            rows_embeds.append(torch.cat([text_embeds[row, :position], tokens, text_embeds[row, position + 1 :]]))
-            rows_mask.append(torch.cat([attention_mask[row, :position], attention_mask.new_ones(count), attention_mask[row, position + 1 :]]))
-            if labels is not None:
-                rows_labels.append(torch.cat([labels[row, :position], labels.new_full((count,), IGNORE_INDEX), labels[row, position + 1 :]]))
-            starts.append(position)
-        length = max(embeds.shape[0] for embeds in rows_embeds)
-        hidden = text_embeds.shape[-1]
-        out_embeds = text_embeds.new_zeros(batch, length, hidden)
-        out_mask = attention_mask.new_zeros(batch, length)
-        out_labels = labels.new_full((batch, length), IGNORE_INDEX) if labels is not None else None
-        for row in range(batch):
-            size = rows_embeds[row].shape[0]
-            offset = length - size if left_padded else 0
-            out_embeds[row, offset : offset + size] = rows_embeds[row]
-            out_mask[row, offset : offset + size] = rows_mask[row]
-            if out_labels is not None:
-                out_labels[row, offset : offset + size] = rows_labels[row]
-            if starts[row] >= 0:
-                starts[row] += offset
-        # Text-only rows: their fallback visual tokens are not spliced, but every PEL parameter must still be
+            if bool(mask.any()):
+                raise ValueError("input_ids contain image tokens but no pixel_values were given")
+            return inputs_embeds, None
+        visual = self.patch_embedding(pixel_values.to(inputs_embeds.device), has_image)
+        self._check_image_tokens(mask, visual)
+        inputs_embeds = inputs_embeds.masked_scatter(mask[..., None], visual.image_embeddings().to(inputs_embeds.dtype))
+        # Text-only rows: their fallback visual tokens are not placed, but every PEL parameter must still be
         # in the graph (ZeRO-3 / DDP hang otherwise); adding an exact zero keeps values unchanged.
-        out_embeds = out_embeds + 0.0 * visual.embeddings.sum().to(out_embeds.dtype)
-        return SplicedInputs(out_embeds, out_mask, out_labels, starts, visual)
+        inputs_embeds = inputs_embeds + 0.0 * visual.embeddings.sum().to(inputs_embeds.dtype)
+        return inputs_embeds, visual
+
+    @staticmethod
+    def _check_image_tokens(mask: torch.Tensor, visual: VisualTokens) -> None:
+        """Every row needs exactly as many image tokens as the PEL made for its image (0 without an image)."""
+        found = mask.sum(dim=1)
+        expected = torch.where(visual.has_image, visual.lengths, torch.zeros_like(visual.lengths)).to(found.device)
+        if not torch.equal(found, expected):
+            bad = (found != expected).nonzero()[:, 0].tolist()
+            raise ValueError(
+                f"rows {bad}: image tokens in input_ids {found[bad].tolist()} != visual tokens of their image "
+                f"{expected[bad].tolist()} (in total {int(found.sum())} != {int(expected.sum())}); EveProcessor "
+                "expands each <image> into visual_token_count(h, w) image tokens, and a sample without an image has none"
+            )
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(
@@ -451,27 +405,30 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs: Any,
     ) -> EveCausalLMOutput:
-        """input_ids (B, T) with one placeholder per image sample; pixel_values (B, 4, S, S);
+        """input_ids (B, T) with the expanded image tokens of each image sample (``EveProcessor``);
+        attention_mask (B, T); pixel_values (B, 4, S, S); has_image (B,) bool;
         teacher_pixel_values (B, 4, T_t, T_t) enables the PAL loss (needs :meth:`enable_alignment`);
-        labels (B, T) with IGNORE_INDEX on non-target tokens. Logits cover the spliced sequence."""
+        labels (B, T) with IGNORE_INDEX on non-target tokens (image-token positions are always ignored).
+        Logits (B, T, V), or (B, logits_to_keep, V)."""
         cache = cache if cache is not None else past_key_values
-        spliced = None
+        visual, image_mask = None, None
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("pass input_ids or inputs_embeds")
             has_past = cache is not None and cache.get_seq_length() > 0
-            if not has_past:  # prefill / training: splice (and reject a placeholder without an image)
-                spliced = self.build_inputs(input_ids, attention_mask, pixel_values, has_image, labels)
-                inputs_embeds, attention_mask, labels = spliced.inputs_embeds, spliced.attention_mask, spliced.labels
+            if not has_past:  # prefill / training: fill the image tokens (and reject them without an image)
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                image_mask = self.image_token_mask(input_ids)
+                inputs_embeds, visual = self.embed_inputs(input_ids, pixel_values, has_image)
+                if labels is not None:
+                    labels = labels.masked_fill(image_mask.to(labels.device), IGNORE_INDEX)
             else:  # decoding: new text tokens only
                 inputs_embeds = self.get_input_embeddings()(input_ids)
         if position_ids is None and attention_mask is not None and (cache is None or cache.get_seq_length() == 0):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
-        want_alignment = (
-            teacher_pixel_values is not None and self.aligning_layer is not None and spliced is not None
-            and spliced.visual is not None
-        )
+        want_alignment = teacher_pixel_values is not None and self.aligning_layer is not None and visual is not None
         captured: dict[int, torch.Tensor] = {}
         handles = self._capture_depths(captured) if want_alignment else []
         try:
@@ -499,7 +456,7 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
         alignment_loss = None
         if want_alignment:
             captured[0] = inputs_embeds
-            alignment_loss = self._alignment_loss(captured, spliced, teacher_pixel_values)
+            alignment_loss = self._alignment_loss(captured, image_mask, visual, teacher_pixel_values)
         loss = None
         if ce_loss is not None:
             loss = ce_loss
@@ -528,15 +485,19 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
                 handles.append(decoder.layers[depth - 1].register_forward_hook(keep(depth)))
         return handles
 
-    def _alignment_loss(self, captured: dict[int, torch.Tensor], spliced: SplicedInputs,
+    def _alignment_loss(self, captured: dict[int, torch.Tensor], image_mask: torch.Tensor, visual: VisualTokens,
                         teacher_pixel_values: torch.Tensor) -> torch.Tensor:
-        """Student visual tokens (CLS and SPL removed, grid pooled to the teacher's) vs frozen teacher."""
-        visual = spliced.visual
+        """Student visual tokens (CLS and SPL removed, grid pooled to the teacher's) vs frozen teacher.
+
+        captured: depth -> hidden states (B, T, D); image_mask (B, T) bool, each image row's visual block
+        being one contiguous run starting with its CLS token; teacher_pixel_values (B, 4, T_t, T_t)."""
         ratio = self.config.patch_ratio
-        device = spliced.inputs_embeds.device
+        device = captured[0].device
+        image_mask = image_mask.to(device)
+        block_start = image_mask.int().argmax(dim=1).tolist()  # first image-token position (CLS) per row
         with torch.no_grad():
             teacher_features, teacher_valid = self.teacher(teacher_pixel_values.to(device))
-        sample_rows, positions, targets, sample_index = [], [], [], []
+        sample_rows, positions, targets = [], [], []
         for row in range(visual.has_image.shape[0]):
             if not bool(visual.has_image[row]):
                 continue
@@ -551,7 +512,7 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
                 )
             grid_rows = torch.arange(height, device=device).view(pooled_h, ratio, 1, 1)
             grid_cols = torch.arange(width, device=device).view(1, 1, pooled_w, ratio)
-            token = spliced.visual_start[row] + 1 + grid_rows * (width + 1) + grid_cols  # (ph, r, pw, r)
+            token = block_start[row] + 1 + grid_rows * (width + 1) + grid_cols  # (ph, r, pw, r)
             positions.append(token.permute(0, 2, 1, 3).reshape(pooled_h * pooled_w, ratio * ratio))
             sample_rows.append(torch.full((pooled_h * pooled_w,), row, device=device, dtype=torch.long))
             targets.append(row_targets)
@@ -570,37 +531,19 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, has_image: torch.Tensor | None = None, **kwargs: Any):
-        """Visual tokens are spliced once at prefill; returns only the newly generated token ids (B, new)."""
+        """input_ids (B, T) left-padded with expanded image tokens (``EveProcessor.for_generation``),
+        pixel_values (B, 4, S, S). The visual tokens are filled in once at prefill; returns only the newly
+        generated token ids (B, new)."""
         for unused in ("teacher_pixel_values", "image_grid_hw", "labels"):
             kwargs.pop(unused, None)
         if input_ids is None:
             return super().generate(attention_mask=attention_mask, **kwargs)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        spliced = self.build_inputs(input_ids, attention_mask, pixel_values, has_image)
+        inputs_embeds, _ = self.embed_inputs(input_ids, pixel_values, has_image)
         kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id)
         kwargs.setdefault("eos_token_id", self.config.text_config.eos_token_id)
-        return super().generate(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask, **kwargs)
-
-
-class _gathered:
-    """Gather ZeRO-3 partitioned parameters for a read (or a write with ``modify``); no-op otherwise."""
-
-    def __init__(self, parameters: list[nn.Parameter], modify: bool = False):
-        self.parameters, self.modify, self.context = parameters, modify, None
-
-    def __enter__(self):
-        if any(hasattr(parameter, "ds_id") for parameter in self.parameters):
-            import deepspeed
-
-            self.context = deepspeed.zero.GatheredParameters(self.parameters, modifier_rank=0 if self.modify else None)
-            self.context.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.context is not None:
-            return self.context.__exit__(*exc)
-        return False
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 
 __all__ = [
@@ -611,7 +554,6 @@ __all__ = [
     "EveForCausalLM",
     "EveCausalLMOutput",
     "alignment_cosine_loss",
-    "ALIGNMENT_STATE_FILE",
 ]
 
 

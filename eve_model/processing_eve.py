@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,7 @@ import torch
 from PIL import Image
 
 from eve_model.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
-from eve_model.geometry import GridGeometry
+from eve_model.geometry import GridGeometry, visual_token_count
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -62,7 +61,7 @@ class ImageLayout:
     teacher_left: int
     teacher_top: int
     grid_height_cells: int
-    """Student visual-token rows h (the PEL emits 1 + h * (w + 1) tokens)."""
+    """Student visual-token rows h (the PEL emits ``visual_token_count(h, w)`` tokens)."""
     grid_width_cells: int
     """Student visual-token columns w."""
 
@@ -110,7 +109,7 @@ class EveImageProcessor(GridGeometry):
 
     def num_visual_tokens(self, layout: ImageLayout) -> int:
         """1 class token + h rows of (w patch tokens + 1 separator)."""
-        return 1 + layout.grid_height_cells * (layout.grid_width_cells + 1)
+        return visual_token_count(layout.grid_height_cells, layout.grid_width_cells)
 
     # ------------------------------------------------------------------------------------------- decoding
     def to_rgb(self, image: Any, sample_id: str) -> Image.Image:
@@ -226,8 +225,12 @@ class EveImageProcessor(GridGeometry):
 class EveProcessor:
     """Turns samples into model batches: ``plain`` (stages 1-2) and ``vicuna_v1`` (stage 3) templates.
 
-    ``max_length`` bounds the sequence the LLM sees *after* the visual tokens are spliced in; text after the
-    image is truncated to fit, and a sample whose visual block itself does not fit raises ``EveInputError``.
+    As in HF's LLaVA-style processors, the single ``<image>`` placeholder of a sample is expanded into exactly
+    ``visual_token_count(h, w)`` image-token ids (h x w = that image's student grid), so ``input_ids`` has the
+    layout the LLM sees and the model fills those positions with the PEL output in one ``masked_scatter``.
+    ``max_length`` therefore counts the visual tokens; text after the image is truncated to fit, and a sample
+    whose visual block itself does not fit raises ``EveInputError``. Labels on visual positions are
+    ``IGNORE_INDEX``.
     """
 
     def __init__(self, image_processor: EveImageProcessor, tokenizer: "PreTrainedTokenizerBase", max_length: int = 2048):
@@ -308,8 +311,18 @@ class EveProcessor:
                 segments.append((self.tokenizer.eos_token, True))
         return segments
 
+    def _expand_image_token(self, input_ids: list[int], num_visual_tokens: int, labels: list[int] | None = None
+                            ) -> tuple[list[int], list[int] | None]:
+        """Replace the one ``<image>`` id by ``num_visual_tokens`` of them (labels there: IGNORE_INDEX)."""
+        position = input_ids.index(self.image_token_id)
+        input_ids = input_ids[:position] + [self.image_token_id] * num_visual_tokens + input_ids[position + 1 :]
+        if labels is not None:
+            labels = labels[:position] + [IGNORE_INDEX] * num_visual_tokens + labels[position + 1 :]
+        return input_ids, labels
+
     def _tokenize_sample(self, sample: dict, template: str, sample_id: str, has_image: bool,
                          num_visual_tokens: int) -> tuple[list[int], list[int]]:
+        """input_ids and labels of one sample with its visual block expanded, at most ``max_length`` long."""
         input_ids = [self.tokenizer.bos_token_id]
         labels = [IGNORE_INDEX]
         for text, is_target in self._segments(sample, template, sample_id, has_image):
@@ -322,16 +335,15 @@ class EveProcessor:
         placeholders = input_ids.count(self.image_token_id)
         if placeholders != (1 if has_image else 0):
             raise EveInputError(f"sample {sample_id}: expected {int(has_image)} {IMAGE_PLACEHOLDER} token(s), found {placeholders}")
-        spliced_length = len(input_ids) + (num_visual_tokens - 1 if has_image else 0)
-        if spliced_length > self.max_length:
-            keep = self.max_length - (num_visual_tokens - 1 if has_image else 0)
-            if has_image and keep <= input_ids.index(self.image_token_id):
+        if has_image:
+            position = input_ids.index(self.image_token_id)
+            if position + num_visual_tokens > self.max_length:
                 raise EveInputError(
                     f"sample {sample_id}: the {num_visual_tokens} visual tokens at position "
-                    f"{input_ids.index(self.image_token_id)} do not fit max_length {self.max_length}"
+                    f"{position} do not fit max_length {self.max_length}"
                 )
-            input_ids, labels = input_ids[:keep], labels[:keep]
-        return input_ids, labels
+            input_ids, labels = self._expand_image_token(input_ids, num_visual_tokens, labels)
+        return input_ids[: self.max_length], labels[: self.max_length]
 
     def _pad(self, rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
         width = max(len(row) for row in rows)
@@ -339,7 +351,8 @@ class EveProcessor:
         return torch.tensor(padded, dtype=torch.long)
 
     def __call__(self, samples: list[dict], template: str) -> dict[str, torch.Tensor]:
-        """Batch for training: right-padded ``input_ids``/``attention_mask``/``labels`` plus image tensors."""
+        """Batch for training: right-padded ``input_ids``/``attention_mask``/``labels`` (B, T) with each
+        image's visual block expanded in place, plus the image tensors of ``EveImageProcessor.__call__``."""
         if not samples:
             raise ValueError("empty batch")
         sample_ids = [str(sample.get("key", sample.get("id", f"#{index}"))) for index, sample in enumerate(samples)]
@@ -348,7 +361,8 @@ class EveProcessor:
         for index, sample in enumerate(samples):
             has_image = bool(images["has_image"][index])
             grid_h, grid_w = images["image_grid_hw"][index].tolist()
-            ids, labels = self._tokenize_sample(sample, template, sample_ids[index], has_image, 1 + grid_h * (grid_w + 1))
+            ids, labels = self._tokenize_sample(sample, template, sample_ids[index], has_image,
+                                                visual_token_count(grid_h, grid_w))
             all_ids.append(ids)
             all_labels.append(labels)
         return {
@@ -359,7 +373,9 @@ class EveProcessor:
         }
 
     def for_generation(self, images: list[Any | None], prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Left-padded batch for ``model.generate``; each prompt holds one ``<image>`` iff its image is given."""
+        """Left-padded batch for ``model.generate``: ``input_ids``/``attention_mask`` (B, T) with each image's
+        visual block expanded in place, plus the image tensors. Each prompt holds one ``<image>`` iff its image
+        is given; prompts are not truncated."""
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         sample_ids = [f"#{index}" for index in range(len(prompts))]
@@ -372,6 +388,9 @@ class EveProcessor:
                 raise EveInputError(
                     f"sample {sample_ids[index]}: prompt has {ids.count(self.image_token_id)} {IMAGE_PLACEHOLDER}, expected {expected}"
                 )
+            if expected:
+                grid_h, grid_w = pixels["image_grid_hw"][index].tolist()
+                ids, _ = self._expand_image_token(ids, visual_token_count(grid_h, grid_w))
             rows.append(ids)
         return {
             "input_ids": self._pad(rows, self.pad_token_id, left=True),
@@ -404,9 +423,4 @@ class EveProcessor:
         return cls(EveImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(str(path)), settings["max_length"])
 
 
-def visual_token_count(grid_height_cells: int, grid_width_cells: int) -> int:
-    """Tokens the PEL emits for an h x w grid: 1 class token + h * (w + 1) (row separators included)."""
-    return 1 + grid_height_cells * (grid_width_cells + 1)
-
-
-__all__ = ["EveImageProcessor", "EveProcessor", "EveInputError", "ImageLayout", "visual_token_count", "VICUNA_V1_SYSTEM"]
+__all__ = ["EveImageProcessor", "EveProcessor", "EveInputError", "ImageLayout", "VICUNA_V1_SYSTEM"]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from eve_model.teachers import VisionTeacher
+from eve_model.teacher_base import VisionTeacher
 
 CACHE_FORMAT = "eve-teacher-features/1"
 

@@ -5,6 +5,9 @@ mean-colour canvas plus a validity-mask channel (``EveImageProcessor``). Each te
 with its own statistics: EfficientNet-Lite0 maps [0, 1] to [-1, 1] (mean 0.5, std 0.5, as it was trained);
 CLIP uses the OpenAI CLIP mean/std. ``valid`` marks the grid cells whose pixels are (mostly) image, i.e.
 the mask channel average-pooled to the feature grid > 0.5; only those are PAL targets.
+
+The base class ``VisionTeacher`` lives in ``eve_model.teacher_base`` (so that ``teacher_cache`` can wrap a
+teacher without importing this module); it is importable from here as before.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import hashlib
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from eve_model.configuration_eve import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, EveConfig
+from eve_model.teacher_base import VisionTeacher
+from eve_model.teacher_cache import CachedTeacher
 
 
 def sha256_of_files(paths: list[Path]) -> str:
@@ -28,55 +31,6 @@ def sha256_of_files(paths: list[Path]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
-
-
-class VisionTeacher(nn.Module):
-    """A frozen feature extractor with a square feature grid. Always in eval mode, never trainable."""
-
-    image_size: int
-    """Side in pixels of the square input canvas."""
-    grid_size: int
-    """Side of the output feature grid."""
-    feature_dim: int
-    """Channels per feature."""
-    weights_sha256: str
-    """Digest of the weight file(s), recorded in lineage."""
-
-    def freeze(self) -> None:
-        self.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> "VisionTeacher":
-        # A teacher never leaves eval mode (batch-norm statistics and dropout stay fixed).
-        return super().train(False)
-
-    def features(self, rgb: torch.Tensor) -> torch.Tensor:
-        """rgb (B, 3, T, T) in [0, 1] -> (B, D, g, g)."""
-        raise NotImplementedError
-
-    def valid_cells(self, mask: torch.Tensor) -> torch.Tensor:
-        """mask (B, T, T) -> (B, g*g) bool: cells covered by image pixels."""
-        cell = self.image_size // self.grid_size
-        coverage = F.avg_pool2d(mask[:, None].float(), kernel_size=cell, stride=cell)
-        return (coverage > 0.5).flatten(1)
-
-    @torch.no_grad()
-    def forward(self, teacher_pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 4, T, T) -> features (B, g*g, D) row-major, valid (B, g*g) bool."""
-        if teacher_pixel_values.shape[-1] != self.image_size or teacher_pixel_values.shape[1] != 4:
-            raise ValueError(f"teacher expects (B, 4, {self.image_size}, {self.image_size}), got {tuple(teacher_pixel_values.shape)}")
-        dtype = next(self.parameters()).dtype
-        grid = self.features(teacher_pixel_values[:, :3].to(dtype))
-        return grid.flatten(2).transpose(1, 2), self.valid_cells(teacher_pixel_values[:, 3])
-
-    @torch.no_grad()
-    def embed(self, teacher_pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 4, T, T) -> (B, D): mean over valid cells (all cells if none), L2-normalised."""
-        features, valid = self(teacher_pixel_values)
-        weights = valid.float()
-        weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, torch.ones_like(weights))
-        pooled = (features.float() * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
-        return F.normalize(pooled, dim=-1)
 
 
 class EfficientNetLite0Teacher(VisionTeacher):
@@ -150,8 +104,6 @@ def build_teacher(config: EveConfig, feature_cache_dir: str | Path | None = None
     if expected != actual:
         raise ValueError(f"teacher (image, grid, dim) {actual} does not match config {expected}")
     if feature_cache_dir is not None:
-        from eve_model.teacher_cache import CachedTeacher
-
         return CachedTeacher(teacher, feature_cache_dir)
     return teacher
 

@@ -18,7 +18,7 @@ from eve_model.constants import IGNORE_INDEX
 from eve_model.shards import ShardSample
 from eve_model.training.config import StageConfig
 from eve_model.training.data import plain_text
-from eve_model.training.stage_model import StepOutput, eve_config_for_preset
+from eve_model.training.stage_protocol import StepOutput, eve_config_for_preset
 
 
 class BaseLlmStageModel:

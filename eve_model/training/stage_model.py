@@ -1,9 +1,9 @@
-"""What the stage trainer needs from a model, and the EVE adapter for stages 1-3.
+"""The EVE adapter for stages 1-3, and ``build_stage_model`` (the trainer's one entry point).
 
-A *stage model* builds the ``nn.Module``, names its parameter groups (pel / aligning / llm),
-turns shard samples into a batch, runs the forward pass and writes the final HF directory. The
-trainer (engine.py) knows nothing model-specific beyond this protocol; ``base_llm.py`` is the other
-implementation.
+A *stage model* (``stage_protocol.StageModel``) builds the ``nn.Module``, names its parameter groups
+(pel / aligning / llm), turns shard samples into a batch, runs the forward pass and writes the final HF
+directory. The trainer (engine.py) knows nothing model-specific beyond this protocol; ``base_llm.py`` is
+the other implementation. The PAL travels between stages as ``alignment_state.ALIGNMENT_STATE_FILE``.
 
 Freezing per stage (eve-spec.md 4.1): stage 1 trains PEL + projector + aligning layer with the LLM
 frozen; stages 2-3 train everything but the teacher, which ``enable_alignment`` builds frozen.
@@ -11,50 +11,18 @@ frozen; stages 2-3 train everything but the teacher, which ``enable_alignment`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
 from eve_model.constants import IMAGE_PLACEHOLDER
 from eve_model.shards import ShardSample
+from eve_model.training.alignment_state import has_alignment_state, load_alignment_state, write_alignment_state
+from eve_model.training.base_llm import BaseLlmStageModel
 from eve_model.training.config import StageConfig, StageId
 from eve_model.training.data import processor_inputs
-
-ALIGNMENT_STATE_NAME = "aligning_layer.safetensors"
-
-
-@dataclass
-class StepOutput:
-    loss: torch.Tensor
-    """Scalar training loss that is back-propagated (CE + weight x alignment)."""
-    ce_loss: torch.Tensor
-    alignment_loss: torch.Tensor | None
-
-
-class StageModel(Protocol):
-    model: torch.nn.Module
-
-    def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]: ...
-
-    def collate(self, samples: list[ShardSample]) -> dict[str, torch.Tensor]: ...
-
-    def forward(self, engine, batch: dict[str, torch.Tensor]) -> StepOutput: ...
-
-    def save_final(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None: ...
-
-    def count_tokens(self, batch: dict[str, torch.Tensor]) -> int: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-
-def eve_config_for_preset(preset: str, overrides: dict[str, Any] | None = None):
-    """``EveConfig.<preset>(**overrides)`` by name."""
-    from eve_model.configuration_eve import EveConfig
-
-    builders = {"tiny": EveConfig.tiny, "tiny_hd": EveConfig.tiny_hd, "eve_7b": EveConfig.eve_7b, "eve_7b_hd": EveConfig.eve_7b_hd}
-    return builders[preset](**(overrides or {}))
+from eve_model.training.stage_protocol import StageModel, StepOutput, eve_config_for_preset
 
 
 class EveStageModel:
@@ -74,12 +42,12 @@ class EveStageModel:
         else:
             self.model = EveForCausalLM.from_pretrained(str(init_dir))
         self.model.enable_alignment(teacher_feature_cache_dir=config.teacher_feature_cache_dir)
-        if config.stage != StageId.PREALIGN and (init_dir / ALIGNMENT_STATE_NAME).exists():
-            self.model.load_alignment_state(str(init_dir))
+        if config.stage != StageId.PREALIGN and has_alignment_state(init_dir):
+            load_alignment_state(self.model, init_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(str(init_dir))
         if IMAGE_PLACEHOLDER not in self.tokenizer.get_vocab():
-            # A production base LLM (Vicuna) has no <image> token; the placeholder is spliced out before the
-            # embedding lookup, so its id may lie past the vocabulary (EveConfig.image_token_id).
+            # A production base LLM (Vicuna) has no <image> token; image-token ids are masked out before the
+            # embedding lookup, so the id may lie past the vocabulary (EveConfig.image_token_id).
             self.tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
         self.processor = EveProcessor(
             EveImageProcessor.from_eve_config(self.model.config), self.tokenizer, config.max_sequence_length_tokens
@@ -103,27 +71,18 @@ class EveStageModel:
     def save_final(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
         """HF directory from the consolidated ``state_dict`` (works under ZeRO-3, where the module's own
         parameters are partitions): PEL + LLM via save_pretrained, the PAL as aligning_layer.safetensors."""
-        from safetensors.torch import save_file
-
         aligning_prefix, teacher_prefix = "aligning_layer.", "teacher."
         model_state = {k: v for k, v in state_dict.items() if not k.startswith((aligning_prefix, teacher_prefix))}
-        aligning_state = {
-            k[len(aligning_prefix):]: v.contiguous() for k, v in state_dict.items() if k.startswith(aligning_prefix)
-        }
+        aligning_state = {k[len(aligning_prefix):]: v for k, v in state_dict.items() if k.startswith(aligning_prefix)}
         self.model.save_pretrained(directory, state_dict=model_state, safe_serialization=True)
         if aligning_state:
-            depths = ",".join(map(str, self.model.config.alignment_depths))
-            save_file(aligning_state, str(directory / ALIGNMENT_STATE_NAME), metadata={"depths": depths})
+            write_alignment_state(aligning_state, self.model.config.alignment_depths, directory)
         self.processor.save_pretrained(directory)
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        """Tokens the LLM sees: text tokens plus the spliced visual block (CLS + rows with SPL) per image."""
-        tokens = int(batch["attention_mask"].sum())
-        if "image_grid_hw" in batch and "has_image" in batch:
-            grid = batch["image_grid_hw"].long()
-            visual = (1 + grid[:, 0] * (grid[:, 1] + 1) - 1) * batch["has_image"].long()
-            tokens += int(visual.sum())
-        return tokens
+        """Tokens the LLM sees: text tokens plus each image's visual block (CLS + rows with SPL), which the
+        processor already expanded into the sequence, so the attention mask counts them."""
+        return int(batch["attention_mask"].sum())
 
     def describe(self) -> dict[str, Any]:
         groups = self.model.parameter_groups()
@@ -135,10 +94,9 @@ class EveStageModel:
 
 def build_stage_model(config: StageConfig) -> StageModel:
     if config.stage == StageId.BASE_LLM:
-        from eve_model.training.base_llm import BaseLlmStageModel
-
         return BaseLlmStageModel(config)
     return EveStageModel(config)
 
 
-__all__ = ["ALIGNMENT_STATE_NAME", "EveStageModel", "StageModel", "StepOutput", "build_stage_model", "eve_config_for_preset"]
+# StageModel, StepOutput and eve_config_for_preset live in stage_protocol; importable from here as before.
+__all__ = ["EveStageModel", "StageModel", "StepOutput", "build_stage_model", "eve_config_for_preset"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,14 +16,12 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 import eve_model
 from eve_model.configuration_eve import EveConfig
 from eve_model.constants import IGNORE_INDEX
-from eve_model.modeling_eve import (
-    ALIGNMENT_STATE_FILE,
-    EveForCausalLM,
-    PatchAligningLayer,
-    alignment_cosine_loss,
-)
+from eve_model.geometry import visual_token_count
+from eve_model.modeling_eve import EveForCausalLM, PatchAligningLayer, alignment_cosine_loss
 from eve_model.processing_eve import EveProcessor
-from eve_model.teachers import VisionTeacher
+from eve_model.teacher_base import VisionTeacher
+from eve_model.training.alignment_state import ALIGNMENT_STATE_FILE, load_alignment_state, save_alignment_state
+from tests.fixtures.tiny_eve import build_tiny_eve
 
 ASPECTS = {"square": (90, 90), "landscape": (640, 480), "portrait": (480, 640), "one_to_eight": (40, 320)}
 
@@ -58,11 +57,6 @@ def processor() -> EveProcessor:
     return EveProcessor.from_eve_config(EveConfig.tiny(), max_length=256)
 
 
-def tiny_model(config: EveConfig | None = None, seed: int = 0) -> EveForCausalLM:
-    torch.manual_seed(seed)
-    return EveForCausalLM(config or EveConfig.tiny())
-
-
 def mixed_batch(processor: EveProcessor) -> dict[str, torch.Tensor]:
     return processor(
         [
@@ -77,7 +71,7 @@ def mixed_batch(processor: EveProcessor) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("aspect", list(ASPECTS))
 def test_visual_token_count_and_separator_positions(processor, aspect):
-    model = tiny_model().eval()
+    model = build_tiny_eve().eval()
     width, height = ASPECTS[aspect]
     grid = EveConfig.tiny().student_max_grid
     short = max(1, math.ceil(grid * min(width, height) / max(width, height)))
@@ -87,14 +81,14 @@ def test_visual_token_count_and_separator_positions(processor, aspect):
         visual = model.patch_embedding(batch["pixel_values"], batch["has_image"])
         separator = model.patch_embedding.projector(model.patch_embedding.split_embedding)
     tokens = visual.split()[0]
-    assert tokens.shape[0] == 1 + h * (w + 1) and visual.grid_hw[0].tolist() == [h, w]
+    assert tokens.shape[0] == visual_token_count(h, w) and visual.grid_hw[0].tolist() == [h, w]
     is_separator = torch.isclose(tokens, separator, atol=1e-6).all(dim=1)
     expected = [1 + row * (w + 1) + w for row in range(h)]
     assert is_separator.nonzero()[:, 0].tolist() == expected
 
 
 def test_batched_pel_equals_per_image_loop_and_ignores_padding(processor):
-    model = tiny_model().eval()
+    model = build_tiny_eve().eval()
     images = [noise_image(*size, seed=index) for index, size in enumerate(ASPECTS.values())]
     batch = processor.image_processor(images)
     with torch.no_grad():
@@ -112,35 +106,43 @@ def test_batched_pel_equals_per_image_loop_and_ignores_padding(processor):
         torch.testing.assert_close(noisy, reference, atol=1e-5, rtol=1e-5)
 
 
-def test_splice_places_visual_tokens_at_placeholder_and_ignores_their_labels(processor):
-    model = tiny_model().eval()
+def test_visual_tokens_fill_the_image_token_positions_and_carry_no_label(processor):
+    model = build_tiny_eve().eval()
     batch = mixed_batch(processor)
     with torch.no_grad():
-        spliced = model.build_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                     batch["has_image"], batch["labels"])
-    grids = batch["image_grid_hw"]
+        embeds, visual = model.embed_inputs(batch["input_ids"], batch["pixel_values"], batch["has_image"])
+        text_embeds = model.get_input_embeddings()(batch["input_ids"].masked_fill(batch["input_ids"] == processor.image_token_id, 0))
+    grids, pieces = batch["image_grid_hw"], visual.split()
     for row in range(4):
-        text_length = int(batch["attention_mask"][row].sum())
-        visual_count = 1 + int(grids[row, 0]) * (int(grids[row, 1]) + 1) if batch["has_image"][row] else 0
-        assert int(spliced.attention_mask[row].sum()) == text_length - (1 if visual_count else 0) + visual_count
-        target_count = int((batch["labels"][row] != IGNORE_INDEX).sum())
-        assert int((spliced.labels[row] != IGNORE_INDEX).sum()) == target_count  # no visual labels
-        if visual_count:
-            start = spliced.visual_start[row]
-            assert (spliced.labels[row, start : start + visual_count] == IGNORE_INDEX).all()
-    assert spliced.visual_start[1] == -1  # text-only row: no visual tokens, padding never spliced
+        positions = (batch["input_ids"][row] == processor.image_token_id).nonzero()[:, 0]
+        if not batch["has_image"][row]:  # text-only row: no image tokens, its fallback visual tokens unused
+            assert positions.numel() == 0
+            torch.testing.assert_close(embeds[row], text_embeds[row], atol=0, rtol=0)
+            continue
+        count = visual_token_count(*grids[row].tolist())
+        assert positions.tolist() == list(range(int(positions[0]), int(positions[0]) + count))  # one contiguous block
+        torch.testing.assert_close(embeds[row, positions], pieces[row], atol=0, rtol=0)
+        text = torch.ones_like(batch["attention_mask"][row], dtype=torch.bool)
+        text[positions] = False
+        torch.testing.assert_close(embeds[row, text], text_embeds[row, text], atol=0, rtol=0)
+        assert (batch["labels"][row, positions] == IGNORE_INDEX).all()
+    # The model ignores labels on image tokens even when a caller passes some there.
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    with torch.no_grad():
+        output = model(**{**batch, "labels": labels})
+    assert (output.labels[batch["input_ids"] == processor.image_token_id] == IGNORE_INDEX).all()
 
 
 def test_hooks_capture_the_same_states_as_output_hidden_states(processor):
-    model = tiny_model().eval()
+    model = build_tiny_eve().eval()
     model.enable_alignment(FrozenRandomTeacher())
     batch = mixed_batch(processor)
     captured: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        spliced = model.build_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["has_image"])
+        inputs_embeds, _ = model.embed_inputs(batch["input_ids"], batch["pixel_values"], batch["has_image"])
         handles = model._capture_depths(captured)
         try:
-            reference = model.language_model.model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+            reference = model.language_model.model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"],
                                                    output_hidden_states=True)
         finally:
             for handle in handles:
@@ -169,7 +171,7 @@ def test_alignment_loss_is_zero_when_aligned_and_bounded_otherwise():
 
 
 def test_stage1_freezing_with_real_teacher(processor):
-    model = tiny_model()
+    model = build_tiny_eve()
     model.enable_alignment()  # EfficientNet-Lite0 from the installed package
     model.freeze_llm()
     model.train()
@@ -188,7 +190,7 @@ def test_stage1_freezing_with_real_teacher(processor):
 
 @pytest.mark.parametrize("kind", ["mixed", "text_only"])
 def test_every_trainable_parameter_joins_the_graph(processor, kind):
-    model = tiny_model()
+    model = build_tiny_eve()
     model.enable_alignment(FrozenRandomTeacher())
     model.train()
     if kind == "mixed":
@@ -201,15 +203,15 @@ def test_every_trainable_parameter_joins_the_graph(processor, kind):
     assert missing == []
     if kind == "text_only":
         assert float(output.alignment_loss.detach()) == 0.0
-        text_model = tiny_model()
+        text_model = build_tiny_eve()
         reference = text_model.language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        model_logits = tiny_model()(**{k: v for k, v in batch.items() if k != "teacher_pixel_values"}).logits
+        model_logits = build_tiny_eve()(**{k: v for k, v in batch.items() if k != "teacher_pixel_values"}).logits
         real = batch["attention_mask"].bool()  # text-only rows are plain LLM rows (padding positions aside)
         torch.testing.assert_close(model_logits[real], reference[real])
 
 
 def test_total_loss_falls_on_a_fixed_batch(processor):
-    model = tiny_model()
+    model = build_tiny_eve()
     model.enable_alignment(FrozenRandomTeacher())
     model.train()
     batch = mixed_batch(processor)
@@ -226,12 +228,12 @@ def test_total_loss_falls_on_a_fixed_batch(processor):
 
 
 def test_save_load_identical_logits_and_no_training_weights(processor, tmp_path):
-    model = tiny_model()
+    model = build_tiny_eve()
     model.enable_alignment(FrozenRandomTeacher())
     model.eval()
     batch = mixed_batch(processor)
     model.save_pretrained(tmp_path / "ckpt")
-    model.save_alignment_state(tmp_path / "ckpt")
+    save_alignment_state(model, tmp_path / "ckpt")
     eve_model.register_auto_classes()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").eval()
     assert isinstance(loaded, EveForCausalLM)
@@ -243,7 +245,7 @@ def test_save_load_identical_logits_and_no_training_weights(processor, tmp_path)
     with torch.no_grad():
         inference_batch = {k: v for k, v in batch.items() if k != "teacher_pixel_values"}
         torch.testing.assert_close(loaded(**inference_batch).logits, model(**inference_batch).logits, atol=0, rtol=0)
-    loaded.load_alignment_state(tmp_path / "ckpt")
+    load_alignment_state(loaded, tmp_path / "ckpt")  # builds the PAL the loaded model lacks
     for (name, mine), (_, theirs) in zip(model.aligning_layer.state_dict().items(), loaded.aligning_layer.state_dict().items()):
         assert torch.equal(mine, theirs), name
     assert (tmp_path / "ckpt" / ALIGNMENT_STATE_FILE).exists()
@@ -263,7 +265,7 @@ def test_from_text_model_starts_from_the_base_llm(tmp_path):
 
 
 def test_generate_returns_text_for_an_image_prompt(processor):
-    model = tiny_model()
+    model = build_tiny_eve()
     model.train()
     image = noise_image(64, 64, seed=9)
     batch = processor([{"image": image, "caption": "a red circle"}] * 2, "plain")
@@ -303,24 +305,24 @@ def test_eve_7b_parameter_counts_on_meta_device():
 def test_hd_alignment_loss_matches_an_independent_pooled_computation():
     config = EveConfig.tiny_hd()
     processor = EveProcessor.from_eve_config(config, max_length=512)
-    model = tiny_model(config).eval()
+    model = build_tiny_eve(config).eval()
     model.enable_alignment(FrozenRandomTeacher())
     batch = processor([{"image": noise_image(300, 200, 4), "caption": "a red star"}, {"image": None, "caption": "hi"},
                        {"image": noise_image(64, 64, 5), "caption": "a green square"}], "plain")
     with torch.no_grad():
         output = model(**batch)
-        spliced = model.build_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["has_image"])
-        hidden = model.language_model.model(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+        inputs_embeds, _ = model.embed_inputs(batch["input_ids"], batch["pixel_values"], batch["has_image"])
+        hidden = model.language_model.model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"],
                                             output_hidden_states=True)
-        states = {0: spliced.inputs_embeds, 2: hidden.hidden_states[2], 4: hidden.last_hidden_state}
+        states = {0: inputs_embeds, 2: hidden.hidden_states[2], 4: hidden.last_hidden_state}
         teacher_features, teacher_valid = model.teacher(batch["teacher_pixel_values"])
         per_image = []
         for row in (0, 2):
             h, w = batch["image_grid_hw"][row].tolist()
-            start = spliced.visual_start[row]
+            block_positions = (batch["input_ids"][row] == processor.image_token_id).nonzero()[:, 0]
             depth_tokens = []
             for depth in (4, 2, 0):
-                block = states[depth][row, start + 1 : start + 1 + h * (w + 1)].reshape(h, w + 1, -1)[:, :w]  # drop CLS, SPL
+                block = states[depth][row, block_positions[1:]].reshape(h, w + 1, -1)[:, :w]  # drop CLS, SPL
                 pooled = torch.nn.functional.avg_pool2d(block.permute(2, 0, 1)[None], kernel_size=2)[0]
                 depth_tokens.append(pooled.flatten(1).T)
             predicted = model.aligning_layer(torch.stack(depth_tokens))
@@ -334,7 +336,7 @@ def test_activation_checkpointing_keeps_depth_capture_and_gradients(processor):
     batch = mixed_batch(processor)
     gradients = []
     for checkpointing in (False, True):
-        model = tiny_model()
+        model = build_tiny_eve()
         model.enable_alignment(FrozenRandomTeacher())
         model.train()
         if checkpointing:
@@ -348,12 +350,102 @@ def test_activation_checkpointing_keeps_depth_capture_and_gradients(processor):
         torch.testing.assert_close(gradients[1][name], gradient, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_placeholder_and_image_mismatch_is_a_clear_error(processor):
-    model = tiny_model().eval()
+def test_image_token_and_visual_token_mismatch_is_a_clear_error(processor):
+    """As transformers' ``test_mismatching_num_image_tokens``: too few or too many image tokens name the row."""
+    model = build_tiny_eve().eval()
     batch = mixed_batch(processor)
-    without_placeholder = batch["input_ids"].clone()
-    without_placeholder[0, 1] = processor.tokenizer.pad_token_id
-    with pytest.raises(ValueError, match=r"rows \[0\].*exactly one placeholder"):
-        model(input_ids=without_placeholder, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"])
+    image_token = processor.image_token_id
+    one_short = batch["input_ids"].clone()
+    one_short[2, int((one_short[2] == image_token).nonzero()[-1, 0])] = processor.tokenizer.pad_token_id
+    with pytest.raises(ValueError, match=r"rows \[2\]: image tokens in input_ids"):
+        model(input_ids=one_short, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"])
+    stray = batch["input_ids"].clone()
+    stray[1, 1] = image_token  # a text-only row
+    with pytest.raises(ValueError, match=r"rows \[1\].*\[1\] != visual tokens of their image \[0\]"):
+        model(input_ids=stray, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"])
+    # The layout before the processor expanded the placeholder: one <image> id per image sample.
+    collapsed = batch["input_ids"].clone()
+    later_image_tokens = (collapsed == image_token) & ((collapsed == image_token).cumsum(dim=1) > 1)
+    collapsed[later_image_tokens] = processor.tokenizer.pad_token_id
+    with pytest.raises(ValueError, match=r"rows \[0, 2, 3\]"):
+        model(input_ids=collapsed, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"])
     with pytest.raises(ValueError, match="no pixel_values"):
         model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+# ------------------------------------------------------------------------ numbers recorded before the redesign
+REFERENCE_NUMBERS = Path(__file__).parent / "assets" / "reference_numbers_41e68bb.pt"
+REFERENCE_VOCAB_STRIDE = 16
+"""Logit columns kept in the recording (every 16th of 768, plus the full-vocabulary logsumexp), so it stays small."""
+
+
+def reference_numbers() -> dict[str, torch.Tensor]:
+    """Logits, CE and PAL losses and greedy generations of a seeded tiny EVE on fixed mixed batches: images of
+    several aspect ratios, text-only rows, a truncated row, the image mid-sequence (vicuna_v1) and first
+    (plain), right-padded training batches and a left-padded generation batch. Only the public API is used
+    (processor call, ``model(**batch)``, ``model.generate``), so the same function ran on the code before the
+    image-token redesign (commit 41e68bb, which wrote ``REFERENCE_NUMBERS``) and runs on today's."""
+    config = EveConfig.tiny()
+    torch.manual_seed(0)
+    model = EveForCausalLM(config)
+    # 3x the init scale: logits spread enough that greedy decoding does not repeat one token, yet small enough
+    # that float noise from a different padded length (the old code padded wider) stays far below 1e-5.
+    with torch.no_grad():
+        for parameter in model.language_model.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(3.0)
+    torch.manual_seed(1)
+    model.enable_alignment(FrozenRandomTeacher())
+    model.eval()
+    chat = [{"from": "human", "value": "<image>\nWhat colour is the circle?"}, {"from": "gpt", "value": "It is red."},
+            {"from": "human", "value": "And the square?"}, {"from": "gpt", "value": "A blue square on the left."}]
+    text_chat = [{"from": "human", "value": "Say something."}, {"from": "gpt", "value": "Two green stars at the top."}]
+    long_caption = "a small red circle on the left and a large blue square on the right " * 3
+    batches = {
+        "vicuna_v1": (EveProcessor.from_eve_config(config, max_length=160), [
+            {"image": noise_image(640, 480, 11), "conversations": chat},
+            {"image": None, "conversations": text_chat},
+            {"image": noise_image(40, 320, 12), "conversations": chat[:2]},
+            {"image": noise_image(90, 90, 13), "conversations": chat + chat[2:] * 4},  # truncated to 160
+        ]),
+        "plain": (EveProcessor.from_eve_config(config, max_length=72), [
+            {"image": noise_image(300, 200, 14), "caption": long_caption},  # truncated to 72
+            {"image": None, "caption": "two blue squares"},
+            {"image": noise_image(5, 3, 15), "caption": "a tiny image"},
+            {"image": noise_image(64, 64, 16), "caption": "a green line"},
+        ]),
+    }
+    numbers: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, (processor, samples) in batches.items():
+            output = model(**processor(samples, name))
+            real = output.attention_mask.bool()
+            numbers[f"{name}.logits"] = output.logits[real][:, ::REFERENCE_VOCAB_STRIDE].clone()
+            numbers[f"{name}.logsumexp"] = output.logits[real].logsumexp(dim=-1)
+            numbers[f"{name}.ce_loss"] = output.ce_loss.detach().clone()
+            numbers[f"{name}.alignment_loss"] = output.alignment_loss.detach().clone()
+        processor = batches["vicuna_v1"][0]
+        generation = processor.for_generation(
+            [noise_image(640, 480, 21), None, noise_image(40, 320, 22)],
+            [processor.prompt("Describe the image."), processor.prompt("Say hi", with_image=False),
+             processor.prompt("a red", template="plain")],
+        )
+        inference = {k: v for k, v in generation.items() if k != "teacher_pixel_values"}
+        output = model(**inference)
+        real = output.attention_mask.bool()
+        numbers["generation.logits"] = output.logits[real][:, ::REFERENCE_VOCAB_STRIDE].clone()
+        numbers["generation.logsumexp"] = output.logits[real].logsumexp(dim=-1)
+        numbers["generation.new_tokens"] = model.generate(**inference, max_new_tokens=8, do_sample=False)
+    return numbers
+
+
+def test_numbers_match_the_recording_made_before_the_image_token_redesign():
+    recorded = torch.load(REFERENCE_NUMBERS, weights_only=True)
+    current = reference_numbers()
+    assert current.keys() == recorded.keys()
+    for key, expected in recorded.items():
+        if key.endswith("new_tokens"):
+            assert torch.equal(current[key], expected), key
+        else:
+            assert current[key].shape == expected.shape, key
+            assert (current[key] - expected).abs().max() < 1e-5, key

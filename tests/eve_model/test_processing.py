@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from eve_model.configuration_eve import EveConfig
-from eve_model.constants import IGNORE_INDEX
+from eve_model.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from eve_model.geometry import visual_token_count
 from eve_model.processing_eve import EveImageProcessor, EveInputError, EveProcessor, VICUNA_V1_SYSTEM
 
 ASPECTS = {"square": (90, 90), "landscape": (640, 480), "portrait": (480, 640), "one_to_eight": (40, 320), "tiny": (5, 3)}
@@ -121,7 +122,9 @@ def test_plain_template_masks_everything_but_caption_and_newline(processor):
     batch = processor([{"image": noise_image(64, 48), "caption": "a red circle"}, {"image": None, "caption": "two blue squares"}], "plain")
     tokenizer = processor.tokenizer
     ids, labels = batch["input_ids"], batch["labels"]
-    assert ids[0, 0] == tokenizer.bos_token_id and ids[0, 1] == processor.image_token_id
+    count = visual_token_count(*batch["image_grid_hw"][0].tolist())
+    assert ids[0, 0] == tokenizer.bos_token_id and (ids[0, 1 : 1 + count] == processor.image_token_id).all()
+    assert (ids[0] == processor.image_token_id).sum() == count and (labels[0, 1 : 1 + count] == IGNORE_INDEX).all()
     assert (ids[1] == processor.image_token_id).sum() == 0
     assert tokenizer.decode(labels[0][labels[0] != IGNORE_INDEX]) == "a red circle\n"
     assert tokenizer.decode(labels[1][labels[1] != IGNORE_INDEX]) == "two blue squares\n"
@@ -145,7 +148,8 @@ def test_vicuna_template_trains_only_assistant_turns_and_moves_image_first(proce
     tokenizer = processor.tokenizer
     ids, labels = batch["input_ids"][0], batch["labels"][0]
     text = tokenizer.decode(ids)
-    assert text == (f"<s>{VICUNA_V1_SYSTEM} USER: <image>\nWhat colour is it? ASSISTANT: It is red.</s>"
+    visual_block = IMAGE_PLACEHOLDER * visual_token_count(*batch["image_grid_hw"][0].tolist())  # 7x7 grid: 57
+    assert text == (f"<s>{VICUNA_V1_SYSTEM} USER: {visual_block}\nWhat colour is it? ASSISTANT: It is red.</s>"
                     "USER: And the shape? ASSISTANT: A circle.</s>")
     targets = ids[labels != IGNORE_INDEX]
     assert tokenizer.decode(targets) == " It is red.</s> A circle.</s>"
@@ -171,10 +175,15 @@ def test_truncation_never_cuts_the_visual_block():
     image = noise_image(64, 64)  # 7x7 grid -> 1 + 7 * 8 = 57 visual tokens
     processor = EveProcessor.from_eve_config(config, max_length=70)
     batch = processor([{"image": image, "caption": caption}], "plain")
-    spliced_length = batch["input_ids"].shape[1] - 1 + 57
-    assert spliced_length == 70 and (batch["input_ids"][0] == processor.image_token_id).sum() == 1
-    too_short = EveProcessor.from_eve_config(config, max_length=40)
-    with pytest.raises(EveInputError, match="57 visual tokens"):
+    # max_length counts the visual tokens: BOS + 57 image tokens + 12 caption tokens.
+    assert batch["input_ids"].shape == batch["labels"].shape == (1, 70)
+    assert (batch["input_ids"][0] == processor.image_token_id).sum() == 57
+    assert (batch["input_ids"][0, 1:58] == processor.image_token_id).all()
+    assert (batch["labels"][0, 58:] != IGNORE_INDEX).all()  # the caption, truncated
+    exact = EveProcessor.from_eve_config(config, max_length=58)  # the visual block just fits, no caption left
+    assert exact([{"image": image, "caption": caption}], "plain")["input_ids"].shape == (1, 58)
+    too_short = EveProcessor.from_eve_config(config, max_length=57)
+    with pytest.raises(EveInputError, match="big-1: the 57 visual tokens at position 1 do not fit max_length 57"):
         too_short([{"key": "big-1", "image": image, "caption": caption}], "plain")
 
 
@@ -182,6 +191,12 @@ def test_generation_batch_is_left_padded_and_prompt_has_template(processor):
     prompts = [processor.prompt("What is this?"), processor.prompt("Say hi", with_image=False)]
     batch = processor.for_generation([noise_image(40, 40), None], prompts)
     assert batch["attention_mask"][:, -1].all() and not batch["attention_mask"][1, 0]
+    count = visual_token_count(*batch["image_grid_hw"][0].tolist())
+    image_positions = (batch["input_ids"][0] == processor.image_token_id).nonzero()[:, 0]
+    assert image_positions.numel() == count and image_positions[-1] - image_positions[0] == count - 1  # one block
+    assert (batch["input_ids"][1] == processor.image_token_id).sum() == 0
+    padding = int((batch["attention_mask"][1] == 0).sum())  # left padding: the text row is shorter by the block
+    assert (batch["input_ids"][1, :padding] == processor.pad_token_id).all() and batch["attention_mask"][1, padding:].all()
     assert prompts[0] == f"{VICUNA_V1_SYSTEM} USER: <image>\nWhat is this? ASSISTANT:"
     assert processor.decode(batch["input_ids"][0]) == f"{VICUNA_V1_SYSTEM} USER: \nWhat is this? ASSISTANT:"
     with pytest.raises(EveInputError):

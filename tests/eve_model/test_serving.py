@@ -62,7 +62,7 @@ def chat(server: EveServer, payload, **kwargs) -> httpx.Response:
 
 
 def test_models_and_health(server, tiny_eve_checkpoint) -> None:
-    from eve_model.serving import weights_sha256
+    from eve_model.identity import weights_sha256
 
     models = httpx.get(f"{server.url}/v1/models").json()
     assert [model["id"] for model in models["data"]] == ["tiny-eve"]
@@ -71,7 +71,7 @@ def test_models_and_health(server, tiny_eve_checkpoint) -> None:
 
 
 def test_greedy_completion_matches_the_model_and_batching_changes_nothing(server, image_root, tiny_eve_checkpoint) -> None:
-    from eve_model.serving import GenerationRequest, VisionTextGenerator
+    from eve_model.generation import GenerationRequest, VisionTextGenerator
 
     image = png_bytes((10, 120, 240))
     payload = {"messages": [user_message("Describe the image.", data_url(image))], "max_tokens": 8}
@@ -86,6 +86,9 @@ def test_greedy_completion_matches_the_model_and_batching_changes_nothing(server
     prompt = generator.chat_prompt([("user", "Describe the image.")], has_image=True)
     [expected] = generator.generate([GenerationRequest(prompt=prompt, image=image, max_new_tokens=8)])
     assert body["choices"][0]["message"]["content"] == expected.text
+    # Usage counts the prompt's text tokens (BOS + text, the visual block as its one <image> placeholder).
+    text_tokens = 1 + len(generator.processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert body["usage"]["prompt_tokens"] == expected.prompt_tokens == text_tokens
 
     # Concurrent requests (batched together by the engine) each get their own unbatched answer.
     path_payload = {"messages": [user_message("What colour?", str(image_root / "red.png"))], "max_tokens": 8}

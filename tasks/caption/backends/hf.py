@@ -2,7 +2,7 @@
 
 Two kinds of transformers directories are supported:
 - EVE checkpoints (``model_type`` "eve"): prompted with the caption template through the
-  ``vicuna_v1`` chat format (``eve_model.serving.VisionTextGenerator``), so a trained EVE can
+  ``vicuna_v1`` chat format (``eve_model.generation.VisionTextGenerator``), so a trained EVE can
   re-caption the next version's data;
 - prompt-free image-to-text captioners loadable with ``AutoModelForImageTextToText`` plus an image
   processor and tokenizer (``vision-encoder-decoder``, BLIP): ``generate(pixel_values)``. They take
@@ -28,7 +28,7 @@ def _decode_rgb(data: bytes) -> Any:
     """A PIL RGB image, or a ValueError saying why not (pixel limit checked before decoding)."""
     from PIL import Image
 
-    from eve_model.serving import MAX_IMAGE_PIXELS
+    from eve_model.generation import MAX_IMAGE_PIXELS
 
     try:
         image = Image.open(io.BytesIO(data))
@@ -41,14 +41,14 @@ def _decode_rgb(data: bytes) -> Any:
 
 class _EveCaptioner:
     def __init__(self, model_dir: Path, template: PromptTemplate, device: str) -> None:
-        from eve_model.serving import VisionTextGenerator
+        from eve_model.generation import VisionTextGenerator
 
         self.generator = VisionTextGenerator(model_dir, device=device)
         self.prompt = self.generator.chat_prompt([("user", template.text)], has_image=True)
         self.weights_sha256 = self.generator.weights_sha256
 
     def generate(self, images: list[bytes], decoding: dict[str, Any]) -> list[str]:
-        from eve_model.serving import GenerationRequest
+        from eve_model.generation import GenerationRequest
 
         requests = [
             GenerationRequest(prompt=self.prompt, image=image, max_new_tokens=decoding["max_new_tokens"],

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from eve_model.serving import GenerationRequest, VisionTextGenerator, weights_sha256
+from eve_model.generation import GenerationRequest, VisionTextGenerator
+from eve_model.identity import weights_sha256
 from eve_model.shards import ShardSample, ShardWriter, iter_samples
 from tasks.caption.backends import CaptionBackendError, build_backend
 from tasks.caption.config import CaptionConfig

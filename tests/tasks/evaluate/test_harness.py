@@ -40,9 +40,13 @@ class ScriptedModel:
 
 
 def _model_dir(tmp_path: Path) -> Path:
+    """A stand-in model directory for the scripted model: only hashed (it needs a weights file), never loaded."""
+    import torch
+    from safetensors.torch import save_file
+
     (tmp_path / "model").mkdir(exist_ok=True)
     (tmp_path / "model" / "config.json").write_text("{}")
-    (tmp_path / "model" / "model.safetensors").write_bytes(b"scripted model: the weights are never read")
+    save_file({"weight": torch.zeros(1)}, str(tmp_path / "model" / "model.safetensors"))
     return tmp_path / "model"
 
 
@@ -125,7 +129,7 @@ def test_bad_benchmark_fails_before_any_generation(tmp_path):
     assert [s.source for s in report.suites["bad"].skipped] == [f"{broken}:5"]
 
 
-def test_tiny_random_eve_end_to_end(tiny_eve_dir, tmp_path):
+def test_tiny_random_eve_end_to_end(tiny_eve_checkpoint, tmp_path):
     suites = [
         VqaSuite(name="demo_vqa", path=FIXTURES / "vqa.jsonl"),
         PopeSuite(name="pope", question_file=FIXTURES / "pope.jsonl"),
@@ -133,7 +137,7 @@ def test_tiny_random_eve_end_to_end(tiny_eve_dir, tmp_path):
         PerplexitySuite(name="text", path=FIXTURES / "heldout_text.txt"),
     ]
     config = HarnessConfig(batch_size=4, max_new_tokens=6, show_progress=False)
-    report = evaluate_model_dir(tiny_eve_dir, suites, config)
+    report = evaluate_model_dir(tiny_eve_checkpoint, suites, config)
     vqa = report.suites["demo_vqa"]
     assert 0.0 <= vqa.metrics["accuracy"] <= 1.0
     assert [s.item_id for s in vqa.samples] == ["q1", "q2", "q3", "q4"]
@@ -147,7 +151,7 @@ def test_tiny_random_eve_end_to_end(tiny_eve_dir, tmp_path):
     assert report.suites["text"].settings["num_tokens"] > 10
 
     # Greedy decoding is deterministic: a second run gives the same predictions and hash.
-    again = evaluate_model_dir(tiny_eve_dir, suites[:1], config)
+    again = evaluate_model_dir(tiny_eve_checkpoint, suites[:1], config)
     assert [s.prediction for s in again.suites["demo_vqa"].samples] == [s.prediction for s in vqa.samples]
     assert again.weights_sha256 == report.weights_sha256
 
