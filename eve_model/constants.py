@@ -4,4 +4,5 @@ IGNORE_INDEX = -100
 """Label value that cross-entropy skips (visual tokens, prompts, padding)."""
 
 IMAGE_PLACEHOLDER = "<image>"
-"""The single text placeholder where a sample's visual tokens are spliced in."""
+"""The text placeholder of an image in prompts and conversations; the processor expands it into the
+image tokens that the model fills with the PEL output."""

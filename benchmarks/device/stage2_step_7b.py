@@ -51,7 +51,7 @@ def _eve_config(preset: str, layers: int, teacher_dir: Path):
     text_config = base.text_config
     text_config.num_hidden_layers = layers
     # The bundled tokenizer produces ids < 768, valid rows of the 32000-row embedding; its <image> id is
-    # used as the placeholder (spliced out before the embedding lookup).
+    # used as the image token (masked out before the embedding lookup; the PEL output fills those positions).
     return EveConfig.eve_7b(text_config=text_config, image_token_id=TINY_IMAGE_TOKEN_ID,
                             teacher_path=_random_clip_teacher(teacher_dir))
 
@@ -137,8 +137,7 @@ def main() -> int:
         started = time.perf_counter()
         tokens = 0
         for batch in micro_batches:
-            grid = batch["image_grid_hw"].long()
-            tokens += int(batch["attention_mask"].sum()) + int(((grid[:, 0] * (grid[:, 1] + 1)) * batch["has_image"].long()).sum())
+            tokens += int(batch["attention_mask"].sum())  # the visual block is in the sequence already
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             output = engine(**batch)
             engine.backward(output.loss)

@@ -13,15 +13,8 @@ FIXTURES = Path(__file__).parents[1] / "tasks" / "evaluate" / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from eve_model import EveConfig, EveForCausalLM, EveImageProcessor, EveProcessor
-    from eve_model.tokenizer import load_tiny_tokenizer
-
-    directory = tmp_path_factory.mktemp("tiny-eve-cli")
-    config = EveConfig.tiny()
-    EveForCausalLM(config).save_pretrained(directory)
-    EveProcessor(EveImageProcessor.from_eve_config(config), load_tiny_tokenizer(), 512).save_pretrained(directory)
-    return directory
+def model_dir(tiny_eve_checkpoint) -> Path:
+    return tiny_eve_checkpoint
 
 
 def _run(model_dir: Path, output: Path, *extra: str) -> int:

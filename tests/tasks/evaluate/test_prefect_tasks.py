@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def test_evaluate_gate_and_artifacts_in_a_flow(prefect_server, eve_home, tiny_eve_dir, tmp_path):
+def test_evaluate_gate_and_artifacts_in_a_flow(prefect_server, eve_home, tiny_eve_checkpoint, tmp_path):
     from prefect import flow, get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -35,9 +35,9 @@ def test_evaluate_gate_and_artifacts_in_a_flow(prefect_server, eve_home, tiny_ev
 
     @flow(name="evaluate-test")
     def evaluate_and_gate(policy: GatePolicy):
-        candidate = evaluate_model_task(str(tiny_eve_dir), suites, config, output_dir=str(tmp_path / "cand"))
+        candidate = evaluate_model_task(str(tiny_eve_checkpoint), suites, config, output_dir=str(tmp_path / "cand"))
         # Same content: served from the cache, not re-run (no files written in "prod").
-        production_state = evaluate_model_task(str(tiny_eve_dir), suites, config,
+        production_state = evaluate_model_task(str(tiny_eve_checkpoint), suites, config,
                                                output_dir=str(tmp_path / "prod"), return_state=True)
         production = production_state.result()
         decision = evaluation_gate_task(candidate, policy, production=production)
@@ -51,8 +51,8 @@ def test_evaluate_gate_and_artifacts_in_a_flow(prefect_server, eve_home, tiny_ev
     assert regression.delta == 0.0  # the same model against itself
     assert (tmp_path / "cand" / "report.json").exists() and (tmp_path / "cand" / "metrics.png").exists()
     assert not (tmp_path / "prod").exists()
-    assert evaluation_cache_key(tiny_eve_dir, suites, config) != evaluation_cache_key(
-        tiny_eve_dir, suites[:1], config)
+    assert evaluation_cache_key(tiny_eve_checkpoint, suites, config) != evaluation_cache_key(
+        tiny_eve_checkpoint, suites[:1], config)
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(

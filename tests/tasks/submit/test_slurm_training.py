@@ -58,8 +58,10 @@ def test_tiny_stage1_with_two_tasks_through_sbatch_completes_and_loads(slurm_clu
     from eve_model.modeling_eve import EveForCausalLM
 
     model = EveForCausalLM.from_pretrained(final)
+    from eve_model.training.alignment_state import load_alignment_state
+
     model.enable_alignment()
-    model.load_alignment_state(final)
+    load_alignment_state(model, final)
     assert sum(p.numel() for p in model.parameters()) > 0
     assert "".join(streamed), "the job log was not streamed"
     assert os.environ.get("SLURM_JOB_ID") is None  # nothing leaked into the test process
