@@ -1,8 +1,9 @@
 """Exit codes of a training job, defined once.
 
 The training entry point returns them, the submission backends interpret them, and the job
-templates in ``infra/`` are rendered from this definition (``ExitCode.template_values()``), so the
-three never disagree.
+templates in ``infra/`` are rendered from this definition: ``tasks.submit.render`` hands
+``ExitCode.template_values()`` to every template as ``exit_code`` (``{{ exit_code.REQUEUE }}``), so
+the three never disagree and no template carries a number of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class ExitCode(IntEnum):
     REQUEUE = 75
     """``EX_TEMPFAIL`` (sysexits.h): a SIGTERM/SIGUSR1 arrived, a checkpoint was flushed at a step
     boundary, and running the same command again resumes from it ("requeue me")."""
+
+    RANK_KILLED = 255
+    """Set by the job supervisor (``infra/slurm/_supervise.sh.j2``): a rank was killed by a signal or
+    reported no valid exit code, and no rank failed on its own. A failure, never a success."""
 
     @classmethod
     def template_values(cls) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""Node-side checks before any training compute: fail fast, with exit code 2 and a clear message.
+"""Job-side checks before any training compute: fail fast, with ``ExitCode.CONFIG_ERROR`` and one line.
 
 peers.md P2 and P10: a multi-node launch that silently runs with the wrong world size, or a job
 that trains on a dataset version other than the one pinned at trigger time, wastes a whole
@@ -6,12 +6,15 @@ allocation. Every submission backend exports the topology it asked for
 (``EVE_EXPECTED_NODES``, ``EVE_EXPECTED_RANKS_PER_NODE``), so each rank can compare it with the
 world it actually joined.
 
-Use from the training entry point::
+A training job runs ``preflight_stage`` exactly once per rank, from the entry point
+(``eve_model/train.py``) before torch.distributed and DeepSpeed are set up; the trainer takes what
+it found (dataset manifest, total steps, gradient accumulation) from its result::
 
-    from eve_model.preflight import PreflightError, run_preflight
-    run_preflight(dataset_location=..., dataset_hash=..., init_checkpoint=...)   # raises PreflightError
+    from eve_model.preflight import PreflightError, preflight_stage
+    checked = preflight_stage(config)      # raises PreflightError with the reason
 
-or as a command (exit 0 ok, 2 failed)::
+The single checks are usable on their own, and as a command (exit 0 ok, ``ExitCode.CONFIG_ERROR``
+failed)::
 
     python -m eve_model.preflight --dataset DIR --dataset-hash H --init-checkpoint DIR
 """
@@ -22,9 +25,16 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-PREFLIGHT_FAILED_EXIT_CODE = 2
+from eve_model.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from eve_model.shards import DatasetManifest
+    from eve_model.training.config import StageConfig
+
 EXPECTED_NODES_ENV = "EVE_EXPECTED_NODES"
 EXPECTED_RANKS_PER_NODE_ENV = "EVE_EXPECTED_RANKS_PER_NODE"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -74,31 +84,70 @@ def check_world_size(
     return world_size
 
 
-def check_dataset(location: str | Path, expected_hash: str | None, check_shards: bool = True) -> int:
-    """The dataset at ``location`` is the pinned version (manifest hash and, optionally, every shard)."""
+def check_dataset(
+    location: str | Path,
+    expected_hash: str | None,
+    check_shards: bool = True,
+    allow_unpinned: bool = False,
+) -> DatasetManifest:
+    """The dataset at ``location`` is the pinned version (manifest hash and, optionally, every shard).
+
+    Returns its manifest. ``allow_unpinned`` accepts ``expected_hash=None`` (exploratory stage
+    configs; the platform always pins the hash) and then only reads the manifest.
+    """
     from eve_model.shards import DatasetIntegrityError, verify_dataset
 
-    if not expected_hash:
+    if not expected_hash and not allow_unpinned:
         raise PreflightError(f"no dataset hash pinned for {location}: the platform must pin the version it trains on")
     try:
-        manifest = verify_dataset(location, expected_hash=expected_hash, check_shards=check_shards)
+        return verify_dataset(location, expected_hash=expected_hash or None, check_shards=check_shards)
     except DatasetIntegrityError as error:
-        raise PreflightError(f"dataset {location} is not the pinned version {expected_hash[:12]}: {error}") from error
+        if expected_hash:
+            raise PreflightError(f"dataset {location} is not the pinned version {expected_hash[:12]}: {error}") from error
+        raise PreflightError(f"dataset {location} cannot be read: {error}") from error
     except FileNotFoundError as error:
         raise PreflightError(f"dataset {location} not found: {error}") from error
-    return manifest.num_items
+
+
+def _weight_files(path: Path) -> list[Path]:
+    """The files ``from_pretrained`` would load: a single weight file, or the top-level weight
+    files among the model files of an HF directory (``eve_model.identity.model_files``)."""
+    if path.is_file():
+        return [path]
+    from eve_model.identity import model_files
+
+    if not (path / "config.json").is_file():
+        raise PreflightError(f"init checkpoint {path} is not an HF model directory (no config.json)")
+    try:
+        files = model_files(path)
+    except FileNotFoundError as error:
+        raise PreflightError(f"init checkpoint {path} holds no weight files: {error}") from error
+    return [f for f in files if f.suffix in _WEIGHT_SUFFIXES]
+
+
+def _load_weights_only(weight_file: Path) -> None:
+    import torch
+
+    try:
+        # Memory-mapped: every rank of a node checks the same files without each reading them into RAM.
+        torch.load(weight_file, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        torch.load(weight_file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
 
 
 def check_init_checkpoint(path: str | Path, load_tensors: bool = False) -> list[str]:
     """The init checkpoint exists and its weight files open without unpickling code.
 
+    ``path`` is an HF model directory (``config.json`` and weight files) or a single weight file.
     Reads safetensors headers (every tensor with ``load_tensors``); ``.bin/.pt`` go through
     ``torch.load(weights_only=True)``. Returns the weight files checked.
     """
     path = Path(path)
     if not path.exists():
         raise PreflightError(f"init checkpoint {path} does not exist")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in _WEIGHT_SUFFIXES)
+    files = _weight_files(path)
     if not files:
         raise PreflightError(f"init checkpoint {path} holds no weight files ({', '.join(_WEIGHT_SUFFIXES)})")
     for weight_file in files:
@@ -112,12 +161,58 @@ def check_init_checkpoint(path: str | Path, load_tensors: bool = False) -> list[
                         for key in keys:
                             reader.get_tensor(key)
             else:
-                import torch
-
-                torch.load(weight_file, map_location="cpu", weights_only=True)
+                _load_weights_only(weight_file)
         except Exception as error:  # any reader error means the file cannot be trusted
             raise PreflightError(f"init checkpoint file {weight_file} does not load: {error}") from error
     return [str(f) for f in files]
+
+
+@dataclass(frozen=True)
+class StagePreflight:
+    """What the checks of one stage job found; the trainer builds on it instead of checking again."""
+
+    world_size: int
+    manifest: DatasetManifest
+    """The dataset's manifest (its hash checked against the pinned one)."""
+    total_steps: int
+    """Optimizer steps of the stage on this dataset."""
+    gradient_accumulation_steps: int
+    """Micro-batches per rank per step at this world size."""
+    init_checkpoint_files: tuple[str, ...] = ()
+    """Weight files of the init checkpoint that were checked."""
+
+
+def preflight_stage(config: StageConfig, environ: Mapping[str, str] | None = None) -> StagePreflight:
+    """Every check a stage job needs before it builds a model, cheapest first; raises ``PreflightError``.
+
+    1. the world the rank joined is the topology the backend asked for (``check_world_size``);
+    2. the global batch splits into micro-batches over that world;
+    3. the init checkpoint is an HF model directory whose weights load without unpickling code
+       (safetensors headers; ``.bin`` weights-only, memory-mapped);
+    4. the dataset manifest is the pinned version (its hash; each shard's hash is checked when the
+       loader reads the shard, so the preflight does not read the whole dataset on every rank);
+    5. the dataset holds at least one global batch.
+    """
+    from eve_model.training.config import StageConfigError
+
+    world_size = check_world_size(environ=environ)
+    try:
+        accumulation = config.gradient_accumulation_steps(world_size)
+    except StageConfigError as error:
+        raise PreflightError(str(error)) from error
+    init_files = check_init_checkpoint(config.init_checkpoint) if config.init_checkpoint is not None else []
+    manifest = check_dataset(config.dataset_location, config.dataset_hash, check_shards=False, allow_unpinned=True)
+    try:
+        total_steps = config.total_steps(manifest.num_items)
+    except StageConfigError as error:
+        raise PreflightError(str(error)) from error
+    return StagePreflight(
+        world_size=world_size,
+        manifest=manifest,
+        total_steps=total_steps,
+        gradient_accumulation_steps=accumulation,
+        init_checkpoint_files=tuple(init_files),
+    )
 
 
 def run_preflight(
@@ -128,7 +223,7 @@ def run_preflight(
     expected_ranks_per_node: int | None = None,
     check_shards: bool = True,
 ) -> None:
-    """All checks, cheapest first; raises ``PreflightError`` on the first failure."""
+    """The single checks, cheapest first, for jobs without a stage config; raises ``PreflightError``."""
     check_world_size(expected_nodes, expected_ranks_per_node)
     if dataset_location is not None:
         check_dataset(dataset_location, dataset_hash, check_shards=check_shards)
@@ -154,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except PreflightError as error:
         print(f"[eve.preflight] rank {os.environ.get('RANK', '0')}: cannot start: {error}", file=sys.stderr)
-        return PREFLIGHT_FAILED_EXIT_CODE
-    return 0
+        return ExitCode.CONFIG_ERROR
+    return ExitCode.COMPLETED
 
 
 if __name__ == "__main__":

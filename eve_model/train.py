@@ -6,9 +6,15 @@ The same command runs everywhere::
     torchrun --nproc_per_node 2 -m eve_model.train stage1.json     # local, 2 ranks (gloo on CPU)
     srun --ntasks 16 python -m eve_model.train stage1.json         # SLURM (ranks from SLURM_*)
 
-Exit codes: 0 the stage is complete (``<output_dir>/final`` holds the HF model); 2 the config
-cannot run (reported before any compute); 75 a SIGTERM/SIGUSR1 arrived, a checkpoint was flushed,
-run the same command again to resume ("requeue me"); anything else is a failure.
+(``eve train`` and the platform's stage jobs start it through a submission backend,
+``tasks.submit``.) Exit codes are ``eve_model.exit_codes.ExitCode``: COMPLETED (0) the stage is
+complete (``<output_dir>/final`` holds the HF model); CONFIG_ERROR (2) the config or the preflight
+checks refused to start, with one line saying why, before any compute; REQUEUE (75) a
+SIGTERM/SIGUSR1 arrived, a checkpoint was flushed, run the same command again to resume ("requeue
+me"); anything else is a failure.
+
+Each rank runs the preflight checks (``eve_model.preflight.preflight_stage``) exactly once, before
+torch.distributed and DeepSpeed are set up, and the trainer builds on what they found.
 """
 
 from __future__ import annotations
@@ -16,24 +22,20 @@ from __future__ import annotations
 import os
 import sys
 
+from eve_model.exit_codes import ExitCode
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith("-"):
         print("usage: python -m eve_model.train <stage_config.json>", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG_ERROR
 
     from pydantic import ValidationError
 
+    from eve_model.preflight import PreflightError, preflight_stage
     from eve_model.training.config import StageConfig, StageConfigError
-    from eve_model.training.signals import CONFIG_ERROR_EXIT_CODE
-
-    try:
-        config = StageConfig.read(argv[0])
-    except (StageConfigError, ValidationError) as exc:
-        print(f"[eve.train] invalid stage config {argv[0]}:\n{exc}", file=sys.stderr)
-        return CONFIG_ERROR_EXIT_CODE
-
+    from eve_model.training.engine import FINAL_DIR_NAME, StageTrainer, stage_is_complete
     from eve_model.training.runtime import (
         configure_accelerator_env,
         discover_distributed_env,
@@ -41,23 +43,32 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_process_group,
     )
 
-    env = discover_distributed_env()
-    from eve_model.training.engine import StageTrainer, preflight
-
-    # Cheap checks first (no torch import yet), so a bad config fails in a second, not after DeepSpeed loads.
     try:
-        preflight(config, env.world_size)
-    except StageConfigError as exc:
-        print(f"[eve.train] rank {env.rank}: cannot start: {exc}", file=sys.stderr)
-        return CONFIG_ERROR_EXIT_CODE
-    device_type = configure_accelerator_env()
+        config = StageConfig.read(argv[0])
+    except (StageConfigError, ValidationError) as exc:
+        print(f"[eve.train] invalid stage config {argv[0]}:\n{exc}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
 
+    env = discover_distributed_env()
+    if stage_is_complete(config):
+        if env.rank == 0:
+            print(f"[eve.train] {config.output_dir}/{FINAL_DIR_NAME} is complete for this config; nothing to do")
+        return ExitCode.COMPLETED
+    # The checks run here, once per rank, before torch.distributed or DeepSpeed is set up: a bad
+    # config fails in a second with one line, not after the process group formed.
+    try:
+        checked = preflight_stage(config)
+    except PreflightError as exc:
+        print(f"[eve.train] rank {env.rank}: cannot start: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
+
+    device_type = configure_accelerator_env()
     init_process_group(device_type, env.local_rank)
     try:
-        return StageTrainer(config, env, device_type).run()
-    except StageConfigError as exc:
+        return StageTrainer(config, env, device_type, checked).run()
+    except StageConfigError as exc:  # found while building (parameter groups, DeepSpeed JSON, resume)
         print(f"[eve.train] rank {env.rank}: cannot start: {exc}", file=sys.stderr)
-        return CONFIG_ERROR_EXIT_CODE
+        return ExitCode.CONFIG_ERROR
     finally:
         shutdown_process_group()
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from eve_model.identity import CODE_REVISION_ENV, WeightsMismatch, code_tree_revision, verify_weights, weights_sha256
 from eve_model.training.config import StageConfig, StageId, StageOverrides, overrides_as_kwargs, preset_stage_config
 from tasks.platform import REPO_ROOT, PlatformSettings
-from tasks.submit.prefect_tasks import JobFailed, retry_only_unreachable_scheduler, run_job_to_end
+from tasks.submit.run import JobFailed, retry_only_unreachable_scheduler, run_job_to_end
 from tasks.submit.spec import JobSpec
 
 STAGE_RESULT_NAME = "stage_result.json"

@@ -1,14 +1,15 @@
-"""The stage trainer: preflight checks, DeepSpeed set-up, the resumable step loop, the final model.
+"""The stage trainer: DeepSpeed set-up, the resumable step loop, the final model.
 
-Order of a run (every rank):
-  1. ``preflight``: config vs world size, init checkpoint, dataset manifest + hash. A failure here
-     raises ``StageConfigError`` before any model is built (the entry point exits 2).
+Order of a run (every rank), after the entry point (``eve_model/train.py``) has run
+``eve_model.preflight.preflight_stage`` once (world size, batch split, init checkpoint, dataset
+manifest + hash) and handed its result to ``StageTrainer``:
+  1. (the entry point) skip the stage when ``final/`` already holds this config's result.
   2. build the stage model, freeze per stage, AdamW param groups with one LR per group, cosine
      schedule with warm-up, DeepSpeed engine from ``infra/deepspeed/zero<N>.json``.
   3. resume from ``checkpoints/latest`` if present (model, optimizer, scheduler, RNG, loader).
   4. step loop: micro-batches -> ``engine.backward`` / ``engine.step`` (DeepSpeed accumulates);
      metrics per step; checkpoint every ``checkpoint_interval_steps``; on SIGTERM/SIGUSR1 a
-     checkpoint is flushed and the job exits 75 (requeue).
+     checkpoint is flushed and the job exits ``ExitCode.REQUEUE``.
   5. ``final/``: HF directory (safetensors, tokenizer, processor, aligning layer, resolved config,
      final_metrics.json with input hashes), written to ``final.partial`` and renamed.
 """
@@ -20,53 +21,30 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from eve_model.exit_codes import ExitCode
 from eve_model.identity import code_tree_revision, weights_sha256
-from eve_model.shards import DatasetIntegrityError, DatasetManifest, verify_dataset
+from eve_model.preflight import StagePreflight
 from eve_model.training.config import StageConfig, StageConfigError
 from eve_model.training.runtime import DistributedEnv, platform_home
-from eve_model.training.signals import REQUEUE_EXIT_CODE
 
 FINAL_DIR_NAME = "final"
 FINAL_METRICS_NAME = "final_metrics.json"
-REQUEUE_MARKER_NAME = "REQUEUE_REQUESTED"
 HANG_AFTER_STEP_ENV = "EVE_TRAIN_HANG_AFTER_STEP"
 """Test-only fault injection: after this step every rank waits (until a signal arrives), so a drill
 can kill -9 or SIGTERM the job at a known step."""
 
 
-@dataclass(frozen=True)
-class Preflight:
-    manifest: DatasetManifest
-    total_steps: int
-    gradient_accumulation_steps: int
-
-
-def preflight(config: StageConfig, world_size: int) -> Preflight:
-    """Every check that needs no model: raises ``StageConfigError`` with a message that says what to fix."""
-    from eve_model.preflight import PreflightError, check_world_size
-
-    try:  # the scheduler's planned topology (EVE_EXPECTED_* set by the submission backends)
-        check_world_size()
-    except PreflightError as exc:
-        raise StageConfigError(str(exc)) from exc
-    accumulation = config.gradient_accumulation_steps(world_size)
-    if config.init_checkpoint is not None:
-        init_dir = Path(config.init_checkpoint)
-        if not (init_dir / "config.json").is_file():
-            raise StageConfigError(
-                f"init_checkpoint {init_dir} is not an HF model directory (no config.json)"
-                + ("" if init_dir.exists() else ": the directory does not exist")
-            )
-    try:
-        manifest = verify_dataset(config.dataset_location, expected_hash=config.dataset_hash, check_shards=False)
-    except DatasetIntegrityError as exc:
-        raise StageConfigError(f"dataset check failed: {exc}") from exc
-    return Preflight(manifest=manifest, total_steps=config.total_steps(manifest.num_items), gradient_accumulation_steps=accumulation)
+def stage_is_complete(config: StageConfig) -> bool:
+    """``<output_dir>/final`` holds the result of exactly this config (rerunning it is a no-op)."""
+    metrics_file = Path(config.output_dir) / FINAL_DIR_NAME / FINAL_METRICS_NAME
+    if not metrics_file.exists():
+        return False
+    recorded = json.loads(metrics_file.read_text())["inputs"]["stage_config_hash"]
+    return recorded == config.content_hash()
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int):
@@ -130,25 +108,21 @@ def resolve_deepspeed_config(
 
 
 class StageTrainer:
-    """One stage on one rank. ``run()`` returns the process exit code (0 done, 75 requeue)."""
+    """One stage on one rank, after its preflight. ``run()`` returns the process exit code
+    (``ExitCode.COMPLETED``, or ``ExitCode.REQUEUE`` after a pre-emption signal)."""
 
-    def __init__(self, config: StageConfig, env: DistributedEnv, device_type: str) -> None:
+    def __init__(self, config: StageConfig, env: DistributedEnv, device_type: str, checked: StagePreflight) -> None:
+        """``checked``: what ``eve_model.preflight.preflight_stage`` found for ``config`` on this rank."""
         self.config = config
         self.env = env
         self.device_type = device_type
+        self.checked = checked
         self.output_dir = Path(config.output_dir)
         self.is_main = env.rank == 0
 
     # ---- set-up ---------------------------------------------------------------------------
 
-    def _already_complete(self) -> bool:
-        metrics_file = self.output_dir / FINAL_DIR_NAME / FINAL_METRICS_NAME
-        if not metrics_file.exists():
-            return False
-        recorded = json.loads(metrics_file.read_text())["inputs"]["stage_config_hash"]
-        return recorded == self.config.content_hash()
-
-    def _build(self, pre: Preflight) -> None:
+    def _build(self, pre: StagePreflight) -> None:
         import deepspeed
         import torch
 
@@ -246,15 +220,10 @@ class StageTrainer:
         from eve_model.training.metrics_logging import MetricsLogger
         from eve_model.training.signals import PreemptionWatcher
 
-        if self._already_complete():
-            if self.is_main:
-                print(f"[eve.train] {self.output_dir / FINAL_DIR_NAME} is complete for this config; nothing to do")
-            return 0
         watcher = PreemptionWatcher().install()
-        pre = preflight(self.config, self.env.world_size)
+        pre = self.checked
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / REQUEUE_MARKER_NAME).unlink(missing_ok=True)
             self.config.write(self.output_dir / "stage_config.json")
             self.init_checkpoint_hash = weights_sha256(self.config.init_checkpoint) if self.config.init_checkpoint else None
         self._build(pre)
@@ -304,15 +273,15 @@ class StageTrainer:
                 if last_saved != step:
                     self._save(step, step_batch.position_after)
                 if self.is_main:
-                    (self.output_dir / REQUEUE_MARKER_NAME).write_text(f"step {step}\n")
-                    print(f"[eve.train] signal received: checkpoint at step {step} written; exiting {REQUEUE_EXIT_CODE} (requeue)")
+                    print(f"[eve.train] signal received: checkpoint at step {step} written; "
+                          f"exiting {ExitCode.describe(ExitCode.REQUEUE)}")
                 self.logger.close()
                 watcher.uninstall()
-                return REQUEUE_EXIT_CODE
+                return ExitCode.REQUEUE
         self._finalize(step, history)
         watcher.uninstall()
         dist.barrier()
-        return 0
+        return ExitCode.COMPLETED
 
     def _train_step(self, step_batch, peak_flops: float | None) -> dict[str, Any]:
         import torch
@@ -444,10 +413,8 @@ __all__ = [
     "FINAL_DIR_NAME",
     "FINAL_METRICS_NAME",
     "HANG_AFTER_STEP_ENV",
-    "Preflight",
-    "REQUEUE_MARKER_NAME",
     "StageTrainer",
     "cosine_with_warmup",
-    "preflight",
     "resolve_deepspeed_config",
+    "stage_is_complete",
 ]

@@ -1,7 +1,7 @@
-"""Pre-emption handling: SIGTERM / SIGUSR1 flush a checkpoint, then the job exits 75.
+"""Pre-emption handling: SIGTERM / SIGUSR1 flush a checkpoint, then the job exits ``ExitCode.REQUEUE``.
 
-Exit code 75 (``EX_TEMPFAIL`` in sysexits.h) means "requeue me": the job stopped cleanly at a
-step boundary with a complete checkpoint, and running the same command again resumes from it.
+``ExitCode.REQUEUE`` (75, ``EX_TEMPFAIL`` in sysexits.h) means "requeue me": the job stopped cleanly
+at a step boundary with a complete checkpoint, and running the same command again resumes from it.
 Schedulers send SIGTERM before killing a job (SLURM on ``scancel``/pre-emption/time limit,
 Kubernetes on pod eviction); SLURM's ``--signal=USR1@120`` gives an earlier warning.
 
@@ -14,12 +14,6 @@ from __future__ import annotations
 
 import signal
 from types import FrameType
-
-REQUEUE_EXIT_CODE = 75
-"""Exit code of a job that stopped on a pre-emption signal after writing a checkpoint."""
-
-CONFIG_ERROR_EXIT_CODE = 2
-"""Exit code of a job whose configuration cannot run; nothing was computed."""
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -61,4 +55,4 @@ class PreemptionWatcher:
         return bool(flag.item())
 
 
-__all__ = ["CONFIG_ERROR_EXIT_CODE", "HANDLED_SIGNALS", "PreemptionWatcher", "REQUEUE_EXIT_CODE"]
+__all__ = ["HANDLED_SIGNALS", "PreemptionWatcher"]

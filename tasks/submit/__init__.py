@@ -1,12 +1,22 @@
 """Job submission backends (local, SLURM, Kubernetes) behind one interface.
 
-    from tasks.submit.base import get_backend
-    from tasks.submit.spec import JobSpec, JobState
+    from tasks.submit.run import run_job_to_end
+    from tasks.submit.spec import JobSpec
 
-    backend = get_backend("slurm", slurm_conf="/tmp/eve-slurm/etc/slurm.conf")   # or "local", "k8s"
-    handle = backend.submit(JobSpec(...))
+    result = run_job_to_end(JobSpec(...), "slurm", {"slurm_conf": "/tmp/eve-slurm/etc/slurm.conf"})  # or "local", "k8s"
+
+``run_job_to_end`` is the one submission path (stage jobs of a retrain and ``eve train`` use it):
+submit, stream the log, wait, resubmit resumable ends, map the end state. The parts, for callers
+that need them one by one::
+
+    from tasks.submit.backends import get_backend
+    backend = get_backend("local")
+    handle = backend.submit(spec)
     status = backend.wait(handle, poll_seconds=5, timeout_seconds=None, on_log=print)
 
-Modules: spec (JobSpec, JobState, JobHandle, JobStatus), base (Backend, get_backend, wait loop),
-local, slurm (+ slurm_state parser), k8s, render (quoting guard), prefect_tasks (Prefect wrapper).
+Modules: spec (JobSpec, JobState, JobHandle, JobStatus), base (Backend interface, wait loop, exit
+markers, signal relay; imports no backend), backends (``get_backend``: the registry that imports
+them), local, slurm (+ slurm_state parser), k8s, render (quoting guard, exit codes for templates),
+run (``run_job_to_end``, ``JobFailed``, ``SchedulerLost``, Prefect retry condition). Exit codes are
+``eve_model.exit_codes.ExitCode``.
 """

@@ -1,16 +1,28 @@
-"""The one interface every submission backend implements, and the shared wait/resubmit loop."""
+"""The one interface every submission backend implements, and the shared wait/resubmit loop.
+
+This module imports no backend: ``tasks.submit.backends.get_backend`` picks one by name.
+"""
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tasks.submit.spec import EXIT_REQUEUE_ME, JobHandle, JobSpec, JobState, JobStatus
+from eve_model.exit_codes import ExitCode
+from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
 
 LOG_TAIL_LINES = 120
+
+RELAYED_SIGNALS = {signal.SIGTERM: signal.SIGTERM, signal.SIGUSR1: signal.SIGUSR1, signal.SIGINT: signal.SIGTERM}
+"""Signals a foreground caller passes on to its job (``relaying_signals``), and what the job gets:
+SIGTERM and SIGUSR1 as they are, Ctrl-C as SIGTERM. Each one makes the job flush a checkpoint and
+end with ``ExitCode.REQUEUE``."""
 
 
 class SubmitError(RuntimeError):
@@ -35,13 +47,13 @@ def read_exit_marker(log_dir: Path, job_id: str) -> dict | None:
 
 
 def status_from_marker(marker: dict, scheduler_state: JobState | None = None) -> JobStatus:
-    """Interpret an exit marker; a flushed checkpoint (exit 75) makes the end resumable."""
+    """Interpret an exit marker; a flushed checkpoint (``ExitCode.REQUEUE``) makes the end resumable."""
     exit_code = int(marker["exit_code"])
-    signal = marker.get("signal") or ""
-    if exit_code == 0:
-        return JobStatus(state=JobState.COMPLETED, exit_code=0, reason="completed")
-    if exit_code == EXIT_REQUEUE_ME:
-        if signal == "USR1" or scheduler_state == JobState.TIMED_OUT:
+    signal_name = marker.get("signal") or ""
+    if exit_code == ExitCode.COMPLETED:
+        return JobStatus(state=JobState.COMPLETED, exit_code=exit_code, reason="completed")
+    if exit_code == ExitCode.REQUEUE:
+        if signal_name == "USR1" or scheduler_state == JobState.TIMED_OUT:
             return JobStatus(
                 state=JobState.TIMED_OUT,
                 exit_code=exit_code,
@@ -51,15 +63,28 @@ def status_from_marker(marker: dict, scheduler_state: JobState | None = None) ->
         return JobStatus(
             state=JobState.PREEMPTED,
             exit_code=exit_code,
-            reason=f"stopped by SIG{signal or 'TERM'}: checkpoint flushed, resumable",
+            reason=f"stopped by SIG{signal_name or 'TERM'}: checkpoint flushed, resumable",
             resumable=True,
         )
     ranks = marker.get("rank_exit_codes")
     return JobStatus(
         state=scheduler_state if scheduler_state in (JobState.OUT_OF_MEMORY, JobState.NODE_FAIL) else JobState.FAILED,
         exit_code=exit_code,
-        reason=f"workload exited {exit_code}" + (f" (rank exit codes {ranks})" if ranks else ""),
+        reason=f"workload exited {ExitCode.describe(exit_code)}" + (f" (rank exit codes {ranks})" if ranks else ""),
     )
+
+
+def prepare_log_dir(spec: JobSpec) -> JobSpec:
+    """``spec`` with ``log_dir`` made absolute and created (scripts, logs and markers go there)."""
+    log_dir = Path(spec.log_dir).resolve()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return spec.model_copy(update={"log_dir": log_dir})
+
+
+def _complete_lines(chunk: bytes) -> bytes:
+    """The part of ``chunk`` up to its last line end: ``\\n``, or the ``\\r`` of a progress bar
+    redrawing its line. A multi-byte character is never split across two chunks."""
+    return chunk[: max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1]
 
 
 class Backend(abc.ABC):
@@ -89,9 +114,27 @@ class Backend(abc.ABC):
     def cancel(self, handle: JobHandle) -> None:
         """Stop the job; its status becomes CANCELLED."""
 
+    def send_signal(self, handle: JobHandle, signum: int) -> None:
+        """Deliver ``signum`` to the running job as a scheduler would (SIGTERM, SIGUSR1: the ranks
+        flush a checkpoint and the job ends with ``ExitCode.REQUEUE``). Not every backend can
+        (``can_signal``)."""
+        raise NotImplementedError(f"the {self.name} backend cannot signal a running job")
+
+    @property
+    def can_signal(self) -> bool:
+        """Whether ``send_signal`` is implemented (the local backend; SLURM and Kubernetes signal
+        their jobs themselves on pre-emption and time limits)."""
+        return type(self).send_signal is not Backend.send_signal
+
     def logs(self, handle: JobHandle, since_offset: int = 0) -> str:
         """Log text of the current attempt from byte ``since_offset`` (for streaming into Prefect)."""
         return self.read_log_bytes(handle, since_offset).decode("utf-8", errors="replace")
+
+    def with_log_tail(self, handle: JobHandle, status: JobStatus) -> JobStatus:
+        """``status`` with the last lines of the job log, when the job ended other than COMPLETED."""
+        if status.state.is_final and status.state != JobState.COMPLETED:
+            status.log_tail = tail_lines(self.logs(handle))
+        return status
 
     def resubmit(self, handle: JobHandle) -> JobHandle:
         """Start the next attempt of the same spec (it resumes from the checkpoint it flushed)."""
@@ -112,7 +155,8 @@ class Backend(abc.ABC):
         on_log: Callable[[str], None] | None = None,
         on_resubmit: Callable[[JobHandle, JobStatus], None] | None = None,
     ) -> JobStatus:
-        """Poll until the job ends, streaming new log text to ``on_log``.
+        """Poll until the job ends, streaming new log text to ``on_log`` (whole lines; a progress
+        bar's ``\\r`` redraws count as line ends).
 
         A resumable end (timeout or preemption after a flushed checkpoint) is resubmitted up to
         ``spec.max_resubmits`` times instead of failing the stage; ``handle`` is updated in place
@@ -126,8 +170,7 @@ class Backend(abc.ABC):
             if on_log is not None:
                 chunk = self.read_log_bytes(handle, log_offset)
                 if chunk:
-                    # Only whole lines: a multi-byte character is never split across two chunks.
-                    complete = chunk if status.state.is_final else chunk[: chunk.rfind(b"\n") + 1]
+                    complete = chunk if status.state.is_final else _complete_lines(chunk)
                     if complete:
                         log_offset += len(complete)
                         on_log(complete.decode("utf-8", errors="replace"))
@@ -150,18 +193,26 @@ class Backend(abc.ABC):
             time.sleep(poll_seconds)
 
 
-def get_backend(name: str, **options) -> Backend:
-    """``get_backend("local" | "slurm" | "k8s", **options)``; options go to the backend's constructor."""
-    if name == "local":
-        from tasks.submit.local import LocalBackend
+@contextlib.contextmanager
+def relaying_signals(backend: Backend, handle: JobHandle) -> Iterator[None]:
+    """While the caller waits for ``handle`` in the foreground, pass the stop signals it receives
+    (``RELAYED_SIGNALS``) on to the job with ``backend.send_signal``.
 
-        return LocalBackend(**options)
-    if name == "slurm":
-        from tasks.submit.slurm import SlurmBackend
+    For a job that runs outside the caller's process group (the local backend starts each job in a
+    session of its own), so that a terminal's Ctrl-C or a ``kill`` of the caller stops the job
+    cleanly instead of orphaning it. Python signal handlers live on the main thread only; elsewhere
+    this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-        return SlurmBackend(**options)
-    if name in ("k8s", "kubernetes"):
-        from tasks.submit.k8s import KubernetesBackend
+    def relay(signum: int, _frame) -> None:
+        backend.send_signal(handle, RELAYED_SIGNALS[signum])
 
-        return KubernetesBackend(**options)
-    raise ValueError(f"unknown submission backend {name!r}; choose local, slurm or k8s")
+    previous = {signum: signal.signal(signum, relay) for signum in RELAYED_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

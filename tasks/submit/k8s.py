@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field
 
-from tasks.submit.base import Backend, SubmitError, tail_lines
+from tasks.submit.base import Backend, SubmitError
 from tasks.submit.render import INFRA_DIR, yaml_template_environment
 from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
 
@@ -123,7 +123,7 @@ def _context(spec: JobSpec, options: KubernetesOptions, name: str, rendezvous_en
         "ranks_per_node": spec.ranks_per_node,
         "rendezvous_port": options.rendezvous_port,
         "backoff_limit": spec.max_resubmits,
-        "active_deadline_seconds": spec.time_limit_minutes * 60,
+        "active_deadline_seconds": spec.time_limit_minutes * 60 if spec.time_limit_minutes is not None else None,
         "grace_seconds": max(spec.pre_timeout_signal_seconds, 30),
         "subdomain": None,
     }
@@ -291,10 +291,7 @@ class KubernetesBackend(Backend):
         restarts = 0
         for replica in (status.get("replicaStatuses") or {}).values():
             restarts += int(replica.get("failed") or 0)
-        result = JobStatus(state=state, reason=reason, restarts=restarts)
-        if state.is_final and state != JobState.COMPLETED:
-            result.log_tail = tail_lines(self.logs(handle))
-        return result
+        return self.with_log_tail(handle, JobStatus(state=state, reason=reason, restarts=restarts))
 
     def _first_pod_name(self, handle: JobHandle) -> str | None:
         _, _, core = self._apis()

@@ -1,8 +1,9 @@
 """Local backend: torchrun on this machine under the same bash supervisor as the SLURM script.
 
 The supervisor runs in its own session (process group), so ``cancel`` signals exactly the
-processes the job started. Status works from any process: a pid file while it runs, the exit
-marker once it has ended.
+processes the job started, and a terminal's Ctrl-C reaches the job only through ``send_signal``
+(``run_job_to_end(..., relay_signals=True)``, as ``eve train`` does). Status works from any
+process: a pid file while it runs, the exit marker once it has ended.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from eve_model.training.runtime import free_loopback_port
-from tasks.submit.base import Backend, read_exit_marker, status_from_marker, tail_lines
+from tasks.submit.base import Backend, prepare_log_dir, read_exit_marker, status_from_marker
 from tasks.submit.render import INFRA_DIR, shell_template_environment
 from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
 
@@ -25,7 +26,7 @@ _CHILDREN: dict[str, subprocess.Popen] = {}
 
 def render_local_script(spec: JobSpec, job_id: str, rendezvous_port: int) -> str:
     """The supervisor script for one local attempt (infra/slurm/local_stage.sh.j2)."""
-    time_limit_seconds = spec.time_limit_minutes * 60
+    time_limit_seconds = spec.time_limit_minutes * 60 if spec.time_limit_minutes is not None else None
     pre_signal = spec.pre_timeout_signal_seconds
     template = shell_template_environment(INFRA_DIR / "slurm").get_template("local_stage.sh.j2")
     return template.render(
@@ -33,7 +34,9 @@ def render_local_script(spec: JobSpec, job_id: str, rendezvous_port: int) -> str
         job_id=job_id,
         rendezvous_port=rendezvous_port,
         time_limit_seconds=time_limit_seconds,
-        pre_signal_after_seconds=max(time_limit_seconds - pre_signal, 1) if pre_signal else None,
+        pre_signal_after_seconds=(
+            max(time_limit_seconds - pre_signal, 1) if pre_signal and time_limit_seconds is not None else None
+        ),
     )
 
 
@@ -77,9 +80,8 @@ class LocalBackend(Backend):
     def submit(self, spec: JobSpec) -> JobHandle:
         if spec.nodes != 1:
             raise ValueError(f"the local backend runs one node; {spec.name!r} asks for {spec.nodes}")
-        log_dir = Path(spec.log_dir).resolve()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        spec = spec.model_copy(update={"log_dir": log_dir})
+        spec = prepare_log_dir(spec)
+        log_dir = spec.log_dir
         job_id = f"local-{uuid.uuid4().hex[:12]}"
         script_path = log_dir / f"{job_id}.sh"
         script_path.write_text(render_local_script(spec, job_id, spec.rendezvous_port or free_loopback_port()))
@@ -121,9 +123,17 @@ class LocalBackend(Backend):
                 status.state = JobState.TIMED_OUT
         if (handle.spec.log_dir / f"cancel-{handle.job_id}").exists():
             status = JobStatus(state=JobState.CANCELLED, exit_code=status.exit_code, reason="cancelled")
-        if status.state != JobState.COMPLETED:
-            status.log_tail = tail_lines(self.logs(handle))
-        return status
+        return self.with_log_tail(handle, status)
+
+    def send_signal(self, handle: JobHandle, signum: int) -> None:
+        """To the supervisor, which forwards it to the ranks (SIGUSR1 as SIGTERM) and records it, so
+        the end is resumable (``ExitCode.REQUEUE``) unless a rank failed on its own."""
+        pid = self._pid(handle)
+        if pid is not None and _pid_running(pid):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:  # it ended in between: nothing left to stop
+                pass
 
     def cancel(self, handle: JobHandle) -> None:
         pid = self._pid(handle)
@@ -131,7 +141,7 @@ class LocalBackend(Backend):
         if pid is None or not _pid_running(pid):
             return
         # The supervisor forwards SIGTERM to the ranks (checkpoint flush); SIGKILL the group after grace.
-        os.kill(pid, signal.SIGTERM)
+        self.send_signal(handle, signal.SIGTERM)
         deadline = time.monotonic() + self.cancel_grace_seconds
         child = _CHILDREN.get(handle.job_id)
         while time.monotonic() < deadline:

@@ -3,6 +3,10 @@
 The environment refuses to render any value that did not pass through a quoting filter: a
 template that forgets ``| shquote`` fails at render time instead of producing an injectable
 script. Integers (node counts, minutes) are the only values allowed bare.
+
+Both environments give every template ``exit_code``: ``eve_model.exit_codes.ExitCode.template_values()``
+(``{{ exit_code.REQUEUE }}``), the one definition of what a job's exit status means. Templates
+carry no exit code of their own.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import shlex
 from pathlib import Path
 
 import jinja2
+
+from eve_model.exit_codes import ExitCode
 
 INFRA_DIR = Path(__file__).resolve().parent.parent.parent / "infra"
 
@@ -63,6 +69,11 @@ def _only_vetted(value: object) -> object:
     raise UnquotedValueError(f"unquoted value {value!r} in a shell template; use | shquote")
 
 
+def _with_exit_codes(environment: jinja2.Environment) -> jinja2.Environment:
+    environment.globals["exit_code"] = ExitCode.template_values()
+    return environment
+
+
 def shell_template_environment(directory: Path) -> jinja2.Environment:
     """Jinja environment for shell scripts under ``directory`` with the quoting guard installed."""
     environment = jinja2.Environment(
@@ -77,16 +88,18 @@ def shell_template_environment(directory: Path) -> jinja2.Environment:
     environment.filters.update(
         shquote=shquote, shquote_words=shquote_words, directive=directive, identifier=identifier
     )
-    return environment
+    return _with_exit_codes(environment)
 
 
 def yaml_template_environment(directory: Path) -> jinja2.Environment:
     """Jinja environment for Kubernetes manifests: every value goes through ``| tojson`` (valid YAML)."""
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(directory)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
+    return _with_exit_codes(
+        jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(directory)),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            autoescape=False,
+        )
     )

@@ -4,7 +4,7 @@ Status sources, in order (peers.md section 5, ZenML's client): ``squeue --json``
 known to the controller, ``scontrol show job -o`` (covers the MinJobAge window and old squeues),
 ``sacct --json`` where accounting runs, and finally the exit marker the batch shell writes.
 The marker also carries the workload's real exit code, which beats the scheduler's when the job
-ended: 75 means "checkpoint flushed, resume me".
+ended: ``ExitCode.REQUEUE`` means "checkpoint flushed, resume me".
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 from tasks.submit.base import (
     Backend,
     SubmitError,
+    prepare_log_dir,
     read_exit_marker,
     status_from_marker,
-    tail_lines,
 )
 from tasks.submit.render import INFRA_DIR, shell_template_environment
 from tasks.submit.slurm_state import (
@@ -111,9 +111,8 @@ class SlurmBackend(Backend):
         missing = [name for name in spec.secret_env_names if name not in os.environ]
         if missing:
             raise SubmitError(f"secret environment variables not set in the submitting process: {missing}")
-        log_dir = Path(spec.log_dir).resolve()
-        log_dir.mkdir(parents=True, exist_ok=True)
-        spec = spec.model_copy(update={"log_dir": log_dir})
+        spec = prepare_log_dir(spec)
+        log_dir = spec.log_dir
         script_path = log_dir / f"{spec.scheduler_name}-{uuid.uuid4().hex[:8]}.sbatch"
         script_path.write_text(render_sbatch_script(spec))
         script_path.chmod(0o700)
@@ -173,9 +172,7 @@ class SlurmBackend(Backend):
             if not state.is_final:
                 return JobStatus(state=state, reason=record.reason, restarts=record.restarts)
             status = self._final_status(record, state, marker)
-        if status.state not in (JobState.COMPLETED,):
-            status.log_tail = tail_lines(self.logs(handle))
-        return status
+        return self.with_log_tail(handle, status)
 
     @staticmethod
     def _final_status(record: SlurmJobRecord, state: JobState, marker: dict | None) -> JobStatus:

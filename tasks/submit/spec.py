@@ -1,7 +1,9 @@
 """What a training job asks of a scheduler, and what the scheduler says back.
 
 One ``JobSpec`` renders to a local torchrun launch, an sbatch script and a Kubernetes manifest;
-every backend maps its scheduler's states onto the one ``JobState`` enum.
+every backend maps its scheduler's states onto the one ``JobState`` enum. The workload's exit codes
+(of ``python -m eve_model.train`` and of every workload these backends run) are
+``eve_model.exit_codes.ExitCode``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,6 @@ import sys
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-
-# Exit code contract of `python -m eve_model.train` (and of every workload these backends run).
-EXIT_OK = 0
-EXIT_BAD_CONFIG = 2
-EXIT_REQUEUE_ME = 75
-"""The workload flushed a checkpoint after SIGTERM/SIGUSR1 and wants to be resumed (EX_TEMPFAIL)."""
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Values that reach scheduler directives (#SBATCH lines, Kubernetes names) are restricted to a
@@ -84,8 +80,10 @@ class JobSpec(BaseModel):
     memory_gb: int | None = Field(default=None, ge=1)
     """Memory per node in GiB; None takes the scheduler's default."""
 
-    time_limit_minutes: int = Field(default=60, ge=1)
-    """Wall-clock limit of one attempt; the pre-timeout signal arrives before it."""
+    time_limit_minutes: int | None = Field(default=60, ge=1)
+    """Wall-clock limit of one attempt; the pre-timeout signal arrives before it. None sets no
+    limit of the platform's own: none locally, the partition's default on SLURM, no
+    ``activeDeadlineSeconds`` on Kubernetes."""
 
     partition: str | None = None
     """SLURM partition (Kubernetes: ignored)."""
@@ -110,7 +108,7 @@ class JobSpec(BaseModel):
 
     pre_timeout_signal_seconds: int = Field(default=120, ge=0)
     """Seconds before the time limit at which the workload gets SIGUSR1 (forwarded as SIGTERM to
-    the ranks) so that it flushes a checkpoint and exits 75. 0 disables the signal."""
+    the ranks) so that it flushes a checkpoint and exits ``ExitCode.REQUEUE``. 0 disables the signal."""
 
     log_dir: Path
     """Directory (shared between nodes) for the job log, exit markers and rendered scripts."""
@@ -204,7 +202,8 @@ class JobStatus(BaseModel):
     reason: str = ""
     """Scheduler reason or a short explanation (e.g. 'pre-timeout signal USR1; checkpoint flushed')."""
     resumable: bool = False
-    """The workload flushed a checkpoint and asked to be resumed (exit 75), so resubmitting continues it."""
+    """The workload flushed a checkpoint and asked to be resumed (``ExitCode.REQUEUE``), so
+    resubmitting continues it."""
     log_tail: str = ""
     """Last lines of the job log, filled for failed end states."""
     restarts: int = 0

@@ -16,7 +16,8 @@ from eve_model.training.config import (
     preset_stage_config,
     tiny_stage_config,
 )
-from eve_model.training.engine import cosine_with_warmup, preflight, resolve_deepspeed_config
+from eve_model.exit_codes import ExitCode
+from eve_model.training.engine import cosine_with_warmup, resolve_deepspeed_config
 from tests.eve_model.training_datasets import REPO_ROOT, subprocess_env, write_tiny_dataset
 
 
@@ -86,24 +87,6 @@ def test_batch_that_does_not_divide_the_world_size_is_a_clear_error():
         cfg.gradient_accumulation_steps(2)
 
 
-def test_preflight_checks_init_checkpoint_and_dataset_hash(dataset, tmp_path):
-    location, manifest = dataset
-    init = tmp_path / "init"
-    init.mkdir()
-    cfg = tiny_stage_config(2, str(tmp_path / "o"), str(location), manifest.dataset_hash, init_checkpoint=str(init), num_epochs=1)
-    with pytest.raises(StageConfigError, match="not an HF model directory"):
-        preflight(cfg, world_size=2)
-    (init / "config.json").write_text("{}")
-    assert preflight(cfg, world_size=2).total_steps == 2  # 1 epoch: 16 samples / global batch 8
-    assert preflight(cfg.model_copy(update={"num_epochs": None}), world_size=2).total_steps == 20  # max_steps alone
-    wrong = cfg.model_copy(update={"dataset_hash": "0" * 64})
-    with pytest.raises(StageConfigError, match="was expected"):
-        preflight(wrong, world_size=2)
-    missing = cfg.model_copy(update={"dataset_location": str(tmp_path / "nowhere")})
-    with pytest.raises(StageConfigError, match="manifest.json is missing"):
-        preflight(missing, world_size=2)
-
-
 def test_deepspeed_templates_resolve_without_leftover_auto_values():
     for zero_stage, offload in ((0, False), (1, False), (2, False), (3, False), (3, True)):
         cfg = tiny_stage_config(2, "/o", "/d", init_checkpoint="/i", zero_stage=zero_stage, zero_offload=offload, precision="bf16")
@@ -132,24 +115,62 @@ def test_entry_point_exits_2_before_compute_on_bad_configs(dataset, tmp_path):
         "init.json": json.dumps({**base.to_json_dict(), "stage": 2, "init_checkpoint": str(tmp_path / "missing"), "template": "plain",
                                  "trainable_groups": ["pel", "aligning", "llm"], "learning_rates": {"pel": 1, "aligning": 1, "llm": 1}}),
         "batch.json": json.dumps({**base.to_json_dict(), "dataset_hash": manifest.dataset_hash, "global_batch_size_samples": 6}),
+        "world.json": json.dumps({**base.to_json_dict(), "dataset_hash": manifest.dataset_hash}),
         "notjson.json": "{",
     }
     expected = {
         "hash.json": "was expected",
         "stage.json": "unknown stage 'pre-align'",
-        "init.json": "not an HF model directory",
+        "init.json": "init checkpoint " + str(tmp_path / "missing") + " does not exist",
         "batch.json": "not divisible",
+        "world.json": "world size 2 != 1 nodes x 4 ranks per node",
         "notjson.json": "not valid JSON",
     }
+    preflight_failures = {"hash.json", "init.json", "batch.json", "world.json"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         # WORLD_SIZE=2 without a launcher checks divisibility as torchrun --nproc 2 would; no group is formed.
         env = subprocess_env(tmp_path / "home", RANK="0", WORLD_SIZE="2", LOCAL_RANK="0")
+        if name == "world.json":  # the backend asked for 4 ranks on one node; 2 joined
+            env.update(EVE_EXPECTED_NODES="1", EVE_EXPECTED_RANKS_PER_NODE="4")
         result = subprocess.run([sys.executable, "-m", "eve_model.train", str(tmp_path / name)], env=env,
                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2, (name, result.stderr[-2000:])
+        assert result.returncode == ExitCode.CONFIG_ERROR, (name, result.stderr[-2000:])
         assert expected[name] in result.stderr, (name, result.stderr[-2000:])
+        if name in preflight_failures:  # one clear line, and nothing heavy was loaded first
+            assert result.stderr.strip().splitlines() == [f"[eve.train] rank 0: cannot start: {result.stderr.split('cannot start: ', 1)[1].strip()}"]
     assert not (tmp_path / "o").exists()  # nothing was written: the checks ran before any compute
+
+
+def test_entry_point_runs_the_preflight_once_and_hands_its_result_to_the_trainer(dataset, tmp_path, monkeypatch):
+    import eve_model.preflight
+    import eve_model.training.engine
+    import eve_model.training.runtime
+    from eve_model.train import main
+
+    location, manifest = dataset
+    config_path = tiny_stage_config("base-llm", str(tmp_path / "o"), str(location), manifest.dataset_hash).write(tmp_path / "c.json")
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "EVE_HOME": str(tmp_path / "home")}.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+    real_preflight = eve_model.preflight.preflight_stage
+    monkeypatch.setattr(eve_model.preflight, "preflight_stage", lambda config: calls.append("preflight") or real_preflight(config))
+
+    class Trainer:
+        def __init__(self, config, env, device_type, checked):
+            calls.append(("trainer", checked.total_steps, checked.gradient_accumulation_steps, checked.manifest.dataset_hash))
+
+        def run(self):
+            return ExitCode.COMPLETED
+
+    monkeypatch.setattr(eve_model.training.engine, "StageTrainer", Trainer)
+    monkeypatch.setattr(eve_model.training.runtime, "configure_accelerator_env", lambda: "cpu")
+    monkeypatch.setattr(eve_model.training.runtime, "init_process_group", lambda device_type, local_rank: calls.append("group"))
+    monkeypatch.setattr(eve_model.training.runtime, "shutdown_process_group", lambda: None)
+    assert main([str(config_path)]) == ExitCode.COMPLETED
+    # Global batch 8, micro-batch 2 x 2 ranks: accumulation 2.
+    config = StageConfig.read(config_path)
+    assert calls == ["preflight", "group", ("trainer", config.total_steps(16), 2, manifest.dataset_hash)]
 
 
 def test_model_overrides_reach_the_eve_config_preset():

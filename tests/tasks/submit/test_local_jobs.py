@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.submit.base import get_backend
+from tasks.submit.backends import get_backend
 from tasks.submit.local import LocalBackend
 from tasks.submit.spec import JobSpec, JobState
 

@@ -2,19 +2,21 @@
 
 ``run_job_to_end`` submits, streams the log, waits, lets ``Backend.wait`` resubmit resumable ends
 (timeout, preemption after a flushed checkpoint, up to ``JobSpec.max_resubmits``) and maps the end
-state. Callers that are Prefect tasks declare retries with ``retry_only_unreachable_scheduler``:
-only a submission the scheduler refused or never received is retried; a job that ran and failed
-is not.
+state. Stage jobs (``tasks.stages``) and ``eve train`` (``cli/train.py``) both go through it.
+Callers that are Prefect tasks declare retries with ``retry_only_unreachable_scheduler``: only a
+submission the scheduler refused or never received is retried; a job that ran and failed is not.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.submit.base import SubmitError, get_backend
+from tasks.submit.backends import get_backend
+from tasks.submit.base import SubmitError, relaying_signals
 from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
 
 
@@ -49,12 +51,22 @@ def run_job_to_end(
     poll_seconds: float = 5.0,
     timeout_seconds: float | None = None,
     on_log: Callable[[str], None] | None = None,
+    relay_signals: bool = False,
 ) -> JobResult:
-    """Submit ``spec`` and wait for its end; raises ``JobFailed`` unless it COMPLETED."""
+    """Submit ``spec`` and wait for its end; raises ``JobFailed`` unless it COMPLETED.
+
+    ``relay_signals``: a foreground caller (``eve train``) passes SIGTERM, SIGUSR1 and Ctrl-C on to
+    the job while it waits (``tasks.submit.base.relaying_signals``; backends with
+    ``send_signal``, e.g. local), so the job flushes a checkpoint and ends resumable.
+    """
     backend = get_backend(backend_name, **(backend_options or {}))
+    if relay_signals and not backend.can_signal:
+        raise ValueError(f"relay_signals: the {backend.name} backend cannot signal a running job")
     handle = backend.submit(spec)  # a SubmitError here means no job exists: safe to retry
+    relay = relaying_signals(backend, handle) if relay_signals else contextlib.nullcontext()
     try:
-        status = backend.wait(handle, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, on_log=on_log)
+        with relay:
+            status = backend.wait(handle, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, on_log=on_log)
     except SubmitError as error:
         raise SchedulerLost(
             f"lost contact with the {handle.backend} scheduler while job {handle.job_id} ({spec.name!r}) ran: {error}"
@@ -67,3 +79,6 @@ def run_job_to_end(
 def retry_only_unreachable_scheduler(task, task_run, state) -> bool:
     """Prefect retry condition: retry a SubmitError (scheduler unreachable/refused), nothing else."""
     return isinstance(state.result(raise_on_failure=False), SubmitError)
+
+
+__all__ = ["JobFailed", "JobResult", "SchedulerLost", "retry_only_unreachable_scheduler", "run_job_to_end"]
