@@ -55,16 +55,20 @@ def _run(args: argparse.Namespace) -> int:
 def _print_preset(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from eve_model.training.config import StageConfigError, preset_stage_config
+    from eve_model.training.config import StageConfigError, StageId, preset_stage_config
     from tasks.platform import PlatformSettings
 
     if args.stage is None:
         print("eve train preset: --stage is required (1, 2, 3 or base-llm)", file=sys.stderr)
         return ExitCode.CONFIG_ERROR
-    stage = args.stage
+    try:
+        stage = StageId.parse(args.stage)
+    except StageConfigError as exc:
+        print(f"eve train preset: {exc}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
     init = args.init_checkpoint
-    if init is None and stage != "base-llm":
-        init = "<base LLM directory>" if stage == "1" else f"<stage {int(stage) - 1} output>/final"
+    if init is None and stage != StageId.BASE_LLM:
+        init = "<base LLM directory>" if stage == StageId.PREALIGN else f"<stage {stage.previous} output>/final"
     output_dir = args.output_dir or str(PlatformSettings.load().home / "runs" / f"{args.preset}-stage-{stage}")
     try:
         config = preset_stage_config(
@@ -91,6 +95,7 @@ def run_local(config_path: Path, nproc: int, time_limit_minutes: int | None = No
     """
     from pydantic import ValidationError
 
+    from eve_model.train import job_command
     from eve_model.training.config import StageConfig, StageConfigError
     from tasks.submit.run import JobFailed, run_job_to_end
     from tasks.submit.spec import JobSpec
@@ -106,7 +111,7 @@ def run_local(config_path: Path, nproc: int, time_limit_minutes: int | None = No
 
     spec = JobSpec(
         name=f"eve train {config.run_name}",
-        command=[sys.executable, "-m", "eve_model.train", str(config_path.resolve())],
+        command=job_command(config_path.resolve()),
         workdir=Path.cwd(),
         # Unbuffered ranks, so that their lines reach this terminal as they are printed.
         env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"},

@@ -21,8 +21,14 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from eve_model.exit_codes import ExitCode
+
+
+def job_command(config_path: str | Path, python_executable: str = sys.executable) -> list[str]:
+    """The argv every rank of a stage job runs: this entry point on ``config_path``."""
+    return [python_executable, "-m", "eve_model.train", str(config_path)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from eve_model.identity import CODE_REVISION_ENV, WeightsMismatch, code_tree_revision, verify_weights, weights_sha256
+from eve_model.train import job_command
 from eve_model.training.config import StageConfig, StageId, StageOverrides, overrides_as_kwargs, preset_stage_config
 from tasks.platform import REPO_ROOT, PlatformSettings
 from tasks.submit.run import JobFailed, retry_only_unreachable_scheduler, run_job_to_end
@@ -256,7 +257,7 @@ def build_job_spec(config_path: Path, planned: PlannedStage, template: JobSpec) 
     return template.model_copy(
         update={
             "name": f"{template.name}-stage-{planned.stage}",
-            "command": [template.python_executable, "-m", "eve_model.train", str(config_path)],
+            "command": job_command(config_path, template.python_executable),
             "log_dir": str(planned.output_dir / "logs"),
             "env": {**template.env, CODE_REVISION_ENV: planned.code_revision},
         }

@@ -225,7 +225,7 @@ class StageTrainer:
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self.config.write(self.output_dir / "stage_config.json")
-            self.init_checkpoint_hash = weights_sha256(self.config.init_checkpoint) if self.config.init_checkpoint else None
+            self.init_weights_sha256 = weights_sha256(self.config.init_checkpoint) if self.config.init_checkpoint else None
         self._build(pre)
         start_step = self._resume()
         self.total_steps = pre.total_steps
@@ -386,7 +386,7 @@ class StageTrainer:
                     "dataset_location": self.config.dataset_location,
                     "dataset_hash": self.loader.order.manifest.dataset_hash,
                     "init_checkpoint": self.config.init_checkpoint,
-                    "init_checkpoint_hash": self.init_checkpoint_hash,
+                    "init_weights_sha256": self.init_weights_sha256,
                     "stage_config_hash": self.config.content_hash(),
                     "code_revision": code_tree_revision(),
                 },

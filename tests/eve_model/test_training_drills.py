@@ -101,7 +101,7 @@ def test_base_llm_bootstrap_writes_a_loadable_llama_directory(work, base_zero0):
     assert metrics[-1]["ce_loss"] < metrics[0]["ce_loss"]  # it learns
     summary = _final_metrics(base_zero0)
     assert summary["inputs"]["dataset_hash"] == work["hash"]
-    assert summary["inputs"]["init_checkpoint_hash"] is None and summary["completed_steps"] == 8
+    assert summary["inputs"]["init_weights_sha256"] is None and summary["completed_steps"] == 8
     assert summary["world_size"] == 2 and len(summary["inputs"]["stage_config_hash"]) == 64
     # W&B ran offline with its files under the platform home, and the run id is recorded.
     offline_runs = list((work["home"] / "wandb" / "wandb").glob(f"offline-run-*-{summary['wandb_run_id']}"))
@@ -186,7 +186,7 @@ def test_stage1_trains_pel_and_aligning_layer_and_leaves_the_llm_bit_identical(b
     assert set(metrics[-1]["learning_rate"]) == {"pel", "aligning"}
     assert (stage1 / "final" / "aligning_layer.safetensors").exists()
     summary = _final_metrics(stage1)
-    assert summary["inputs"]["init_checkpoint_hash"] == _final_metrics(base_zero0)["weights_sha256"]
+    assert summary["inputs"]["init_weights_sha256"] == _final_metrics(base_zero0)["weights_sha256"]
 
 
 def _load_eve(final: Path):
@@ -216,7 +216,7 @@ def test_stages_2_and_3_train_everything_and_write_loadable_eve_directories(work
     after = load_file(stage2 / "final" / "model.safetensors")
     changed = [k for k in before if k.startswith("language_model.") and not torch.equal(before[k], after[k])]
     assert changed, "stage 2 must train the LLM"
-    assert _final_metrics(stage3)["inputs"]["init_checkpoint_hash"] == _final_metrics(stage2)["weights_sha256"]
+    assert _final_metrics(stage3)["inputs"]["init_weights_sha256"] == _final_metrics(stage2)["weights_sha256"]
     assert _final_metrics(stage3)["stage"] == "3"  # StageId values are strings
 
 
