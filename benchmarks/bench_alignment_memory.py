@@ -1,7 +1,7 @@
 """Peak memory of the PAL's student features: hooks on the selected depths vs ``output_hidden_states``.
 
 EVE's original code runs the LLM with ``output_hidden_states=True`` and stacks all L+1 hidden states into
-(B, T, L+1, D) before selecting every 4th depth (eve-spec.md §3.2). ``EveForCausalLM`` instead captures only
+(B, T, L+1, D) before selecting every 4th depth (upstream baaivision/EVE, eve_llama.py). ``EveForCausalLM`` instead captures only
 the selected depths with forward hooks. Each variant runs in a fresh subprocess (same model, same batch) and
 reports its peak resident memory above the level reached after building the model and batch; both compute
 the identical PAL loss, which the script checks.

@@ -1,6 +1,6 @@
 """PEL forward+backward throughput: one batched call on a mixed-aspect batch vs a per-image loop.
 
-EVE's original code loops over the batch one image at a time (eve-spec.md §2.1); our PatchEmbeddingLayer
+EVE's original code loops over the batch one image at a time (upstream baaivision/EVE, VisionTokenizer.forward); our PatchEmbeddingLayer
 gathers every image's valid cells and runs the whole batch at once. Both variants run the *same* layer
 (EVE-7B PEL dimensions: width 1024, 8 heads, patch 14, pool 2, projector 1024 -> 4096 -> 4096) on the same
 images, side by side in one process; the printed ratio is loop time / batched time.

@@ -1,7 +1,7 @@
 """Configuration of EVE v1 (encoder-free VLM, arXiv 2406.11832): a Llama decoder plus the Patch Embedding
 Layer (PEL, inference) and the Patch Aligning Layer (PAL, training only) with its frozen vision teacher.
 
-Geometry (eve-spec.md §2.3, generalised): one *student cell* is ``patch_size * pool_stride`` pixels (one LLM
+Geometry (docs/model.md, generalised): one *student cell* is ``patch_size * pool_stride`` pixels (one LLM
 visual token); one *teacher cell* is ``teacher_image_size / teacher_grid_size`` pixels (one teacher
 feature). ``patch_ratio = image_max_side / student_cell_px / teacher_grid_size`` must be a positive integer:
 the student grid equals the teacher's valid grid times ``patch_ratio``, and the PAL average-pools the student

@@ -1,6 +1,6 @@
 """Job-side checks before any training compute: fail fast, with ``ExitCode.CONFIG_ERROR`` and one line.
 
-peers.md P2 and P10: a multi-node launch that silently runs with the wrong world size, or a job
+Why: a multi-node launch that silently runs with the wrong world size, or a job
 that trains on a dataset version other than the one pinned at trigger time, wastes a whole
 allocation. Every submission backend exports the topology it asked for
 (``EVE_EXPECTED_NODES``, ``EVE_EXPECTED_RANKS_PER_NODE``), so each rank can compare it with the

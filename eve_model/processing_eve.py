@@ -1,6 +1,6 @@
 """EVE v1 pre-processing: any-aspect-ratio images with a validity-mask channel, and the chat templates.
 
-Image geometry (eve-spec.md §2.3, generalised to any student/teacher cell size): for one image,
+Image geometry (docs/model.md, generalised to any student/teacher cell size): for one image,
 
 1. the *teacher view* follows the LLaVA-1.5 pad protocol: longest side := teacher side T, short side
    snapped up to whole teacher cells (``ceil``), centred on a T x T canvas at a whole-cell offset;

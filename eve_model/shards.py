@@ -33,7 +33,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,6 +302,23 @@ def iter_samples(
             yield from read_shard(location, shard, verify=verify)
 
 
+def write_subset(
+    location: str | Path,
+    manifest: DatasetManifest,
+    output_dir: str | Path,
+    keep: Callable[[str], bool],
+    extra: dict[str, Any],
+    max_items_per_shard: int = 500,
+) -> DatasetManifest:
+    """A new dataset version of the samples of ``location`` whose key ``keep`` accepts, unchanged and in
+    manifest order (how curation and the quality gates derive their outputs); returns its manifest."""
+    with ShardWriter(output_dir, max_items_per_shard=max_items_per_shard, extra=extra) as writer:
+        for sample in iter_samples(location, manifest=manifest):
+            if keep(sample.key):
+                writer.write(sample)
+    return writer.manifest
+
+
 def verify_dataset(
     location: str | Path, expected_hash: str | None = None, check_shards: bool = True
 ) -> DatasetManifest:
@@ -334,4 +351,5 @@ __all__ = [
     "read_manifest",
     "read_shard",
     "verify_dataset",
+    "write_subset",
 ]

@@ -10,9 +10,9 @@ a *step* is one optimizer step over ``global_batch_size_samples`` samples; a *mi
 one rank pushes through forward/backward at once.
 
 Checks come in two layers. Field validators run on construction (a typo or an inconsistent stage
-fails at once). ``check_runtime`` runs at job start before any compute: it needs the world size and
-the file system (init checkpoint, dataset manifest and its hash). Both raise ``StageConfigError``
-or pydantic's ``ValidationError``; the entry point maps either to exit code 2.
+fails at once). ``eve_model.preflight.preflight_stage`` runs once per rank at job start, before any
+compute: it needs the world size and the file system (init checkpoint, dataset manifest and its
+hash). The entry point maps a failure of either to ``ExitCode.CONFIG_ERROR``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ A *stage model* (``stage_protocol.StageModel``) builds the ``nn.Module``, names 
 directory. The trainer (engine.py) knows nothing model-specific beyond this protocol; ``base_llm.py`` is
 the other implementation. The PAL travels between stages as ``alignment_state.ALIGNMENT_STATE_FILE``.
 
-Freezing per stage (eve-spec.md 4.1): stage 1 trains PEL + projector + aligning layer with the LLM
+Freezing per stage (docs/model.md, "The three stages"): stage 1 trains PEL + projector + aligning layer with the LLM
 frozen; stages 2-3 train everything but the teacher, which ``enable_alignment`` builds frozen.
 """
 

@@ -31,7 +31,7 @@ import numpy as np
 from prefect import task
 from pydantic import BaseModel, Field
 
-from eve_model.shards import ShardWriter, iter_samples, read_manifest
+from eve_model.shards import iter_samples, read_manifest, write_subset
 
 logger = logging.getLogger(__name__)
 
@@ -295,11 +295,10 @@ def curate_dataset(
                 dropped[keys[candidate_rows[row]]] = ("cluster_overflow", f"cluster {int(assignment[position])}: not among the nearest kept")
 
     output_dir = Path(output_dir)
-    with ShardWriter(output_dir, extra={"curation": config.model_dump(), "embedder": embedder_name,
-                                        "input_dataset_hash": manifest.dataset_hash}) as writer:
-        for sample in iter_samples(input_location, manifest=manifest):
-            if sample.key not in dropped:
-                writer.write(sample)
+    written = write_subset(
+        input_location, manifest, output_dir, lambda key: key not in dropped,
+        extra={"curation": config.model_dump(), "embedder": embedder_name, "input_dataset_hash": manifest.dataset_hash},
+    )
     log_path = output_dir / CURATION_LOG
     with open(log_path, "w", encoding="utf-8") as log:
         for key in keys:
@@ -312,9 +311,9 @@ def curate_dataset(
     report = CurationReport(
         input_dataset_hash=manifest.dataset_hash,
         dataset_dir=str(output_dir),
-        dataset_hash=writer.manifest.dataset_hash,
+        dataset_hash=written.dataset_hash,
         num_in=len(keys),
-        num_kept=writer.manifest.num_items,
+        num_kept=written.num_items,
         dropped_by_reason=dict(sorted(reasons.items())),
         num_clusters_used=num_clusters_used,
         embedder=embedder_name,

@@ -3,7 +3,7 @@
     result = gate_caption_dataset("/data/captioned-v3", "/data/filtered-v3")
     result.passed, result.reasons, result.counts   # in = kept + filtered, per-reason counts
 
-A passing gate writes the kept samples, unchanged, as a new dataset version (ShardWriter) and
+A passing gate writes the kept samples, unchanged, as a new dataset version (``write_subset``) and
 records the gate in its manifest ``extra``. A failing gate writes no dataset (nothing downstream
 can pick up a rejected version) but stores the full evidence: GX's result, the metrics table and
 every filtered sample with its reason. Rerunning a gate on the same input with the same suite
@@ -21,12 +21,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from eve_model.shards import (
-    DatasetIntegrityError,
-    ShardWriter,
-    iter_samples,
-    read_manifest,
-)
+from eve_model.shards import DatasetIntegrityError, iter_samples, read_manifest, write_subset
 from tasks.platform import PlatformSettings
 from tasks.quality.config import CaptionGateThresholds, InstructionGateThresholds
 from tasks.quality.instruction_metrics import compute_instruction_metrics, summarize_instruction_metrics
@@ -225,11 +220,7 @@ def _write_kept(
     if (output_dir / "manifest.json").exists():
         return read_manifest(output_dir).dataset_hash  # checked above to be this gate's own output
     extra = {**manifest.extra, "quality_gate": gate_record}
-    with ShardWriter(output_dir, max_items_per_shard=max_items_per_shard, extra=extra) as writer:
-        for sample in iter_samples(input_location, manifest=manifest):
-            if sample.key in kept_keys:
-                writer.write(sample)
-    return writer.manifest.dataset_hash
+    return write_subset(input_location, manifest, output_dir, kept_keys.__contains__, extra, max_items_per_shard).dataset_hash
 
 
 def gate_caption_dataset(

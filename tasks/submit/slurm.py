@@ -1,6 +1,6 @@
 """SLURM backend: sbatch a rendered script, poll squeue -> scontrol -> sacct -> exit marker.
 
-Status sources, in order (peers.md section 5, ZenML's client): ``squeue --json`` while the job is
+Status sources, in order (as mature SLURM clients do): ``squeue --json`` while the job is
 known to the controller, ``scontrol show job -o`` (covers the MinJobAge window and old squeues),
 ``sacct --json`` where accounting runs, and finally the exit marker the batch shell writes.
 The marker also carries the workload's real exit code, which beats the scheduler's when the job

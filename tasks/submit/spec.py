@@ -22,7 +22,7 @@ _SCHEDULER_TOKEN = re.compile(r"^[A-Za-z0-9_.,:=@+\-/\[\]|&()!*]*$")
 
 
 class JobState(str, enum.Enum):
-    """One end-state vocabulary for every scheduler (peers.md P3: keep them apart)."""
+    """One end-state vocabulary for every scheduler (a timeout, a preemption and a failure need different answers: keep them apart)."""
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
