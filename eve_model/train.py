@@ -70,13 +70,16 @@ def main(argv: list[str] | None = None) -> int:
 
     device_type = configure_accelerator_env()
     init_process_group(device_type, env.local_rank)
+    clean = False
     try:
-        return StageTrainer(config, env, device_type, checked).run()
+        exit_code = StageTrainer(config, env, device_type, checked).run()
+        clean = True
+        return exit_code
     except StageConfigError as exc:  # found while building (parameter groups, DeepSpeed JSON, resume)
         print(f"[eve.train] rank {env.rank}: cannot start: {exc}", file=sys.stderr)
         return ExitCode.CONFIG_ERROR
     finally:
-        shutdown_process_group()
+        shutdown_process_group(clean)
 
 
 if __name__ == "__main__":

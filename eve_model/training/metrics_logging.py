@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,17 @@ class MetricsLogger:
             flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
             for group, lr in (metrics.get("learning_rate") or {}).items():
                 flat[f"learning_rate/{group}"] = lr
-            self._wandb_run.log(flat, step=metrics["step"])
+            self._to_wandb(lambda run: run.log(flat, step=metrics["step"]))
+
+    def _to_wandb(self, write) -> None:
+        """W&B is a mirror of metrics.jsonl, never a reason to lose a step: if its service is gone (its
+        process killed, a full disk), say so once and stop mirroring; training goes on."""
+        try:
+            write(self._wandb_run)
+        except Exception as error:  # noqa: BLE001 - any failure of the mirror is the same failure
+            print(f"[eve.train] W&B stopped ({type(error).__name__}: {error}); metrics continue in {self.path}",
+                  file=sys.stderr, flush=True)
+            self._wandb_run = None
 
     def advance(self, steps: int, postfix: dict[str, Any]) -> None:
         if self._progress is not None:
@@ -108,11 +119,14 @@ class MetricsLogger:
         if self._progress is not None:
             self._progress.close()
         if self._wandb_run is not None:
-            if summary:
-                for key, value in summary.items():
+
+            def finish(run) -> None:
+                for key, value in (summary or {}).items():
                     if isinstance(value, (int, float, str)):
-                        self._wandb_run.summary[key] = value
-            self._wandb_run.finish()
+                        run.summary[key] = value
+                run.finish()
+
+            self._to_wandb(finish)
             self._wandb_run = None
 
 
