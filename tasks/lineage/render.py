@@ -1,10 +1,12 @@
 """Lineage for people: the derived graph (nodes are the model version, stage checkpoints, datasets,
 the caption run, the quality report and the code revision; edges point from an output to its
-inputs), as an indented text tree, Graphviz dot, a picture, and a markdown summary."""
+inputs), as an indented text tree with full hashes, Graphviz dot, a picture laid out by Graphviz
+(PNG/SVG), and a markdown summary."""
 
 from __future__ import annotations
 
-import json
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Literal
 
@@ -54,12 +56,8 @@ def build_lineage_graph(manifest: LineageManifest) -> LineageGraph:
     code = add(f"code:{manifest.code_revision}", "code", f"code {_short(manifest.code_revision)}")
     link(root, code)
 
-    for dataset in manifest.all_datasets():
-        add(
-            f"dataset:{dataset.dataset_hash}",
-            "dataset",
-            f"{dataset.role} dataset {_short(dataset.dataset_hash)}\n{dataset.num_items} items",
-        )
+    for dataset_hash, refs in _datasets_by_hash(manifest).items():
+        add(f"dataset:{dataset_hash}", "dataset", f"{_roles(refs)} data\n{_short(dataset_hash)}{_items(refs[-1])}")
     for dataset in manifest.all_datasets():
         for parent in dataset.derived_from:
             link(f"dataset:{dataset.dataset_hash}", f"dataset:{parent}")
@@ -103,23 +101,51 @@ def build_lineage_graph(manifest: LineageManifest) -> LineageGraph:
     return LineageGraph(root=root, nodes=nodes, edges=edges)
 
 
-def format_lineage_text(manifest: LineageManifest) -> str:
-    """The chain as an indented tree, from the weights down to the raw source hashes, with full hashes."""
-    lines = [f"{manifest.ref}  (lineage {manifest.schema_version}, code {manifest.code_revision})"]
-    if manifest.weights:
-        lines.append(f"  weights sha256 {manifest.weights.sha256}  dvc md5 {manifest.weights.dvc_md5}")
-    for approval in manifest.approvals:
-        lines.append(
-            f"  {approval.decision}d by {approval.reviewer} at {approval.decided_at}: {approval.comment!r} "
-            f"(evidence sha256 {approval.evidence_sha256})"
-        )
-    if manifest.evaluation:
-        lines.append(f"  evaluation {json.dumps(manifest.evaluation.model_dump(mode='json'), sort_keys=True)}")
-    # Several roles can hold the same bytes (a gate that dropped nothing outputs its input): one node
-    # per hash, named by all its roles, whose parents are the union of theirs (minus itself).
+def _datasets_by_hash(manifest: LineageManifest) -> dict[str, list[DatasetRef]]:
+    """Several roles can hold the same bytes (a gate that dropped nothing outputs its input): one entry
+    per hash, with every ref that has it."""
     datasets: dict[str, list[DatasetRef]] = {}
     for ref in manifest.all_datasets():
         datasets.setdefault(ref.dataset_hash, []).append(ref)
+    return datasets
+
+
+def _roles(refs: list[DatasetRef]) -> str:
+    return " = ".join(dict.fromkeys(ref.role for ref in reversed(refs)))
+
+
+def _items(ref: DatasetRef) -> str:
+    return f", {ref.num_items} items" if ref.num_items is not None else ""
+
+
+def _number(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _evaluation_lines(manifest: LineageManifest, pad: str) -> list[str]:
+    evaluation = manifest.evaluation
+    if evaluation is None:
+        return []
+    gate = evaluation.gate
+    lines = [f"{pad}evaluation of weights {evaluation.weights_sha256}: gate {'passed' if gate.passed else 'FAILED'}"]
+    for name, value in sorted(evaluation.metrics.items()):
+        lines.append(f"{pad}  {name:<40} {_number(value)}")
+    for check in gate.checks:
+        lines.append(f"{pad}  {'pass' if check.passed else 'FAIL'} {check.rule} {check.metric}: {check.reason}")
+    return lines
+
+
+def format_lineage_text(manifest: LineageManifest) -> str:
+    """The chain as an indented tree, from the weights down to the raw sources, with full hashes."""
+    lines = [f"{manifest.ref}  (lineage {manifest.schema_version})", f"  platform commit  {manifest.code_revision}"]
+    if manifest.weights:
+        lines.append(f"  weights sha256   {manifest.weights.sha256}")
+        lines.append(f"  weights dvc md5  {manifest.weights.dvc_md5}  ({manifest.weights.path} in the registry)")
+    for approval in manifest.approvals:
+        lines.append(f"  {approval.decision}d by {approval.reviewer} at {approval.decided_at}: {approval.comment}")
+        lines.append(f"    requested by {approval.requested_by}; evidence sha256 {approval.evidence_sha256}")
+    lines += _evaluation_lines(manifest, "  ")
+    datasets = _datasets_by_hash(manifest)
     seen: set[str] = set()
 
     def dataset_lines(dataset_hash: str, depth: int) -> None:
@@ -128,141 +154,88 @@ def format_lineage_text(manifest: LineageManifest) -> str:
         if not refs:
             lines.append(f"{pad}└─ dataset {dataset_hash} (not described in this manifest)")
             return
-        dataset = refs[-1]
-        roles = " = ".join(dict.fromkeys(ref.role for ref in reversed(refs)))
-        lines.append(
-            f"{pad}└─ {roles} dataset {dataset.dataset_hash}  {dataset.num_items} items  {dataset.location}"
-        )
+        ref = refs[-1]
+        lines.append(f"{pad}└─ {_roles(refs)} data {dataset_hash}{_items(ref)}")
+        lines.append(f"{pad}   at {ref.location}" + (f"  (DVC md5 {ref.dvc_md5})" if ref.dvc_md5 else ""))
         if dataset_hash in seen:
+            lines.append(f"{pad}   (its inputs are listed above)")
             return
         seen.add(dataset_hash)
         if manifest.caption and manifest.caption.output_dataset_hash == dataset_hash:
             caption = manifest.caption.identity
-            lines.append(
-                f"{pad}   captions: {caption.backend} / {caption.model_id} model sha256 {caption.weights_sha256} "
-                f"prompt sha256 {caption.prompt_sha256} decoding {json.dumps(caption.decoding, sort_keys=True)}"
-            )
+            lines.append(f"{pad}   captions by {caption.backend} {caption.model_id}, weights {caption.weights_sha256 or 'not reported'}")
+            lines.append(f"{pad}     prompt {caption.prompt_template or '(none)'} sha256 {caption.prompt_sha256}")
+            if caption.decoding:
+                lines.append(f"{pad}     decoding " + ", ".join(f"{k}={_number(v)}" for k, v in sorted(caption.decoding.items())))
         if manifest.quality and manifest.quality.dataset_hash == dataset_hash:
             quality = manifest.quality
-            lines.append(
-                f"{pad}   quality gate: {quality.suite_name} {quality.suite_version} "
-                f"{'passed' if quality.success else 'FAILED'} {json.dumps(quality.statistics, sort_keys=True)}"
-            )
-        for parent in dict.fromkeys(p for ref in refs for p in ref.derived_from if p != dataset_hash):
+            lines.append(f"{pad}   quality gate {quality.suite_name} {quality.suite_version}: {'passed' if quality.success else 'FAILED'}")
+            counts = quality.statistics.get("counts") or {}
+            if counts:
+                lines.append(f"{pad}     " + ", ".join(f"{k} {_number(v)}" for k, v in counts.items() if not isinstance(v, dict)))
+        for parent in dict.fromkeys(p for r in refs for p in r.derived_from if p != dataset_hash):
             dataset_lines(parent, depth + 1)
 
     for depth, stage in enumerate(reversed(manifest.stages), start=1):
         pad = "  " * depth
-        lines.append(f"{pad}└─ stage {stage.name}: weights sha256 {stage.weights_sha256}")
-        lines.append(
-            f"{pad}   config sha256 {stage.config_sha256}  deepspeed sha256 {stage.deepspeed_config_sha256}  "
-            f"{stage.scheduler} jobs {stage.job_ids}  wandb {stage.wandb_run_ids}"
-            + ("  (cache hit)" if stage.cache_hit else "")
-        )
+        lines.append(f"{pad}└─ {stage.name}: weights {stage.weights_sha256}" + ("  (cache hit)" if stage.cache_hit else ""))
+        lines.append(f"{pad}   config {stage.config_sha256}, DeepSpeed config {stage.deepspeed_config_sha256}")
+        jobs = ", ".join(stage.job_ids) or "none recorded"
+        lines.append(f"{pad}   {stage.scheduler} jobs {jobs}" + (f"; W&B runs {', '.join(stage.wandb_run_ids)}" if stage.wandb_run_ids else ""))
         lines.append(f"{pad}   trained on:")
         dataset_lines(stage.input_dataset_hash, depth + 2)
-    unreached = [d for d in manifest.raw_sources if d.dataset_hash not in seen]
-    for raw in unreached:
-        lines.append(f"  raw source {raw.dataset_hash}  {raw.num_items} items  {raw.location}")
+    for raw in manifest.raw_sources:
+        if raw.dataset_hash not in seen:
+            lines.append(f"  raw source {raw.dataset_hash}{_items(raw)} at {raw.location}")
     return "\n".join(lines)
 
 
+_SHAPES = {"model": "doubleoctagon", "checkpoint": "box", "dataset": "cylinder", "caption": "note",
+           "quality": "diamond", "code": "component"}
+_COLOURS = {"model": "#f4c542", "checkpoint": "#9ecae1", "dataset": "#a1d99b", "caption": "#fdae6b",
+            "quality": "#bcbddc", "code": "#d9d9d9"}
+
+
 def format_lineage_dot(manifest: LineageManifest) -> str:
-    """Graphviz ``dot`` text of the lineage graph (render elsewhere with ``dot -Tsvg``)."""
+    """Graphviz ``dot`` source of the lineage graph; Graphviz lays it out (edges route around nodes)."""
     graph = build_lineage_graph(manifest)
-    shapes = {
-        "model": "doubleoctagon",
-        "checkpoint": "box",
-        "dataset": "cylinder",
-        "caption": "note",
-        "quality": "diamond",
-        "code": "component",
-    }
-    lines = ["digraph lineage {", "  rankdir=TB;", '  node [fontname="Helvetica", fontsize=10];']
+    lines = [
+        "digraph lineage {",
+        "  rankdir=TB; splines=true; nodesep=0.35; ranksep=0.55;",
+        f'  label="lineage of {manifest.ref}"; labelloc=t; fontname="Helvetica";',
+        '  node [fontname="Helvetica", fontsize=10, style=filled];',
+        '  edge [color="#555555", arrowsize=0.7];',
+    ]
     for node in graph.nodes.values():
-        label = node.label.replace('"', r"\"").replace("\n", r"\n")
-        lines.append(f'  "{node.node_id}" [label="{label}", shape={shapes[node.kind]}];')
+        label = node.label.replace("\\", "\\\\").replace('"', r"\"").replace("\n", r"\n")
+        lines.append(f'  "{node.node_id}" [label="{label}", shape={_SHAPES[node.kind]}, fillcolor="{_COLOURS[node.kind]}"];')
     for source, target in graph.edges:
         lines.append(f'  "{source}" -> "{target}";')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def _node_depths(graph: LineageGraph) -> dict[str, int]:
-    """Longest distance from the root, so every edge points downwards in the picture."""
-    depths = {graph.root: 0}
-    for _ in range(len(graph.nodes)):
-        changed = False
-        for source, target in graph.edges:
-            if source in depths and depths.get(target, -1) < depths[source] + 1:
-                depths[target] = depths[source] + 1
-                changed = True
-        if not changed:
-            break
-    for node_id in graph.nodes:
-        depths.setdefault(node_id, max(depths.values()) + 1)
-    return depths
+class GraphvizMissing(RuntimeError):
+    """The ``dot`` program (Debian package ``graphviz``) is not installed."""
 
 
-def render_lineage_png(manifest: LineageManifest, output_path: Path) -> Path:
-    """Draw the lineage graph with matplotlib (no graphviz binary needed); returns ``output_path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    graph = build_lineage_graph(manifest)
-    depths = _node_depths(graph)
-    rows: dict[int, list[str]] = {}
-    for node_id in graph.nodes:
-        rows.setdefault(depths[node_id], []).append(node_id)
-    width = max(len(r) for r in rows.values())
-    positions = {
-        node_id: ((index + 0.5) / len(row) * width, -depth)
-        for depth, row in rows.items()
-        for index, node_id in enumerate(row)
-    }
-    colours = {
-        "model": "#f4c542",
-        "checkpoint": "#9ecae1",
-        "dataset": "#a1d99b",
-        "caption": "#fdae6b",
-        "quality": "#bcbddc",
-        "code": "#d9d9d9",
-    }
-    figure, axes = plt.subplots(figsize=(max(6, 3.2 * width), max(4, 1.4 * len(rows))))
-    for source, target in graph.edges:
-        (x0, y0), (x1, y1) = positions[source], positions[target]
-        axes.annotate(
-            "", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18), arrowprops={"arrowstyle": "->", "color": "#555555"}
-        )
-    for node_id, (x, y) in positions.items():
-        node = graph.nodes[node_id]
-        axes.text(
-            x,
-            y,
-            node.label,
-            ha="center",
-            va="center",
-            fontsize=7,
-            bbox={"boxstyle": "round,pad=0.4", "facecolor": colours[node.kind], "edgecolor": "#333333"},
-        )
-    axes.set_xlim(-0.2, width + 0.2)
-    axes.set_ylim(-max(rows) - 0.6, 0.6)
-    axes.axis("off")
-    axes.set_title(f"lineage of {manifest.ref}")
+def render_lineage_image(manifest: LineageManifest, output_path: Path, image_format: Literal["png", "svg"] = "png") -> Path:
+    """Lay the lineage graph out with Graphviz ``dot`` and write it as PNG or SVG; returns ``output_path``."""
+    dot = shutil.which("dot")
+    if dot is None:
+        raise GraphvizMissing("the lineage picture needs Graphviz: apt-get install graphviz (or use --format dot)")
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output_path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
+    subprocess.run([dot, f"-T{image_format}", "-o", str(output_path)], input=format_lineage_dot(manifest),
+                   text=True, check=True, capture_output=True)
     return output_path
 
 
 def summarize_lineage_markdown(manifest: LineageManifest) -> str:
     """A short markdown block for the evidence report and the Prefect lineage artifact."""
     rows = ["| step | content hash | details |", "|---|---|---|"]
-    for dataset in manifest.all_datasets():
-        rows.append(f"| {dataset.role} data | `{_short(dataset.dataset_hash)}` | {dataset.num_items} items |")
+    for dataset_hash, refs in _datasets_by_hash(manifest).items():
+        rows.append(f"| {_roles(refs)} data | `{_short(dataset_hash)}` | {_items(refs[-1]).removeprefix(', ') or '-'} |")
     if manifest.caption:
         caption = manifest.caption.identity
         rows.append(
@@ -287,11 +260,12 @@ def summarize_lineage_markdown(manifest: LineageManifest) -> str:
 
 
 __all__ = [
+    "GraphvizMissing",
     "LineageGraph",
     "LineageNode",
     "build_lineage_graph",
     "format_lineage_dot",
     "format_lineage_text",
-    "render_lineage_png",
+    "render_lineage_image",
     "summarize_lineage_markdown",
 ]

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cli.main import main as eve
-from tasks.lineage.render import build_lineage_graph, format_lineage_dot, format_lineage_text, render_lineage_png
+from tasks.lineage.render import build_lineage_graph, format_lineage_dot, format_lineage_text, render_lineage_image
 from tasks.lineage.schema import StageRecord, build_lineage_manifest, sha256_of_config
 from tasks.lineage.store import find_models_using_dataset
 from tasks.platform import PlatformSettings
@@ -75,7 +75,7 @@ def test_dot_and_png_pictures(registry_inputs, tmp_path):
     dot = format_lineage_dot(lineage)
     graph = build_lineage_graph(lineage)
     assert dot.startswith("digraph lineage {") and dot.count(" -> ") == len(graph.edges)
-    png = render_lineage_png(lineage, tmp_path / "lineage.png")
+    png = render_lineage_image(lineage, tmp_path / "lineage.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
@@ -129,5 +129,5 @@ def test_a_gate_that_dropped_nothing_keeps_the_chain_to_the_raw_source(registry_
     unchanged = original.model_copy(update={"role": "gated", "derived_from": [trained_on]})
     lineage = lineage.model_copy(update={"datasets": [*lineage.datasets, unchanged]})
     text = format_lineage_text(lineage)
-    assert f"gated = {original.role} dataset {trained_on}" in text
+    assert f"gated = {original.role} data {trained_on}" in text
     assert "raw source " not in text  # the raw source is still reached through the original's parents
