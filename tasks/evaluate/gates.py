@@ -271,9 +271,28 @@ class EvaluationSummary(BaseModel):
 # ----------------------------------------------------------------------------- default policies
 
 
+def _held_out_policy(
+    vqa_suite: str, text_suite: str, *, vqa_minimum: float, margin: float, type_margin: float, max_ratio: float
+) -> GatePolicy:
+    """The gate the retrain's held-out suites (``suites.demo_evaluation_suites``) get: a VQA floor,
+    overall non-inferiority plus significant regression, per-question-type significant regression
+    (``type_margin`` only sizes the figure), and a perplexity ratio limit against production."""
+    return GatePolicy(
+        thresholds=[MetricThreshold(metric=f"{vqa_suite}/accuracy", minimum=vqa_minimum)],
+        non_regression=[
+            NonRegressionRule(metric=f"{vqa_suite}/accuracy", margin=margin),
+            NonRegressionRule(metric=f"{vqa_suite}/accuracy", margin=type_margin, by_group=True,
+                              require_non_inferiority=False),
+        ],
+        retention=[LanguageRetentionRule(suite=text_suite, max_ratio=max_ratio)],
+        confidence_level=0.95,
+        power=0.8,
+    )
+
+
 def demo_gate_policy(vqa_suite: str = "demo_vqa", text_suite: str = "heldout_text") -> GatePolicy:
-    """The demo's gate, for the suites of ``suites.demo_evaluation_suites`` (200 held-out questions
-    in four types of about 50, 100 held-out scene descriptions).
+    """The demo's gate (200 held-out questions in four types of about 50, 100 held-out scene
+    descriptions).
 
     Per-question spread: the week-two drill (issue 23) compared two real demo models on the 200
     questions with a 95% CI of [-0.11, +0.055], a half-width of 0.083, i.e. a standard error of
@@ -281,37 +300,32 @@ def demo_gate_policy(vqa_suite: str = "demo_vqa", text_suite: str = "heldout_tex
     third of the questions). The figures below follow from it (z = 1.96 for the 95% CI's end,
     0.84 for 80% power).
     """
-    return GatePolicy(
+    return _held_out_policy(
+        vqa_suite, text_suite,
         # Must beat always giving each question type's most common answer (0.285 on the demo's
         # held-out set; uniform guessing 0.226): a model that does not read the image cannot
         # pass. cli/demo.py prints both baselines next to the accuracy.
-        thresholds=[MetricThreshold(metric=f"{vqa_suite}/accuracy", minimum=0.30)],
-        non_regression=[
-            # Margin 0.15: the finest that 200 questions resolve with room to spare: n needed
-            # = (1.96 + 0.84)^2 * 0.595^2 / 0.15^2 = 124 <= 200, and at n = 200 a candidate as good
-            # as production is shown non-inferior 94% of the time (0.15 / 0.042 - 1.96 = 1.6 sd).
-            # A margin of 0.05 would need about 1,100 questions and block 78% of equally good
-            # candidates. Smaller real regressions are caught when significant: the drill's -0.07
-            # with CI [-0.105, -0.04] (answers flipped to wrong) is blocked by the CI's high end < 0.
-            NonRegressionRule(metric=f"{vqa_suite}/accuracy", margin=0.15),
-            # Per question type (colour, count, position, shape; ~50 questions each; the 4 types
-            # share the 5% error rate, z = 2.50 per type): only significant drops block.
-            # Non-inferiority per type would need a 0.37 margin for an equally good candidate to
-            # pass all four types 9 times in 10. Margin 0.35 sizes the figure: a type collapsing by
-            # 0.35 (count 0.62 -> 0.27, below the most-common-answer level) is caught 80% of the
-            # time with (2.50 + 0.84)^2 * 0.595^2 / 0.35^2 = 33 questions (43 with the pessimistic
-            # spread of independent models that a first promotion plans with). The drill's count
-            # 0.68 -> 0.57 is not resolvable on 50 questions; the table shows its CI straddling 0.
-            NonRegressionRule(metric=f"{vqa_suite}/accuracy", margin=0.35, by_group=True,
-                              require_non_inferiority=False),
-        ],
-        # Perplexity may at most double against production: the same demo recipe measured 301
-        # (README) and 242 (drill cycle 1), 1.24x apart between runs; the drill's cycle 2 tripled
-        # it (242 -> 739), the forgetting this rule is for. On 100 documents the paired interval of
-        # a 3x ratio is a few percent wide, far from the 2x limit either way.
-        retention=[LanguageRetentionRule(suite=text_suite, max_ratio=2.0)],
-        confidence_level=0.95,
-        power=0.8,
+        vqa_minimum=0.30,
+        # The finest margin 200 questions resolve with room to spare: n needed = (1.96 + 0.84)^2
+        # * 0.595^2 / 0.15^2 = 124 <= 200, and at n = 200 a candidate as good as production is
+        # shown non-inferior 94% of the time (0.15 / 0.042 - 1.96 = 1.6 sd). A margin of 0.05
+        # would need about 1,100 questions and block 78% of equally good candidates. Smaller real
+        # regressions are caught when significant: the drill's -0.07 with CI [-0.105, -0.04]
+        # (answers flipped to wrong) is blocked by the CI's high end below 0.
+        margin=0.15,
+        # Per question type (colour, count, position, shape; ~50 questions each; the 4 types share
+        # the 5% error rate, z = 2.50 per type) only significant drops block: non-inferiority per
+        # type would need a 0.37 margin for an equally good candidate to pass all four types 9
+        # times in 10. A type collapsing by 0.35 (count 0.62 -> 0.27, below the most-common-answer
+        # level) is caught 80% of the time with (2.50 + 0.84)^2 * 0.595^2 / 0.35^2 = 33 questions
+        # (43 with the pessimistic spread a first promotion plans with). The drill's count 0.68 ->
+        # 0.57 is not resolvable on 50 questions; the table shows its CI straddling 0.
+        type_margin=0.35,
+        # Perplexity may at most double: the same demo recipe measured 301 (README) and 242 (drill
+        # cycle 1), 1.24x apart between runs; the drill's cycle 2 tripled it (242 -> 739), the
+        # forgetting this rule is for. On 100 documents the paired interval of a 3x ratio is a few
+        # percent wide, far from the 2x limit either way.
+        max_ratio=2.0,
     )
 
 
@@ -323,33 +337,29 @@ def paper_gate_policy(
 
     ``vqa_minimum`` is a floor for GQA-like questions; pass the right one for another benchmark.
     """
-    return GatePolicy(
+    return _held_out_policy(
+        vqa_suite, text_suite,
         # EVE-7B scores 60.8 on GQA (paper Table 3); the failures this floor is for score far
         # below: stage 2 on 8M samples without stage 1 collapsed to 42.5, and 558K caption pairs
         # instead of 33M gave 49.8 (paper Table 5). 0.55 passes a healthy EVE-7B with 5.8 points
         # to spare and blocks both.
-        thresholds=[MetricThreshold(metric=f"{vqa_suite}/accuracy", minimum=vqa_minimum)],
-        non_regression=[
-            # One accuracy point: the paper's ablations separate variants by 0.3-2 points (PAL's
-            # benefit at 24M stage-2 samples is 0.3-0.8). With a per-question paired SD of at most
-            # 0.40 (two 7B checkpoints disagreeing on at most 16% of questions) the set needed is
-            # (1.96 + 0.84)^2 * 0.40^2 / 0.01^2 = 12,559 <= 12,578: GQA testdev-balanced resolves
-            # one point at 80% power. The gate measures the real SD each run and warns if larger.
-            NonRegressionRule(metric=f"{vqa_suite}/accuracy", margin=0.01),
-            # GQA's five structural types (verify, query, choose, logical, compare; 12,578 / 5 =
-            # 2,516 questions on average) share the 5% error rate (z = 2.58 per type); significant
-            # drops block. A 3-point drop within a type is resolved at 80% power with
-            # (2.58 + 0.84)^2 * 0.40^2 / 0.03^2 = 2,077 questions per type.
-            NonRegressionRule(metric=f"{vqa_suite}/accuracy", margin=0.03, by_group=True,
-                              require_non_inferiority=False),
-        ],
+        vqa_minimum=vqa_minimum,
+        # One accuracy point: the paper's ablations separate variants by 0.3-2 points (PAL's
+        # benefit at 24M stage-2 samples is 0.3-0.8). With a per-question paired SD of at most
+        # 0.40 (two 7B checkpoints disagreeing on at most 16% of questions) the set needed is
+        # (1.96 + 0.84)^2 * 0.40^2 / 0.01^2 = 12,559 <= 12,578: GQA testdev-balanced resolves one
+        # point at 80% power. The gate measures the real SD each run and warns if it is larger.
+        margin=0.01,
+        # GQA's five structural types (verify, query, choose, logical, compare; 12,578 / 5 = 2,516
+        # questions on average) share the 5% error rate (z = 2.58 per type); significant drops
+        # block. A 3-point drop within a type is resolved at 80% power with (2.58 + 0.84)^2 *
+        # 0.40^2 / 0.03^2 = 2,077 questions per type.
+        type_margin=0.03,
         # At most 10% higher held-out perplexity than production (0.095 nats per token). The
-        # language ability was paid for once, when Vicuna became EVE (the paper reports SQA-IMG
-        # 65.3 -> 63.0 from language forgetting); a retrain on a new data version with the same
+        # language ability was paid for once, when Vicuna became EVE (the paper attributes SQA-IMG
+        # 65.3 -> 63.0 to language forgetting); a retrain on a new data version with the same
         # recipe must hold it. On >= 1,000 documents the paired interval is far narrower than 10%.
-        retention=[LanguageRetentionRule(suite=text_suite, max_ratio=1.10)],
-        confidence_level=0.95,
-        power=0.8,
+        max_ratio=1.10,
     )
 
 
