@@ -7,7 +7,9 @@
 - ``suites``: suite specs (flow parameters) and scoring of model outputs into ``SuiteResult``;
 - ``harness``: loads an HF EVE directory and runs suites with batched greedy decoding;
 - ``report``: the versioned JSON report, Prefect table artifacts and a PNG plot;
-- ``gates``: gate policy, seeded paired bootstrap, ``GateDecision`` (markdown for reviewers);
+- ``gates``: gate policy and rules (non-inferiority, significant regression, per question type,
+  language retention), default policies, ``GateDecision`` (markdown for reviewers);
+- ``gate_statistics``: seeded (paired) bootstrap and the sample size a margin needs;
 - ``contamination``: eval images vs training data (bytes, pixels, teacher embeddings), n-gram overlap;
 - ``prefect_tasks``: thin ``@task`` wrappers used by flows.
 """

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from eve_model.identity import weights_sha256
@@ -136,16 +136,23 @@ def evaluation_gate_task(
     contamination: ContaminationReport | None = None,
     fail_on_reject: bool = True,
 ) -> GateDecision:
-    """Decide the gate and publish it as markdown; raises ``EvaluationGateFailed`` on reject if asked."""
+    """Decide the gate and publish it as markdown; raises ``EvaluationGateFailed`` on reject if asked.
+
+    The failure message names every failing rule and metric with its reason; warnings (e.g. an
+    evaluation set too small to decide a rule) go to the run log and the markdown.
+    """
     decision = decide_gate(candidate, policy, production=production, contamination=contamination)
     create_markdown_artifact(
         decision.to_markdown(), key="evaluation-gate",
         description=f"evaluation gate for model {candidate.weights_sha256[:12]}",
     )
+    logger = get_run_logger()
+    for check in decision.warnings:
+        logger.warning("evaluation gate, %s %s: %s", check.rule, check.metric, check.warning)
     if fail_on_reject and not decision.passed:
         raise EvaluationGateFailed(
             f"model {candidate.weights_sha256[:12]} failed the evaluation gate: "
-            + "; ".join(f"{c.metric}: {c.reason}" for c in decision.failures)
+            + "; ".join(f"{c.rule} {c.metric}: {c.reason}" for c in decision.failures)
         )
     return decision
 
