@@ -18,7 +18,7 @@ from flows.parameters import EvaluationParameters, RetrainParameters
 from eve_model.training.config import StageId, StageOverrides
 from tasks.caption.config import CaptionConfig
 from tasks.data.sources import SourceSpec
-from tasks.evaluate.gates import GatePolicy, MetricThreshold, NonRegressionRule
+from tasks.evaluate.gates import demo_gate_policy, paper_gate_policy
 from tasks.platform import REPO_ROOT
 from tasks.stages import TrainingParameters
 from tasks.submit.spec import JobSpec
@@ -53,16 +53,7 @@ def demo() -> RetrainParameters:
                                             **_DEMO_BATCH),
             },
         ),
-        evaluation=EvaluationParameters(
-            gate=GatePolicy(
-                # Must beat always giving each question type's most common answer (0.285 on the demo's
-                # held-out set; uniform guessing 0.226): a model that does not read the image cannot
-                # pass. cli/demo.py prints both baselines next to the accuracy.
-                thresholds=[MetricThreshold(metric="demo_vqa/accuracy", minimum=0.30)],
-                non_regression=[NonRegressionRule(metric="demo_vqa/accuracy", tolerance=0.05)],
-                aggregate_tolerance=0.05,
-            )
-        ),
+        evaluation=EvaluationParameters(gate=demo_gate_policy()),
     )
 
 
@@ -70,6 +61,7 @@ def _paper(backend: str, sources: list[SourceSpec], base_llm_dir: str, **job_opt
     """The paper's recipe on 4 nodes x 8 GPUs; ``job_options`` are the backend's own (partition, image)."""
     return RetrainParameters(
         data=DataFlowParams.paper("eve-cap", sources),
+        evaluation=EvaluationParameters(gate=paper_gate_policy()),
         training=TrainingParameters(
             preset="eve_7b", backend=backend, base_llm_dir=base_llm_dir,
             job=JobSpec(name="eve-7b", command=["eve_model.train"], nodes=4, gpus_per_node=8, tasks_per_node=8,
