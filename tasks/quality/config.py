@@ -24,7 +24,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CaptionProfile = Literal["teacher-captions", "short-labels"]
 
@@ -71,6 +71,8 @@ CAPTION_PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
 class CaptionGateThresholds(BaseModel):
     """Bounds of the caption suite. Changing one changes the stored result key."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     profile: CaptionProfile = "teacher-captions"
     """Which profile fills the thresholds not given here: teacher-captions (dense teacher
     descriptions, the paper's use) or short-labels (human labels and alt-text)."""
@@ -82,8 +84,10 @@ class CaptionGateThresholds(BaseModel):
     """A caption with more tokens (words and punctuation marks) is filtered as too long."""
 
     require_complete_sentence: bool = True
-    """Filter captions that do not end as a sentence (. ! or ?): a teacher caption that stops
-    mid-sentence was cut off. Labels ("Hibiscus") need no period. Ellipses are always filtered."""
+    """Filter captions that end in an ellipsis or do not end as a sentence (. ! or ?): a teacher
+    caption that stops mid-sentence was cut off. Labels ("Hibiscus") need no period, and the
+    ellipses in human labels are stylistic ("...a terrible thing to waste…"), so both are only
+    measured there (``truncated_rate``, ``complete_sentence_rate``)."""
 
     min_distinct_trigram_ratio: float = Field(default=0.7, ge=0.0, le=1.0)
     """Distinct word trigrams / all word trigrams; lower means the teacher looped."""

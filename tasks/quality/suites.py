@@ -98,8 +98,8 @@ def build_caption_suite(thresholds: CaptionGateThresholds) -> gx.ExpectationSuit
             column="is_near_duplicate", value_set=[False],
             meta=_meta("near_duplicate", "row", f"bigram Jaccard < {t.near_duplicate_jaccard}"),
         ))
-    expectations.append(_is_false("ends_with_ellipsis", "truncated"))
     if t.require_complete_sentence:
+        expectations.append(_is_false("ends_with_ellipsis", "truncated"))
         expectations.append(_is_true("ends_complete_sentence", "incomplete_sentence"))
     expectations += [
         gxe.ExpectColumnValuesToBeBetween(

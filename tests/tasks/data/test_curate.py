@@ -43,7 +43,7 @@ def _write_planted(root: Path, num_scenes: int, make_duplicate, every: int = 5) 
             writer.write(ShardSample(name, {"width": width, "height": height}, duplicate, ext))
         small = [f"small-{index}" for index in range(2)]
         for key, (_, png) in zip(small, scenes):
-            writer.write(ShardSample(key, {"width": 40, "height": 40}, png, "png"))
+            writer.write(ShardSample(key, {"width": 24, "height": 24}, png, "png"))
     return duplicates_of, small
 
 
