@@ -151,6 +151,15 @@ def main() -> None:
     t1 = time.perf_counter()
     decision = decide(table, build_caption_suite(thresholds), thresholds.max_filtered_fraction)
     t2 = time.perf_counter()
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as docs_root:
+        with_docs = decide(table, build_caption_suite(thresholds), thresholds.max_filtered_fraction,
+                           data_docs_root=Path(docs_root), run_name="bench")
+        docs_seconds = time.perf_counter() - t2
+    assert with_docs.passed == decision.passed and with_docs.filtered_reason.equals(decision.filtered_reason)
+    t2 = time.perf_counter()
     parallel_seconds = None
     if args.workers > 1:
         parallel = compute_caption_metrics(keys, captions, thresholds.near_duplicate_jaccard, workers=args.workers)
@@ -164,6 +173,8 @@ def main() -> None:
                           ("total", total)]:
         print(f"{name:<34}{seconds:>10.2f}{args.n / seconds:>14,.0f}{seconds / total:>8.0%}")
     print(f"GX / metrics time ratio: {gx_seconds / metrics_seconds:.2f}")
+    print(f"{'GX + stores + Data Docs (same decision)':<34}{docs_seconds:>10.2f}{args.n / docs_seconds:>14,.0f}"
+          f"   x{docs_seconds / gx_seconds:.2f} the in-memory validation")
     if parallel_seconds is not None:
         print(f"{f'metrics table ({args.workers} processes)':<34}{parallel_seconds:>10.2f}"
               f"{args.n / parallel_seconds:>14,.0f}   speed-up x{metrics_seconds / parallel_seconds:.2f} (same table)")
