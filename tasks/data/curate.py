@@ -11,7 +11,8 @@ number of images left after the filters and a target size, keeping the paper's s
 clusters x 300 = 15 M, i.e. clusters / quota = 500 / 3) at any scale: quota = round(sqrt(target x
 300 / 50,000)), clusters = ceil(target / quota). At the paper's target this gives exactly 50,000 x
 300; for a target of 10,000 it gives 1,250 x 8. The default target is every image that passes the
-filters (a team's own data is already chosen), so k-means only runs when a smaller target is set.
+filters (a team's own data is already chosen), so k-means only runs when a smaller target is set,
+and then only is the embedding computed (``CurationConfig.embeds_images``).
 Near duplicates are found by perceptual hash (``tasks.data.image_near_duplicates``: the method and
 thresholds were chosen by measuring precision on a real image set), or by the embedding's cosine
 when asked. Every report lists the rules in force (``CurationReport.rules_in_force``).
@@ -119,6 +120,14 @@ class CurationConfig(BaseModel):
     them again. About 250 KB per image with EfficientNet-Lite0: on in ``demo()`` only (production
     teachers' features of a pre-training set are terabytes)."""
 
+    def embeds_images(self) -> bool:
+        """Whether curation needs the embedding at all: for k-means sampling (a target below every
+        image, or clusters set), for the embedding near-duplicate method, or to cache teacher features.
+        With the production defaults it does not, and curation never runs the teacher."""
+        return (self.near_duplicate_method == "embedding" or self.cache_teacher_features
+                or self.num_clusters is not None or self.keep_per_cluster is not None
+                or self.target_num_items is not None or self.target_fraction < 1.0)
+
     @classmethod
     def demo(cls) -> "CurationConfig":
         """The embedded demo's recipe, unchanged: 64 px floor, teacher cosine 0.95, 50 clusters x 10,
@@ -180,7 +189,9 @@ def rules_in_force(config: CurationConfig, plan: ClusterPlan | None, embedder: s
     return [
         f"resolution: keep images at least {config.min_width_pixels}x{config.min_height_pixels} px",
         f"near duplicates: {near}",
-        f"diversity sampling ({embedder}): " + (plan.rule if plan else "not reached (no image left)"),
+        "diversity sampling: " + (
+            "not reached (no image left)" if plan is None
+            else plan.rule if plan.num_clusters == 0 else f"{plan.rule}; k-means on {embedder} embeddings"),
     ]
 
 
@@ -369,7 +380,10 @@ def curate_dataset(
     """Curate a shard dataset into ``output_dir``; see the module docstring for the rules."""
     started = time.monotonic()
     config = config or CurationConfig()
-    if embed_fn is None:
+    embedding = config.embeds_images()
+    if not embedding:
+        embed_fn, embedder_name = None, "none (every image kept: no sampling, no embedding needed)"
+    elif embed_fn is None:
         if config.embedder == "thumbnail":
             embed_fn, default_name = thumbnail_embed, "thumbnail-8x8"
         else:
@@ -387,9 +401,9 @@ def curate_dataset(
     use_hashes = config.near_duplicate_method == "perceptual-hash"
 
     def flush() -> None:
-        if batch_images:
+        if batch_images and embed_fn is not None:
             vectors.append(np.asarray(embed_fn(batch_images), dtype=np.float32))
-            batch_images.clear()
+        batch_images.clear()
 
     for sample in iter_samples(input_location, manifest=manifest):
         keys.append(sample.key)
@@ -413,7 +427,7 @@ def curate_dataset(
     num_clusters_used = 0
     plan = None
     if candidate_rows:
-        embeddings = _normalise(np.concatenate(vectors))
+        embeddings = _normalise(np.concatenate(vectors)) if embedding else None
         if config.near_duplicate_method == "perceptual-hash":
             duplicates = find_near_duplicate_images(fingerprints, config.near_duplicate_rule)
         elif config.near_duplicate_method == "embedding":
@@ -425,7 +439,11 @@ def curate_dataset(
             dropped[keys[candidate_rows[row]]] = ("near_duplicate", f"{why} to {keys[candidate_rows[original]]}")
         unique_rows = [row for row in range(len(candidate_rows)) if row not in duplicates]
         plan = plan_clusters(len(unique_rows), config)
-        keep, assignment, num_clusters_used = select_by_clusters(embeddings[unique_rows], plan, config)
+        if plan.num_clusters == 0:
+            keep, assignment = np.ones(len(unique_rows), dtype=bool), np.zeros(len(unique_rows), dtype=np.int64)
+        else:
+            assert embeddings is not None, "a cluster plan implies embeds_images()"
+            keep, assignment, num_clusters_used = select_by_clusters(embeddings[unique_rows], plan, config)
         for position, row in enumerate(unique_rows):
             if not keep[position]:
                 dropped[keys[candidate_rows[row]]] = ("cluster_overflow", f"cluster {int(assignment[position])}: not among the nearest kept")

@@ -169,6 +169,8 @@ def test_near_duplicates_by_default_drop_copies_and_keep_look_alike_real_images(
         assert log[copy]["detail"].endswith(f"to {original}")
     assert [s.key for s in iter_samples(tmp_path / "out")] == originals
     assert report.rules_in_force[1].startswith("near duplicates: perceptual hash")
+    # Every image kept: no k-means, so the (slow) embedding is never computed.
+    assert report.embedder.startswith("none") and "every image kept, no k-means" in report.rules_in_force[2]
 
 
 def test_cluster_plan_scales_with_the_data_in_the_papers_shape() -> None:
