@@ -49,6 +49,7 @@ def _summarise(result) -> None:
         curation = result.curation
         print(f"curation ({curation.embedder}): {curation.num_in} in = {curation.num_kept} kept + "
               f"{sum(curation.dropped_by_reason.values())} dropped {curation.dropped_by_reason}")
+        print("   rules: " + "; ".join(curation.rules_in_force))
     for label, version in (("raw", result.raw_version), ("captions", result.caption_version), ("sft", result.sft_version)):
         if version is not None:
             print(f"{label:>8}: {version.tag}  dataset_hash={version.dataset_hash}  dvc={version.dvc_md5}  items={version.num_items}")

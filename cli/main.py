@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "demo",
     "server",
     "data",
+    "quality",
     "train",
     "serve",
     "cluster",

@@ -52,7 +52,8 @@ class DataFlowParams(BaseModel):
 
     @classmethod
     def demo(cls) -> "DataFlowParams":
-        return cls()
+        """The embedded default: the bundled demo source, curated with the demo's own rules."""
+        return cls(curation=CurationConfig.demo())
 
     @classmethod
     def paper(cls, name: str, sources: list[SourceSpec]) -> "DataFlowParams":

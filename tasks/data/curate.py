@@ -6,6 +6,17 @@ function ``embed_fn(list[PIL.Image]) -> (N, D) array``; the default is the platf
 (``eve_model.teachers``, EfficientNet-Lite0 in the embedded default, CLIP in production), with a
 colour-thumbnail embedding as a clearly reported fallback when the teacher cannot be built.
 
+Curation scales with the data: the cluster count and the per-cluster quota are derived from the
+number of images left after the filters and a target size, keeping the paper's shape (50,000
+clusters x 300 = 15 M, i.e. clusters / quota = 500 / 3) at any scale: quota = round(sqrt(target x
+300 / 50,000)), clusters = ceil(target / quota). At the paper's target this gives exactly 50,000 x
+300; for a target of 10,000 it gives 1,250 x 8. The default target is every image that passes the
+filters (a team's own data is already chosen), so k-means only runs when a smaller target is set,
+and then only is the embedding computed (``CurationConfig.embeds_images``).
+Near duplicates are found by perceptual hash (``tasks.data.image_near_duplicates``: the method and
+thresholds were chosen by measuring precision on a real image set), or by the embedding's cosine
+when asked. Every report lists the rules in force (``CurationReport.rules_in_force``).
+
 Every input sample ends up either kept or dropped with one reason (``resolution``,
 ``near_duplicate``, ``cluster_overflow``); ``num_in == num_kept + sum(dropped)`` always holds and
 ``curation_log.jsonl`` next to the output lists each dropped key with its reason.
@@ -20,6 +31,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -32,6 +44,12 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from eve_model.shards import iter_samples, read_manifest, write_subset
+from tasks.data.image_near_duplicates import (
+    ImageFingerprints,
+    ImageNearDuplicateRule,
+    colour_thumbnail,
+    find_near_duplicate_images,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,32 +57,54 @@ EmbedFn = Callable[[list], np.ndarray]
 CURATION_LOG = "curation_log.jsonl"
 
 
+PAPER_NUM_CLUSTERS = 50_000
+"""EVE's LAION curation: k-means with 50,000 clusters ..."""
+PAPER_KEEP_PER_CLUSTER = 300
+"""... keeping the 300 images nearest each centroid (15 M images)."""
+
+
 class CurationConfig(BaseModel):
-    """Curation rules; the defaults are the demo scale (600 scenes -> at most 50 x 10), ``paper()`` the EVE-7B scale."""
+    """Curation rules. The defaults are production defaults for a team's own data; ``demo()`` is the
+    embedded demo's recipe (600 scenes -> at most 50 x 10) and ``paper()`` the EVE-7B scale."""
 
-    min_width_pixels: int = Field(default=64, ge=1)
-    """Resolution filter: drop narrower images (paper: >448)."""
+    min_width_pixels: int = Field(default=32, ge=1)
+    """Resolution filter: drop narrower images (paper: >448). Below 32 px an image is less than 2 x 2
+    patches of 14 px; this floor drops 3 % of the Tux Paint stamps, the demo's 64 px 17 %."""
 
-    min_height_pixels: int = Field(default=64, ge=1)
+    min_height_pixels: int = Field(default=32, ge=1)
     """Resolution filter: drop shorter images."""
 
+    near_duplicate_method: Literal["perceptual-hash", "embedding", "none"] = "perceptual-hash"
+    """How near duplicates are found: perceptual hash (calibrated on a real image set, see
+    docs/data-quality.md), the embedding's cosine (``near_duplicate_cosine``), or not at all."""
+
+    near_duplicate_rule: ImageNearDuplicateRule = Field(default_factory=ImageNearDuplicateRule)
+    """Thresholds of the perceptual-hash rule."""
+
     near_duplicate_cosine: float = Field(default=0.95, gt=0.0, le=1.0)
-    """Two images at or above this cosine similarity are near-duplicates; the later one is dropped."""
-
-    num_clusters: int = Field(default=50, ge=1)
-    """k of k-means (paper: 50,000). Capped at the number of remaining images."""
-
-    keep_per_cluster: int = Field(default=10, ge=1)
-    """Keep at most this many images nearest each centroid (paper: 300)."""
+    """Embedding method only: two images at or above this cosine similarity are near duplicates."""
 
     target_num_items: int | None = Field(default=None, ge=1)
-    """If set, keep exactly this many (or all, if fewer remain), taken round-robin by distance rank across clusters."""
+    """Images to keep; None: ``target_fraction`` of the images left after the filters."""
+
+    target_fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Share of the filtered images to keep when ``target_num_items`` is None (1.0: all of them)."""
+
+    num_clusters: int | None = Field(default=None, ge=1)
+    """k of k-means; None: derived from the target in the paper's shape (module docstring).
+    Capped at the number of remaining images."""
+
+    keep_per_cluster: int | None = Field(default=None, ge=1)
+    """Keep at most this many images nearest each centroid; None: derived like ``num_clusters``."""
 
     kmeans_iterations: int = Field(default=20, ge=1)
+    """Lloyd iterations of k-means."""
+
     seed: int = 1234
     """Seed of k-means initialisation."""
 
     embed_batch_size: int = Field(default=32, ge=1)
+    """Images per embedding call."""
 
     embedder: Literal["teacher", "thumbnail"] = "teacher"
     """Embedding used when the caller passes none: the platform's vision teacher (falls back to the
@@ -74,15 +114,85 @@ class CurationConfig(BaseModel):
     """torch intra-op threads while embedding (None: leave torch's setting). One thread per process
     avoids the oversubscription that made 2 threads ~5x slower on a shared 2-core machine."""
 
-    cache_teacher_features: bool = True
+    cache_teacher_features: bool = False
     """Keep the teacher's patch features of every embedded image under the platform home
     (``eve_model.teacher_cache``), so training stages that cache too never run the teacher on
-    them again. About 250 KB per image with EfficientNet-Lite0: on at demo scale, off in ``paper()``."""
+    them again. About 250 KB per image with EfficientNet-Lite0: on in ``demo()`` only (production
+    teachers' features of a pre-training set are terabytes)."""
+
+    def embeds_images(self) -> bool:
+        """Whether curation needs the embedding at all: for k-means sampling (a target below every
+        image, or clusters set), for the embedding near-duplicate method, or to cache teacher features.
+        With the production defaults it does not, and curation never runs the teacher."""
+        return (self.near_duplicate_method == "embedding" or self.cache_teacher_features
+                or self.num_clusters is not None or self.keep_per_cluster is not None
+                or self.target_num_items is not None or self.target_fraction < 1.0)
+
+    @classmethod
+    def demo(cls) -> "CurationConfig":
+        """The embedded demo's recipe, unchanged: 64 px floor, teacher cosine 0.95, 50 clusters x 10,
+        teacher features cached for the training stages."""
+        return cls(min_width_pixels=64, min_height_pixels=64, near_duplicate_method="embedding",
+                   near_duplicate_cosine=0.95, num_clusters=50, keep_per_cluster=10, cache_teacher_features=True)
 
     @classmethod
     def paper(cls) -> "CurationConfig":
-        return cls(min_width_pixels=449, min_height_pixels=449, num_clusters=50_000, keep_per_cluster=300,
-                   cache_teacher_features=False)
+        """The paper's rules: >448 px and a 15 M target, which derives its 50,000 clusters x 300."""
+        return cls(min_width_pixels=449, min_height_pixels=449,
+                   target_num_items=PAPER_NUM_CLUSTERS * PAPER_KEEP_PER_CLUSTER)
+
+
+class ClusterPlan(BaseModel):
+    """How many images the diversity sampling keeps, and in how many clusters of what quota."""
+
+    num_candidates: int
+    """Images left after the resolution and near-duplicate filters."""
+    target_num_items: int
+    """Images to keep (at most ``num_candidates``)."""
+    num_clusters: int
+    """k of k-means (0: no sampling needed)."""
+    keep_per_cluster: int
+    """Images kept nearest each centroid (0: no sampling needed)."""
+    rule: str
+    """Where the numbers came from, in words."""
+
+
+def plan_clusters(num_candidates: int, config: CurationConfig) -> ClusterPlan:
+    """The target and the (clusters, quota) pair for ``num_candidates`` images (module docstring)."""
+    if config.target_num_items is not None:
+        wanted, source = config.target_num_items, f"target {config.target_num_items:,} images"
+    else:
+        wanted = math.ceil(config.target_fraction * num_candidates)
+        source = f"target {config.target_fraction:g} of {num_candidates:,} = {wanted:,} images"
+    target = min(wanted, num_candidates)
+    explicit = config.num_clusters is not None or config.keep_per_cluster is not None
+    if num_candidates == 0 or (target >= num_candidates and not explicit):
+        return ClusterPlan(num_candidates=num_candidates, target_num_items=target, num_clusters=0,
+                           keep_per_cluster=0, rule=f"{source}: every image kept, no k-means sampling")
+    quota = config.keep_per_cluster or max(1, round(math.sqrt(target * PAPER_KEEP_PER_CLUSTER / PAPER_NUM_CLUSTERS)))
+    clusters = min(config.num_clusters or math.ceil(target / quota), num_candidates)
+    how = "as configured" if config.num_clusters and config.keep_per_cluster else (
+        f"paper shape ({PAPER_NUM_CLUSTERS:,} x {PAPER_KEEP_PER_CLUSTER} scaled: quota = round(sqrt(target x "
+        f"{PAPER_KEEP_PER_CLUSTER} / {PAPER_NUM_CLUSTERS:,})), clusters = ceil(target / quota))")
+    return ClusterPlan(num_candidates=num_candidates, target_num_items=target, num_clusters=clusters,
+                       keep_per_cluster=quota, rule=f"{source}; {clusters:,} clusters x {quota} nearest, {how}")
+
+
+def rules_in_force(config: CurationConfig, plan: ClusterPlan | None, embedder: str) -> list[str]:
+    """One line per rule, as the summaries (CLI, Prefect artifact, report) state them."""
+    if config.near_duplicate_method == "perceptual-hash":
+        near = config.near_duplicate_rule.describe()
+    elif config.near_duplicate_method == "embedding":
+        near = f"{embedder} cosine >= {config.near_duplicate_cosine}"
+    else:
+        near = "off"
+    return [
+        f"resolution: keep images at least {config.min_width_pixels}x{config.min_height_pixels} px",
+        f"near duplicates: {near}",
+        "diversity sampling: " + (
+            "not reached (no image left)" if plan is None
+            else plan.rule if plan.num_clusters == 0 else f"{plan.rule}; k-means on {embedder} embeddings"),
+    ]
 
 
 class CurationReport(BaseModel):
@@ -97,6 +207,10 @@ class CurationReport(BaseModel):
     num_kept: int
     dropped_by_reason: dict[str, int] = Field(default_factory=dict)
     num_clusters_used: int = 0
+    cluster_plan: ClusterPlan | None = None
+    """The target, clusters and quota of the diversity sampling, and where they came from."""
+    rules_in_force: list[str] = Field(default_factory=list)
+    """The rules this curation applied, one line each (stated in every summary)."""
     embedder: str = ""
     """Which embedding produced the clusters (teacher name, or the fallback)."""
 
@@ -110,20 +224,27 @@ class CurationReport(BaseModel):
     def table_rows(self) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = [{"outcome": "in", "count": self.num_in}, {"outcome": "kept", "count": self.num_kept}]
         rows += [{"outcome": f"dropped: {reason}", "count": n} for reason, n in sorted(self.dropped_by_reason.items())]
+        rows += [{"outcome": f"rule: {rule}", "count": ""} for rule in self.rules_in_force]
         return rows
+
+    def summary_markdown(self) -> str:
+        """Counts that reconcile and the rules in force (the Prefect artifact)."""
+        lines = [f"# Curation of `{self.input_dataset_hash[:16]}` -> `{self.dataset_hash[:16]}`", "",
+                 f"{self.num_in} in = {self.num_kept} kept + {sum(self.dropped_by_reason.values())} dropped",
+                 "", "| dropped for | count |", "|---|---|"]
+        lines += [f"| {reason} | {count} |" for reason, count in sorted(self.dropped_by_reason.items())]
+        lines += ["", "## Rules in force", ""] + [f"- {rule}" for rule in self.rules_in_force]
+        lines += ["", f"Every dropped key with its reason: `{self.curation_log_path}`"]
+        return "\n".join(lines) + "\n"
 
 
 # --- embeddings -----------------------------------------------------------------------------------
 
 
 def thumbnail_embed(images: list) -> np.ndarray:
-    """Fallback embedding: a 8x8 RGB thumbnail, mean-centred and L2-normalised. (N,) images -> (N, 192)."""
-    vectors = []
-    for image in images:
-        thumb = np.asarray(image.convert("RGB").resize((8, 8)), dtype=np.float32).reshape(-1) / 255.0
-        thumb -= thumb.mean()
-        vectors.append(thumb / (np.linalg.norm(thumb) + 1e-8))
-    return np.stack(vectors).astype(np.float32)
+    """Fallback embedding: a 8x8 RGB thumbnail (transparency on white), mean-centred and
+    L2-normalised. (N,) images -> (N, 192)."""
+    return np.stack([colour_thumbnail(image) for image in images]).astype(np.float32)
 
 
 def teacher_embed_fn(num_threads: int | None = 1, feature_cache_dir: str | Path | None = None) -> tuple[EmbedFn, str]:
@@ -197,13 +318,16 @@ def find_near_duplicates(embeddings: np.ndarray, threshold: float) -> dict[int, 
 
 
 def select_by_clusters(
-    embeddings: np.ndarray, config: CurationConfig
+    embeddings: np.ndarray, plan: ClusterPlan, config: CurationConfig
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """k-means, then the nearest images per centroid. (N, D) -> (keep mask (N,), cluster id (N,), k)."""
+    """k-means, then the nearest images per centroid, at most ``plan.target_num_items`` in all.
+    (N, D) -> (keep mask (N,), cluster id (N,), k)."""
     import faiss
 
     count, dim = embeddings.shape
-    k = min(config.num_clusters, count)
+    if plan.num_clusters == 0:
+        return np.ones(count, dtype=bool), np.zeros(count, dtype=np.int64), 0
+    k = min(plan.num_clusters, count)
     if k == count:
         assignment = np.arange(count)
         distances = np.zeros(count, dtype=np.float32)
@@ -220,14 +344,26 @@ def select_by_clusters(
         position = position + 1 if assignment[index] == previous_cluster else 0
         previous_cluster = assignment[index]
         rank[index] = position
-    keep = rank < config.keep_per_cluster
-    if config.target_num_items is not None and keep.sum() > config.target_num_items:
+    keep = rank < plan.keep_per_cluster
+    if keep.sum() > plan.target_num_items:
         # round-robin: every cluster's nearest first, then every cluster's second nearest, ...
         candidates = np.flatnonzero(keep)
         by_priority = candidates[np.lexsort((distances[candidates], rank[candidates]))]
         keep = np.zeros(count, dtype=bool)
-        keep[by_priority[: config.target_num_items]] = True
+        keep[by_priority[: plan.target_num_items]] = True
     return keep, assignment, k
+
+
+def _decode(image_bytes: bytes):
+    """The image as stored, transparency kept (the teacher's processor composites it as in training)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(image_bytes))
+    image.load()
+    if image.mode in ("RGB", "RGBA"):
+        return image
+    has_alpha = image.mode in ("LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    return image.convert("RGBA" if has_alpha else "RGB")
 
 
 # --- the whole step -------------------------------------------------------------------------------
@@ -242,11 +378,12 @@ def curate_dataset(
     progress: Callable[[int, int], None] | None = None,
 ) -> CurationReport:
     """Curate a shard dataset into ``output_dir``; see the module docstring for the rules."""
-    from PIL import Image
-
     started = time.monotonic()
     config = config or CurationConfig()
-    if embed_fn is None:
+    embedding = config.embeds_images()
+    if not embedding:
+        embed_fn, embedder_name = None, "none (every image kept: no sampling, no embedding needed)"
+    elif embed_fn is None:
         if config.embedder == "thumbnail":
             embed_fn, default_name = thumbnail_embed, "thumbnail-8x8"
         else:
@@ -260,11 +397,13 @@ def curate_dataset(
     candidate_rows: list[int] = []
     vectors: list[np.ndarray] = []
     batch_images: list = []
+    fingerprints = ImageFingerprints()
+    use_hashes = config.near_duplicate_method == "perceptual-hash"
 
     def flush() -> None:
-        if batch_images:
+        if batch_images and embed_fn is not None:
             vectors.append(np.asarray(embed_fn(batch_images), dtype=np.float32))
-            batch_images.clear()
+        batch_images.clear()
 
     for sample in iter_samples(input_location, manifest=manifest):
         keys.append(sample.key)
@@ -273,7 +412,10 @@ def curate_dataset(
             dropped[sample.key] = ("resolution", f"{width}x{height} below {config.min_width_pixels}x{config.min_height_pixels}")
             continue
         candidate_rows.append(len(keys) - 1)
-        batch_images.append(Image.open(io.BytesIO(sample.image_bytes)).convert("RGB"))
+        image = _decode(sample.image_bytes)
+        if use_hashes:
+            fingerprints.add(image)
+        batch_images.append(image)
         if len(batch_images) >= config.embed_batch_size:
             flush()
             if progress is not None:
@@ -283,13 +425,25 @@ def curate_dataset(
         progress(len(keys), manifest.num_items)
 
     num_clusters_used = 0
+    plan = None
     if candidate_rows:
-        embeddings = _normalise(np.concatenate(vectors))
-        duplicates = find_near_duplicates(embeddings, config.near_duplicate_cosine)
-        for row, (original, cosine) in duplicates.items():
-            dropped[keys[candidate_rows[row]]] = ("near_duplicate", f"cosine {cosine:.4f} to {keys[candidate_rows[original]]}")
+        embeddings = _normalise(np.concatenate(vectors)) if embedding else None
+        if config.near_duplicate_method == "perceptual-hash":
+            duplicates = find_near_duplicate_images(fingerprints, config.near_duplicate_rule)
+        elif config.near_duplicate_method == "embedding":
+            duplicates = {row: (original, f"cosine {cosine:.4f}") for row, (original, cosine)
+                          in find_near_duplicates(embeddings, config.near_duplicate_cosine).items()}
+        else:
+            duplicates = {}
+        for row, (original, why) in duplicates.items():
+            dropped[keys[candidate_rows[row]]] = ("near_duplicate", f"{why} to {keys[candidate_rows[original]]}")
         unique_rows = [row for row in range(len(candidate_rows)) if row not in duplicates]
-        keep, assignment, num_clusters_used = select_by_clusters(embeddings[unique_rows], config)
+        plan = plan_clusters(len(unique_rows), config)
+        if plan.num_clusters == 0:
+            keep, assignment = np.ones(len(unique_rows), dtype=bool), np.zeros(len(unique_rows), dtype=np.int64)
+        else:
+            assert embeddings is not None, "a cluster plan implies embeds_images()"
+            keep, assignment, num_clusters_used = select_by_clusters(embeddings[unique_rows], plan, config)
         for position, row in enumerate(unique_rows):
             if not keep[position]:
                 dropped[keys[candidate_rows[row]]] = ("cluster_overflow", f"cluster {int(assignment[position])}: not among the nearest kept")
@@ -316,6 +470,8 @@ def curate_dataset(
         num_kept=written.num_items,
         dropped_by_reason=dict(sorted(reasons.items())),
         num_clusters_used=num_clusters_used,
+        cluster_plan=plan,
+        rules_in_force=rules_in_force(config, plan, embedder_name),
         embedder=embedder_name,
         curation_log_path=str(log_path),
         elapsed_seconds=round(time.monotonic() - started, 3),
@@ -326,7 +482,7 @@ def curate_dataset(
 
 
 # Bump when curation logic changes what it writes: it is part of the cache key.
-CURATION_CODE_VERSION = "curate-1"
+CURATION_CODE_VERSION = "curate-2"  # 2: derived cluster plan, perceptual-hash near duplicates, alpha kept
 CURATION_REPORT = "curation_report.json"
 
 
@@ -374,7 +530,7 @@ def curate_staged(
 def curate_dataset_task(input_dir: str, input_dataset_hash: str, config: CurationConfig) -> CurationReport:
     """Curate a staged dataset; counts go to a table artifact. Cached on (input hash, config)."""
     from prefect import get_run_logger
-    from prefect.artifacts import create_table_artifact
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     run_logger = get_run_logger()
     report = curate_staged(
@@ -384,5 +540,8 @@ def curate_dataset_task(input_dir: str, input_dataset_hash: str, config: Curatio
         key="curation-counts", table=report.table_rows(),
         description=f"Curation of {report.input_dataset_hash[:16]} -> {report.dataset_hash[:16]} ({report.embedder})",
     )
-    run_logger.info("curation kept %d of %d (%s)", report.num_kept, report.num_in, report.dropped_by_reason)
+    create_markdown_artifact(key="curation-report", markdown=report.summary_markdown(),
+                             description="curation counts and the rules in force")
+    run_logger.info("curation kept %d of %d (%s); rules: %s", report.num_kept, report.num_in,
+                    report.dropped_by_reason, "; ".join(report.rules_in_force))
     return report

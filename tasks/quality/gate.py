@@ -12,6 +12,7 @@ and thresholds reuses the dataset it wrote before.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -69,7 +70,11 @@ class GateResult(BaseModel):
     thresholds_fingerprint: str
     """Hash of the thresholds (with the suite version, the result key)."""
     thresholds: dict[str, Any]
-    """The thresholds themselves."""
+    """The thresholds themselves (every one in force)."""
+    profile: str | None = None
+    """Caption-gate profile the thresholds came from (None for the instruction gate)."""
+    threshold_overrides: dict[str, Any] = Field(default_factory=dict)
+    """Thresholds set to other values than the profile's defaults: name -> [value, profile default]."""
     input_dataset_hash: str
     """dataset_hash of the gated version."""
     output_dataset_hash: str | None = None
@@ -94,6 +99,10 @@ class GateResult(BaseModel):
     """Directory of the stored result under the platform home."""
     duration_seconds: float = 0.0
     """Wall time of the gate run."""
+    data_docs_index: str | None = None
+    """file:// URL of the dataset version's GX Data Docs site (every validation of the version)."""
+    data_docs_page: str | None = None
+    """file:// URL of this validation's page in that site."""
 
 
 def _counts(decision: TableDecision) -> GateCounts:
@@ -142,20 +151,21 @@ def _run_gate(
             )
 
     # Only metadata is held in memory; image bytes stay in the shards until the output pass.
-    samples = [
-        (sample.key, sample.meta, sample.image_bytes is not None)
-        for sample in iter_samples(input_location, manifest=manifest)
-    ]
+    samples = [(sample.key, sample.meta, _image_id(sample)) for sample in iter_samples(input_location, manifest=manifest)]
     logger.info("%s: %d samples of %s read; computing metrics", suite_name, len(samples), dataset_hash[:12])
     table = build_table(samples)
     logger.info("%s: metrics done; validating with GX", suite_name)
-    decision = decide(table, build_suite(), thresholds.max_filtered_fraction)
+    store = QualityStore(settings)
+    key = result_key(dataset_hash, suite_name, suite_version, fingerprint)
+    decision = decide(
+        table, build_suite(), thresholds.max_filtered_fraction,
+        data_docs_root=store.data_docs_root(dataset_hash), run_name=key.replace("/", "-"),
+    )
     counts = _counts(decision)
     logger.info("%s: %s; %d kept, %d filtered %s", suite_name, "passed" if decision.passed else "FAILED",
                 counts.num_kept, counts.num_filtered, counts.filtered_by_reason)
     summary = summarize(table)
 
-    store = QualityStore(settings)
     if previous_dataset_hash is not None:
         previous_entry = store.find_previous(suite_name, dataset_hash=previous_dataset_hash)
     elif compare_with_latest:
@@ -165,7 +175,6 @@ def _run_gate(
     previous_summary = store.load(previous_entry["key"], "summary.json") if previous_entry else None
 
     output_hash = None
-    key = result_key(dataset_hash, suite_name, suite_version, fingerprint)
     if decision.passed:
         output_hash = _write_kept(
             input_location, manifest, output_dir, set(table["key"][decision.kept_mask].tolist()),
@@ -183,6 +192,11 @@ def _run_gate(
         suite_version=suite_version,
         thresholds_fingerprint=fingerprint,
         thresholds=thresholds.model_dump(mode="json"),
+        profile=thresholds.profile if isinstance(thresholds, CaptionGateThresholds) else None,
+        threshold_overrides=(
+            {name: list(pair) for name, pair in thresholds.overrides().items()}
+            if isinstance(thresholds, CaptionGateThresholds) else {}
+        ),
         input_dataset_hash=dataset_hash,
         output_dataset_hash=output_hash,
         output_location=str(output_dir) if output_hash else None,
@@ -193,6 +207,8 @@ def _run_gate(
         summary=summary,
         previous_dataset_hash=previous_entry["input_dataset_hash"] if previous_entry else None,
         deltas=metric_deltas(summary, previous_summary),
+        data_docs_index=store.data_docs_index(dataset_hash).as_uri(),
+        data_docs_page=decision.data_docs_page,
     )
     result.duration_seconds = time.perf_counter() - started
     result_dir = store.save(
@@ -207,6 +223,13 @@ def _run_gate(
     result.result_dir = str(result_dir)
     (result_dir / "gate_result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
     return result
+
+
+def _image_id(sample: Any) -> str | None:
+    """The image's identity: the sha256 recorded at ingest, else the hash of its bytes; None: no image."""
+    if sample.meta.get("image_sha256"):
+        return str(sample.meta["image_sha256"])
+    return hashlib.sha256(sample.image_bytes).hexdigest() if sample.image_bytes is not None else None
 
 
 def _write_kept(
@@ -250,6 +273,7 @@ def gate_caption_dataset(
             near_duplicate_jaccard=thresholds.near_duplicate_jaccard,
             progress=len(samples) >= 100_000,
             workers=metrics_workers,
+            image_ids=[image_id for _, _, image_id in samples],
         )
 
     return _run_gate(
@@ -286,8 +310,8 @@ def gate_instruction_dataset(
         return compute_instruction_metrics(
             [key for key, _, _ in samples],
             [meta.get("conversations") for _, meta, _ in samples],
-            [has_image for _, _, has_image in samples],
-            [meta.get("image_sha256") for _, meta, _ in samples],
+            [image_id is not None for _, _, image_id in samples],
+            [image_id for _, _, image_id in samples],
         )
 
     return _run_gate(

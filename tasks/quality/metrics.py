@@ -1,19 +1,30 @@
 """Per-caption quality metrics: one pandas row per caption, the table the GX caption suite validates.
 
-Columns (all computed from the caption text alone, so they are cheap enough for 10^7 captions):
+Every metric is defined here, once (the GX suite in ``suites`` only states bounds on these columns).
+Columns:
 
-    key, caption                      sample key and the caption as stored ("" when missing)
+    key, caption, image_id            sample key, the caption as stored ("" when missing), the image's
+                                      sha256 ("" when unknown: such rows count as distinct images)
     num_words, num_tokens             whitespace words; tokens = words and punctuation marks
     distinct_trigram_ratio            distinct word trigrams / word trigrams (1.0 below 3 words)
     longest_repeated_ngram_words      longest word n-gram occurring at least twice (0 = none)
     ends_complete_sentence            ends in . ! or ? (optionally closed by a quote/bracket), no ellipsis
-    text_hash                         sha1 of the dedup key (case folded, punctuation dropped)
-    is_exact_duplicate                same text_hash as an earlier caption
-    is_near_duplicate, near_duplicate_of   bigram Jaccard >= threshold with an earlier caption (its key)
-    is_duplicate                      exact or near duplicate (0/1, aggregated as the duplicate rate)
+    ends_with_ellipsis                ends in "..." or "\u2026" (text cut off)
+    text_hash                         sha1 of the exact text (NFC, whitespace collapsed, case kept)
+    is_exact_duplicate                the same image with the same exact text as an earlier sample
+    is_cross_image_repeat             the same exact text as an earlier sample of a different image
+    is_near_duplicate, near_duplicate_of   case-sensitive word-bigram Jaccard >= threshold with an
+                                      earlier caption of other text (its key); all False when not checked
+    is_duplicate                      is_exact_duplicate as 0/1 (aggregated as the duplicate rate)
+    is_repeated_caption               cross-image repeat or near duplicate as 0/1 (their rate)
     has_boilerplate_opening           "The image shows...", "In this picture...", refusals
     has_url, has_markup, has_control_chars
     non_language_token_share          share of words that are not alphabetic (ids, numbers, symbols)
+
+"Exact" means case-sensitive after whitespace normalisation: "The letter A." and "The letter a."
+are two captions. A caption repeated for a different image is not a duplicate sample; it is
+measured on its own (``is_cross_image_repeat``), because for labels it is normal and for teacher
+captions it is the sign of a collapsed teacher.
 """
 
 from __future__ import annotations
@@ -26,11 +37,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from tasks.caption.normalize import canonical_for_dedup
+from tasks.caption.normalize import canonical_for_dedup, comparison_words, normalize_caption
 from tasks.quality.near_duplicates import bigram_shingles, find_near_duplicates
 
-METRICS_VERSION = 1
-"""Bumped whenever a metric's definition changes (it is part of the suite version)."""
+METRICS_VERSION = 2
+"""Bumped whenever a metric's definition changes (it is part of the suite version).
+2: exact duplicates per image and case-sensitive; cross-image repeats; ellipsis; case-sensitive near duplicates."""
 
 MIN_CAPTIONS_FOR_WORKERS = 20_000
 """Below this many captions, starting worker processes costs more than it saves."""
@@ -95,6 +107,7 @@ def _text_metrics(text: str) -> tuple:
     stripped = text.strip()
     raw_words = stripped.split()
     dedup_key = canonical_for_dedup(stripped)
+    ellipsis = bool(_ELLIPSIS_ENDING.search(stripped))
     trigram_ratio, longest_repeat = _repetition(dedup_key.split())
     url = markup = control = False
     if _ANY_SUSPECT.search(text):  # one scan for the common clean case, three for the rest
@@ -106,13 +119,15 @@ def _text_metrics(text: str) -> tuple:
         len(_TOKEN.findall(stripped)),
         trigram_ratio,
         longest_repeat,
-        bool(_COMPLETE_ENDING.search(stripped)) and not _ELLIPSIS_ENDING.search(stripped),
+        bool(_COMPLETE_ENDING.search(stripped)) and not ellipsis,
+        ellipsis,
         bool(_BOILERPLATE_OPENING.match(stripped)),
         url,
         markup,
         control,
         _non_language_share(raw_words),
-        dedup_key,
+        normalize_caption(text) or "",
+        comparison_words(stripped),
     )
 
 
@@ -142,25 +157,32 @@ def _iter_text_metrics(texts: list[str], workers: int, progress: bool):
 def compute_caption_metrics(
     keys: Sequence[str],
     captions: Sequence[str | None],
-    near_duplicate_jaccard: float = 0.8,
+    near_duplicate_jaccard: float | None = 0.8,
     progress: bool = False,
     workers: int = 1,
+    image_ids: Sequence[str | None] | None = None,
 ) -> pd.DataFrame:
     """The metrics table, one row per caption in input order (see the module docstring for columns).
 
-    ``progress`` shows a progress bar (tqdm, stderr): 10^7 captions take minutes. ``workers`` > 1
-    computes the per-caption metrics in that many processes (duplicates are found in this one);
-    the table is identical for any number of workers.
+    ``image_ids`` (the image's sha256 per caption) separate duplicate samples (same image, same
+    text) from a caption repeated for another image; without them every row is its own image.
+    ``near_duplicate_jaccard`` None skips the near-duplicate search. ``progress`` shows a progress
+    bar (tqdm, stderr): 10^7 captions take minutes. ``workers`` > 1 computes the per-caption metrics
+    in that many processes (duplicates are found in this one); the table is identical for any
+    number of workers.
     """
     if len(keys) != len(captions):
         raise ValueError(f"{len(keys)} keys but {len(captions)} captions")
     count = len(keys)
+    if image_ids is not None and len(image_ids) != count:
+        raise ValueError(f"{count} keys but {len(image_ids)} image ids")
     texts = ["" if caption is None else str(caption) for caption in captions]
     num_words = np.zeros(count, dtype=np.int64)
     num_tokens = np.zeros(count, dtype=np.int64)
     trigram_ratio = np.ones(count, dtype=np.float64)
     longest_repeat = np.zeros(count, dtype=np.int64)
     complete = np.zeros(count, dtype=bool)
+    ellipsis = np.zeros(count, dtype=bool)
     boilerplate = np.zeros(count, dtype=bool)
     url = np.zeros(count, dtype=bool)
     markup = np.zeros(count, dtype=bool)
@@ -171,15 +193,27 @@ def compute_caption_metrics(
     vocabulary: dict[str, int] = {}
     for index, row in enumerate(_iter_text_metrics(texts, workers, progress)):
         (num_words[index], num_tokens[index], trigram_ratio[index], longest_repeat[index], complete[index],
-         boilerplate[index], url[index], markup[index], control[index], non_language[index], dedup_key) = row
-        dedup_words = dedup_key.split()
-        text_hashes.append(hashlib.sha1(dedup_key.encode("utf-8")).hexdigest())
-        shingles.append(bigram_shingles(dedup_words, vocabulary) if dedup_words else set())
+         ellipsis[index], boilerplate[index], url[index], markup[index], control[index], non_language[index],
+         exact_text, words) = row
+        text_hashes.append(hashlib.sha1(exact_text.encode("utf-8")).hexdigest())
+        if near_duplicate_jaccard is not None:
+            shingles.append(bigram_shingles(words, vocabulary) if words else set())
 
     hash_series = pd.Series(text_hashes, dtype="string")
-    exact_duplicate = hash_series.duplicated(keep="first").to_numpy() & (num_words > 0)
-    eligible = (num_words >= 2) & ~exact_duplicate
-    near_of = find_near_duplicates(shingles, near_duplicate_jaccard, eligible)
+    # Unknown images (None or "") are distinct images: give each its own id for the pair test.
+    images = pd.Series(
+        [image or f"\0row{index}" for index, image in enumerate(image_ids)] if image_ids is not None
+        else [f"\0row{index}" for index in range(count)],
+        dtype="string",
+    )
+    has_text = num_words > 0
+    pairs = pd.DataFrame({"image": images, "text": hash_series})
+    exact_duplicate = pairs.duplicated(keep="first").to_numpy() & has_text
+    text_seen = hash_series.duplicated(keep="first").to_numpy() & has_text
+    cross_image_repeat = text_seen & ~exact_duplicate
+    near_of = np.full(count, -1, dtype=np.int64)
+    if near_duplicate_jaccard is not None:
+        near_of = find_near_duplicates(shingles, near_duplicate_jaccard, (num_words >= 2) & ~text_seen)
     near_duplicate = near_of >= 0
     key_array = np.asarray(list(keys), dtype=object)
     near_keys = np.where(near_duplicate, key_array[np.maximum(near_of, 0)], "")
@@ -188,16 +222,23 @@ def compute_caption_metrics(
         {
             "key": pd.Series(key_array, dtype="string"),
             "caption": pd.Series(texts, dtype="string"),
+            "image_id": pd.Series(
+                ["" if image_ids is None or image_ids[i] is None else str(image_ids[i]) for i in range(count)],
+                dtype="string",
+            ),
             "num_words": num_words,
             "num_tokens": num_tokens,
             "distinct_trigram_ratio": trigram_ratio,
             "longest_repeated_ngram_words": longest_repeat,
             "ends_complete_sentence": complete,
+            "ends_with_ellipsis": ellipsis,
             "text_hash": hash_series,
             "is_exact_duplicate": exact_duplicate,
+            "is_cross_image_repeat": cross_image_repeat,
             "is_near_duplicate": near_duplicate,
             "near_duplicate_of": pd.Series(near_keys, dtype="string"),
-            "is_duplicate": (exact_duplicate | near_duplicate).astype(np.int64),
+            "is_duplicate": exact_duplicate.astype(np.int64),
+            "is_repeated_caption": (cross_image_repeat | near_duplicate).astype(np.int64),
             "has_boilerplate_opening": boilerplate,
             "has_url": url,
             "has_markup": markup,
@@ -218,9 +259,13 @@ def summarize_caption_metrics(table: pd.DataFrame) -> dict[str, float]:
         "p95_tokens": float(table["num_tokens"].quantile(0.95)),
         "mean_distinct_trigram_ratio": float(table["distinct_trigram_ratio"].mean()),
         "complete_sentence_rate": float(table["ends_complete_sentence"].mean()),
+        "truncated_rate": float(table["ends_with_ellipsis"].mean()),
         "exact_duplicate_rate": float(table["is_exact_duplicate"].mean()),
+        "cross_image_repeat_rate": float(table["is_cross_image_repeat"].mean()),
         "near_duplicate_rate": float(table["is_near_duplicate"].mean()),
         "duplicate_rate": float(table["is_duplicate"].mean()),
+        "repeated_caption_rate": float(table["is_repeated_caption"].mean()),
+        "distinct_caption_share": float(table["text_hash"].nunique() / len(table)),
         "boilerplate_rate": float(table["has_boilerplate_opening"].mean()),
         "url_rate": float(table["has_url"].mean()),
         "markup_rate": float(table["has_markup"].mean()),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from tasks.quality.config import CaptionGateThresholds, InstructionGateThresholds
 from tasks.quality.gate import GateResult, QualityGateFailed, gate_caption_dataset, gate_instruction_dataset
@@ -24,7 +24,8 @@ def _artifact_key(prefix: str, result: GateResult) -> str:
 
 
 def publish_gate_artifacts(result: GateResult) -> None:
-    """Markdown report and per-metric delta table as Prefect artifacts (inside a flow/task run)."""
+    """Markdown report (rules in force, Data Docs link), per-metric delta table and a link to the
+    version's GX Data Docs as Prefect artifacts (inside a flow/task run)."""
     create_markdown_artifact(
         render_markdown(result),
         key=_artifact_key("quality-report", result),
@@ -35,6 +36,13 @@ def publish_gate_artifacts(result: GateResult) -> None:
         key=_artifact_key("quality-deltas", result),
         description="caption-quality metrics vs the previous dataset version",
     )
+    if result.data_docs_index:
+        create_link_artifact(
+            result.data_docs_page or result.data_docs_index,
+            link_text=f"GX Data Docs of {result.input_dataset_hash[:12]}",
+            key=_artifact_key("quality-data-docs", result),
+            description=f"Data Docs of dataset version {result.input_dataset_hash[:12]} (index: {result.data_docs_index})",
+        )
 
 
 def _finish(result: GateResult, fail_on_reject: bool) -> GateResult:

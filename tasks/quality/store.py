@@ -9,6 +9,9 @@ Layout::
         summary.json                              dataset-level metric statistics
         filtered.jsonl                            every filtered sample: key, reason, text
         metrics.parquet                           the full per-sample metrics table
+    <home>/quality/<dataset_hash>/gx/             GX's stores for this dataset version (suites, every
+                                                  validation result) and its Data Docs site:
+        uncommitted/data_docs/local_site/index.html   one page per validation of the version
 
 A result directory is written under a temporary name and renamed into place, so a crash never
 leaves a half-written result that a later run would read as the previous version.
@@ -42,6 +45,14 @@ class QualityStore:
     @property
     def index_path(self) -> Path:
         return self.root / "index.jsonl"
+
+    def data_docs_root(self, dataset_hash: str) -> Path:
+        """GX's store folder of one dataset version (its Data Docs site lives inside)."""
+        return self.root / dataset_hash / "gx"
+
+    def data_docs_index(self, dataset_hash: str) -> Path:
+        """The Data Docs site's index page of one dataset version (exists once a gate ran on it)."""
+        return self.data_docs_root(dataset_hash) / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
     def save(
         self,

@@ -4,6 +4,10 @@ GX does the checking; this module only reads GX's own result: the unexpected row
 each row rule (COMPLETE result format) and the success of each aggregate rule. The filtered
 fraction is the one aggregate rule GX cannot state on the table itself (it depends on the union
 of the row rules' verdicts), so it is checked here and reported beside GX's rules.
+
+With ``data_docs_root`` the validation runs through a GX checkpoint whose stores live in that
+folder (one per dataset version, ``tasks.quality.store``): GX keeps every validation result of the
+version there and renders its Data Docs site, whose index lists them all.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +24,15 @@ import pandas as pd
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 import great_expectations as gx  # noqa: E402
-from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
+from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
+from great_expectations.core.run_identifier import RunIdentifier  # noqa: E402
+from great_expectations.data_context.types.base import (  # noqa: E402
+    DataContextConfig,
+    FilesystemStoreBackendDefaults,
+    ProgressBarsConfig,
+)
+
+_RESULT_FORMAT = {"result_format": "COMPLETE", "return_unexpected_index_query": False}
 
 
 @dataclass
@@ -32,6 +45,8 @@ class RuleOutcome:
     description: str
     unexpected_count: int = 0
     observed_value: Any = None
+    bound: str = ""
+    """The rule in force, e.g. ``num_words >= 3``."""
 
 
 @dataclass
@@ -45,6 +60,8 @@ class TableDecision:
     rules: list[RuleOutcome] = field(default_factory=list)
     gx_result: dict[str, Any] = field(default_factory=dict)
     """GX's validation result as JSON (``ExpectationSuiteValidationResult.to_json_dict()``)."""
+    data_docs_page: str | None = None
+    """file:// URL of this validation's page in the version's Data Docs (None: not rendered)."""
 
     @property
     def kept_mask(self) -> np.ndarray:
@@ -66,18 +83,64 @@ def run_suite(table: pd.DataFrame, suite: gx.ExpectationSuite) -> dict[str, Any]
     validation = context.validation_definitions.add(
         gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
     )
-    result = validation.run(
-        batch_parameters={"dataframe": table.reset_index(drop=True)},
-        result_format={"result_format": "COMPLETE", "return_unexpected_index_query": False},
-    )
+    result = validation.run(batch_parameters={"dataframe": table.reset_index(drop=True)}, result_format=_RESULT_FORMAT)
     return result.to_json_dict()
 
 
+def run_suite_with_data_docs(
+    table: pd.DataFrame, suite: gx.ExpectationSuite, data_docs_root: Path, run_name: str
+) -> tuple[dict[str, Any], str | None]:
+    """Validate through a checkpoint whose GX stores live under ``data_docs_root`` and update its
+    Data Docs site. Returns (GX's result JSON, file:// URL of this validation's page)."""
+    data_docs_root.mkdir(parents=True, exist_ok=True)
+    config = DataContextConfig(
+        store_backend_defaults=FilesystemStoreBackendDefaults(root_directory=str(data_docs_root)),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+    )
+    context = gx.get_context(project_config=config, mode="ephemeral")
+    name = f"{suite.name}-{suite.meta.get('suite_version', '')}"
+    batch_definition = (
+        context.data_sources.add_pandas(name="eve-quality")
+        .add_dataframe_asset(name="metrics")
+        .add_batch_definition_whole_dataframe("all_rows")
+    )
+    suite = context.suites.add_or_update(suite)
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[validation],
+            actions=[UpdateDataDocsAction(name="update-data-docs")],
+            result_format=_RESULT_FORMAT,
+        )
+    )
+    outcome = checkpoint.run(
+        batch_parameters={"dataframe": table.reset_index(drop=True)}, run_id=RunIdentifier(run_name=run_name)
+    )
+    identifier, result = next(iter(outcome.run_results.items()))
+    urls = context.get_docs_sites_urls(resource_identifier=identifier)
+    return result.to_json_dict(), (urls[0]["site_url"] if urls else None)
+
+
 def decide(
-    table: pd.DataFrame, suite: gx.ExpectationSuite, max_filtered_fraction: float
+    table: pd.DataFrame,
+    suite: gx.ExpectationSuite,
+    max_filtered_fraction: float,
+    data_docs_root: Path | None = None,
+    run_name: str = "eve-quality",
 ) -> TableDecision:
-    """Validate and decide: rows failing row rules are filtered, aggregate failures fail the version."""
-    gx_result = run_suite(table, suite)
+    """Validate and decide: rows failing row rules are filtered, aggregate failures fail the version.
+
+    ``data_docs_root``: keep GX's stores and Data Docs there (see the module docstring).
+    """
+    data_docs_page = None
+    if data_docs_root is None:
+        gx_result = run_suite(table, suite)
+    else:
+        gx_result, data_docs_page = run_suite_with_data_docs(table, suite, data_docs_root, run_name)
     row_count = len(table)
     filtered_reason = pd.Series(pd.NA, index=range(row_count), dtype="string")
     outcomes: list[RuleOutcome] = []
@@ -97,6 +160,7 @@ def decide(
             success=bool(expectation_result["success"]),
             description=meta.get("description", ""),
             observed_value=details.get("observed_value"),
+            bound=meta.get("bound", ""),
         )
         if scope == "row":
             indices = np.asarray(details.get("unexpected_index_list") or [], dtype=np.int64)
@@ -105,7 +169,8 @@ def decide(
                 unset = filtered_reason.iloc[indices].isna().to_numpy()
                 filtered_reason.iloc[indices[unset]] = rule
         elif not outcome.success:
-            reasons.append(f"{rule}: {outcome.description} (observed {_fmt(outcome.observed_value)})")
+            reasons.append(f"{rule}: {outcome.description} (observed {_fmt(outcome.observed_value)}; "
+                           f"rule: {outcome.bound})")
         outcomes.append(outcome)
 
     filtered_count = int(filtered_reason.notna().sum())
@@ -119,6 +184,7 @@ def decide(
             description=f"share of filtered samples at most {max_filtered_fraction}",
             unexpected_count=filtered_count,
             observed_value=filtered_fraction,
+            bound=f"filtered share <= {max_filtered_fraction}",
         )
     )
     if not fraction_ok:
@@ -132,6 +198,7 @@ def decide(
         filtered_reason=filtered_reason,
         rules=outcomes,
         gx_result=gx_result,
+        data_docs_page=data_docs_page,
     )
 
 
@@ -139,4 +206,4 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-__all__ = ["RuleOutcome", "TableDecision", "decide", "run_suite"]
+__all__ = ["RuleOutcome", "TableDecision", "decide", "run_suite", "run_suite_with_data_docs"]

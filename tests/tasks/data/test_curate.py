@@ -43,7 +43,7 @@ def _write_planted(root: Path, num_scenes: int, make_duplicate, every: int = 5) 
             writer.write(ShardSample(name, {"width": width, "height": height}, duplicate, ext))
         small = [f"small-{index}" for index in range(2)]
         for key, (_, png) in zip(small, scenes):
-            writer.write(ShardSample(key, {"width": 40, "height": 40}, png, "png"))
+            writer.write(ShardSample(key, {"width": 24, "height": 24}, png, "png"))
     return duplicates_of, small
 
 
@@ -107,7 +107,8 @@ def test_keeps_exactly_the_requested_count_spread_over_clusters(planted_dataset,
 @pytest.mark.slow
 def test_the_default_embedder_is_the_teacher(tmp_path: Path, eve_home: Path) -> None:
     duplicates_of, small = _write_planted(tmp_path / "input", 6, _resized_brighter_png, every=3)
-    config = CurationConfig(num_clusters=3, keep_per_cluster=100)
+    # The demo's recipe: teacher-cosine near duplicates and teacher features cached for the stages.
+    config = CurationConfig.demo().model_copy(update={"num_clusters": 3, "keep_per_cluster": 100})
     report = curate_dataset(tmp_path / "input", tmp_path / "out", config)
     assert report.embedder.startswith("teacher:"), report.embedder
     log = _log(report)
@@ -123,3 +124,88 @@ def test_the_default_embedder_is_the_teacher(tmp_path: Path, eve_home: Path) -> 
     again = curate_dataset(tmp_path / "input", tmp_path / "again", config)
     assert _log(again) == log and sorted(cache.rglob("*.safetensors")) == entries
     assert CurationConfig.paper().cache_teacher_features is False
+
+
+# --- production defaults: calibrated near duplicates, curation that scales ----------------------
+
+REAL_IMAGES = Path(__file__).parents[2] / "fixtures" / "real_data" / "images"
+
+
+def _real_set_with_copies(root: Path) -> tuple[list[str], dict[str, str]]:
+    """The fixture's real images (traffic lights, road signs, q/p/d/b glyphs) and planted near copies
+    of three of them: JPEG q75 on white, 80 % size, and the same file twice."""
+    from tasks.data.image_near_duplicates import flatten_on_white
+
+    originals = sorted(REAL_IMAGES.glob("*.png"))
+    copies: dict[str, str] = {}
+    with ShardWriter(root, max_items_per_shard=8) as writer:
+        for path in originals:
+            image = Image.open(path)
+            writer.write(ShardSample(path.stem, {"width": image.width, "height": image.height}, path.read_bytes(), "png"))
+        for name, make in (("jpeg", "openclipart-traffic-light-red"), ("small", "dejavu-sans-q"),
+                           ("again", "openclipart-crossroads")):
+            source = Image.open(REAL_IMAGES / f"{make}.png")
+            buffer = io.BytesIO()
+            if name == "jpeg":
+                flatten_on_white(source).save(buffer, format="JPEG", quality=75)
+            elif name == "small":
+                source.resize((77, 77)).save(buffer, format="PNG")
+            else:
+                buffer.write((REAL_IMAGES / f"{make}.png").read_bytes())
+            copy = Image.open(io.BytesIO(buffer.getvalue()))
+            copies[f"{name}-copy-of-{make}"] = make
+            writer.write(ShardSample(f"{name}-copy-of-{make}", {"width": copy.width, "height": copy.height},
+                                     buffer.getvalue(), "jpg" if name == "jpeg" else "png"))
+    return [path.stem for path in originals], copies
+
+
+def test_near_duplicates_by_default_drop_copies_and_keep_look_alike_real_images(tmp_path: Path) -> None:
+    """q/p, d/b, red/yellow/green lights and the junction signs are different images and all stay."""
+    originals, copies = _real_set_with_copies(tmp_path / "input")
+    report = curate_dataset(tmp_path / "input", tmp_path / "out", CurationConfig(), embed_fn=thumbnail_embed)
+    log = _log(report)
+    assert {key: entry["reason"] for key, entry in log.items()} == {copy: "near_duplicate" for copy in copies}
+    for copy, original in copies.items():
+        assert log[copy]["detail"].endswith(f"to {original}")
+    assert [s.key for s in iter_samples(tmp_path / "out")] == originals
+    assert report.rules_in_force[1].startswith("near duplicates: perceptual hash")
+    # Every image kept: no k-means, so the (slow) embedding is never computed.
+    assert report.embedder.startswith("none") and "every image kept, no k-means" in report.rules_in_force[2]
+
+
+def test_cluster_plan_scales_with_the_data_in_the_papers_shape() -> None:
+    from tasks.data.curate import plan_clusters
+
+    paper = plan_clusters(400_000_000, CurationConfig.paper())
+    assert (paper.num_clusters, paper.keep_per_cluster, paper.target_num_items) == (50_000, 300, 15_000_000)
+    scaled = plan_clusters(100_000, CurationConfig(target_num_items=10_000))
+    assert (scaled.num_clusters, scaled.keep_per_cluster) == (1_250, 8)
+    assert scaled.num_clusters * scaled.keep_per_cluster >= scaled.target_num_items
+    fraction = plan_clusters(1_000, CurationConfig(target_fraction=0.5))
+    assert fraction.target_num_items == 500 and fraction.num_clusters * fraction.keep_per_cluster >= 500
+    # Own data: every image that passes the filters is kept, whatever the size (no 500-image cap).
+    for size in (10, 600, 50_000):
+        everything = plan_clusters(size, CurationConfig())
+        assert (everything.target_num_items, everything.num_clusters) == (size, 0) and "every image kept" in everything.rule
+    demo = plan_clusters(600, CurationConfig.demo())
+    assert (demo.num_clusters, demo.keep_per_cluster) == (50, 10)
+
+
+def test_report_states_the_rules_and_keeps_the_target(planted_dataset, tmp_path: Path) -> None:
+    root, _, _ = planted_dataset
+    report = curate_dataset(root, tmp_path / "out", CurationConfig(target_num_items=12), embed_fn=thumbnail_embed)
+    assert report.num_kept == 12 and report.reconciles
+    plan = report.cluster_plan
+    assert plan.target_num_items == 12 and plan.num_clusters == report.num_clusters_used > 0
+    rules = "\n".join(report.rules_in_force)
+    assert "at least 32x32 px" in rules and "perceptual hash" in rules and f"{plan.num_clusters} clusters" in rules
+    assert "## Rules in force" in report.summary_markdown()
+    assert any(str(row["outcome"]).startswith("rule: ") for row in report.table_rows())
+
+
+def test_production_defaults_and_the_demo_recipe() -> None:
+    production, demo = CurationConfig(), CurationConfig.demo()
+    assert (production.min_width_pixels, production.cache_teacher_features, production.near_duplicate_method,
+            production.num_clusters, production.target_fraction) == (32, False, "perceptual-hash", None, 1.0)
+    assert (demo.min_width_pixels, demo.near_duplicate_method, demo.near_duplicate_cosine, demo.num_clusters,
+            demo.keep_per_cluster, demo.cache_teacher_features) == (64, "embedding", 0.95, 50, 10, True)

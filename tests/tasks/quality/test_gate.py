@@ -46,23 +46,28 @@ EXPECTED_REASON = {
     "markup": "markup",
     "url": "url",
     "duplicate": "exact_duplicate",
+    "other_image_same_text": "cross_image_repeat",
 }
 
 
-def write_dataset(path: Path, captions: dict[str, str | None], **meta_extra) -> Path:
+def write_dataset(path: Path, captions: dict[str, str | None], images: dict[str, bytes] | None = None,
+                  **meta_extra) -> Path:
+    """One sample per caption; its image bytes are its key unless ``images`` names other bytes."""
     with ShardWriter(path, max_items_per_shard=16) as writer:
         for key, caption in captions.items():
-            writer.write(
-                ShardSample(key, {"caption": caption, **meta_extra}, image_bytes=key.encode(), image_ext="png")
-            )
+            image = (images or {}).get(key, key.encode())
+            writer.write(ShardSample(key, {"caption": caption, **meta_extra}, image_bytes=image, image_ext="png"))
     return path
 
 
 def planted_dataset(path: Path, num_clean: int = 40) -> tuple[Path, dict[str, str]]:
+    """Clean captions, one of each planted defect, a repeated sample (same image and text as
+    clean007) and clean008's text on another image (a teacher that repeats itself)."""
     clean = {f"clean{i:03d}": text for i, text in enumerate(clean_captions(num_clean))}
     bad = {f"bad_{name}": text for name, text in PLANTED.items()}
-    bad["bad_duplicate"] = clean["clean007"].upper()
-    return write_dataset(path, clean | bad), clean
+    bad["bad_duplicate"] = clean["clean007"]
+    bad["bad_other_image_same_text"] = clean["clean008"]
+    return write_dataset(path, clean | bad, images={"bad_duplicate": b"clean007"}), clean
 
 
 def test_gate_filters_planted_captions_and_keeps_clean_ones(tmp_path, eve_home) -> None:
@@ -75,7 +80,7 @@ def test_gate_filters_planted_captions_and_keeps_clean_ones(tmp_path, eve_home) 
         f"bad_{name}": reason for name, reason in EXPECTED_REASON.items()
     }
     counts = result.counts
-    assert (counts.num_input, counts.num_kept, counts.num_filtered) == (46, 40, 6)
+    assert (counts.num_input, counts.num_kept, counts.num_filtered) == (47, 40, 7)
     assert counts.num_input == counts.num_kept + counts.num_filtered == len(clean) + len(EXPECTED_REASON)
     assert sum(counts.filtered_by_reason.values()) == counts.num_filtered
 
@@ -103,9 +108,10 @@ def test_version_with_too_many_bad_captions_fails_with_reasons_and_deltas(tmp_pa
     first = gate_caption_dataset(first_source, tmp_path / "v1-filtered")
 
     clean = {f"c{i:03d}": text for i, text in enumerate(clean_captions(20))}
-    copies = {f"dup{i:03d}": text for i, text in enumerate(clean_captions(8))}  # 8 exact duplicates
+    copies = {f"dup{i:03d}": text for i, text in enumerate(clean_captions(8))}  # 8 repeated samples
     truncated = {f"cut{i:03d}": f"A lonely lighthouse number {i} stands on the" for i in range(4)}
-    second_source = write_dataset(tmp_path / "v2", clean | copies | truncated)
+    same_images = {f"dup{i:03d}": f"c{i:03d}".encode() for i in range(8)}
+    second_source = write_dataset(tmp_path / "v2", clean | copies | truncated, images=same_images)
     second = gate_caption_dataset(second_source, tmp_path / "v2-filtered")
 
     assert not second.passed
@@ -119,8 +125,8 @@ def test_version_with_too_many_bad_captions_fails_with_reasons_and_deltas(tmp_pa
     assert second.previous_dataset_hash == first.input_dataset_hash
     deltas = {delta.metric: delta for delta in second.deltas}
     assert deltas["duplicate_rate"].current == pytest.approx(8 / 32)
-    assert deltas["duplicate_rate"].previous == pytest.approx(1 / 46)
-    assert deltas["duplicate_rate"].absolute_change == pytest.approx(8 / 32 - 1 / 46)
+    assert deltas["duplicate_rate"].previous == pytest.approx(1 / 47)
+    assert deltas["duplicate_rate"].absolute_change == pytest.approx(8 / 32 - 1 / 47)
     report = render_markdown(second)
     assert "FAILED" in report and "32 in = 20 kept + 12 filtered" in report and "duplicate_rate" in report
 

@@ -66,10 +66,32 @@ def test_non_language_share_counts_ids_and_numbers() -> None:
     assert table.loc[0, "non_language_token_share"] == pytest.approx(3 / 5)
 
 
-def test_exact_duplicates_ignore_case_and_punctuation_and_keep_the_first() -> None:
-    table = compute_caption_metrics(["a", "b", "c"], [CLEAN, CLEAN.upper().replace(".", "!"), CLEAN])
-    assert table["is_exact_duplicate"].tolist() == [False, True, True]
-    assert table["is_duplicate"].tolist() == [0, 1, 1]
+def test_exact_duplicates_are_case_sensitive_per_image_and_keep_the_first() -> None:
+    captions = ["The letter A.", "The letter a.", "The  letter A. ", "The letter A.", "A chicken.", "A chicken."]
+    images = ["img-A", "img-a", "img-A", "img-A-outlined", "hen-1", "hen-2"]
+    table = compute_caption_metrics([f"k{i}" for i in range(6)], captions, image_ids=images)
+    # Only the same image with the same text (after whitespace normalisation) is a duplicate sample.
+    assert table["is_exact_duplicate"].tolist() == [False, False, True, False, False, False]
+    assert table["is_duplicate"].tolist() == [0, 0, 1, 0, 0, 0]
+    # The same text on a different image is its own metric, never a duplicate of text.
+    assert table["is_cross_image_repeat"].tolist() == [False, False, False, True, False, True]
+    assert table["is_repeated_caption"].tolist() == [0, 0, 0, 1, 0, 1]
+    # Case-sensitive near duplicates: "A"/"a" are different words, so no near copy either.
+    assert not table["is_near_duplicate"].any()
+
+
+def test_rows_without_image_ids_are_distinct_images() -> None:
+    table = compute_caption_metrics(["a", "b"], [CLEAN, CLEAN])
+    assert table["is_exact_duplicate"].tolist() == [False, False]
+    assert table["is_cross_image_repeat"].tolist() == [False, True]
+
+
+def test_near_duplicate_search_can_be_switched_off_and_ellipsis_is_measured() -> None:
+    near = CLEAN.replace("brown", "black")
+    table = compute_caption_metrics(["a", "b", "c"], [CLEAN, near, "A dog running..."], near_duplicate_jaccard=None)
+    assert not table["is_near_duplicate"].any()
+    assert compute_caption_metrics(["a", "b"], [CLEAN, near], near_duplicate_jaccard=0.7)["is_near_duplicate"].tolist() == [False, True]
+    assert table["ends_with_ellipsis"].tolist() == [False, False, True]
 
 
 def test_near_duplicates_match_brute_force_jaccard() -> None:
@@ -132,7 +154,10 @@ def test_worker_processes_give_the_identical_table(monkeypatch) -> None:
     captions = [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 14))) + rng.choice([".", "", "..."])
                 for _ in range(3_000)]
     keys = [f"k{i}" for i in range(len(captions))]
-    serial = compute_caption_metrics(keys, captions)
-    parallel = compute_caption_metrics(keys, captions, workers=2)
+    captions[2_000:2_100] = captions[:100]  # the same images (below) captioned twice alike
+    images = [f"img{i % 2_000}" for i in range(len(captions))]
+    serial = compute_caption_metrics(keys, captions, image_ids=images)
+    parallel = compute_caption_metrics(keys, captions, workers=2, image_ids=images)
     assert serial.equals(parallel)
-    assert serial["is_exact_duplicate"].any() and serial["has_markup"].any() and serial["has_url"].any()
+    assert serial["is_exact_duplicate"].any() and serial["is_cross_image_repeat"].any()
+    assert serial["has_markup"].any() and serial["has_url"].any()

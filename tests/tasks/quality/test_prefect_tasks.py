@@ -17,7 +17,9 @@ def test_gate_task_publishes_artifacts_and_stops_the_flow_on_rejection(prefect_s
     from tasks.quality.prefect_tasks import gate_captions
 
     good, _ = planted_dataset(tmp_path / "good")
-    bad = write_dataset(tmp_path / "bad", {f"k{i}": text for i, text in enumerate(clean_captions(5) * 3)})
+    # Every sample three times (same image, same caption): a version of duplicated samples.
+    bad = write_dataset(tmp_path / "bad", {f"k{i}": text for i, text in enumerate(clean_captions(5) * 3)},
+                        images={f"k{i}": f"k{i % 5}".encode() for i in range(15)})
 
     @flow(name="quality-gate-test")
     def gate(input_location: str, output_dir: str):
@@ -34,6 +36,10 @@ def test_gate_task_publishes_artifacts_and_stops_the_flow_on_rejection(prefect_s
     by_key = {artifact.key: artifact for artifact in artifacts}
     assert by_key["quality-report-eve-caption-quality"].data.startswith("# Quality gate PASSED")
     assert "quality-deltas-eve-caption-quality" in by_key
+    # The version's GX Data Docs under the platform home, linked from the run.
+    link = by_key["quality-data-docs-eve-caption-quality"]
+    assert f"(file://{eve_home}/quality/" in link.data and result.data_docs_index in link.description
+    assert "GX Data Docs of this dataset version" in by_key["quality-report-eve-caption-quality"].data
 
     with pytest.raises(QualityGateFailed, match="duplicate_rate"):
         gate(str(bad), str(tmp_path / "bad-out"))
