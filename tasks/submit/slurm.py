@@ -45,10 +45,16 @@ _UNREACHABLE_HINTS = (
 )
 
 
+def batch_workdir(spec: JobSpec) -> Path:
+    """Where the batch shell runs: the checkout, or with a container image (whose code lives in
+    ``container_workdir`` inside it) the shared log folder, which every node has."""
+    return Path(spec.log_dir if spec.container_image else spec.workdir)
+
+
 def render_sbatch_script(spec: JobSpec) -> str:
     """The batch script for ``spec`` (infra/slurm/stage.sbatch.j2)."""
     template = shell_template_environment(SLURM_TEMPLATE_DIR).get_template("stage.sbatch.j2")
-    return template.render(spec=spec)
+    return template.render(spec=spec, workdir=batch_workdir(spec), pod_env=False)
 
 
 class SlurmBackend(Backend):
@@ -121,7 +127,7 @@ class SlurmBackend(Backend):
                 "sbatch",
                 "--parsable",
                 f"--output={log_dir}/slurm-%j.log",
-                f"--chdir={Path(spec.workdir).resolve()}",
+                f"--chdir={batch_workdir(spec).resolve()}",
                 str(script_path),
             ]
         )

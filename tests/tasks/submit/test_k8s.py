@@ -25,7 +25,7 @@ from tasks.submit.spec import JobSpec, JobState
 
 from tests.tasks.submit.k8s_emulator import running_emulator
 
-IMAGE = "ghcr.io/eve-platform/train:test"
+IMAGE = "ghcr.io/eve-platform/train@sha256:" + "ab" * 32
 VOLUMES = [
     VolumeClaim(name="data-cache", claim="eve-data-cache", mount_path="/data-cache"),
     VolumeClaim(name="checkpoints", claim="eve-checkpoints", mount_path="/checkpoints"),
@@ -72,10 +72,13 @@ def test_every_stage_preset_renders_valid_manifests(preset, stage, kind):
     )
     assert sum(p["replicas"] for p in pods) == spec.nodes
     container = pods[0]["template"]["spec"]["containers"][0]
-    assert f"--nnodes={spec.nodes}" in container["command"]
-    assert f"--nproc-per-node={spec.ranks_per_node}" in container["command"]
+    # The node supervisor is PID 1 and runs torchrun for this pod's ranks.
+    assert container["command"][:2] == ["bash", "-c"]
+    script = container["command"][2]
+    assert f"--nnodes={spec.nodes}" in script and f"--nproc-per-node={spec.ranks_per_node}" in script
     # The submitting machine's interpreter path becomes the image's interpreter.
-    assert container["command"][-5:] == ["--no-python", "python", *spec.command[1:]]
+    assert " ".join(['"$rank_wrapper"', "eve-rank", "python", *spec.command[1:]]) in script
+    assert spec.python_executable not in script
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/data-cache", "/checkpoints", "/dev/shm"} <= mounts
     if spec.gpus_per_node:
@@ -108,7 +111,7 @@ def test_misspelled_pytorchjob_field_is_rejected(path):
 
 
 def test_misspelled_or_mistyped_builtin_fields_are_rejected():
-    service, job = render_manifests(_stage_spec("tiny", 1), KubernetesOptions(kind="indexed-job"))
+    service, job = render_manifests(_stage_spec("tiny", 1), KubernetesOptions(kind="indexed-job", volumes=VOLUMES))
     validate_manifest(job)
     misspelled = copy.deepcopy(job)
     misspelled["spec"]["completionsMode"] = "Indexed"
@@ -128,7 +131,7 @@ def test_secret_values_are_references_and_dollar_names_stay_literal(monkeypatch)
     monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-value-123")
     spec = _stage_spec("tiny", 1).model_copy(update={"name": "run $(WANDB_API_KEY) x", "env": {"NOTE": "$(WANDB_API_KEY)"}})
     for kind in ("pytorchjob", "indexed-job"):
-        text = yaml.safe_dump_all(render_manifests(spec, KubernetesOptions(kind=kind)))
+        text = yaml.safe_dump_all(render_manifests(spec, KubernetesOptions(kind=kind, volumes=VOLUMES)))
         assert "wandb-secret-value-123" not in text
         container = yaml.safe_load_all(text)
         pod = [m for m in container][-1]
@@ -158,7 +161,8 @@ def test_pytorchjob_submit_poll_logs_cancel_against_emulator():
         handle = backend.submit(spec)
         custom = client.CustomObjectsApi(api_client)
         stored = custom.get_namespaced_custom_object("kubeflow.org", "v1", "training", "pytorchjobs", handle.job_id)
-        assert stored["spec"] == render_manifests(spec, backend.options)[0]["spec"]
+        attempt = handle.job_id.rsplit("-", 1)[1]
+        assert stored["spec"] == render_manifests(spec, backend.options, attempt_suffix=attempt)[0]["spec"]
         assert backend.status(handle).state == JobState.PENDING
 
         def operator_reports(*conditions):
@@ -193,7 +197,6 @@ def test_pytorchjob_submit_poll_logs_cancel_against_emulator():
     ("conditions", "expected"),
     [
         ([{"type": "Complete"}], JobState.COMPLETED),
-        ([{"type": "Failed", "reason": "DeadlineExceeded"}], JobState.TIMED_OUT),
         ([{"type": "Failed", "reason": "BackoffLimitExceeded"}], JobState.FAILED),
         ([{"type": "Failed", "reason": "PodFailurePolicy", "message": "container pytorch OOMKilled"}], JobState.OUT_OF_MEMORY),
     ],
@@ -202,7 +205,8 @@ def test_indexed_job_states_against_emulator(conditions, expected):
     from kubernetes import client
 
     with running_emulator(RESOURCES) as (emulator, api_client):
-        backend = KubernetesBackend(api_client=api_client, kind="indexed-job", namespace="training")
+        backend = KubernetesBackend(api_client=api_client, kind="indexed-job", namespace="training",
+                                    volumes=[v.model_dump() for v in VOLUMES])
         handle = backend.submit(_stage_spec("tiny", 2))
         services = client.CoreV1Api(api_client).list_namespaced_service("training").items
         assert [s.metadata.name for s in services] == [handle.job_id]
