@@ -107,11 +107,14 @@ def init_process_group(device_type: str, local_rank: int) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
 
 
-def shutdown_process_group() -> None:
-    """Barrier, then destroy the group: ZeRO-3 runs crash at interpreter exit without it."""
+def shutdown_process_group(synchronise: bool = True) -> None:
+    """Barrier, then destroy the group: ZeRO-3 runs crash at interpreter exit without it.
+
+    ``synchronise=False`` (a rank leaving on an error): no barrier and no destroy, both of which
+    wait for the other ranks; the process exits and the launcher stops the rest."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if synchronise and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 

@@ -178,6 +178,7 @@ def _context(spec: JobSpec, options: KubernetesOptions, name: str, rendezvous_ho
         "volumes": [volume.model_dump() for volume in options.volumes],
         "nodes": spec.nodes,
         "ranks_per_node": spec.ranks_per_node,
+        "gpus_per_node": spec.gpus_per_node,
         "rendezvous_port": options.rendezvous_port,
         "grace_seconds": spec.termination_grace_seconds,
         "subdomain": None,

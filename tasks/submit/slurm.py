@@ -134,7 +134,6 @@ class SlurmBackend(Backend):
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise SubmitError(f"sbatch returned no job id: {result.stdout!r}")
-        logger.info("submitted %r as SLURM job %s", spec.name, job_id)
         return JobHandle(
             backend=self.name,
             job_id=job_id,
@@ -142,6 +141,12 @@ class SlurmBackend(Backend):
             log_path=log_dir / f"slurm-{job_id}.log",
             attempt_job_ids=[job_id],
         )
+
+    def describe_submission(self, handle: JobHandle) -> str:
+        spec = handle.spec
+        per_node = f"{spec.gpus_per_node} GPU(s){f' {spec.gpu_type}' if spec.gpu_type else ''}" if spec.gpus_per_node else f"{spec.ranks_per_node} rank(s)"
+        return (f"submitted {spec.name!r} as SLURM job {handle.job_id} (partition {spec.partition or 'default'}, "
+                f"{spec.nodes} node(s) x {per_node}{', exclusive' if spec.exclusive else ''})")
 
     def scheduler_record(self, job_id: str) -> SlurmJobRecord | None:
         """What SLURM knows about the job, from the first source that still knows it."""
@@ -186,7 +191,8 @@ class SlurmBackend(Backend):
         if marker is not None and int(marker.get("restart_count", 0)) != record.restarts:
             marker = None
         if state == JobState.CANCELLED:
-            return JobStatus(state=state, exit_code=record.exit_code, reason=record.reason or "cancelled", restarts=record.restarts)
+            reason = record.reason if record.reason not in ("", "None") else "cancelled (scancel by a user or an administrator)"
+            return JobStatus(state=state, exit_code=record.exit_code, reason=reason, restarts=record.restarts)
         if marker is not None:
             status = status_from_marker(marker, scheduler_state=state)
             if state in (JobState.TIMED_OUT, JobState.PREEMPTED, JobState.NODE_FAIL, JobState.OUT_OF_MEMORY) and not status.resumable:

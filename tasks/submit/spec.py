@@ -287,6 +287,22 @@ class JobSpec(BaseModel):
         return (slug or "job")[:50].rstrip("-") or "job"
 
 
+class JobAttempt(BaseModel):
+    """One run of a job that ended: a scheduler requeue keeps the job id and counts ``restart`` up,
+    a resubmission gets a new job id."""
+
+    job_id: str
+    """Scheduler id (the same for every requeue of one SLURM job)."""
+    restart: int = 0
+    """The scheduler's requeue count of this job id when this run ended (SLURM Restarts)."""
+    state: JobState
+    """How this run ended (REQUEUED for a run the scheduler put back in the queue)."""
+    exit_code: int | None = None
+    """The workload's exit code, when known."""
+    reason: str = ""
+    """The scheduler's reason or the platform's explanation."""
+
+
 class JobHandle(BaseModel):
     """What ``submit`` returns: enough to find the job again from another process."""
 
@@ -302,6 +318,8 @@ class JobHandle(BaseModel):
     """Every attempt's id, oldest first, including the current one (lineage records them)."""
     namespace: str | None = None
     """Kubernetes namespace."""
+    attempts: list[JobAttempt] = Field(default_factory=list)
+    """Every run that ended so far, oldest first: requeues under the same id and resubmissions."""
 
 
 class JobStatus(BaseModel):
