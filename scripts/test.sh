@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 bash scripts/bootstrap.sh
 
-# System packages for the real-service tests: a single-node SLURM cluster and headless Chromium.
+# System packages for the real-service tests: a SLURM cluster with accounting (slurmdbd on MariaDB)
+# and headless Chromium.
 need=()
-for pkg in munge slurmctld slurmd slurm-client chromium; do
+for pkg in munge slurmctld slurmd slurm-client slurmdbd mariadb-server chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if (( ${#need[@]} )); then
