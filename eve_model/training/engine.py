@@ -253,6 +253,8 @@ class StageTrainer:
             self.init_weights_sha256 = weights_sha256(self.config.init_checkpoint) if self.config.init_checkpoint else None
         self._build(pre)
         start_step = self._resume()
+        if start_step and self.is_main:
+            print(f"[eve.train] resumed at step {start_step} from {self.checkpoints.root / self.checkpoints.latest_tag()}", flush=True)
         self.total_steps = pre.total_steps
         self.logger = MetricsLogger(
             self.output_dir,
