@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "server",
     "data",
     "train",
+    "retrain",
     "serve",
     "cluster",
     "evaluate",

@@ -10,6 +10,7 @@ builds with its defaults (the cluster ones name placeholder paths to replace).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -191,7 +192,44 @@ def paper_k8s(
     )
 
 
-RECIPES: dict[str, Callable[[], RetrainParameters]] = {
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def load_retrain_config(path: str | Path) -> RetrainParameters:
+    """A retrain's parameters from a JSON or YAML file: either a whole ``RetrainParameters``, or a
+    recipe with changes::
+
+        recipe: paper-slurm            # a name of RECIPES
+        arguments: {partition: a100}   # keyword arguments of the recipe function
+        parameters:                    # merged into the recipe's parameters, key by key
+          training: {job: {env: {NCCL_SOCKET_IFNAME: ib0}}}
+
+    Raises ``ValueError`` naming the problem (unknown recipe, a field that does not exist).
+    """
+    import yaml
+
+    text = Path(path).read_text()
+    document = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a mapping of retrain parameters or a recipe")
+    if "recipe" not in document:
+        return RetrainParameters.model_validate(document)
+    unknown = set(document) - {"recipe", "arguments", "parameters"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)} next to 'recipe' (use arguments / parameters)")
+    name = document["recipe"]
+    if name not in RECIPES:
+        raise ValueError(f"{path}: unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    base = RECIPES[name](**(document.get("arguments") or {}))
+    changes = document.get("parameters") or {}
+    return RetrainParameters.model_validate(_merge(json.loads(base.model_dump_json()), changes)) if changes else base
+
+
+RECIPES: dict[str, Callable[..., RetrainParameters]] = {
     "demo": demo,
     "paper-slurm": paper_slurm,
     "paper-k8s": paper_k8s,
@@ -199,4 +237,4 @@ RECIPES: dict[str, Callable[[], RetrainParameters]] = {
 """Recipe names (CLI, deployments) -> functions."""
 
 
-__all__ = ["RECIPES", "demo", "paper_k8s", "paper_slurm"]
+__all__ = ["RECIPES", "demo", "load_retrain_config", "paper_k8s", "paper_slurm"]

@@ -387,6 +387,35 @@ def run_stage(
                           time.monotonic() - started, attempts=job.handle.attempts)
 
 
+def plan_dry_run(training: TrainingParameters, home: Path) -> list[tuple[PlannedStage, JobSpec]]:
+    """Every stage's config and job as a retrain would submit them, without data or training.
+
+    The datasets and the parent checkpoints do not exist yet, so their hashes are placeholders
+    (all zeros) and their locations are where the retrain would put them under ``home``; the job
+    definitions (resources, scheduler options, flush timing, environment, paths) are the real ones.
+    """
+    settings = PlatformSettings(home=home)
+    placeholder = "0" * 64
+    planned_jobs: list[tuple[PlannedStage, JobSpec]] = []
+    parent: PlannedStage | None = None
+    for stage in training.stage_order:
+        init_checkpoint = (
+            str(parent.output_dir / "final") if parent is not None
+            else training.base_llm_dir if stage == StageId.PREALIGN else None
+        )
+        config = preset_stage_config(
+            training.preset, stage, output_dir="(set by place_stage)",
+            dataset_location=str(home / "datasets" / f"stage-{stage}-dataset"), dataset_hash=placeholder,
+            init_checkpoint=init_checkpoint, **overrides_as_kwargs(training.stage_overrides.get(stage)),
+        )
+        planned = place_stage(config, settings, parent_weights_sha256=placeholder if init_checkpoint else None,
+                              revision=placeholder)
+        spec = build_job_spec(planned.output_dir / "stage_config.json", planned, training.job)
+        planned_jobs.append((planned, spec))
+        parent = planned
+    return planned_jobs
+
+
 @task(
     name="train-stage",
     task_run_name="stage-{planned.config.stage}",
