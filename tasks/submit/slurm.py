@@ -2,7 +2,8 @@
 
 Status sources, in order (as mature SLURM clients do): ``squeue --json`` while the job is
 known to the controller, ``scontrol show job -o`` (covers the MinJobAge window and old squeues),
-``sacct --json`` where accounting runs, and finally the exit marker the batch shell writes.
+``sacct`` (parsable text) where accounting runs, once the controller has forgotten the job after
+``MinJobAge``, and finally the exit marker the batch shell writes.
 The marker also carries the workload's real exit code, which beats the scheduler's when the job
 ended: ``ExitCode.REQUEUE`` means "checkpoint flushed, resume me".
 """
@@ -26,9 +27,11 @@ from tasks.submit.base import (
 )
 from tasks.submit.render import INFRA_DIR, shell_template_environment
 from tasks.submit.slurm_state import (
+    SACCT_FORMAT,
     SlurmJobRecord,
     job_state_of,
     parse_jobs_json,
+    parse_sacct_parsable,
     parse_scontrol_show_job,
 )
 from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
@@ -163,12 +166,9 @@ class SlurmBackend(Backend):
             record = parse_scontrol_show_job(scontrol.stdout)
             if record is not None:
                 return record
-        sacct = self._run(["sacct", "--json", f"--jobs={job_id}"], check=False)
+        sacct = self._run(["sacct", "-X", "-P", "-n", f"--format={SACCT_FORMAT}", f"--jobs={job_id}"], check=False)
         if sacct.returncode == 0:
-            try:
-                return parse_jobs_json(json.loads(sacct.stdout), job_id)
-            except ValueError:
-                return None
+            return parse_sacct_parsable(sacct.stdout, job_id)
         return None
 
     def status(self, handle: JobHandle) -> JobStatus:
