@@ -28,7 +28,7 @@ from typing import Any
 from eve_model.exit_codes import ExitCode
 from eve_model.identity import code_tree_revision, weights_sha256
 from eve_model.preflight import StagePreflight
-from eve_model.training.config import StageConfig, StageConfigError
+from eve_model.training.config import StageConfig, StageConfigError, StageId
 from eve_model.training.runtime import DistributedEnv, platform_home
 
 FINAL_DIR_NAME = "final"
@@ -156,17 +156,19 @@ class StageTrainer:
         hidden = eve_config_for_preset(cfg.model_preset, cfg.model_overrides).text_config.hidden_size
         self.ds_config = resolve_deepspeed_config(cfg, self.env.world_size, pre.gradient_accumulation_steps, hidden)
         self._hf_ds_config = None
-        if cfg.zero_stage == 3:
-            # Keeps transformers' from_pretrained loading straight into ZeRO-3 partitions (no full copy per rank).
-            # It needs `accelerate`; without it every rank builds the full model before DeepSpeed
-            # partitions it (fine for small models, host-RAM heavy at 7B).
-            try:
-                from transformers.integrations import HfDeepSpeedConfig
+        if cfg.zero_stage == 3 and cfg.stage != StageId.PREALIGN:
+            # Alive while the model is built: transformers' from_pretrained then loads straight into
+            # ZeRO-3 partitions under deepspeed.zero.Init (accelerate is pinned for it), so no rank
+            # holds the whole model (tests/eve_model/test_training_zero3_loading.py).
+            from transformers.integrations import HfDeepSpeedConfig
 
-                self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
-            except ImportError as exc:
-                if self.is_main:
-                    print(f"[eve.train] ZeRO-3 without zero.Init loading ({exc}); install accelerate for 7B runs")
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        elif cfg.zero_stage == 3 and self.is_main:
+            # Stage 1 builds a fresh EVE around the base LLM (EveForCausalLM.from_text_model), which
+            # copies the LLM's state dict into the new model and has no zero.Init path: under an
+            # active HfDeepSpeedConfig it would copy from partitions and fail. Each rank builds it
+            # whole on the host; deepspeed.initialize partitions it afterwards.
+            print("[eve.train] stage 1 under ZeRO-3: the base LLM is loaded whole on each rank, then partitioned")
         torch.manual_seed(cfg.seed)
         self.stage_model = build_stage_model(cfg)
         model = self.stage_model.model
