@@ -6,6 +6,16 @@ schema (infra/k8s/schemas/pytorchjob-kubeflow-v1.json), both rejecting unknown f
 created, read and deleted through the official ``kubernetes`` client with plain dict bodies
 (its typed models reject valid resource names such as ``nvidia.com/gpu``).
 
+One object is one attempt. Each pod runs the node supervisor (infra/k8s/node_supervisor.sh.j2) as
+PID 1: torchrun for the pod's ranks with a shutdown timeout derived from the checkpoint save time,
+exiting with the workload's exit code. A failed pod ends the attempt at once (``backoffLimit: 0``,
+``restartPolicy: Never``, PyTorchJob ``cleanPodPolicy: Running``): restarting one pod alone would
+leave the other nodes in a rendezvous that cannot complete. ``status`` reads the pods' exit codes,
+so an attempt whose ranks flushed a checkpoint (``ExitCode.REQUEUE``) or whose pods were disrupted
+is resumable and ``Backend.wait`` resubmits it as a new object with a fresh name (one incident, one
+resubmission, up to ``JobSpec.max_resubmits``), while ``ExitCode.CONFIG_ERROR`` is not. There is no
+``activeDeadlineSeconds``: a deadline ends a job without a flush.
+
 No API server runs in this project's environment: the client path is tested against kmock's
 in-memory Kubernetes emulator, which stores objects but runs no controllers.
 """

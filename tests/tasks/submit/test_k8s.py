@@ -12,6 +12,7 @@ import sys
 import pytest
 import yaml
 
+from eve_model.exit_codes import ExitCode
 from eve_model.training.config import PRESETS, preset_stage_config
 from tasks.submit.k8s import (
     KubernetesBackend,
@@ -217,3 +218,46 @@ def test_indexed_job_states_against_emulator(conditions, expected):
             handle.job_id, "training", {"status": {"active": 0, "conditions": [dict(c, status="True") for c in conditions]}}
         )
         assert backend.status(handle).state == expected
+
+
+@pytest.mark.parametrize(
+    ("pod_exit_codes", "disrupted", "state", "exit_code", "resumable"),
+    [
+        ([ExitCode.REQUEUE, ExitCode.REQUEUE], False, JobState.PREEMPTED, ExitCode.REQUEUE, True),
+        ([ExitCode.CONFIG_ERROR, 143], False, JobState.FAILED, ExitCode.CONFIG_ERROR, False),
+        ([3, ExitCode.REQUEUE], False, JobState.FAILED, 3, False),
+        ([137], True, JobState.FAILED, 137, False),
+        ([], True, JobState.PREEMPTED, ExitCode.REQUEUE, True),
+    ],
+)
+def test_a_failed_attempt_is_read_from_its_pods_exit_codes(pod_exit_codes, disrupted, state, exit_code, resumable):
+    """The node supervisor passes the workload's code to the pod status: 75 from every pod (a flush)
+    or a disruption makes the attempt resumable (the platform resubmits it as a new object); 2 (the
+    preflight refused) and a rank's own failure do not."""
+    from kubernetes import client
+
+    with running_emulator(RESOURCES) as (emulator, api_client):
+        backend = KubernetesBackend(api_client=api_client, namespace="training", volumes=[v.model_dump() for v in VOLUMES])
+        handle = backend.submit(_stage_spec("eve_7b", 2))
+        client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+            "kubeflow.org", "v1", "training", "pytorchjobs", handle.job_id,
+            {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PyTorchJobFailed"}]}},
+        )
+        core = client.CoreV1Api(api_client)
+        codes = pod_exit_codes or [None]
+        for index, code in enumerate(codes):
+            status = {"conditions": [{"type": "DisruptionTarget", "status": "True"}] if disrupted and index == 0 else []}
+            if code is not None:
+                status["containerStatuses"] = [{"name": "pytorch", "image": IMAGE, "imageID": "", "ready": False,
+                                                "restartCount": 0, "state": {"terminated": {"exitCode": int(code)}}}]
+            core.create_namespaced_pod("training", {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{handle.job_id}-{index}", "labels": {"eve.platform/job": handle.job_id}},
+                "spec": {"containers": []}, "status": status,
+            })
+        emulator[f"get /api/v1/namespaces/training/pods/{handle.job_id}-0/log"] << "log\n"
+        observed = backend.status(handle)
+        assert (observed.state, observed.exit_code, observed.resumable) == (state, exit_code, resumable), observed
+        if resumable:
+            fresh = backend.resubmit(handle)
+            assert fresh.job_id != handle.job_id and fresh.attempt_job_ids == [handle.job_id, fresh.job_id]
