@@ -2,8 +2,14 @@
 
 Order. For epoch ``e`` the order is a pure function of ``(seed, e)``: the shard list is permuted,
 cut into blocks of ``shuffle_block_shards`` shards, and the samples of each block are permuted.
-Block-local shuffling keeps memory bounded (a rank holds at most two blocks of decoded shards)
-while still mixing samples across shards; at toy scale (one block) it is a full shuffle.
+Block-local shuffling keeps the shards a rank touches at once bounded (two blocks' member
+indexes and file handles) while still mixing samples across shards; at toy scale (one block) it
+is a full shuffle. With ``group_by_modality_length`` (SFT) each block is then regrouped into
+single-modality global batches sorted by length (``SampleOrder._group_by_modality_length``).
+
+Reading. A rank reads only its own samples (``ShardReader``: tar member index, ranged reads), so
+each of W ranks reads about 1/W of the dataset (``benchmarks/bench_rank_reads.py``); loader
+workers (``prepared_steps``) read, decode and collate steps ahead of the training loop.
 
 Sharding over ranks. Step ``s`` (1-based) of epoch ``e`` consumes the global window
 ``order[(s' ) * G : (s' + 1) * G]`` with ``s' = (s - 1) mod steps_per_epoch`` and ``G`` the global
