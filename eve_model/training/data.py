@@ -207,6 +207,7 @@ class ShardReader:
         self.bytes_read = 0
         self._indexes: OrderedDict[int, list[tuple[str, SampleSpan]]] = OrderedDict()
         self._handles: OrderedDict[int, Any] = OrderedDict()
+        self._owner_pid = os.getpid()
 
     def __getstate__(self) -> dict[str, Any]:
         # Loader worker processes open their own file handles.
@@ -215,6 +216,11 @@ class ShardReader:
         return state
 
     def _handle(self, shard_index: int):
+        if self._owner_pid != os.getpid():
+            # A forked loader worker: an inherited file shares its offset with the parent's and the
+            # other workers' copies, so seek+read would interleave. Open our own.
+            self._handles = OrderedDict()
+            self._owner_pid = os.getpid()
         if shard_index not in self._handles:
             self._handles[shard_index] = _open(self.location, self.manifest.shards[shard_index].name)
             while len(self._handles) > self.capacity:

@@ -220,3 +220,16 @@ def test_grouped_order_resumes_exactly_and_does_not_depend_on_the_world_size(sft
     two = [_keys(a) + _keys(b) for a, b in zip(_grouped(sft_dataset, 0, 2).iter_steps(LoaderPosition(0, 0), 20),
                                                _grouped(sft_dataset, 1, 2).iter_steps(LoaderPosition(0, 0), 20))]
     assert single == two
+
+
+def test_forked_workers_open_their_own_shard_files(dataset):
+    """A worker forked after the parent read from a shard must not share the parent's file offset."""
+    from eve_model.training.data import prepared_steps
+
+    loader = _loader(dataset, 0, 2)
+    loader.step_batch(LoaderPosition(0, 0))  # the parent now holds open shard files
+    parent_handles = dict(loader.reader._handles)
+    inline = [[m.keys for m in p.micro_batches] for p in prepared_steps(_loader(dataset, 0, 2), lambda s: {}, 0, 5)]
+    forked = [[m.keys for m in p.micro_batches] for p in prepared_steps(loader, lambda s: {}, 0, 5, workers=2)]
+    assert forked == inline
+    assert all(not handle.closed for handle in parent_handles.values())
