@@ -205,6 +205,29 @@ def place_stage(
     return PlannedStage(config=placed, cache_key=key, parent_weights_sha256=parent_weights_sha256, code_revision=revision)
 
 
+def stage_config_for(
+    stage: StageId,
+    training: TrainingParameters,
+    dataset_location: str,
+    dataset_hash: str,
+    init_checkpoint: str | None,
+    settings: PlatformSettings,
+) -> StageConfig:
+    """A stage's config from the training parameters' preset and overrides (not yet placed)."""
+    config = preset_stage_config(
+        training.preset,
+        stage,
+        output_dir="(set by place_stage)",
+        dataset_location=dataset_location,
+        dataset_hash=dataset_hash,
+        init_checkpoint=init_checkpoint,
+        **overrides_as_kwargs(training.stage_overrides.get(stage)),
+    )
+    if training.cache_teacher_features and stage != StageId.BASE_LLM and config.teacher_feature_cache_dir is None:
+        config = config.model_copy(update={"teacher_feature_cache_dir": str(settings.teacher_feature_cache_dir)})
+    return config
+
+
 @task(name="plan-stage", task_run_name="plan-stage-{stage}")
 def plan_stage(
     stage: StageId,
@@ -217,18 +240,8 @@ def plan_stage(
     init_checkpoint = parent.model_dir if parent is not None else (
         training.base_llm_dir if stage == StageId.PREALIGN else None
     )
-    config = preset_stage_config(
-        training.preset,
-        stage,
-        output_dir="(set by place_stage)",
-        dataset_location=dataset_location,
-        dataset_hash=dataset_hash,
-        init_checkpoint=init_checkpoint,
-        **overrides_as_kwargs(training.stage_overrides.get(stage)),
-    )
     settings = PlatformSettings.load()
-    if training.cache_teacher_features and stage != StageId.BASE_LLM and config.teacher_feature_cache_dir is None:
-        config = config.model_copy(update={"teacher_feature_cache_dir": str(settings.teacher_feature_cache_dir)})
+    config = stage_config_for(stage, training, dataset_location, dataset_hash, init_checkpoint, settings)
     parent_weights = parent.weights_sha256 if parent is not None else (
         weights_sha256(init_checkpoint) if init_checkpoint else None
     )
@@ -403,11 +416,8 @@ def plan_dry_run(training: TrainingParameters, home: Path) -> list[tuple[Planned
             str(parent.output_dir / "final") if parent is not None
             else training.base_llm_dir if stage == StageId.PREALIGN else None
         )
-        config = preset_stage_config(
-            training.preset, stage, output_dir="(set by place_stage)",
-            dataset_location=str(home / "datasets" / f"stage-{stage}-dataset"), dataset_hash=placeholder,
-            init_checkpoint=init_checkpoint, **overrides_as_kwargs(training.stage_overrides.get(stage)),
-        )
+        config = stage_config_for(stage, training, str(home / "datasets" / f"stage-{stage}-dataset"), placeholder,
+                                  init_checkpoint, settings)
         planned = place_stage(config, settings, parent_weights_sha256=placeholder if init_checkpoint else None,
                               revision=placeholder)
         spec = build_job_spec(planned.output_dir / "stage_config.json", planned, training.job)
