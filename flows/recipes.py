@@ -114,7 +114,7 @@ def _paper(
     and the stage raises the save budget to 1.5x the longest save it measured. Checkpoints every
     hour of work (the release scripts' 7,813 steps are ~11 h).
     """
-    hourly = StageOverrides(checkpoint_interval_minutes=60, data_loader_workers=4)
+    hourly = StageOverrides(checkpoint_interval_minutes=60, data_loader_workers=4)  # the default hour, stated
     return RetrainParameters(
         data=DataFlowParams.paper("eve-cap", sources),
         training=TrainingParameters(

@@ -217,10 +217,11 @@ class StageConfig(BaseModel):
     None recomputes them every step. A pure memo, so it is outside the content hash. On for the
     embedded default, where the teacher dominates a step; off for 7B (terabytes of features)."""
 
-    checkpoint_interval_minutes: float | None = Field(default=None, gt=0)
+    checkpoint_interval_minutes: float | None = Field(default=60, gt=0)
     """Also write a checkpoint once this many minutes of training passed since the last one (rank
-    0's clock, agreed by all ranks at a step boundary); None: steps only. Bounds the work a crash
-    loses when steps are long (EVE-7B: ~5 s a step, so 7,813 steps are ~11 h)."""
+    0's clock, agreed by all ranks at a step boundary); None: steps only. The default, an hour of
+    work, bounds what a crash loses when steps are long (EVE-7B: ~5 s a step, so the release
+    scripts' 7,813 steps are ~11 h)."""
 
     data_loader_workers: int = Field(default=0, ge=0)
     """Processes per rank that read, decode and collate the next steps' micro-batches ahead of the
