@@ -4,8 +4,10 @@
     eve cluster status [--base-dir DIR]           exit 0 when up, 3 when down
     eve cluster down [--base-dir DIR] [--purge]   cancel its jobs, stop its daemons (pid files only)
 
-A thin front end over ``infra/slurm/cluster.sh``; ``--nodes N`` emulates N nodes (one slurmd each).
-Installs the Debian packages (munge, slurm-client, slurmctld, slurmd) when missing, which needs root.
+A thin front end over ``infra/slurm/cluster.sh``; ``--nodes N`` emulates N nodes (one slurmd each,
+2 fake a100 GPUs each for scheduling). Accounting runs as on a real cluster (slurmdbd on a private
+MariaDB, so ``sacct`` works). Installs the Debian packages (munge, slurm-client, slurmctld, slurmd,
+slurmdbd, mariadb-server) when missing, which needs root.
 Submit to it with ``get_backend("slurm", slurm_conf=<base-dir>/etc/slurm.conf)``.
 """
 

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "data",
     "quality",
     "train",
+    "retrain",
     "serve",
     "cluster",
     "evaluate",

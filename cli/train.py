@@ -117,7 +117,10 @@ def run_local(config_path: Path, nproc: int, time_limit_minutes: int | None = No
         env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"},
         tasks_per_node=nproc,
         time_limit_minutes=time_limit_minutes,
-        pre_timeout_signal_seconds=min(120, time_limit_minutes * 30) if time_limit_minutes else 0,
+        # A local (CPU) stage saves in seconds; the pre-timeout signal lead is derived from these.
+        checkpoint_save_seconds=5,
+        max_step_seconds=5,
+        pre_timeout_signal_seconds=None if time_limit_minutes else 0,
         max_resubmits=0,
         log_dir=Path(config.output_dir) / "logs",
         python_executable=sys.executable,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 EXPECTED_NODES_ENV = "EVE_EXPECTED_NODES"
 EXPECTED_RANKS_PER_NODE_ENV = "EVE_EXPECTED_RANKS_PER_NODE"
+EXPECTED_GPUS_PER_NODE_ENV = "EVE_EXPECTED_GPUS_PER_NODE"
+SHARED_MARKER_DIR = ".preflight"
+"""Under the output dir: rank 0's marker that every rank must read back (``check_shared_directory``)."""
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -167,6 +171,112 @@ def check_init_checkpoint(path: str | Path, load_tensors: bool = False) -> list[
     return [str(f) for f in files]
 
 
+def node_name(environ: Mapping[str, str] | None = None) -> str:
+    """The node a rank runs on, as the scheduler names it (SLURM's node name, else the host name)."""
+    environ = os.environ if environ is None else environ
+    return environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def check_accelerator(environ: Mapping[str, str] | None = None) -> None:
+    """When the job asked for GPUs (``EVE_EXPECTED_GPUS_PER_NODE`` > 0), this rank must see CUDA
+    and a GPU for every rank of its node: a CPU-only torch build or an empty ``CUDA_VISIBLE_DEVICES``
+    would otherwise fall back to CPU and gloo without a word."""
+    environ = os.environ if environ is None else environ
+    expected = _int_env(environ, EXPECTED_GPUS_PER_NODE_ENV) or 0
+    if expected <= 0:
+        return
+    import torch
+
+    where = f"node {node_name(environ)}"
+    if not torch.cuda.is_available():
+        build = "a CPU-only torch build" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+        raise PreflightError(
+            f"the job asked for {expected} GPU(s) per node but CUDA is not available on {where} ({build}, "
+            f"CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}): check the job's container "
+            "or environment and the scheduler's GPU allocation"
+        )
+    local_ranks = _int_env(environ, "LOCAL_WORLD_SIZE") or 1
+    visible = torch.cuda.device_count()
+    if visible < local_ranks:
+        raise PreflightError(f"{where} runs {local_ranks} ranks but sees {visible} GPU(s)")
+
+
+def check_teacher(config: StageConfig) -> str | None:
+    """The frozen teacher the stage builds is one the nodes can load offline: a CLIP teacher must
+    be a local HF directory (a hub id such as ``openai/clip-vit-large-patch14-336`` is refused by
+    the offline loader, after the whole allocation started). Returns the teacher path checked."""
+    import json
+
+    from eve_model.training.config import StageId
+
+    if config.stage == StageId.BASE_LLM:
+        return None
+    if config.stage == StageId.PREALIGN:
+        from eve_model.training.stage_protocol import eve_config_for_preset
+
+        eve_config = eve_config_for_preset(config.model_preset, config.model_overrides)
+        kind, path = eve_config.teacher_kind, eve_config.teacher_path
+    else:
+        saved = Path(str(config.init_checkpoint)) / "config.json"
+        try:
+            values = json.loads(saved.read_text())
+        except (OSError, ValueError) as error:
+            raise PreflightError(f"cannot read the init checkpoint's model config {saved}: {error}") from error
+        kind, path = values.get("teacher_kind"), values.get("teacher_path")
+    if kind != "clip":
+        return None
+    if not path or not (Path(path) / "config.json").is_file():
+        raise PreflightError(
+            f"the CLIP teacher {path!r} is not a local model directory on node {node_name()}: jobs load models "
+            "offline; set model_overrides.teacher_path (stage 1) to a directory on shared storage"
+        )
+    return str(path)
+
+
+def check_shared_directory(directory: str | Path) -> None:
+    """Every rank sees the same ``directory`` (a collective: call it on every rank after the process
+    group formed). Rank 0 writes a marker with a fresh token; every rank reads it back; a rank that
+    does not find it runs on a node where the path is another (node-local) filesystem."""
+    import secrets
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    marker_dir = Path(directory) / SHARED_MARKER_DIR
+    names = [None]
+    if dist.get_rank() == 0:
+        marker_dir.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(16)
+        marker = marker_dir / f"{os.environ.get('EVE_JOB_ID', 'job')}-{token}"
+        marker.write_text(f"{token} {node_name()}\n")
+        names = [(marker.name, token)]
+    dist.broadcast_object_list(names, src=0)
+    name, token = names[0]
+    try:
+        seen = (marker_dir / name).read_text().split()[0] == token
+    except OSError:
+        seen = False
+    results: list = [None] * dist.get_world_size()
+    dist.all_gather_object(results, (dist.get_rank(), node_name(), seen))
+    if dist.get_rank() == 0:
+        (marker_dir / name).unlink(missing_ok=True)
+    blind = [(rank, node) for rank, node, ok in results if not ok]
+    if blind:
+        nodes = sorted({node for _, node in blind})
+        raise PreflightError(
+            f"rank(s) {[rank for rank, _ in blind]} on node(s) {', '.join(nodes)} do not see the output directory "
+            f"{directory} that rank 0 (node {results[0][1]}) writes: every node must mount the same shared "
+            "filesystem at that path"
+        )
+
+
+def preflight_allocation(config: StageConfig) -> None:
+    """The checks that need the whole allocation (after the process group formed): every node
+    shares the output directory. Raises the same ``PreflightError`` on every rank."""
+    check_shared_directory(config.output_dir)
+
+
 @dataclass(frozen=True)
 class StagePreflight:
     """What the checks of one stage job found; the trainer builds on it instead of checking again."""
@@ -187,11 +297,16 @@ def preflight_stage(config: StageConfig, environ: Mapping[str, str] | None = Non
 
     1. the world the rank joined is the topology the backend asked for (``check_world_size``);
     2. the global batch splits into micro-batches over that world;
-    3. the init checkpoint is an HF model directory whose weights load without unpickling code
-       (safetensors headers; ``.bin`` weights-only, memory-mapped);
-    4. the dataset manifest is the pinned version (its hash; each shard's hash is checked when the
-       loader reads the shard, so the preflight does not read the whole dataset on every rank);
-    5. the dataset holds at least one global batch.
+    3. CUDA is there when the job asked for GPUs (``check_accelerator``);
+    4. the init checkpoint (stage 1: the base LLM) is an HF model directory whose weights load
+       without unpickling code (safetensors headers; ``.bin`` weights-only, memory-mapped), and a
+       CLIP teacher is a local directory (``check_teacher``);
+    5. the dataset manifest is the pinned version (its hash; each sample's image is checked
+       against its ``image_sha256`` when a rank reads it, so no rank reads the whole dataset);
+    6. the dataset holds at least one global batch.
+
+    ``preflight_allocation`` adds the collective check after the process group formed (every
+    node sees the shared output directory).
     """
     from eve_model.training.config import StageConfigError
 
@@ -200,7 +315,9 @@ def preflight_stage(config: StageConfig, environ: Mapping[str, str] | None = Non
         accumulation = config.gradient_accumulation_steps(world_size)
     except StageConfigError as error:
         raise PreflightError(str(error)) from error
+    check_accelerator(environ)
     init_files = check_init_checkpoint(config.init_checkpoint) if config.init_checkpoint is not None else []
+    check_teacher(config)
     manifest = check_dataset(config.dataset_location, config.dataset_hash, check_shards=False, allow_unpinned=True)
     try:
         total_steps = config.total_steps(manifest.num_items)

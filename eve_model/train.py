@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
-    from eve_model.preflight import PreflightError, preflight_stage
+    from eve_model.preflight import PreflightError, preflight_allocation, preflight_stage
     from eve_model.training.config import StageConfig, StageConfigError
     from eve_model.training.engine import FINAL_DIR_NAME, StageTrainer, stage_is_complete
     from eve_model.training.runtime import (
@@ -70,16 +70,26 @@ def main(argv: list[str] | None = None) -> int:
 
     device_type = configure_accelerator_env()
     init_process_group(device_type, env.local_rank)
-    clean = False
     try:
-        exit_code = StageTrainer(config, env, device_type, checked).run()
-        clean = True
-        return exit_code
+        preflight_allocation(config)  # collective: every rank gets the same answer
+    except PreflightError as exc:
+        if env.rank == 0:
+            print(f"[eve.train] cannot start: {exc}", file=sys.stderr)
+        shutdown_process_group(synchronise=False)
+        return ExitCode.CONFIG_ERROR
+    ended_together = False
+    try:
+        code = StageTrainer(config, env, device_type, checked).run()
+        ended_together = True
+        return code
     except StageConfigError as exc:  # found while building (parameter groups, DeepSpeed JSON, resume)
         print(f"[eve.train] rank {env.rank}: cannot start: {exc}", file=sys.stderr)
         return ExitCode.CONFIG_ERROR
     finally:
-        shutdown_process_group(clean)
+        # After an error this rank alone left the step loop: a barrier would wait for ranks that
+        # are in another collective (a hang until the scheduler kills the job), so only a rank
+        # that ended with the others synchronises.
+        shutdown_process_group(synchronise=ended_together)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 
 bash scripts/bootstrap.sh
 
-# System packages for the real-service tests: a single-node SLURM cluster, headless Chromium, and
-# Graphviz (lineage pictures).
+# System packages for the real-service tests: a SLURM cluster with accounting (slurmdbd on MariaDB),
+# headless Chromium, and Graphviz (lineage pictures).
 need=()
-for pkg in munge slurmctld slurmd slurm-client chromium graphviz; do
+for pkg in munge slurmctld slurmd slurm-client slurmdbd mariadb-server chromium graphviz; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if (( ${#need[@]} )); then

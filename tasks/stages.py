@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,12 +31,16 @@ from pydantic import BaseModel, Field
 
 from eve_model.identity import CODE_REVISION_ENV, WeightsMismatch, code_tree_revision, verify_weights, weights_sha256
 from eve_model.train import job_command
+from eve_model.training.checkpointing import CheckpointManager
+from eve_model.training.engine import SAVE_TIMINGS_PATH
 from eve_model.training.config import StageConfig, StageId, StageOverrides, overrides_as_kwargs, preset_stage_config
 from tasks.platform import REPO_ROOT, PlatformSettings
 from tasks.submit.run import JobFailed, retry_only_unreachable_scheduler, run_job_to_end
-from tasks.submit.spec import JobSpec
+from tasks.submit.spec import JobAttempt, JobSpec, JobState
 
 STAGE_RESULT_NAME = "stage_result.json"
+STOPPED_STATES = (JobState.CANCELLED, JobState.PREEMPTED, JobState.TIMED_OUT, JobState.NODE_FAIL, JobState.REQUEUED)
+"""End states after which the stage can continue from its last checkpoint."""
 
 
 class StageFailed(RuntimeError):
@@ -119,7 +124,11 @@ class StageResult(BaseModel):
     """True when this result was found in the cache instead of trained by this run."""
 
     job_ids: list[str] = Field(default_factory=list)
-    """Scheduler job ids of every attempt (requeues and resubmits included)."""
+    """Scheduler job ids of every attempt, oldest first (a resubmission adds one; a SLURM requeue
+    keeps its id and appears in ``attempts``)."""
+
+    attempts: list[JobAttempt] = Field(default_factory=list)
+    """Every run of the stage's job: requeues under the same job id and resubmissions, each with how it ended."""
 
     backend: str = "local"
     """Backend that ran the job."""
@@ -196,6 +205,29 @@ def place_stage(
     return PlannedStage(config=placed, cache_key=key, parent_weights_sha256=parent_weights_sha256, code_revision=revision)
 
 
+def stage_config_for(
+    stage: StageId,
+    training: TrainingParameters,
+    dataset_location: str,
+    dataset_hash: str,
+    init_checkpoint: str | None,
+    settings: PlatformSettings,
+) -> StageConfig:
+    """A stage's config from the training parameters' preset and overrides (not yet placed)."""
+    config = preset_stage_config(
+        training.preset,
+        stage,
+        output_dir="(set by place_stage)",
+        dataset_location=dataset_location,
+        dataset_hash=dataset_hash,
+        init_checkpoint=init_checkpoint,
+        **overrides_as_kwargs(training.stage_overrides.get(stage)),
+    )
+    if training.cache_teacher_features and stage != StageId.BASE_LLM and config.teacher_feature_cache_dir is None:
+        config = config.model_copy(update={"teacher_feature_cache_dir": str(settings.teacher_feature_cache_dir)})
+    return config
+
+
 @task(name="plan-stage", task_run_name="plan-stage-{stage}")
 def plan_stage(
     stage: StageId,
@@ -208,18 +240,8 @@ def plan_stage(
     init_checkpoint = parent.model_dir if parent is not None else (
         training.base_llm_dir if stage == StageId.PREALIGN else None
     )
-    config = preset_stage_config(
-        training.preset,
-        stage,
-        output_dir="(set by place_stage)",
-        dataset_location=dataset_location,
-        dataset_hash=dataset_hash,
-        init_checkpoint=init_checkpoint,
-        **overrides_as_kwargs(training.stage_overrides.get(stage)),
-    )
     settings = PlatformSettings.load()
-    if training.cache_teacher_features and stage != StageId.BASE_LLM and config.teacher_feature_cache_dir is None:
-        config = config.model_copy(update={"teacher_feature_cache_dir": str(settings.teacher_feature_cache_dir)})
+    config = stage_config_for(stage, training, dataset_location, dataset_hash, init_checkpoint, settings)
     parent_weights = parent.weights_sha256 if parent is not None else (
         weights_sha256(init_checkpoint) if init_checkpoint else None
     )
@@ -250,21 +272,59 @@ def find_cached_result(planned: PlannedStage) -> StageResult | None:
     return result.model_copy(update={"skipped": True, "wall_seconds": 0.0})
 
 
+def stage_paths(config: StageConfig, config_path: Path) -> list[str]:
+    """The paths a stage's ranks read or write: every node must see them (``JobSpec.shared_paths``)."""
+    paths = [str(config_path), config.output_dir, config.dataset_location]
+    if config.init_checkpoint:
+        paths.append(config.init_checkpoint)
+    teacher = config.model_overrides.get("teacher_path")
+    if teacher:
+        paths.append(str(teacher))
+    return paths
+
+
+def measured_save_seconds(output_dir: Path) -> float | None:
+    """The longest step-checkpoint save this stage's earlier attempts measured, or None."""
+    timings = Path(output_dir) / SAVE_TIMINGS_PATH
+    if not timings.exists():
+        return None
+    seconds = [json.loads(line)["seconds"] for line in timings.read_text().splitlines() if line.strip()]
+    return max(seconds) if seconds else None
+
+
 def build_job_spec(config_path: Path, planned: PlannedStage, template: JobSpec) -> JobSpec:
     """The job that runs one stage: the training entry point on the stage config, with the
     resources, scheduler options and environment of ``template``. The code revision travels in the
-    environment so nodes without the git checkout record the same one."""
-    return template.model_copy(
-        update={
-            "name": f"{template.name}-stage-{planned.stage}",
-            "command": job_command(config_path, template.python_executable),
-            "log_dir": str(planned.output_dir / "logs"),
-            "env": {**template.env, CODE_REVISION_ENV: planned.code_revision},
-        }
-    )
+    environment so nodes without the git checkout record the same one. The checkpoint save budget
+    (and so the signal lead, torchrun's shutdown timeout and the pod grace period) is raised to
+    1.5x the longest save an earlier attempt of this stage measured."""
+    save_seconds = template.checkpoint_save_seconds
+    measured = measured_save_seconds(planned.output_dir)
+    if measured is not None:
+        save_seconds = max(save_seconds, math.ceil(1.5 * measured))
+    fields = {
+        **template.model_dump(),
+        "name": f"{template.name}-stage-{planned.stage}",
+        "command": job_command(config_path, template.python_executable),
+        "log_dir": str(planned.output_dir / "logs"),
+        "env": {**template.env, CODE_REVISION_ENV: planned.code_revision},
+        "shared_paths": [*template.shared_paths, *stage_paths(planned.config, config_path)],
+        "checkpoint_save_seconds": save_seconds,
+    }
+    return JobSpec.model_validate(fields)
 
 
-def _record_result(planned: PlannedStage, job_ids: list[str], backend: str, wall_seconds: float) -> StageResult:
+def resume_point(output_dir: Path) -> str:
+    """Where a stopped stage continues: its last complete step checkpoint, said in words."""
+    tag = CheckpointManager(output_dir, rank=0, keep_last=1).latest_tag()
+    if tag is None:
+        return "it has no complete checkpoint yet, so it starts again from step 0"
+    step = int(tag.split("-")[1])
+    return f"it resumes from step {step} ({Path(output_dir) / 'checkpoints' / tag}) when the retrain runs again"
+
+
+def _record_result(planned: PlannedStage, job_ids: list[str], backend: str, wall_seconds: float,
+                   attempts: list[JobAttempt] | None = None) -> StageResult:
     model_dir = planned.output_dir / "final"
     metrics_path = model_dir / "final_metrics.json"
     if not metrics_path.exists():
@@ -280,6 +340,7 @@ def _record_result(planned: PlannedStage, job_ids: list[str], backend: str, wall
         config_hash=planned.config.content_hash(),
         code_revision=planned.code_revision,
         job_ids=job_ids,
+        attempts=attempts or [],
         backend=backend,
         final_metrics=json.loads(metrics_path.read_text()),
         wall_seconds=round(wall_seconds, 2),
@@ -308,6 +369,7 @@ def run_stage(
     on_log: Callable[[str], None] | None = None,
     poll_seconds: float = 2.0,
     timeout_seconds: float | None = None,
+    on_event: Callable[[str], None] | None = None,
 ) -> StageResult:
     """Reuse the stage's verified cached result, or run its job to the end and record the result.
 
@@ -329,11 +391,39 @@ def run_stage(
     started = time.monotonic()
     try:
         job = run_job_to_end(spec, training.backend, training.backend_options, poll_seconds=poll_seconds,
-                             timeout_seconds=timeout_seconds, on_log=on_log)
+                             timeout_seconds=timeout_seconds, on_log=on_log, on_event=on_event)
     except JobFailed as failure:
-        raise StageFailed(f"stage {planned.stage}: {failure}") from failure
+        stopped = failure.status.state in STOPPED_STATES or failure.status.resumable
+        where = f"; {resume_point(planned.output_dir)}" if stopped else ""
+        raise StageFailed(f"stage {planned.stage}: {failure}{where}") from failure
     return _record_result(planned, list(job.handle.attempt_job_ids or [job.handle.job_id]), training.backend,
-                          time.monotonic() - started)
+                          time.monotonic() - started, attempts=job.handle.attempts)
+
+
+def plan_dry_run(training: TrainingParameters, home: Path) -> list[tuple[PlannedStage, JobSpec]]:
+    """Every stage's config and job as a retrain would submit them, without data or training.
+
+    The datasets and the parent checkpoints do not exist yet, so their hashes are placeholders
+    (all zeros) and their locations are where the retrain would put them under ``home``; the job
+    definitions (resources, scheduler options, flush timing, environment, paths) are the real ones.
+    """
+    settings = PlatformSettings(home=home)
+    placeholder = "0" * 64
+    planned_jobs: list[tuple[PlannedStage, JobSpec]] = []
+    parent: PlannedStage | None = None
+    for stage in training.stage_order:
+        init_checkpoint = (
+            str(parent.output_dir / "final") if parent is not None
+            else training.base_llm_dir if stage == StageId.PREALIGN else None
+        )
+        config = stage_config_for(stage, training, str(home / "datasets" / f"stage-{stage}-dataset"), placeholder,
+                                  init_checkpoint, settings)
+        planned = place_stage(config, settings, parent_weights_sha256=placeholder if init_checkpoint else None,
+                              revision=placeholder)
+        spec = build_job_spec(planned.output_dir / "stage_config.json", planned, training.job)
+        planned_jobs.append((planned, spec))
+        parent = planned
+    return planned_jobs
 
 
 @task(
@@ -351,7 +441,8 @@ def train_stage(planned: PlannedStage, training: TrainingParameters) -> StageRes
     from its checkpoint.
     """
     logger = get_run_logger()
-    result = run_stage(planned, training, on_log=lambda text: [logger.info(line) for line in text.splitlines() if line.strip()])
+    result = run_stage(planned, training, on_log=lambda text: [logger.info(line) for line in text.splitlines() if line.strip()],
+                       on_event=lambda line: logger.info("[scheduler] stage %s: %s", planned.stage, line))
     if result.skipped:
         logger.info("stage %s unchanged (cache key %s): reusing %s", planned.stage, planned.cache_key[:16], result.model_dir)
     else:

@@ -81,6 +81,9 @@ _NON_SEMANTIC_FIELDS = frozenset(
         "log_interval_steps",
         "deepspeed_config_path",
         "teacher_feature_cache_dir",
+        "checkpoint_interval_minutes",
+        "data_loader_workers",
+        "data_prefetch_steps",
         # Locations: the cache key pins what they hold by content (dataset hash, parent weights hash),
         # so a moved platform home or another work tree keeps the key.
         "dataset_location",
@@ -213,6 +216,25 @@ class StageConfig(BaseModel):
     """Memoise the frozen teacher's features per image on disk here (``eve_model.teacher_cache``);
     None recomputes them every step. A pure memo, so it is outside the content hash. On for the
     embedded default, where the teacher dominates a step; off for 7B (terabytes of features)."""
+
+    checkpoint_interval_minutes: float | None = Field(default=60, gt=0)
+    """Also write a checkpoint once this many minutes of training passed since the last one (rank
+    0's clock, agreed by all ranks at a step boundary); None: steps only. The default, an hour of
+    work, bounds what a crash loses when steps are long (EVE-7B: ~5 s a step, so the release
+    scripts' 7,813 steps are ~11 h)."""
+
+    data_loader_workers: int = Field(default=0, ge=0)
+    """Processes per rank that read, decode and collate the next steps' micro-batches ahead of the
+    training loop (0: on the training thread). They ignore SIGTERM/SIGUSR1 so a flush never waits
+    for them."""
+
+    data_prefetch_steps: int = Field(default=2, ge=1)
+    """Steps each loader worker prepares ahead (only with ``data_loader_workers`` > 0)."""
+
+    group_by_modality_length: bool = False
+    """SFT sampler of LLaVA/EVE (``group_by_modality_length``): each global batch holds only image
+    samples or only text-only samples, sorted by length, so micro-batches pad less; the batches are
+    then shuffled. Deterministic per (seed, epoch, shuffle block), so resume stays exact."""
 
     @field_validator("stage", mode="before")
     @classmethod

@@ -28,7 +28,7 @@ from typing import Any
 from eve_model.exit_codes import ExitCode
 from eve_model.identity import code_tree_revision, weights_sha256
 from eve_model.preflight import StagePreflight
-from eve_model.training.config import StageConfig, StageConfigError
+from eve_model.training.config import StageConfig, StageConfigError, StageId
 from eve_model.training.runtime import DistributedEnv, platform_home
 
 FINAL_DIR_NAME = "final"
@@ -36,6 +36,28 @@ FINAL_METRICS_NAME = "final_metrics.json"
 HANG_AFTER_STEP_ENV = "EVE_TRAIN_HANG_AFTER_STEP"
 """Test-only fault injection: after this step every rank waits (until a signal arrives), so a drill
 can kill -9 or SIGTERM the job at a known step."""
+SLOW_SAVE_ENV = "EVE_TRAIN_SLOW_SAVE_SECONDS"
+"""Test-only fault injection: every checkpoint save takes this many seconds longer (a drill shows
+that a slow save still completes between the stop signal and the scheduler's kill)."""
+SAVE_TIMINGS_PATH = "checkpoints/save_seconds.jsonl"
+"""Under the output dir: one line per step checkpoint, ``{"step", "seconds"}`` (every rank done)."""
+WANDB_CLOSE_ON_SIGNAL_SECONDS = 5.0
+"""After a flush on a signal, how long W&B may take to finish before the job exits without it."""
+
+
+def matmul_parameter_count(model) -> int:
+    """Parameters that take part in a matrix multiply per token: every weight except the token
+    embedding tables (a lookup) and the frozen teacher's (it runs once per image, not per token).
+    The MFU numerator (6 x this x tokens) counts these. Under ZeRO-3 a parameter's full size is ``ds_numel``."""
+    import torch
+
+    embedding_weights = {id(module.weight) for module in model.modules() if isinstance(module, torch.nn.Embedding)}
+    total = 0
+    for name, parameter in model.named_parameters():
+        if id(parameter) in embedding_weights or name.startswith("teacher.") or ".teacher." in name:
+            continue
+        total += int(getattr(parameter, "ds_numel", parameter.numel()))
+    return total
 
 
 def stage_is_complete(config: StageConfig) -> bool:
@@ -134,17 +156,19 @@ class StageTrainer:
         hidden = eve_config_for_preset(cfg.model_preset, cfg.model_overrides).text_config.hidden_size
         self.ds_config = resolve_deepspeed_config(cfg, self.env.world_size, pre.gradient_accumulation_steps, hidden)
         self._hf_ds_config = None
-        if cfg.zero_stage == 3:
-            # Keeps transformers' from_pretrained loading straight into ZeRO-3 partitions (no full copy per rank).
-            # It needs `accelerate`; without it every rank builds the full model before DeepSpeed
-            # partitions it (fine for small models, host-RAM heavy at 7B).
-            try:
-                from transformers.integrations import HfDeepSpeedConfig
+        if cfg.zero_stage == 3 and cfg.stage != StageId.PREALIGN:
+            # Alive while the model is built: transformers' from_pretrained then loads straight into
+            # ZeRO-3 partitions under deepspeed.zero.Init (accelerate is pinned for it), so no rank
+            # holds the whole model (tests/eve_model/test_training_zero3_loading.py).
+            from transformers.integrations import HfDeepSpeedConfig
 
-                self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
-            except ImportError as exc:
-                if self.is_main:
-                    print(f"[eve.train] ZeRO-3 without zero.Init loading ({exc}); install accelerate for 7B runs")
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        elif cfg.zero_stage == 3 and self.is_main:
+            # Stage 1 builds a fresh EVE around the base LLM (EveForCausalLM.from_text_model), which
+            # copies the LLM's state dict into the new model and has no zero.Init path: under an
+            # active HfDeepSpeedConfig it would copy from partitions and fail. Each rank builds it
+            # whole on the host; deepspeed.initialize partitions it afterwards.
+            print("[eve.train] stage 1 under ZeRO-3: the base LLM is loaded whole on each rank, then partitioned")
         torch.manual_seed(cfg.seed)
         self.stage_model = build_stage_model(cfg)
         model = self.stage_model.model
@@ -170,7 +194,7 @@ class StageTrainer:
                 if members:
                     param_groups.append({"params": members, "lr": cfg.learning_rates[name], "weight_decay": wd, "name": name + suffix})
         self.group_names = [g["name"] for g in param_groups]
-        self.num_model_parameters = sum(p.numel() for name in ("pel", "aligning", "llm") for p in groups[name])
+        self.matmul_parameters = matmul_parameter_count(model)
         optimizer = torch.optim.AdamW(param_groups, betas=cfg.adam_betas, eps=cfg.adam_epsilon)
         factor = cosine_with_warmup(cfg.warmup_steps(pre.total_steps), pre.total_steps)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -190,6 +214,8 @@ class StageTrainer:
             micro_batch_size_samples=cfg.micro_batch_size_samples,
             rank=self.env.rank,
             world_size=self.env.world_size,
+            group_by_modality_length=cfg.group_by_modality_length,
+            index_cache_dir=str(platform_home() / "cache" / "shard-index"),
         )
         self.checkpoints = CheckpointManager(self.output_dir, self.env.rank, cfg.keep_last_checkpoints)
 
@@ -217,6 +243,7 @@ class StageTrainer:
     def run(self) -> int:
         import torch.distributed as dist
 
+        from eve_model.training.data import prepared_steps
         from eve_model.training.metrics_logging import MetricsLogger
         from eve_model.training.signals import PreemptionWatcher
 
@@ -228,6 +255,8 @@ class StageTrainer:
             self.init_weights_sha256 = weights_sha256(self.config.init_checkpoint) if self.config.init_checkpoint else None
         self._build(pre)
         start_step = self._resume()
+        if start_step and self.is_main:
+            print(f"[eve.train] resumed at step {start_step} from {self.checkpoints.root / self.checkpoints.latest_tag()}", flush=True)
         self.total_steps = pre.total_steps
         self.logger = MetricsLogger(
             self.output_dir,
@@ -251,31 +280,48 @@ class StageTrainer:
 
         step = start_step
         last_saved = start_step
+        last_saved_at = time.monotonic()
         history: list[dict[str, Any]] = []
         self._run_started = time.perf_counter()
-        for step_batch in self.loader.iter_steps(self.loader.position_after_steps(start_step), pre.total_steps):
-            step = step_batch.step
-            metrics = self._train_step(step_batch, peak_flops)
+        steps = prepared_steps(
+            self.loader, self.stage_model.collate, start_step, pre.total_steps,
+            workers=self.config.data_loader_workers, prefetch_steps=self.config.data_prefetch_steps,
+            pin_memory=self.device_type == "cuda",
+        )
+        while True:
+            waited = time.perf_counter()
+            prepared = next(steps, None)
+            if prepared is None:
+                break
+            step = prepared.step
+            metrics = self._train_step(prepared, peak_flops, data_wait_seconds=time.perf_counter() - waited)
             history.append(metrics)
             if self.config.record_data_order:
                 with order_log.open("a") as handle:
-                    handle.write(json.dumps({"step": step, "keys": [k for mb in step_batch.micro_batches for k in mb.keys]}) + "\n")
+                    handle.write(json.dumps({"step": step, "keys": [k for mb in prepared.micro_batches for k in mb.keys]}) + "\n")
             if step % self.config.log_interval_steps == 0 or step == pre.total_steps:
                 self.logger.log(metrics)
             self.logger.advance(1, {"loss": metrics["loss"], "samples/s": metrics["samples_per_second"]})
             if step % self.config.checkpoint_interval_steps == 0 and step < pre.total_steps:
-                self._save(step, step_batch.position_after)
-                last_saved = step
+                self._save(step, prepared.position_after)
+                last_saved, last_saved_at = step, time.monotonic()
             if hang_after and step == hang_after:
                 while not watcher.requested:
                     time.sleep(0.05)
-            if watcher.agreed_across_ranks():
-                if last_saved != step:
-                    self._save(step, step_batch.position_after)
+            # One collective per step decides, identically on every rank, whether a stop signal
+            # arrived anywhere and whether rank 0's checkpoint clock ran out.
+            interval = self.config.checkpoint_interval_minutes
+            time_due = interval is not None and self.is_main and time.monotonic() - last_saved_at >= interval * 60
+            stop, save_due = watcher.agreed_across_ranks(extra_flags=(time_due,))
+            if last_saved != step and (stop or (save_due and step < pre.total_steps)):
+                self._save(step, prepared.position_after)
+                last_saved, last_saved_at = step, time.monotonic()
+            if stop:
                 if self.is_main:
                     print(f"[eve.train] signal received: checkpoint at step {step} written; "
-                          f"exiting {ExitCode.describe(ExitCode.REQUEUE)}")
-                self.logger.close()
+                          f"exiting {ExitCode.describe(ExitCode.REQUEUE)}", flush=True)
+                # Never waits on W&B: its background process may have died with the same signal.
+                self.logger.close(abandon_after_seconds=WANDB_CLOSE_ON_SIGNAL_SECONDS)
                 watcher.uninstall()
                 return ExitCode.REQUEUE
         self._finalize(step, history)
@@ -283,7 +329,7 @@ class StageTrainer:
         dist.barrier()
         return ExitCode.COMPLETED
 
-    def _train_step(self, step_batch, peak_flops: float | None) -> dict[str, Any]:
+    def _train_step(self, prepared, peak_flops: float | None, data_wait_seconds: float = 0.0) -> dict[str, Any]:
         import torch
         import torch.distributed as dist
 
@@ -294,11 +340,11 @@ class StageTrainer:
         totals = torch.zeros(5, dtype=torch.float64)  # loss, ce, alignment, tokens, micro-batches
         has_alignment = False
         manual_grad_norm = None
-        for index, micro in enumerate(step_batch.micro_batches):
-            batch = {k: v.to(self.engine.device) if hasattr(v, "to") else v for k, v in self.stage_model.collate(micro.samples).items()}
+        for index, micro in enumerate(prepared.micro_batches):
+            batch = {k: v.to(self.engine.device, non_blocking=True) if hasattr(v, "to") else v for k, v in micro.batch.items()}
             output = self.stage_model.forward(self.engine, batch)
             self.engine.backward(output.loss)
-            if index == len(step_batch.micro_batches) - 1 and self._needs_manual_grad_norm:
+            if index == len(prepared.micro_batches) - 1 and self._needs_manual_grad_norm:
                 # ZeRO-0 fp32 does not record the norm it clips with; the gradients are already
                 # all-reduced at the accumulation boundary, so the local norm is the global one.
                 manual_grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in self._trainable if p.grad is not None]))
@@ -321,8 +367,8 @@ class StageTrainer:
         samples_per_second = self.config.global_batch_size_samples / seconds
         tokens_per_second = tokens / seconds
         return {
-            "step": step_batch.step,
-            "epoch": (step_batch.step - 1) // self.loader.steps_per_epoch,
+            "step": prepared.step,
+            "epoch": (prepared.step - 1) // self.loader.steps_per_epoch,
             "loss": float(totals[0]) / micro_batches,
             "ce_loss": float(totals[1]) / micro_batches,
             "alignment_loss": float(totals[2]) / micro_batches if has_alignment else None,
@@ -330,19 +376,37 @@ class StageTrainer:
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "samples_per_second": samples_per_second,
             "tokens_per_second": tokens_per_second,
-            # 6 x params x tokens: forward + backward of a dense decoder; an estimate, frozen parts included.
-            "mfu": (6 * self.num_model_parameters * tokens_per_second / (peak_flops * self.env.world_size)) if peak_flops else None,
+            # Model FLOPs utilisation: 6 x matmul parameters x tokens (forward + backward; the embedding
+            # lookup is no matmul and is left out; attention's score FLOPs are not counted either).
+            "mfu": (6 * self.matmul_parameters * tokens_per_second / (peak_flops * self.env.world_size)) if peak_flops else None,
             "step_seconds": seconds,
+            # Time the step waited for its data (reading, decoding, collating not done ahead).
+            "data_wait_seconds": data_wait_seconds,
+            "data_wait_share": data_wait_seconds / (seconds + data_wait_seconds),
             "elapsed_seconds": time.perf_counter() - self._run_started,
         }
 
     def _save(self, step: int, position) -> None:
+        """A step checkpoint; its duration (all ranks) is appended to ``SAVE_TIMINGS_PATH``, from
+        which the platform derives the next attempt's flush timing."""
+        import torch.distributed as dist
+
         from eve_model.training.checkpointing import TrainerState
 
+        started = time.monotonic()
+        slow_save = float(os.environ.get(SLOW_SAVE_ENV, "0") or 0)
+        if slow_save:
+            time.sleep(slow_save)
         self.checkpoints.save(
             self.engine,
             TrainerState(completed_steps=step, loader_position=position, config_hash=self.config.content_hash(), world_size=self.env.world_size),
         )
+        if dist.is_initialized():
+            dist.barrier()
+        if self.is_main:
+            timings = self.output_dir / SAVE_TIMINGS_PATH
+            with timings.open("a") as handle:
+                handle.write(json.dumps({"step": step, "seconds": round(time.monotonic() - started, 3)}) + "\n")
 
     # ---- the end of a stage ---------------------------------------------------------------
 

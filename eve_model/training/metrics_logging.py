@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import secrets
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,13 @@ def truncate_jsonl_after(path: Path, step: int) -> None:
 
 
 class MetricsLogger:
-    """Writes step metrics on rank 0; a no-op elsewhere."""
+    """Writes step metrics on rank 0; a no-op elsewhere.
+
+    W&B runs in a writer thread fed through a queue (``WandbWriter``): the training loop never
+    waits for W&B and never sees its errors. Under SLURM, a cancel or requeue signals every
+    process of the job, W&B's background service included; a dead service then makes W&B calls
+    fail or block, and must not stop the checkpoint flush.
+    """
 
     def __init__(
         self,
@@ -75,7 +83,7 @@ class MetricsLogger:
         self.enabled = rank == 0
         self.path = output_dir / "metrics.jsonl"
         self._progress = None
-        self._wandb_run = None
+        self._wandb: WandbWriter | None = None
         if not self.enabled:
             return
         truncate_jsonl_after(self.path, start_step)
@@ -83,54 +91,91 @@ class MetricsLogger:
 
         self._progress = tqdm(total=total_steps, initial=start_step, desc=run_name, unit="step", dynamic_ncols=True)
         if wandb_mode != "disabled":
-            self._wandb_run = _start_wandb(run_name, wandb_mode, wandb_project, wandb_dir, output_dir, run_config)
+            self._wandb = WandbWriter(run_name, wandb_mode, wandb_project, wandb_dir, output_dir, run_config)
 
     @property
     def wandb_run_id(self) -> str | None:
-        return self._wandb_run.id if self._wandb_run is not None else None
+        return self._wandb.run_id if self._wandb is not None else None
 
     def log(self, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as handle:
             handle.write(json.dumps(metrics, sort_keys=True) + "\n")
-        if self._wandb_run is not None:
+        if self._wandb is not None:
             flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
             for group, lr in (metrics.get("learning_rate") or {}).items():
                 flat[f"learning_rate/{group}"] = lr
-            self._to_wandb(lambda run: run.log(flat, step=metrics["step"]))
-
-    def _to_wandb(self, write) -> None:
-        """W&B is a mirror of metrics.jsonl, never a reason to lose a step: if its service is gone (its
-        process killed, a full disk), say so once and stop mirroring; training goes on."""
-        try:
-            write(self._wandb_run)
-        except Exception as error:  # noqa: BLE001 - any failure of the mirror is the same failure
-            print(f"[eve.train] W&B stopped ({type(error).__name__}: {error}); metrics continue in {self.path}",
-                  file=sys.stderr, flush=True)
-            self._wandb_run = None
+            self._wandb.submit("log", flat, metrics["step"])
 
     def advance(self, steps: int, postfix: dict[str, Any]) -> None:
         if self._progress is not None:
             self._progress.update(steps)
             self._progress.set_postfix({k: f"{v:.4g}" for k, v in postfix.items() if isinstance(v, float)})
 
-    def close(self, summary: dict[str, Any] | None = None) -> None:
+    def close(self, summary: dict[str, Any] | None = None, abandon_after_seconds: float | None = None) -> None:
+        """Finish the W&B run. ``abandon_after_seconds``: give up waiting for W&B after this long
+        (after a stop signal; the process then exits without it, and ``wandb sync`` still finds
+        what the offline run wrote). None waits until W&B is done (the normal end of a stage)."""
         if self._progress is not None:
             self._progress.close()
-        if self._wandb_run is not None:
+            self._progress = None
+        if self._wandb is not None:
+            if summary:
+                self._wandb.submit("summary", {k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+            self._wandb.finish(abandon_after_seconds)
+            self._wandb = None
 
-            def finish(run) -> None:
-                for key, value in (summary or {}).items():
-                    if isinstance(value, (int, float, str)):
+
+class WandbWriter:
+    """W&B on a daemon thread: ``submit`` only enqueues; the first W&B error disables it (one
+    warning on stderr) instead of reaching the training loop."""
+
+    def __init__(self, run_name: str, mode: str, project: str, wandb_dir: Path, output_dir: Path, run_config: dict[str, Any]) -> None:
+        # The id is stored next to the run's outputs so that a resumed job continues the same W&B run.
+        id_file = output_dir / "wandb_run_id"
+        self.run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        id_file.write_text(self.run_id)
+        self._queue: queue.Queue = queue.Queue()
+        self._failed = False
+        self._thread = threading.Thread(
+            target=self._work, args=(run_name, mode, project, wandb_dir, run_config), name="wandb-writer", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, kind: str, *payload: Any) -> None:
+        if not self._failed:
+            self._queue.put((kind, payload))
+
+    def finish(self, abandon_after_seconds: float | None) -> None:
+        self._queue.put(("finish", ()))
+        self._thread.join(abandon_after_seconds)
+        if self._thread.is_alive():
+            print(f"[eve.train] W&B did not finish within {abandon_after_seconds} s; exiting without it "
+                  "(its offline run keeps what it wrote)", file=sys.stderr, flush=True)
+
+    def _work(self, run_name: str, mode: str, project: str, wandb_dir: Path, run_config: dict[str, Any]) -> None:
+        run = None
+        try:
+            run = _start_wandb(run_name, mode, project, wandb_dir, self.run_id, run_config)
+            while True:
+                kind, payload = self._queue.get()
+                if kind == "log":
+                    run.log(payload[0], step=payload[1])
+                elif kind == "summary":
+                    for key, value in payload[0].items():
                         run.summary[key] = value
-                run.finish()
+                elif kind == "finish":
+                    run.finish()
+                    return
+        except Exception as error:  # W&B is an observer: its failure must not stop training
+            self._failed = True
+            print(f"[eve.train] W&B disabled for the rest of this job: {type(error).__name__}: {error}",
+                  file=sys.stderr, flush=True)
 
-            self._to_wandb(finish)
-            self._wandb_run = None
 
-
-def _start_wandb(run_name, mode, project, wandb_dir: Path, output_dir: Path, run_config):
+def _start_wandb(run_name, mode, project, wandb_dir: Path, run_id: str, run_config):
     wandb_dir.mkdir(parents=True, exist_ok=True)
     for variable, sub in (
         ("WANDB_DIR", ""),
@@ -144,10 +189,6 @@ def _start_wandb(run_name, mode, project, wandb_dir: Path, output_dir: Path, run
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    # The id is stored next to the run's outputs so that a resumed job continues the same W&B run.
-    id_file = output_dir / "wandb_run_id"
-    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
-    id_file.write_text(run_id)
     return wandb.init(
         project=project,
         name=run_name,

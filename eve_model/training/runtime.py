@@ -107,16 +107,15 @@ def init_process_group(device_type: str, local_rank: int) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
 
 
-def shutdown_process_group(clean: bool = True) -> None:
-    """Destroy the group; after a clean run a barrier first (ZeRO-3 runs crash at interpreter exit
-    without it). A rank that failed skips the barrier: its peers may be waiting in a collective of the
-    step loop and would never reach it, so the job would hang instead of failing. The launcher stops the
-    peers once this rank exits non-zero."""
+def shutdown_process_group(synchronise: bool = True) -> None:
+    """Barrier, then destroy the group: ZeRO-3 runs crash at interpreter exit without it.
+
+    ``synchronise=False`` (a rank leaving on an error): no barrier and no destroy, both of which
+    wait for the other ranks; the process exits and the launcher stops the rest."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        if clean:
-            dist.barrier()
+    if synchronise and dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -42,17 +42,22 @@ class PreemptionWatcher:
     def requested(self) -> bool:
         return self.received_signal is not None
 
-    def agreed_across_ranks(self) -> bool:
-        """True on every rank if any rank was signalled (a collective: call it on all ranks)."""
+    def agreed_across_ranks(self, extra_flags: tuple[bool, ...] = ()):
+        """True on every rank if any rank was signalled (a collective: call it on all ranks).
+
+        ``extra_flags``: more per-rank booleans agreed in the same all-reduce (any rank true makes
+        them true everywhere); then returns ``(signalled, *flags)``.
+        """
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)
+        flags = torch.tensor([1 if self.requested else 0, *(1 if flag else 0 for flag in extra_flags)], dtype=torch.int32)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             if dist.get_backend() == "nccl":
-                flag = flag.cuda()
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+                flags = flags.cuda()
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        agreed = [bool(value) for value in flags.tolist()]
+        return tuple(agreed) if extra_flags else agreed[0]
 
 
 __all__ = ["HANDLED_SIGNALS", "PreemptionWatcher"]

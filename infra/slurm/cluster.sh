@@ -8,10 +8,14 @@
 # Every path (config, state, spool, logs, pid files, munge key and socket) lives under the base
 # directory, so the cluster never touches /etc/slurm and `down` stops only the PIDs it started.
 # N > 1 emulates a multi-node cluster with one `slurmd -N nodeI` per node on 127.0.0.1.
-# There is no slurmdbd: finished jobs stay visible to squeue/scontrol for MinJobAge (1 h), which
-# is what the submission backend polls; `sacct` is not available on this cluster.
+# Accounting runs as on a real cluster: slurmdbd on a private MariaDB (its own data directory,
+# socket and port under the base directory), so `sacct` reports end states, and finished jobs leave
+# the controller after MinJobAge (15 s) as they do elsewhere (300 s by default). Every node also
+# offers 2 fake GPUs of type "a100" (gres without device files): a job that asks for GPUs is
+# scheduled as on a GPU cluster and finds no CUDA, which is what the job's preflight must catch.
 # Environment: EVE_SLURM_BASE_DIR (default /tmp/eve-slurm), EVE_SLURM_PORT (slurmctld port,
-# default 6817; slurmd ports follow it), EVE_SLURM_CPUS_PER_NODE (default: nproc).
+# default 6817; slurmd ports follow it, slurmdbd is port+50, MariaDB port+51),
+# EVE_SLURM_CPUS_PER_NODE (default: nproc), EVE_SLURM_ACCOUNTING=0 to run without slurmdbd.
 set -euo pipefail
 
 command_name=${1:-}
@@ -30,6 +34,10 @@ done
 case "$node_count" in ''|*[!0-9]*|0) echo "cluster.sh: --nodes must be a positive integer" >&2; exit 2 ;; esac
 
 ctld_port=${EVE_SLURM_PORT:-6817}
+dbd_port=$(( ctld_port + 50 ))
+mysql_port=$(( ctld_port + 51 ))
+accounting=${EVE_SLURM_ACCOUNTING:-1}
+fake_gpus_per_node=2
 cpus_per_node=${EVE_SLURM_CPUS_PER_NODE:-$(nproc)}
 conf=$base_dir/etc/slurm.conf
 munge_socket=$base_dir/munge/run/munge.socket.2
@@ -47,6 +55,10 @@ install_packages() {
   command -v sbatch >/dev/null || missing+=(slurm-client)
   [ -x /usr/sbin/slurmctld ] || missing+=(slurmctld)
   [ -x /usr/sbin/slurmd ] || missing+=(slurmd)
+  if [ "$accounting" = 1 ]; then
+    [ -x /usr/sbin/slurmdbd ] || missing+=(slurmdbd)
+    [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+  fi
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" != 0 ]; then
     log "missing packages (${missing[*]}) and not root: cannot install"; exit 4
@@ -93,8 +105,20 @@ write_config() {
     # batch_sched_delay=0: otherwise every submission waits ~3 s for the scheduler.
     echo "SchedulerParameters=batch_sched_delay=0,sched_interval=5"
     echo "JobRequeue=1"
-    # No slurmdbd: keep finished jobs visible to squeue/scontrol long enough for any poller.
-    echo "MinJobAge=3600"
+    if [ "$accounting" = 1 ]; then
+      echo "AccountingStorageType=accounting_storage/slurmdbd"
+      echo "AccountingStorageHost=127.0.0.1"
+      echo "AccountingStoragePort=$dbd_port"
+      # The munge socket for the connection to slurmdbd (clients such as sacct use it too).
+      echo "AccountingStoragePass=$munge_socket"
+      echo "AccountingStorageTRES=gres/gpu"
+      # Finished jobs leave the controller as on a production cluster; sacct knows them after that.
+      echo "MinJobAge=15"
+    else
+      # No accounting: keep finished jobs visible to squeue/scontrol long enough for any poller.
+      echo "MinJobAge=3600"
+    fi
+    echo "GresTypes=gpu"
     echo "KillWait=15"
     echo "ReturnToService=2"
     echo "SlurmdTimeout=60"
@@ -103,11 +127,73 @@ write_config() {
     echo "JobCompLoc=$base_dir/log/jobcomp.txt"
     echo "JobAcctGatherType=jobacct_gather/none"
     for i in $(seq 1 "$node_count"); do
-      echo "NodeName=node$i NodeHostname=$host NodeAddr=127.0.0.1 Port=$(( ctld_port + i )) CPUs=$cpus_per_node RealMemory=$real_memory_mb State=UNKNOWN"
+      echo "NodeName=node$i NodeHostname=$host NodeAddr=127.0.0.1 Port=$(( ctld_port + i )) CPUs=$cpus_per_node RealMemory=$real_memory_mb Gres=gpu:a100:$fake_gpus_per_node State=UNKNOWN"
     done
     echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
   } >"$conf.tmp"
   mv "$conf.tmp" "$conf"
+  # Fake GPUs: Slurm schedules GPUs only with device files; plain files stand in for /dev/nvidiaN
+  # (task/none enforces no device access, so nothing opens them).
+  mkdir -p "$base_dir/fake-dev"
+  for i in $(seq 0 $(( fake_gpus_per_node - 1 ))); do : >"$base_dir/fake-dev/nvidia$i"; done
+  {
+    echo "# Fake GPUs for scheduling only (no GPU on this machine)."
+    echo "AutoDetect=off"
+    echo "Name=gpu Type=a100 File=$base_dir/fake-dev/nvidia[0-$(( fake_gpus_per_node - 1 ))]"
+  } >"$base_dir/etc/gres.conf"
+}
+
+mysql_client() {
+  mariadb --no-defaults --socket="$base_dir/mysql/run/mysqld.sock" -u root "$@"
+}
+
+start_accounting() {  # a private MariaDB and slurmdbd, then this cluster registered in it
+  [ "$accounting" = 1 ] || return 0
+  local data=$base_dir/mysql/data password_file=$base_dir/etc/slurmdbd.password
+  mkdir -p "$base_dir/mysql/run" "$base_dir/mysql/log"
+  if [ ! -d "$data/mysql" ]; then
+    mariadb-install-db --no-defaults --user=root --datadir="$data" --auth-root-authentication-method=socket \
+      >"$base_dir/mysql/log/install.log" 2>&1 || { log "mariadb-install-db failed, see $base_dir/mysql/log/install.log"; exit 5; }
+  fi
+  if ! pid_alive "$base_dir/mysql/run/mysqld.pid"; then
+    setsid /usr/sbin/mariadbd --no-defaults --user=root --datadir="$data" --socket="$base_dir/mysql/run/mysqld.sock" \
+      --port="$mysql_port" --bind-address=127.0.0.1 --pid-file="$base_dir/mysql/run/mysqld.pid" \
+      --log-error="$base_dir/mysql/log/mysqld.log" --innodb-buffer-pool-size=64M </dev/null >/dev/null 2>&1 &
+    wait_for 30 "MariaDB" mysql_client -e "select 1"
+  fi
+  if [ ! -s "$password_file" ]; then
+    (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$password_file")
+  fi
+  local password
+  password=$(cat "$password_file")
+  mysql_client -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '$password'; ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '$password'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
+  (
+    umask 077
+    {
+      echo "# Written by infra/slurm/cluster.sh; regenerated on every 'up'."
+      echo "AuthType=auth/munge"
+      echo "AuthInfo=socket=$munge_socket"
+      echo "DbdAddr=127.0.0.1"
+      echo "DbdHost=$(hostname -s)"
+      echo "DbdPort=$dbd_port"
+      echo "SlurmUser=root"
+      echo "PidFile=$base_dir/run/slurmdbd.pid"
+      echo "LogFile=$base_dir/log/slurmdbd.log"
+      echo "StorageType=accounting_storage/mysql"
+      echo "StorageHost=127.0.0.1"
+      echo "StoragePort=$mysql_port"
+      echo "StorageUser=slurm"
+      echo "StoragePass=$password"
+      echo "StorageLoc=slurm_acct_db"
+    } >"$base_dir/etc/slurmdbd.conf"
+  )
+  if ! pid_alive "$base_dir/run/slurmdbd.pid"; then
+    /usr/sbin/slurmdbd
+    wait_for 30 "slurmdbd" sacctmgr -n list cluster
+  fi
+  if ! sacctmgr -n -P list cluster format=cluster 2>/dev/null | grep -qx eve-local; then
+    sacctmgr -i add cluster eve-local >/dev/null
+  fi
 }
 
 start_munge() {
@@ -157,6 +243,7 @@ cluster_up() {
   write_config
   start_munge
   wait_for 10 "munge socket" test -S "$munge_socket"
+  start_accounting
   if ! pid_alive "$base_dir/run/slurmctld.pid"; then
     /usr/sbin/slurmctld -f "$conf"
     wait_for 20 "slurmctld" scontrol ping
@@ -189,7 +276,8 @@ cluster_down() {
     done
   fi
   local pid_file
-  for pid_file in "$base_dir"/run/slurmd-*.pid "$base_dir/run/slurmctld.pid" "$base_dir/munge/run/munged.pid"; do
+  for pid_file in "$base_dir"/run/slurmd-*.pid "$base_dir/run/slurmctld.pid" "$base_dir/run/slurmdbd.pid" \
+      "$base_dir/mysql/run/mysqld.pid" "$base_dir/munge/run/munged.pid"; do
     [ -f "$pid_file" ] || continue
     local pid
     pid=$(cat "$pid_file")
@@ -207,6 +295,10 @@ cluster_status() {
   local up=0
   pid_alive "$base_dir/munge/run/munged.pid" && echo "munged: running (pid $(cat "$base_dir/munge/run/munged.pid"))" || { echo "munged: stopped"; up=3; }
   pid_alive "$base_dir/run/slurmctld.pid" && echo "slurmctld: running (pid $(cat "$base_dir/run/slurmctld.pid"))" || { echo "slurmctld: stopped"; up=3; }
+  if [ "$accounting" = 1 ]; then
+    pid_alive "$base_dir/run/slurmdbd.pid" && echo "slurmdbd: running (pid $(cat "$base_dir/run/slurmdbd.pid"))" || { echo "slurmdbd: stopped"; up=3; }
+    pid_alive "$base_dir/mysql/run/mysqld.pid" && echo "mariadb: running (pid $(cat "$base_dir/mysql/run/mysqld.pid"))" || { echo "mariadb: stopped"; up=3; }
+  fi
   local pid_file
   for pid_file in "$base_dir"/run/slurmd-*.pid; do
     [ -f "$pid_file" ] || continue

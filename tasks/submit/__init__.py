@@ -17,6 +17,7 @@ that need them one by one::
 Modules: spec (JobSpec, JobState, JobHandle, JobStatus), base (Backend interface, wait loop, exit
 markers, signal relay; imports no backend), backends (``get_backend``: the registry that imports
 them), local, slurm (+ slurm_state parser), k8s, render (quoting guard, exit codes for templates),
-run (``run_job_to_end``, ``JobFailed``, ``SchedulerLost``, Prefect retry condition). Exit codes are
-``eve_model.exit_codes.ExitCode``.
+run (``run_job_to_end``, ``JobFailed``, ``SchedulerLost``, Prefect retry condition), dry_run (every
+stage's job definitions written for review: ``eve retrain --dry-run --render DIR``). Exit codes are
+``eve_model.exit_codes.ExitCode``. What a GPU cluster must provide: docs/cluster-runbook.md.
 """

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from eve_model.exit_codes import ExitCode
-from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
+from tasks.submit.spec import JobAttempt, JobHandle, JobSpec, JobState, JobStatus
 
 LOG_TAIL_LINES = 120
 
@@ -147,6 +147,12 @@ class Backend(abc.ABC):
             }
         )
 
+    def describe_submission(self, handle: JobHandle) -> str:
+        """One line for the flow log: which job, where, how large."""
+        spec = handle.spec
+        size = f"{spec.nodes} node(s) x {spec.gpus_per_node} GPU(s)" if spec.gpus_per_node else f"{spec.nodes} node(s) x {spec.ranks_per_node} rank(s)"
+        return f"submitted {spec.name!r} as {self.name} job {handle.job_id} ({size})"
+
     def wait(
         self,
         handle: JobHandle,
@@ -154,19 +160,33 @@ class Backend(abc.ABC):
         timeout_seconds: float | None = None,
         on_log: Callable[[str], None] | None = None,
         on_resubmit: Callable[[JobHandle, JobStatus], None] | None = None,
+        on_event: Callable[[str], None] | None = None,
     ) -> JobStatus:
         """Poll until the job ends, streaming new log text to ``on_log`` (whole lines; a progress
-        bar's ``\\r`` redraws count as line ends).
+        bar's ``\\r`` redraws count as line ends) and every scheduler state change (PENDING,
+        RUNNING, a requeue, the end, a resubmission) to ``on_event`` as one line.
 
         A resumable end (timeout or preemption after a flushed checkpoint) is resubmitted up to
         ``spec.max_resubmits`` times instead of failing the stage; ``handle`` is updated in place
-        (``job_id``, ``attempt_job_ids``) so the caller can record every attempt.
+        (``job_id``, ``attempt_job_ids``, ``attempts``) so the caller can record every attempt,
+        requeues under the same job id included.
         """
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         log_offset = 0
         resubmits = 0
+        seen: tuple[str, JobState, int, str] | None = None
         while True:
             status = self.status(handle)
+            if seen is not None and seen[0] == handle.job_id and status.restarts > seen[2]:
+                handle.attempts.append(JobAttempt(job_id=handle.job_id, restart=seen[2], state=JobState.REQUEUED,
+                                                  reason="requeued by the scheduler (preemption, node failure or scontrol requeue)"))
+                if on_event is not None:
+                    on_event(f"{self.name} job {handle.job_id}: REQUEUED (restart {status.restarts}); it resumes from its last checkpoint")
+            current = (handle.job_id, status.state, status.restarts, status.reason)
+            if current != seen and on_event is not None and not status.state.is_final:
+                reason = f" ({status.reason})" if status.reason and status.reason != "None" else ""
+                on_event(f"{self.name} job {handle.job_id}: {status.state.value}{reason}")
+            seen = current
             if on_log is not None:
                 chunk = self.read_log_bytes(handle, log_offset)
                 if chunk:
@@ -175,6 +195,10 @@ class Backend(abc.ABC):
                         log_offset += len(complete)
                         on_log(complete.decode("utf-8", errors="replace"))
             if status.state.is_final:
+                handle.attempts.append(JobAttempt(job_id=handle.job_id, restart=status.restarts, state=status.state,
+                                                  exit_code=status.exit_code, reason=status.reason))
+                if on_event is not None:
+                    on_event(f"{self.name} job {handle.job_id}: {status.state.value}, exit {ExitCode.describe(status.exit_code)}: {status.reason}")
                 if status.resumable and resubmits < handle.spec.max_resubmits:
                     resubmits += 1
                     if on_resubmit is not None:
@@ -182,7 +206,11 @@ class Backend(abc.ABC):
                     fresh = self.resubmit(handle)
                     handle.job_id, handle.log_path = fresh.job_id, fresh.log_path
                     handle.attempt_job_ids = fresh.attempt_job_ids
+                    if on_event is not None:
+                        on_event(f"resubmitted as {self.name} job {handle.job_id} (resubmission {resubmits} of at most "
+                                 f"{handle.spec.max_resubmits}); it resumes from the flushed checkpoint")
                     log_offset = 0
+                    seen = None
                     continue
                 return status
             if deadline is not None and time.monotonic() > deadline:

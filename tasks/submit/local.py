@@ -27,10 +27,12 @@ _CHILDREN: dict[str, subprocess.Popen] = {}
 def render_local_script(spec: JobSpec, job_id: str, rendezvous_port: int) -> str:
     """The supervisor script for one local attempt (infra/slurm/local_stage.sh.j2)."""
     time_limit_seconds = spec.time_limit_minutes * 60 if spec.time_limit_minutes is not None else None
-    pre_signal = spec.pre_timeout_signal_seconds
+    pre_signal = spec.signal_lead_seconds
     template = shell_template_environment(INFRA_DIR / "slurm").get_template("local_stage.sh.j2")
     return template.render(
         spec=spec,
+        workdir=spec.workdir,
+        pod_env=False,
         job_id=job_id,
         rendezvous_port=rendezvous_port,
         time_limit_seconds=time_limit_seconds,

@@ -74,10 +74,12 @@ def _with_exit_codes(environment: jinja2.Environment) -> jinja2.Environment:
     return environment
 
 
-def shell_template_environment(directory: Path) -> jinja2.Environment:
-    """Jinja environment for shell scripts under ``directory`` with the quoting guard installed."""
+def shell_template_environment(directory: Path | list[Path]) -> jinja2.Environment:
+    """Jinja environment for shell scripts under ``directory`` (or several, searched in order)
+    with the quoting guard installed."""
+    directories = directory if isinstance(directory, list) else [directory]
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(directory)),
+        loader=jinja2.FileSystemLoader([str(d) for d in directories]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

@@ -52,21 +52,27 @@ def run_job_to_end(
     timeout_seconds: float | None = None,
     on_log: Callable[[str], None] | None = None,
     relay_signals: bool = False,
+    on_event: Callable[[str], None] | None = None,
 ) -> JobResult:
     """Submit ``spec`` and wait for its end; raises ``JobFailed`` unless it COMPLETED.
 
     ``relay_signals``: a foreground caller (``eve train``) passes SIGTERM, SIGUSR1 and Ctrl-C on to
     the job while it waits (``tasks.submit.base.relaying_signals``; backends with
     ``send_signal``, e.g. local), so the job flushes a checkpoint and ends resumable.
+    ``on_event`` gets one line per scheduler event: the submission (job id, partition, nodes),
+    every state change (PENDING, RUNNING, REQUEUED), each end and each resubmission.
     """
     backend = get_backend(backend_name, **(backend_options or {}))
     if relay_signals and not backend.can_signal:
         raise ValueError(f"relay_signals: the {backend.name} backend cannot signal a running job")
     handle = backend.submit(spec)  # a SubmitError here means no job exists: safe to retry
+    if on_event is not None:
+        on_event(backend.describe_submission(handle))
     relay = relaying_signals(backend, handle) if relay_signals else contextlib.nullcontext()
     try:
         with relay:
-            status = backend.wait(handle, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, on_log=on_log)
+            status = backend.wait(handle, poll_seconds=poll_seconds, timeout_seconds=timeout_seconds, on_log=on_log,
+                                  on_event=on_event)
     except SubmitError as error:
         raise SchedulerLost(
             f"lost contact with the {handle.backend} scheduler while job {handle.job_id} ({spec.name!r}) ran: {error}"

@@ -2,7 +2,8 @@
 
 Status sources, in order (as mature SLURM clients do): ``squeue --json`` while the job is
 known to the controller, ``scontrol show job -o`` (covers the MinJobAge window and old squeues),
-``sacct --json`` where accounting runs, and finally the exit marker the batch shell writes.
+``sacct`` (parsable text) where accounting runs, once the controller has forgotten the job after
+``MinJobAge``, and finally the exit marker the batch shell writes.
 The marker also carries the workload's real exit code, which beats the scheduler's when the job
 ended: ``ExitCode.REQUEUE`` means "checkpoint flushed, resume me".
 """
@@ -26,9 +27,11 @@ from tasks.submit.base import (
 )
 from tasks.submit.render import INFRA_DIR, shell_template_environment
 from tasks.submit.slurm_state import (
+    SACCT_FORMAT,
     SlurmJobRecord,
     job_state_of,
     parse_jobs_json,
+    parse_sacct_parsable,
     parse_scontrol_show_job,
 )
 from tasks.submit.spec import JobHandle, JobSpec, JobState, JobStatus
@@ -45,10 +48,16 @@ _UNREACHABLE_HINTS = (
 )
 
 
+def batch_workdir(spec: JobSpec) -> Path:
+    """Where the batch shell runs: the checkout, or with a container image (whose code lives in
+    ``container_workdir`` inside it) the shared log folder, which every node has."""
+    return Path(spec.log_dir if spec.container_image else spec.workdir)
+
+
 def render_sbatch_script(spec: JobSpec) -> str:
     """The batch script for ``spec`` (infra/slurm/stage.sbatch.j2)."""
     template = shell_template_environment(SLURM_TEMPLATE_DIR).get_template("stage.sbatch.j2")
-    return template.render(spec=spec)
+    return template.render(spec=spec, workdir=batch_workdir(spec), pod_env=False)
 
 
 class SlurmBackend(Backend):
@@ -121,14 +130,13 @@ class SlurmBackend(Backend):
                 "sbatch",
                 "--parsable",
                 f"--output={log_dir}/slurm-%j.log",
-                f"--chdir={Path(spec.workdir).resolve()}",
+                f"--chdir={batch_workdir(spec).resolve()}",
                 str(script_path),
             ]
         )
         job_id = result.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise SubmitError(f"sbatch returned no job id: {result.stdout!r}")
-        logger.info("submitted %r as SLURM job %s", spec.name, job_id)
         return JobHandle(
             backend=self.name,
             job_id=job_id,
@@ -136,6 +144,12 @@ class SlurmBackend(Backend):
             log_path=log_dir / f"slurm-{job_id}.log",
             attempt_job_ids=[job_id],
         )
+
+    def describe_submission(self, handle: JobHandle) -> str:
+        spec = handle.spec
+        per_node = f"{spec.gpus_per_node} GPU(s){f' {spec.gpu_type}' if spec.gpu_type else ''}" if spec.gpus_per_node else f"{spec.ranks_per_node} rank(s)"
+        return (f"submitted {spec.name!r} as SLURM job {handle.job_id} (partition {spec.partition or 'default'}, "
+                f"{spec.nodes} node(s) x {per_node}{', exclusive' if spec.exclusive else ''})")
 
     def scheduler_record(self, job_id: str) -> SlurmJobRecord | None:
         """What SLURM knows about the job, from the first source that still knows it."""
@@ -152,12 +166,9 @@ class SlurmBackend(Backend):
             record = parse_scontrol_show_job(scontrol.stdout)
             if record is not None:
                 return record
-        sacct = self._run(["sacct", "--json", f"--jobs={job_id}"], check=False)
+        sacct = self._run(["sacct", "-X", "-P", "-n", f"--format={SACCT_FORMAT}", f"--jobs={job_id}"], check=False)
         if sacct.returncode == 0:
-            try:
-                return parse_jobs_json(json.loads(sacct.stdout), job_id)
-            except ValueError:
-                return None
+            return parse_sacct_parsable(sacct.stdout, job_id)
         return None
 
     def status(self, handle: JobHandle) -> JobStatus:
@@ -180,7 +191,8 @@ class SlurmBackend(Backend):
         if marker is not None and int(marker.get("restart_count", 0)) != record.restarts:
             marker = None
         if state == JobState.CANCELLED:
-            return JobStatus(state=state, exit_code=record.exit_code, reason=record.reason or "cancelled", restarts=record.restarts)
+            reason = record.reason if record.reason not in ("", "None") else "cancelled (scancel by a user or an administrator)"
+            return JobStatus(state=state, exit_code=record.exit_code, reason=reason, restarts=record.restarts)
         if marker is not None:
             status = status_from_marker(marker, scheduler_state=state)
             if state in (JobState.TIMED_OUT, JobState.PREEMPTED, JobState.NODE_FAIL, JobState.OUT_OF_MEMORY) and not status.resumable:

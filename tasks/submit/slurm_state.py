@@ -139,6 +139,35 @@ def parse_scontrol_show_job(text: str) -> SlurmJobRecord | None:
     )
 
 
+SACCT_FORMAT = "JobIDRaw,State,ExitCode,Reason"
+"""Columns of ``sacct -X -P -n -o ...`` that ``parse_sacct_parsable`` reads."""
+
+
+def parse_sacct_parsable(text: str, job_id: str) -> SlurmJobRecord | None:
+    """The record of ``job_id`` in ``sacct -X -P -n -o SACCT_FORMAT`` output (None if absent).
+
+    The parsable text, not ``sacct --json``: Slurm 22.05's JSON reports every exit code as
+    ``{"status": "SUCCESS", "return_code": 0}`` (a job whose script exited 3 included), while the
+    text columns are stable across releases. ``State`` may carry a suffix (``CANCELLED by 0``).
+    """
+    found = None
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 3 or fields[0].strip() != str(job_id):
+            continue
+        exit_code, signal = _exit_code_and_signal(fields[2])
+        words = _state_words(fields[1].split(" by ")[0])
+        found = SlurmJobRecord(
+            job_id=fields[0].strip(),
+            state=words[0] if words else "UNKNOWN",
+            state_flags=words[1:],
+            reason=fields[3].strip() if len(fields) > 3 else "",
+            exit_code=exit_code,
+            signal=signal,
+        )
+    return found
+
+
 _BASE_STATES = {
     "PENDING": JobState.PENDING,
     "CONFIGURING": JobState.PENDING,

@@ -20,6 +20,13 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # charset that no parser can misread; free text (the run name) is shell-quoted instead.
 _SCHEDULER_TOKEN = re.compile(r"^[A-Za-z0-9_.,:=@+\-/\[\]|&()!*]*$")
 
+FLUSH_MARGIN_SECONDS = 15
+"""Added to step + save time in ``JobSpec.flush_seconds``: the ranks' agreement, the exit, the
+supervisor's exit marker."""
+SCHEDULER_SIGNAL_MARGIN_SECONDS = 30
+"""Between the end of the flush and the scheduler's SIGKILL: slurmctld checks time limits on a
+~30 s cycle, and a pod's grace period also covers the supervisor's exit."""
+
 
 class JobState(str, enum.Enum):
     """One end-state vocabulary for every scheduler (a timeout, a preemption and a failure need different answers: keep them apart)."""
@@ -106,9 +113,44 @@ class JobSpec(BaseModel):
     requeue: bool = True
     """Let the scheduler requeue the job after preemption or node failure."""
 
-    pre_timeout_signal_seconds: int = Field(default=120, ge=0)
+    checkpoint_save_seconds: int = Field(default=60, ge=1)
+    """Worst-case time for all ranks to write one step checkpoint, configured or measured (the
+    training job records every save's duration in ``checkpoints/save_seconds.jsonl``;
+    ``tasks.stages`` raises this to 1.5x the longest one measured). The flush timing is derived
+    from it (``flush_seconds``)."""
+
+    max_step_seconds: int = Field(default=30, ge=1)
+    """Longest optimizer step: a rank notices a signal only at a step boundary, so the flush may
+    start this late."""
+
+    pre_timeout_signal_seconds: int | None = Field(default=None, ge=0)
     """Seconds before the time limit at which the workload gets SIGUSR1 (forwarded as SIGTERM to
-    the ranks) so that it flushes a checkpoint and exits ``ExitCode.REQUEUE``. 0 disables the signal."""
+    the ranks) so that it flushes a checkpoint and exits ``ExitCode.REQUEUE``. None derives it
+    from the flush time (``signal_lead_seconds``); 0 disables the signal; a value shorter than
+    ``flush_seconds`` is refused (the flush would be killed at the limit)."""
+
+    exclusive: bool = False
+    """Whole nodes only (SLURM ``--exclusive``): no other job shares the node's GPUs, NICs or page
+    cache. GPU recipes set it."""
+
+    gpu_type: str | None = None
+    """GPU model the job needs (SLURM ``--gpus-per-node=<type>:<n>``, e.g. ``a100``), so a
+    heterogeneous partition cannot place it on smaller GPUs."""
+
+    runtime_environment: str | None = None
+    """A named environment on shared storage (venv or conda prefix, the same path on every node)
+    whose ``bin/python`` runs the job; the alternative to ``container_image``. A GPU job must name
+    one of the two: the submitting machine's interpreter is not the nodes' runtime."""
+
+    container_workdir: str = "/opt/eve-platform"
+    """Working directory inside ``container_image``: where the image holds the platform's code."""
+
+    container_python: str = "python"
+    """Interpreter inside ``container_image``."""
+
+    shared_paths: list[str] = Field(default_factory=list)
+    """Paths the ranks read or write (stage config, dataset, init checkpoint, outputs): every node
+    must see them at the same path. The Kubernetes backend refuses a path no volume mounts."""
 
     log_dir: Path
     """Directory (shared between nodes) for the job log, exit markers and rendered scripts."""
@@ -122,6 +164,13 @@ class JobSpec(BaseModel):
 
     rendezvous_port: int | None = Field(default=None, ge=1024, le=65535)
     """c10d rendezvous port on the first node; None derives one from the job id."""
+
+    @field_validator("gpu_type")
+    @classmethod
+    def _gpu_type_is_plain(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z0-9_.\-]+$", value):
+            raise ValueError(f"GPU type {value!r} must be a plain word such as a100")
+        return value
 
     @field_validator("env")
     @classmethod
@@ -160,6 +209,68 @@ class JobSpec(BaseModel):
             raise ValueError(f"{sorted(overlap)} are listed both as plain env and as secrets")
         return self
 
+    @model_validator(mode="after")
+    def _flush_fits(self) -> "JobSpec":
+        if self.pre_timeout_signal_seconds and self.pre_timeout_signal_seconds < self.flush_seconds:
+            raise ValueError(
+                f"pre_timeout_signal_seconds={self.pre_timeout_signal_seconds} is shorter than a flush "
+                f"({self.flush_seconds} s = step {self.max_step_seconds} + save {self.checkpoint_save_seconds} "
+                f"+ {FLUSH_MARGIN_SECONDS} margin): the time limit would kill the checkpoint"
+            )
+        lead = self.signal_lead_seconds
+        if self.time_limit_minutes is not None and lead and lead >= self.time_limit_minutes * 60:
+            raise ValueError(
+                f"the pre-timeout signal ({lead} s) would arrive before the job starts working "
+                f"(time limit {self.time_limit_minutes} min); raise the limit or lower the save time"
+            )
+        if self.gpus_per_node and not (self.container_image or self.runtime_environment):
+            raise ValueError(
+                "a GPU job needs its runtime named: container_image (pyxis/enroot on SLURM) or "
+                "runtime_environment (an environment on shared storage); the submitting machine's "
+                "interpreter is not what the nodes run"
+            )
+        return self
+
+    @property
+    def flush_seconds(self) -> int:
+        """From a stop signal to a complete checkpoint and exit: the current step, the save, a margin."""
+        return self.max_step_seconds + self.checkpoint_save_seconds + FLUSH_MARGIN_SECONDS
+
+    @property
+    def shutdown_timeout_seconds(self) -> int:
+        """How long torchrun waits for its ranks after forwarding SIGTERM before it SIGKILLs them
+        (``--shutdown-timeout``; torchrun's own default, 30 s, kills a large ZeRO-3 save)."""
+        return self.flush_seconds
+
+    @property
+    def signal_lead_seconds(self) -> int:
+        """Seconds before the time limit at which the job is told to flush (0: never)."""
+        if self.pre_timeout_signal_seconds is not None:
+            return self.pre_timeout_signal_seconds
+        return self.shutdown_timeout_seconds + SCHEDULER_SIGNAL_MARGIN_SECONDS
+
+    @property
+    def termination_grace_seconds(self) -> int:
+        """Kubernetes ``terminationGracePeriodSeconds``: SIGTERM to SIGKILL on eviction or delete."""
+        return self.shutdown_timeout_seconds + SCHEDULER_SIGNAL_MARGIN_SECONDS
+
+    @property
+    def runtime_python(self) -> str:
+        """The interpreter the nodes run: the image's, the shared environment's, or ``python_executable``."""
+        if self.container_image:
+            return self.container_python
+        if self.runtime_environment:
+            return f"{self.runtime_environment.rstrip('/')}/bin/python"
+        return self.python_executable
+
+    @property
+    def runtime_command(self) -> list[str]:
+        """``command`` with a leading ``python_executable`` (the submitting machine's interpreter)
+        replaced by ``runtime_python``."""
+        if self.command[0] == self.python_executable:
+            return [self.runtime_python, *self.command[1:]]
+        return list(self.command)
+
     @property
     def ranks_per_node(self) -> int:
         """Processes torchrun starts on each node."""
@@ -174,6 +285,22 @@ class JobSpec(BaseModel):
         """The name reduced to ``[a-z0-9-]`` (max 50 chars), safe for SLURM and Kubernetes."""
         slug = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
         return (slug or "job")[:50].rstrip("-") or "job"
+
+
+class JobAttempt(BaseModel):
+    """One run of a job that ended: a scheduler requeue keeps the job id and counts ``restart`` up,
+    a resubmission gets a new job id."""
+
+    job_id: str
+    """Scheduler id (the same for every requeue of one SLURM job)."""
+    restart: int = 0
+    """The scheduler's requeue count of this job id when this run ended (SLURM Restarts)."""
+    state: JobState
+    """How this run ended (REQUEUED for a run the scheduler put back in the queue)."""
+    exit_code: int | None = None
+    """The workload's exit code, when known."""
+    reason: str = ""
+    """The scheduler's reason or the platform's explanation."""
 
 
 class JobHandle(BaseModel):
@@ -191,6 +318,8 @@ class JobHandle(BaseModel):
     """Every attempt's id, oldest first, including the current one (lineage records them)."""
     namespace: str | None = None
     """Kubernetes namespace."""
+    attempts: list[JobAttempt] = Field(default_factory=list)
+    """Every run that ended so far, oldest first: requeues under the same id and resubmissions."""
 
 
 class JobStatus(BaseModel):

@@ -25,7 +25,7 @@ def private_cluster(tmp_path, monkeypatch):
 
 
 def _pids(base_dir: Path) -> list[int]:
-    files = list((base_dir / "run").glob("*.pid")) + list((base_dir / "munge" / "run").glob("*.pid"))
+    files = [*(base_dir / "run").glob("*.pid"), *(base_dir / "munge" / "run").glob("*.pid"), *(base_dir / "mysql" / "run").glob("*.pid")]
     return [int(f.read_text()) for f in files]
 
 
@@ -36,7 +36,13 @@ def test_up_status_submit_down(private_cluster):
     assert main(["cluster", "up", "--base-dir", str(base_dir)]) == 0  # idempotent
     assert main(["cluster", "status", "--base-dir", str(base_dir)]) == 0
     daemons = _pids(base_dir)
-    assert len(daemons) == 3  # munged, slurmctld, one slurmd
+    assert len(daemons) == 5  # munged, MariaDB, slurmdbd, slurmctld, one slurmd
+
+    # Accounting answers as on a real cluster.
+    environment = dict(os.environ, SLURM_CONF=str(base_dir / "etc" / "slurm.conf"))
+    clusters = subprocess.run(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"],
+                              capture_output=True, text=True, env=environment, timeout=60)
+    assert clusters.stdout.split() == ["eve-local"], clusters.stderr
 
     environment = dict(os.environ, SLURM_CONF=str(base_dir / "etc" / "slurm.conf"))
     job = subprocess.run(["srun", "-N1", sys.executable, "-c", "print('hello from srun')"],

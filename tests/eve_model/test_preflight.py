@@ -148,3 +148,40 @@ def test_stage_preflight_runs_every_check_and_returns_what_the_trainer_needs(tmp
         with pytest.raises(PreflightError, match=message):
             preflight_stage(bad, environ=environ)
     assert not (tmp_path / "out").exists()  # checks only: nothing written
+
+
+def test_gpus_asked_but_no_cuda_is_refused_with_the_reason(monkeypatch):
+    from eve_model.preflight import check_accelerator
+
+    check_accelerator({"EVE_EXPECTED_GPUS_PER_NODE": "0"})  # a CPU job: nothing to check
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PreflightError, match=r"asked for 8 GPU\(s\) per node but CUDA is not available on node n7"):
+        check_accelerator({"EVE_EXPECTED_GPUS_PER_NODE": "8", "SLURMD_NODENAME": "n7", "CUDA_VISIBLE_DEVICES": ""})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(PreflightError, match="runs 8 ranks but sees 4 GPU"):
+        check_accelerator({"EVE_EXPECTED_GPUS_PER_NODE": "8", "LOCAL_WORLD_SIZE": "8"})
+
+
+def test_a_clip_teacher_must_be_a_local_model_directory(tmp_path):
+    import json
+
+    from eve_model.preflight import check_teacher
+
+    def stage1(teacher_path):
+        return tiny_stage_config(1, str(tmp_path / "o"), "/d", init_checkpoint="/base",
+                                 model_overrides={"teacher_kind": "clip", "teacher_path": teacher_path})
+
+    with pytest.raises(PreflightError, match="'openai/clip-vit-large-patch14-336' is not a local model directory"):
+        check_teacher(stage1("openai/clip-vit-large-patch14-336"))
+    local = tmp_path / "clip"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    assert check_teacher(stage1(str(local))) == str(local)
+    # Stages 2-3 read the teacher from the config saved with their init checkpoint.
+    parent = tmp_path / "stage1-final"
+    parent.mkdir()
+    (parent / "config.json").write_text(json.dumps({"teacher_kind": "clip", "teacher_path": "openai/clip"}))
+    with pytest.raises(PreflightError, match="'openai/clip' is not a local model directory"):
+        check_teacher(tiny_stage_config(2, str(tmp_path / "o2"), "/d", init_checkpoint=str(parent)))
+    assert check_teacher(tiny_stage_config(1, str(tmp_path / "o"), "/d", init_checkpoint="/base")) is None  # EfficientNet ships in a package

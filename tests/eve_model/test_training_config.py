@@ -166,7 +166,7 @@ def test_entry_point_runs_the_preflight_once_and_hands_its_result_to_the_trainer
     monkeypatch.setattr(eve_model.training.engine, "StageTrainer", Trainer)
     monkeypatch.setattr(eve_model.training.runtime, "configure_accelerator_env", lambda: "cpu")
     monkeypatch.setattr(eve_model.training.runtime, "init_process_group", lambda device_type, local_rank: calls.append("group"))
-    monkeypatch.setattr(eve_model.training.runtime, "shutdown_process_group", lambda: None)
+    monkeypatch.setattr(eve_model.training.runtime, "shutdown_process_group", lambda synchronise=True: None)
     assert main([str(config_path)]) == ExitCode.COMPLETED
     # Global batch 8, micro-batch 2 x 2 ranks: accumulation 2.
     config = StageConfig.read(config_path)

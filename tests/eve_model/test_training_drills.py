@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from eve_model.training.config import tiny_stage_config
 from eve_model.exit_codes import ExitCode
-from eve_model.training.engine import HANG_AFTER_STEP_ENV
+from eve_model.training.engine import HANG_AFTER_STEP_ENV, SAVE_TIMINGS_PATH
 from tests.eve_model.training_datasets import (
     REPO_ROOT,
     kill_job,
@@ -74,13 +74,16 @@ def stage1(work, base_zero0) -> Path:
 
 @pytest.fixture(scope="module")
 def stage2(work, stage1) -> Path:
-    return _run(work, "stage2", 2, init=str(stage1 / "final"), max_steps=3, zero_stage=0)
+    # Loader workers prepare the steps; a checkpoint is due after every step by the clock (a
+    # microsecond interval), none by the step count.
+    return _run(work, "stage2", 2, init=str(stage1 / "final"), max_steps=3, zero_stage=0,
+                data_loader_workers=2, checkpoint_interval_minutes=1e-6, checkpoint_interval_steps=1000)
 
 
 @pytest.fixture(scope="module")
 def stage3(work, stage2) -> Path:
     """Under ZeRO-3, so that the partitioned save of the final HF directory is exercised too."""
-    return _run(work, "stage3", 3, init=str(stage2 / "final"), max_steps=3, zero_stage=3,
+    return _run(work, "stage3", 3, init=str(stage2 / "final"), max_steps=3, zero_stage=3, group_by_modality_length=True,
                 teacher_feature_cache_dir=str(work["root"] / "teacher-cache"))
 
 
@@ -228,3 +231,13 @@ def test_rerunning_a_completed_stage_is_a_no_op(work, stage3):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "nothing to do" in result.stdout
     assert (stage3 / "final" / "final_metrics.json").read_text() == before
+
+
+def test_checkpoints_follow_the_clock_and_loader_workers_train_the_stage(stage2):
+    """checkpoint_interval_minutes: rank 0's clock, agreed by both ranks, saved after steps 1 and 2
+    (the last step is the final model instead); every save's duration is recorded."""
+    timings = [json.loads(line) for line in (stage2 / SAVE_TIMINGS_PATH).read_text().splitlines()]
+    assert [t["step"] for t in timings] == [1, 2] and all(t["seconds"] > 0 for t in timings)
+    metrics = [json.loads(line) for line in (stage2 / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert all(0 <= m["data_wait_share"] < 1 and m["mfu"] is None for m in metrics)  # no GPU peak on CPU

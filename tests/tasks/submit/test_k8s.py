@@ -12,6 +12,7 @@ import sys
 import pytest
 import yaml
 
+from eve_model.exit_codes import ExitCode
 from eve_model.training.config import PRESETS, preset_stage_config
 from tasks.submit.k8s import (
     KubernetesBackend,
@@ -25,7 +26,7 @@ from tasks.submit.spec import JobSpec, JobState
 
 from tests.tasks.submit.k8s_emulator import running_emulator
 
-IMAGE = "ghcr.io/eve-platform/train:test"
+IMAGE = "ghcr.io/eve-platform/train@sha256:" + "ab" * 32
 VOLUMES = [
     VolumeClaim(name="data-cache", claim="eve-data-cache", mount_path="/data-cache"),
     VolumeClaim(name="checkpoints", claim="eve-checkpoints", mount_path="/checkpoints"),
@@ -72,10 +73,13 @@ def test_every_stage_preset_renders_valid_manifests(preset, stage, kind):
     )
     assert sum(p["replicas"] for p in pods) == spec.nodes
     container = pods[0]["template"]["spec"]["containers"][0]
-    assert f"--nnodes={spec.nodes}" in container["command"]
-    assert f"--nproc-per-node={spec.ranks_per_node}" in container["command"]
+    # The node supervisor is PID 1 and runs torchrun for this pod's ranks.
+    assert container["command"][:2] == ["bash", "-c"]
+    script = container["command"][2]
+    assert f"--nnodes={spec.nodes}" in script and f"--nproc-per-node={spec.ranks_per_node}" in script
     # The submitting machine's interpreter path becomes the image's interpreter.
-    assert container["command"][-5:] == ["--no-python", "python", *spec.command[1:]]
+    assert " ".join(['"$rank_wrapper"', "eve-rank", "python", *spec.command[1:]]) in script
+    assert spec.python_executable not in script
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert {"/data-cache", "/checkpoints", "/dev/shm"} <= mounts
     if spec.gpus_per_node:
@@ -108,7 +112,7 @@ def test_misspelled_pytorchjob_field_is_rejected(path):
 
 
 def test_misspelled_or_mistyped_builtin_fields_are_rejected():
-    service, job = render_manifests(_stage_spec("tiny", 1), KubernetesOptions(kind="indexed-job"))
+    service, job = render_manifests(_stage_spec("tiny", 1), KubernetesOptions(kind="indexed-job", volumes=VOLUMES))
     validate_manifest(job)
     misspelled = copy.deepcopy(job)
     misspelled["spec"]["completionsMode"] = "Indexed"
@@ -128,7 +132,7 @@ def test_secret_values_are_references_and_dollar_names_stay_literal(monkeypatch)
     monkeypatch.setenv("WANDB_API_KEY", "wandb-secret-value-123")
     spec = _stage_spec("tiny", 1).model_copy(update={"name": "run $(WANDB_API_KEY) x", "env": {"NOTE": "$(WANDB_API_KEY)"}})
     for kind in ("pytorchjob", "indexed-job"):
-        text = yaml.safe_dump_all(render_manifests(spec, KubernetesOptions(kind=kind)))
+        text = yaml.safe_dump_all(render_manifests(spec, KubernetesOptions(kind=kind, volumes=VOLUMES)))
         assert "wandb-secret-value-123" not in text
         container = yaml.safe_load_all(text)
         pod = [m for m in container][-1]
@@ -158,7 +162,8 @@ def test_pytorchjob_submit_poll_logs_cancel_against_emulator():
         handle = backend.submit(spec)
         custom = client.CustomObjectsApi(api_client)
         stored = custom.get_namespaced_custom_object("kubeflow.org", "v1", "training", "pytorchjobs", handle.job_id)
-        assert stored["spec"] == render_manifests(spec, backend.options)[0]["spec"]
+        attempt = handle.job_id.rsplit("-", 1)[1]
+        assert stored["spec"] == render_manifests(spec, backend.options, attempt_suffix=attempt)[0]["spec"]
         assert backend.status(handle).state == JobState.PENDING
 
         def operator_reports(*conditions):
@@ -193,7 +198,6 @@ def test_pytorchjob_submit_poll_logs_cancel_against_emulator():
     ("conditions", "expected"),
     [
         ([{"type": "Complete"}], JobState.COMPLETED),
-        ([{"type": "Failed", "reason": "DeadlineExceeded"}], JobState.TIMED_OUT),
         ([{"type": "Failed", "reason": "BackoffLimitExceeded"}], JobState.FAILED),
         ([{"type": "Failed", "reason": "PodFailurePolicy", "message": "container pytorch OOMKilled"}], JobState.OUT_OF_MEMORY),
     ],
@@ -202,7 +206,8 @@ def test_indexed_job_states_against_emulator(conditions, expected):
     from kubernetes import client
 
     with running_emulator(RESOURCES) as (emulator, api_client):
-        backend = KubernetesBackend(api_client=api_client, kind="indexed-job", namespace="training")
+        backend = KubernetesBackend(api_client=api_client, kind="indexed-job", namespace="training",
+                                    volumes=[v.model_dump() for v in VOLUMES])
         handle = backend.submit(_stage_spec("tiny", 2))
         services = client.CoreV1Api(api_client).list_namespaced_service("training").items
         assert [s.metadata.name for s in services] == [handle.job_id]
@@ -213,3 +218,46 @@ def test_indexed_job_states_against_emulator(conditions, expected):
             handle.job_id, "training", {"status": {"active": 0, "conditions": [dict(c, status="True") for c in conditions]}}
         )
         assert backend.status(handle).state == expected
+
+
+@pytest.mark.parametrize(
+    ("pod_exit_codes", "disrupted", "state", "exit_code", "resumable"),
+    [
+        ([ExitCode.REQUEUE, ExitCode.REQUEUE], False, JobState.PREEMPTED, ExitCode.REQUEUE, True),
+        ([ExitCode.CONFIG_ERROR, 143], False, JobState.FAILED, ExitCode.CONFIG_ERROR, False),
+        ([3, ExitCode.REQUEUE], False, JobState.FAILED, 3, False),
+        ([137], True, JobState.FAILED, 137, False),
+        ([], True, JobState.PREEMPTED, ExitCode.REQUEUE, True),
+    ],
+)
+def test_a_failed_attempt_is_read_from_its_pods_exit_codes(pod_exit_codes, disrupted, state, exit_code, resumable):
+    """The node supervisor passes the workload's code to the pod status: 75 from every pod (a flush)
+    or a disruption makes the attempt resumable (the platform resubmits it as a new object); 2 (the
+    preflight refused) and a rank's own failure do not."""
+    from kubernetes import client
+
+    with running_emulator(RESOURCES) as (emulator, api_client):
+        backend = KubernetesBackend(api_client=api_client, namespace="training", volumes=[v.model_dump() for v in VOLUMES])
+        handle = backend.submit(_stage_spec("eve_7b", 2))
+        client.CustomObjectsApi(api_client).patch_namespaced_custom_object(
+            "kubeflow.org", "v1", "training", "pytorchjobs", handle.job_id,
+            {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PyTorchJobFailed"}]}},
+        )
+        core = client.CoreV1Api(api_client)
+        codes = pod_exit_codes or [None]
+        for index, code in enumerate(codes):
+            status = {"conditions": [{"type": "DisruptionTarget", "status": "True"}] if disrupted and index == 0 else []}
+            if code is not None:
+                status["containerStatuses"] = [{"name": "pytorch", "image": IMAGE, "imageID": "", "ready": False,
+                                                "restartCount": 0, "state": {"terminated": {"exitCode": int(code)}}}]
+            core.create_namespaced_pod("training", {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{handle.job_id}-{index}", "labels": {"eve.platform/job": handle.job_id}},
+                "spec": {"containers": []}, "status": status,
+            })
+        emulator[f"get /api/v1/namespaces/training/pods/{handle.job_id}-0/log"] << "log\n"
+        observed = backend.status(handle)
+        assert (observed.state, observed.exit_code, observed.resumable) == (state, exit_code, resumable), observed
+        if resumable:
+            fresh = backend.resubmit(handle)
+            assert fresh.job_id != handle.job_id and fresh.attempt_job_ids == [handle.job_id, fresh.job_id]

@@ -97,6 +97,7 @@ def test_pre_timeout_signal_checkpoints_and_the_stage_resumes(tmp_path):
         [sys.executable, str(WORKLOADS / "counter.py"), str(out_dir), str(total_steps), "0.5"],
         time_limit_minutes=1,
         pre_timeout_signal_seconds=40,
+        checkpoint_save_seconds=2, max_step_seconds=2,  # the counter saves in milliseconds
         max_resubmits=4,
     )
     handle = backend.submit(spec)

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from eve_model.exit_codes import ExitCode
-from tasks.submit.k8s import KubernetesOptions, render_manifests
+from tasks.submit.k8s import KubernetesOptions, VolumeClaim, render_manifests
 from tasks.submit.local import render_local_script
 from tasks.submit.render import INFRA_DIR, UnquotedValueError, shell_template_environment
 from tasks.submit.slurm import render_sbatch_script
@@ -61,7 +61,7 @@ def test_sbatch_directives_carry_only_plain_tokens(tmp_path):
     assert "#SBATCH --job-name=run-touch-" in "\n".join(directives)
     for line in directives:
         assert re.fullmatch(r"#SBATCH --[a-z-]+(=[A-Za-z0-9_.,:=@+\-/\[\]|&()!*]+)?", line), line
-    assert "#SBATCH --signal=B:USR1@120" in directives
+    assert f"#SBATCH --signal=B:USR1@{_spec(tmp_path).signal_lead_seconds}" in directives
     assert "#SBATCH --nodes=2" in directives and "#SBATCH --cpus-per-task=2" in directives
 
 
@@ -150,15 +150,21 @@ def _rendered_texts(tmp_path) -> dict[str, str]:
                    container_image="ghcr.io/eve-platform/train:test")
     texts = {"local_stage.sh.j2": render_local_script(spec, "local-test", 29500), "stage.sbatch.j2": render_sbatch_script(spec)}
     for kind in ("pytorchjob", "indexed-job"):
-        texts[f"{kind}.yaml.j2"] = yaml.safe_dump_all(render_manifests(spec, KubernetesOptions(kind=kind)))
+        texts[f"{kind}.yaml.j2"] = yaml.safe_dump_all(render_manifests(spec, _k8s_options(tmp_path, kind)))
     return texts
+
+
+def _k8s_options(tmp_path, kind: str) -> KubernetesOptions:
+    return KubernetesOptions(kind=kind, require_image_digest=False,
+                             volumes=[VolumeClaim(name="work", claim="work", mount_path=str(tmp_path))])
 
 
 def test_templates_write_no_exit_code_as_a_number():
     """At the rule sites of the template sources (``exit N``, a ``case`` arm, an exit-code list, the
     supervisor's code variables) only ``exit_code.<NAME>`` may stand, never a literal."""
     assert {t.name for t in TEMPLATES} >= {"_supervise.sh.j2", "local_stage.sh.j2", "stage.sbatch.j2",
-                                           "_pod_spec.yaml.j2", "indexed-job.yaml.j2", "pytorchjob.yaml.j2"}
+                                           "_pod_spec.yaml.j2", "indexed-job.yaml.j2", "pytorchjob.yaml.j2",
+                                           "node_supervisor.sh.j2"}
     rule_sites = [
         r"\bexit\s+\d",  # exit 2
         r"^\s*\d+\)",  # a case arm: 75)
@@ -186,7 +192,7 @@ def test_rendered_jobs_take_their_exit_codes_from_the_enum(tmp_path, moved_exit_
         assert f"|| exit {moved_exit_codes['CONFIG_ERROR']}" in texts[name]  # workdir missing: a config error
     job = [m for m in render_manifests(JobSpec(name="codes", command=["true"], workdir=tmp_path, log_dir=tmp_path,
                                                container_image="ghcr.io/eve-platform/train:test"),
-                                       KubernetesOptions(kind="indexed-job")) if m["kind"] == "Job"][0]
+                                       _k8s_options(tmp_path, "indexed-job")) if m["kind"] == "Job"][0]
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert [r["onExitCodes"]["values"] for r in rules if "onExitCodes" in r] == [[moved_exit_codes["CONFIG_ERROR"]]]
     # The supervisor's aggregation follows the moved codes too.
@@ -218,4 +224,4 @@ def test_no_time_limit_renders_no_limit(tmp_path):
     limited = render_local_script(spec.model_copy(update={"time_limit_minutes": 2, "pre_timeout_signal_seconds": 30}), "l", 1)
     assert "sleep 90 && kill -USR1" in limited and "sleep 120 &&" in limited
     for kind in ("pytorchjob", "indexed-job"):
-        assert "activeDeadlineSeconds" not in yaml.safe_dump_all(render_manifests(spec, KubernetesOptions(kind=kind)))
+        assert "activeDeadlineSeconds" not in yaml.safe_dump_all(render_manifests(spec, _k8s_options(tmp_path, kind)))

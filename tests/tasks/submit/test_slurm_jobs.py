@@ -122,6 +122,7 @@ def test_time_limit_flushes_checkpoint_and_stage_resumes(backend, tmp_path):
         [sys.executable, str(WORKLOADS / "counter.py"), str(out_dir), str(total_steps), "0.5"],
         time_limit_minutes=1,
         pre_timeout_signal_seconds=58,
+        checkpoint_save_seconds=2, max_step_seconds=2,  # the counter saves in milliseconds
         max_resubmits=6,
     )
     handle = backend.submit(spec)

@@ -79,3 +79,16 @@ def test_scontrol_oneliner(fixture, job_id, slurm_state, exit_code, signal, rest
 def test_raw_wait_status_of_a_signalled_job():
     record = parse_jobs_json({"jobs": [{"job_id": 5, "job_state": "CANCELLED", "exit_code": 9}]}, "5")
     assert (record.exit_code, record.signal) == (None, 9)
+
+
+def test_sacct_parsable_text_gives_the_real_exit_code_and_state():
+    """Slurm 22.05's ``sacct --json`` reports exit 3 as return_code 0; the parsable text does not."""
+    from tasks.submit.slurm_state import parse_sacct_parsable
+
+    text = "9|FAILED|3:0|None\n12|CANCELLED by 0|0:15|None\n13|TIMEOUT|0:0|TimeLimit\n"
+    failed = parse_sacct_parsable(text, "9")
+    assert (failed.state, failed.exit_code, failed.signal, job_state_of(failed)) == ("FAILED", 3, None, JobState.FAILED)
+    cancelled = parse_sacct_parsable(text, "12")
+    assert (cancelled.state, cancelled.signal, job_state_of(cancelled)) == ("CANCELLED", 15, JobState.CANCELLED)
+    assert job_state_of(parse_sacct_parsable(text, "13")) == JobState.TIMED_OUT
+    assert parse_sacct_parsable(text, "99") is None

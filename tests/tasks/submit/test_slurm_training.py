@@ -45,7 +45,8 @@ def test_tiny_stage1_with_two_tasks_through_sbatch_completes_and_loads(slurm_clu
         nodes=1,
         tasks_per_node=2,
         time_limit_minutes=10,
-        pre_timeout_signal_seconds=60,
+        checkpoint_save_seconds=10,
+        max_step_seconds=5,
         env={key: environment[key] for key in ("EVE_HOME", "WANDB_MODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "PYTHONPATH", "TORCH_EXTENSIONS_DIR")},
     )
     training = TrainingParameters(backend="slurm", backend_options={"slurm_conf": str(slurm_cluster.slurm_conf)}, job=job_template)
