@@ -25,6 +25,9 @@ COMMAND_MODULES = [
     "registry",
     "lineage",
     "audit",
+    "users",
+    "policy",
+    "keys",
 ]
 
 

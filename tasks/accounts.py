@@ -45,6 +45,8 @@ MAX_PASSWORD_BYTES = 72
 _NAME = re.compile(r"^[a-z][a-z0-9._-]{1,62}$")
 WORKER_ACCOUNT = "eve-worker"
 CLI_ACCOUNT = "eve-cli"
+DEMO_REVIEWER = "reviewer"
+"""The person account ``eve demo`` creates so that its promotion can be reviewed."""
 LOCAL_SERVICE_ACCOUNTS: dict[str, AccountKind] = {WORKER_ACCOUNT: "worker", CLI_ACCOUNT: "service"}
 """The accounts of the local services, created with the local server."""
 
@@ -213,6 +215,19 @@ class AccountStore:
         return f"{name}:{password}"
 
 
+def issue_demo_reviewer(store: AccountStore | None = None) -> str | None:
+    """A fresh one-time password for the demo's reviewer account (created on the first demo; a new
+    password each run, shown once). None when an account of that name exists that the demo did not
+    create: then it is someone's real account and is left alone."""
+    store = store or AccountStore.default()
+    account = store.get(DEMO_REVIEWER)
+    if account is None:
+        return store.add(DEMO_REVIEWER, kind="user", origin="demo")
+    if account.origin != "demo":
+        return None
+    return store.reset_password(DEMO_REVIEWER)
+
+
 def _check_name(name: str) -> None:
     if not _NAME.match(name):
         raise AccountError(
@@ -234,6 +249,7 @@ def _now() -> str:
 
 __all__ = [
     "CLI_ACCOUNT",
+    "DEMO_REVIEWER",
     "LOCAL_SERVICE_ACCOUNTS",
     "WORKER_ACCOUNT",
     "Account",
@@ -241,4 +257,5 @@ __all__ = [
     "AccountKind",
     "AccountStore",
     "generate_password",
+    "issue_demo_reviewer",
 ]

@@ -135,12 +135,26 @@ def load_policy(settings: PlatformSettings | None = None, keyring: KeyRing | Non
     return document.policy
 
 
+def ensure_policy(
+    model: str, reviewers: list[str], updated_by: str, settings: PlatformSettings | None = None
+) -> PromotionPolicy:
+    """The configured policy; when there is none yet, one that lets ``reviewers`` approve ``model``
+    (the embedded default's first run). An existing policy is the operator's and is never changed."""
+    settings = settings or PlatformSettings.load()
+    if settings.policy_path.exists():
+        return load_policy(settings)
+    policy = PromotionPolicy(models={model: ReviewRule(allowed_reviewers=reviewers)})
+    save_policy(policy, updated_by=updated_by, settings=settings)
+    return policy
+
+
 __all__ = [
     "DEFAULT_RULE",
     "PolicyError",
     "PolicyFile",
     "PromotionPolicy",
     "ReviewRule",
+    "ensure_policy",
     "load_policy",
     "save_policy",
 ]

@@ -46,7 +46,7 @@ from tasks.lineage.render import summarize_lineage_markdown
 from tasks.lineage.schema import ApprovalRecord, LineageManifest
 from tasks.platform import PlatformSettings
 from tasks.policy import ReviewRule, load_policy
-from tasks.registry import MODEL_NAME, ModelRegistry
+from tasks.registry import MODEL_NAME, ModelRegistry, RegistryError
 from tasks.signing import KeyRing
 
 logger = logging.getLogger("eve.promotion")
@@ -516,6 +516,32 @@ def evidence_from_registry(version: str, registry: ModelRegistry | None = None) 
     )
 
 
+def complete_promotion(version: str, registry: ModelRegistry | None = None) -> str:
+    """Finish an approved promotion of ``version`` whose flow run died before or during its assignment:
+    complete or roll back an interrupted step, then assign with the latest request's accepted approvals
+    (re-checked as always: unused, unexpired). Returns the stage tag."""
+    registry = registry or ModelRegistry.default()
+    registry.recover()
+    records = registry.audit_log.records()
+    requests = [
+        r for r in records
+        if r.event == audit.PROMOTION_REQUESTED and (r.payload.get("request") or {}).get("version") == version
+    ]
+    if not requests:
+        raise RegistryError(f"no promotion of {version} was requested")
+    request_id = requests[-1].payload["request"]["request_id"]
+    approvals = [
+        ApprovalRecord.model_validate({**r.payload["approval"], "audit_record_hash": r.record_hash})
+        for r in records
+        if r.event == audit.REVIEW_DECISION_ACCEPTED
+        and (r.payload.get("decision") or {}).get("request_id") == request_id
+        and (r.payload.get("decision") or {}).get("decision") == "approve"
+    ]
+    if not approvals:
+        raise RegistryError(f"the latest promotion request of {version} has no accepted approval")
+    return registry.assign_production(version, approvals)
+
+
 # ---------------------------------------------------------------- Prefect tasks (thin wrappers)
 
 
@@ -643,6 +669,7 @@ __all__ = [
     "assign_production",
     "build_evidence_report",
     "collect_review_decisions",
+    "complete_promotion",
     "evidence_from_registry",
     "load_lineage",
     "prepare_promotion",
