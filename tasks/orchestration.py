@@ -213,9 +213,12 @@ def start_local_server(settings: PlatformSettings, port: int, startup_timeout_se
     return state
 
 
-def restart_local_server(settings: PlatformSettings | None = None, startup_timeout_seconds: float = 90.0) -> dict:
-    """Stop the local server this home started and start it again on the same port (same database);
-    the worker and the runs it owns keep going. Returns the new record."""
+def restart_local_server(
+    settings: PlatformSettings | None = None, startup_timeout_seconds: float = 90.0, down_seconds: float = 0.0
+) -> dict:
+    """Stop the local server this home started and start it again on the same port (same database),
+    after ``down_seconds`` (a maintenance window; the restart drill uses it). The worker and the runs
+    it owns keep going. Returns the new record."""
     settings = settings or PlatformSettings.load()
     path = _state_path(settings)
     if not path.exists():
@@ -226,6 +229,7 @@ def restart_local_server(settings: PlatformSettings | None = None, startup_timeo
     deadline = time.monotonic() + 30
     while not _port_free(port) and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(down_seconds)
     return start_local_server(settings, port, startup_timeout_seconds)
 
 
@@ -264,12 +268,15 @@ def running_local_worker(settings: PlatformSettings) -> dict | None:
     return state if is_recorded_process(state) else None
 
 
-def ensure_worker(settings: PlatformSettings | None = None, pool: str = LOCAL_WORK_POOL) -> dict:
+def ensure_worker(
+    settings: PlatformSettings | None = None, pool: str = LOCAL_WORK_POOL, auth_string: str | None = None
+) -> dict:
     """Start (or reuse) a detached process worker for ``pool`` against the configured server.
 
     The worker runs flow runs in subprocesses with its own environment: the platform home, the API
-    URL of this process (``ensure_prefect_server`` first) and, against the local server, the
-    ``eve-worker`` service account's credentials.
+    URL of this process (``ensure_prefect_server`` first) and the worker account's credentials:
+    ``auth_string`` ("name:password" of a ``worker`` account) or, against the local server, the
+    ``eve-worker`` service account's.
     """
     settings = settings or PlatformSettings.load()
     ensure_work_pool(pool)
@@ -281,7 +288,9 @@ def ensure_worker(settings: PlatformSettings | None = None, pool: str = LOCAL_WO
     log_path = prefect_home(settings) / "worker.log"
     env = {**os.environ, "EVE_HOME": str(settings.home)}
     local = running_local_server(settings)
-    if local is not None and local["api_url"] == os.environ.get("PREFECT_API_URL"):
+    if auth_string:
+        env["PREFECT_API_AUTH_STRING"] = auth_string
+    elif local is not None and local["api_url"] == os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_AUTH_STRING"] = AccountStore.default(settings).service_auth_string(WORKER_ACCOUNT)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

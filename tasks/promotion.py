@@ -333,6 +333,16 @@ def _is_outage(error: BaseException) -> bool:
     return isinstance(error, httpx.HTTPStatusError) and error.response.status_code >= 500
 
 
+def _warn(message: str) -> None:
+    # In the run's logs (and its console) when inside a run; the module's logger otherwise.
+    try:
+        from prefect.logging import get_run_logger
+
+        get_run_logger().warning(message)
+    except Exception:  # noqa: BLE001 (no run context)
+        logger.warning(message)
+
+
 def _through_outages(call, deadline: datetime, what: str):
     """``call()``, retried while the Prefect server cannot be reached (a restart), until ``deadline``."""
     announced = False
@@ -343,12 +353,12 @@ def _through_outages(call, deadline: datetime, what: str):
             if not _is_outage(error) or datetime.now(timezone.utc) >= deadline:
                 raise
             if not announced:
-                logger.warning("the Prefect server is unreachable while %s (%s); waiting for it", what, error)
+                _warn(f"the Prefect server is unreachable while {what} ({type(error).__name__}); waiting for it")
                 announced = True
             time.sleep(OUTAGE_POLL_SECONDS)
             continue
         if announced:
-            logger.warning("the Prefect server answers again; %s goes on", what)
+            _warn(f"the Prefect server answers again; {what} goes on")
         return result
 
 
