@@ -160,14 +160,17 @@ def tag_problems(
             # The platform never unassigns, deregisters or deprecates: a signed one is still unauthorised.
             problems.append(f"registry tag {tag.name} ({action.value}) is not a move the platform authorised")
             continue
-        intent = next((r for r in intents.values() if r.payload.get("stage_tag") == tag.name), None)
-        if intent is None:
+        # A step rolled back before its tag existed may have planned the same name: the live one counts.
+        candidates = [r for r in intents.values() if r.payload.get("stage_tag") == tag.name]
+        live = [r for r in candidates if r.payload["intent_id"] not in aborted]
+        if not candidates:
             problems.append(f"production tag {tag.name} has no assignment record in the audit log")
             continue
-        intent_id = intent.payload["intent_id"]
-        if intent_id in aborted:
+        if not live:
             problems.append(f"production tag {tag.name} belongs to an assignment step that was rolled back")
             continue
+        intent = live[-1]
+        intent_id = intent.payload["intent_id"]
         if tag.target != intent.payload.get("target_commit"):
             problems.append(f"production tag {tag.name} points at another commit than its assignment record")
             continue
