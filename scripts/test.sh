@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 bash scripts/bootstrap.sh
 
-# System packages for the real-service tests: a single-node SLURM cluster and headless Chromium.
+# System packages for the real-service tests: a single-node SLURM cluster, headless Chromium, and
+# ssh-keygen (openssh-client) for `git tag -v` on the registry's signed tags.
 need=()
-for pkg in munge slurmctld slurmd slurm-client chromium; do
+for pkg in munge slurmctld slurmd slurm-client chromium openssh-client; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if (( ${#need[@]} )); then
