@@ -31,7 +31,7 @@ from tasks.accounts import AccountKind
 from tasks.gateway import SUBMISSION_DOMAIN, SUBMISSION_FIELD, SubmissionClaim, input_sha256, verify_submission
 from tasks.lineage.schema import ApprovalRecord
 from tasks.policy import ReviewRule
-from tasks.signing import KeyRing, Signature
+from tasks.signing import KeyRing, SignedModel
 
 INPUT_FIELDS = {"decision", "comment", "reviewer", SUBMISSION_FIELD}
 """What a submission may hold; ``reviewer`` (a typed name, sent by older clients) is ignored."""
@@ -41,7 +41,7 @@ UNATTRIBUTED = "unattributed"
 """Requester of a run nobody authenticated started (a schedule or trigger inside the Prefect server)."""
 
 
-class RecordedRequest(BaseModel):
+class RecordedRequest(SignedModel):
     """One promotion request as the platform recorded it."""
 
     request_id: str
@@ -80,17 +80,14 @@ class RecordedRequest(BaseModel):
     decide_by: str
     """Deadline for the decisions (UTC, ISO 8601)."""
 
-    signature: Signature | None = None
 
-    def signed_content(self) -> dict:
-        return self.model_dump(mode="json", exclude={"signature"})
 
     @property
     def subject(self) -> str:
         return f"{self.model}@{self.version}"
 
 
-class SignedDecision(BaseModel):
+class SignedDecision(SignedModel):
     """A review decision the platform accepted for one request."""
 
     decision_id: str
@@ -117,10 +114,7 @@ class SignedDecision(BaseModel):
     submission: SubmissionClaim
     """The gateway's signed claim of who submitted it, where and when."""
 
-    signature: Signature | None = None
 
-    def signed_content(self) -> dict:
-        return self.model_dump(mode="json", exclude={"signature"})
 
     def approval_record(self, requested_by: str) -> ApprovalRecord:
         """The lineage/registry view of the decision (without its audit record hash)."""
@@ -186,7 +180,7 @@ def make_request(
         requested_at=now.isoformat(),
         decide_by=(now + timedelta(seconds=rule.decision_timeout_seconds)).isoformat(),
     )
-    request.signature = keyring.sign("platform", REQUEST_DOMAIN, request.signed_content())
+    request.sign_with(keyring, "platform", REQUEST_DOMAIN)
     return request
 
 
@@ -260,7 +254,7 @@ def judge_submission(
         submitted_input={k: v for k, v in run_input.items() if k != SUBMISSION_FIELD},
         submission=claim,
     )
-    signed.signature = keyring.sign("platform", DECISION_DOMAIN, signed.signed_content())
+    signed.sign_with(keyring, "platform", DECISION_DOMAIN)
     return Verdict(decision=signed, submitted_by=reviewer)
 
 
@@ -272,7 +266,7 @@ def request_problems(record: audit.AuditRecord | None, keyring: KeyRing) -> tupl
         request = RecordedRequest.model_validate(record.payload.get("request"))
     except ValidationError:
         return None, [f"audit record seq {record.seq} holds no recorded request"]
-    if not keyring.verify(request.signature, "platform", REQUEST_DOMAIN, request.signed_content()):
+    if not request.verify_with(keyring, "platform", REQUEST_DOMAIN):
         return request, [f"the request in audit record seq {record.seq} is not signed by the platform"]
     return request, []
 
@@ -289,10 +283,10 @@ def decision_problems(
     except ValidationError:
         return None, None, [f"audit record seq {record.seq} holds no signed decision (appended by hand?)"]
     problems = []
-    if not keyring.verify(decision.signature, "platform", DECISION_DOMAIN, decision.signed_content()):
+    if not decision.verify_with(keyring, "platform", DECISION_DOMAIN):
         problems.append(f"the decision in audit record seq {record.seq} is not signed by the platform")
     claim = decision.submission
-    if not keyring.verify(claim.signature, "gateway", SUBMISSION_DOMAIN, claim.signed_content()):
+    if not claim.verify_with(keyring, "gateway", SUBMISSION_DOMAIN):
         problems.append(f"the decision in audit record seq {record.seq} has no valid identity claim of the server")
     if claim.account != decision.reviewer or claim.flow_run_id != decision.flow_run_id:
         problems.append(f"the decision in audit record seq {record.seq} names another reviewer or run than its claim")

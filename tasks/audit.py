@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from tasks.platform import PlatformSettings
-from tasks.signing import KeyRing, Signature, canonical_json
+from tasks.signing import KeyRing, Signature, SignedModel, canonical_json
 
 GENESIS_HASH = "0" * 64
 """``prev_hash`` of the first record."""
@@ -118,12 +118,11 @@ class AuditRecord(BaseModel):
         return sha256_text(canonical_json(self.model_dump(mode="json", exclude={"record_hash", "signature"})))
 
 
-class AuditHead(BaseModel):
+class AuditHead(SignedModel):
     """The signed pointer to the last record (``audit.head.json``)."""
 
     seq: int
     record_hash: str
-    signature: Signature | None = None
 
 
 class AuditVerification(BaseModel):
@@ -270,7 +269,7 @@ class AuditLog:
         head = self.head()
         if head is None:
             return f"{len(records)} records but no head file {self.head_path}" if records else None
-        if not self.keyring.verify(head.signature, "platform", HEAD_DOMAIN, head.model_dump(exclude={"signature"})):
+        if not head.verify_with(self.keyring, "platform", HEAD_DOMAIN):
             return f"head file {self.head_path} is not signed by the platform key"
         by_seq = {record.seq: record for record in records}
         if head.seq not in by_seq:
@@ -292,7 +291,7 @@ class AuditLog:
 
     def _write_head(self, record: AuditRecord) -> None:
         head = AuditHead(seq=record.seq, record_hash=record.record_hash)
-        head.signature = self.keyring.sign("platform", HEAD_DOMAIN, head.model_dump(exclude={"signature"}))
+        head.sign_with(self.keyring, "platform", HEAD_DOMAIN)
         temporary = self.head_path.with_suffix(".tmp")
         temporary.write_text(canonical_json(head.model_dump(mode="json")))
         os.replace(temporary, self.head_path)
@@ -415,7 +414,7 @@ def verify_audit_log(log: AuditLog) -> AuditVerification:
     if head is None:
         if scan.records:
             problems.append(f"head file {log.head_path} is missing")
-    elif not log.keyring.verify(head.signature, "platform", HEAD_DOMAIN, head.model_dump(exclude={"signature"})):
+    elif not head.verify_with(log.keyring, "platform", HEAD_DOMAIN):
         problems.append(f"head file {log.head_path} is not signed by a trusted platform key (rewritten)")
     else:
         by_seq = {record.seq: record for record in scan.records}

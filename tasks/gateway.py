@@ -39,11 +39,11 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from tasks.accounts import Account, AccountKind, AccountStore
 from tasks.platform import PlatformSettings
-from tasks.signing import KeyRing, Signature, canonical_json
+from tasks.signing import KeyRing, SignedModel, canonical_json
 
 SUBMISSION_FIELD = "eve_authenticated_submission"
 """Key of the gateway's claim inside a submitted run input."""
@@ -64,7 +64,7 @@ _RUN = re.compile(rf"^/flow_runs/(?P<id>{_UUID})$")
 logger = logging.getLogger("eve.gateway")
 
 
-class SubmissionClaim(BaseModel):
+class SubmissionClaim(SignedModel):
     """What the gateway saw when a run input was submitted, signed with the gateway key."""
 
     account: str
@@ -85,23 +85,14 @@ class SubmissionClaim(BaseModel):
     input_sha256: str
     """sha256 of the canonical JSON of the submitted input (without this claim)."""
 
-    signature: Signature | None = None
 
-    def signed_content(self) -> dict:
-        return self.model_dump(mode="json", exclude={"signature"})
-
-
-class CreatorClaim(BaseModel):
+class CreatorClaim(SignedModel):
     """Which account created a flow run, signed with the gateway key and bound to the run's id."""
 
     account: str
     account_kind: AccountKind
     flow_run_id: str
     created_at: str
-    signature: Signature | None = None
-
-    def signed_content(self) -> dict:
-        return self.model_dump(mode="json", exclude={"signature"})
 
 
 def input_sha256(run_input: dict[str, Any]) -> str:
@@ -122,7 +113,7 @@ def verify_submission(
         claim = SubmissionClaim.model_validate(raw)
     except ValidationError:
         return None, "the decision's identity claim is malformed"
-    if not keyring.verify(claim.signature, "gateway", SUBMISSION_DOMAIN, claim.signed_content()):
+    if not claim.verify_with(keyring, "gateway", SUBMISSION_DOMAIN):
         return claim, "the decision's identity claim is not signed by the platform's server"
     if claim.flow_run_id != str(flow_run_id):
         return claim, f"the decision was submitted to flow run {claim.flow_run_id}, not this one"
@@ -143,7 +134,7 @@ def issue_submission_claim(
         nonce=secrets.token_hex(16),
         input_sha256=input_sha256(run_input),
     )
-    claim.signature = keyring.sign("gateway", SUBMISSION_DOMAIN, claim.signed_content())
+    claim.sign_with(keyring, "gateway", SUBMISSION_DOMAIN)
     return {**run_input, SUBMISSION_FIELD: claim.model_dump(mode="json")}
 
 
@@ -158,7 +149,7 @@ def verify_creator(labels: dict[str, Any] | None, flow_run_id: str, keyring: Key
         return None
     if claim.flow_run_id != str(flow_run_id):
         return None
-    if not keyring.verify(claim.signature, "gateway", CREATOR_DOMAIN, claim.signed_content()):
+    if not claim.verify_with(keyring, "gateway", CREATOR_DOMAIN):
         return None
     return claim
 
@@ -334,7 +325,7 @@ class AuthGateway:
         import httpx
 
         claim = CreatorClaim(account=account.name, account_kind=account.kind, flow_run_id=flow_run_id, created_at=_now())
-        claim.signature = self.keyring.sign("gateway", CREATOR_DOMAIN, claim.signed_content())
+        claim.sign_with(self.keyring, "gateway", CREATOR_DOMAIN)
         labels = {CREATED_BY_LABEL: account.name, CREATOR_CLAIM_LABEL: claim.model_dump_json()}
         transport = httpx.ASGITransport(app=self.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://eve-gateway") as client:

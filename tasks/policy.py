@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from tasks.platform import PlatformSettings
-from tasks.signing import KeyRing, Signature, canonical_json
+from tasks.signing import KeyRing, SignedModel, canonical_json
 
 POLICY_DOMAIN = "eve-approval-policy/1"
 DEFAULT_RULE = "*"
@@ -82,7 +82,7 @@ class PromotionPolicy(BaseModel):
         return hashlib.sha256(canonical_json(self.model_dump(mode="json")).encode()).hexdigest()
 
 
-class PolicyFile(BaseModel):
+class PolicyFile(SignedModel):
     """What the policy file holds: the policy, who set it, and the platform's signature."""
 
     policy: PromotionPolicy
@@ -90,10 +90,6 @@ class PolicyFile(BaseModel):
     """Who set it (the operator's name as given to ``eve policy set``)."""
 
     updated_at: str
-    signature: Signature | None = None
-
-    def signed_content(self) -> dict:
-        return self.model_dump(mode="json", exclude={"signature"})
 
 
 def save_policy(
@@ -106,7 +102,7 @@ def save_policy(
     settings = settings or PlatformSettings.load()
     keyring = keyring or KeyRing.default(settings)
     document = PolicyFile(policy=policy, updated_by=updated_by, updated_at=datetime.now(timezone.utc).isoformat())
-    document.signature = keyring.sign("platform", POLICY_DOMAIN, document.signed_content())
+    document.sign_with(keyring, "platform", POLICY_DOMAIN)
     temporary = settings.policy_path.with_suffix(".tmp")
     temporary.write_text(document.model_dump_json(indent=2))
     os.replace(temporary, settings.policy_path)
@@ -127,7 +123,7 @@ def load_policy(settings: PlatformSettings | None = None, keyring: KeyRing | Non
         document = PolicyFile.model_validate_json(path.read_text())
     except (ValidationError, ValueError) as error:
         raise PolicyError(f"{path} is not a policy file: {str(error).splitlines()[0]}") from None
-    if not keyring.verify(document.signature, "platform", POLICY_DOMAIN, document.signed_content()):
+    if not document.verify_with(keyring, "platform", POLICY_DOMAIN):
         raise PolicyError(
             f"{path} is not signed by the platform key (edited outside `eve policy set`); "
             "no promotion starts until the operator sets the policy again"

@@ -41,7 +41,7 @@ from tasks.approvals import (
     record_verdict,
     used_nonces,
 )
-from tasks.gateway import SUBMISSION_FIELD, verify_creator
+from tasks.gateway import verify_creator
 from tasks.lineage.render import summarize_lineage_markdown
 from tasks.lineage.schema import ApprovalRecord, LineageManifest
 from tasks.platform import PlatformSettings

@@ -56,7 +56,7 @@ from pydantic import BaseModel, Field
 
 from eve_model.identity import weights_sha256
 from tasks import audit
-from tasks.approvals import assignment_problems, consumed_decisions
+from tasks.approvals import assignment_problems
 from tasks.evaluate.gates import GateDecision
 from tasks.lineage.schema import ApprovalRecord, LineageManifest, WeightsRef
 from tasks.lineage.store import read_lineage, write_lineage

@@ -63,6 +63,24 @@ class Signature(BaseModel):
     """The 64-byte signature, base64."""
 
 
+class SignedModel(BaseModel):
+    """A record whose ``signature`` covers every other field (``signed_content``)."""
+
+    signature: Signature | None = None
+    """Made over ``signed_content()`` by one of the platform's keys."""
+
+    def signed_content(self) -> dict:
+        return self.model_dump(mode="json", exclude={"signature"})
+
+    def sign_with(self, keyring: "KeyRing", key: KeyName, domain: str) -> None:
+        """Sign ``signed_content()`` for ``domain`` with the private key ``key``."""
+        self.signature = keyring.sign(key, domain, self.signed_content())
+
+    def verify_with(self, keyring: "KeyRing", key: KeyName, domain: str) -> bool:
+        """Whether ``signature`` is a trusted key ``key``'s signature of ``signed_content()`` for ``domain``."""
+        return keyring.verify(self.signature, key, domain, self.signed_content())
+
+
 def canonical_json(payload: Any) -> str:
     """The one serialisation that hashes and signatures are taken over: sorted keys, no whitespace, UTF-8."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -312,6 +330,7 @@ __all__ = [
     "KeyName",
     "KeyRing",
     "Signature",
+    "SignedModel",
     "SigningKeyError",
     "canonical_json",
     "key_fingerprint",
