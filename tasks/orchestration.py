@@ -142,6 +142,7 @@ def ensure_prefect_server(settings: PlatformSettings | None = None, startup_time
                 f"PREFECT_API_URL={configured} does not answer /health; start that server or unset the "
                 "variable to use a local one"
             )
+        _refresh_prefect_settings()  # the credentials in the environment may have just been set
         return configured
 
     home = prefect_home(settings)

@@ -1,7 +1,8 @@
 """The retrain's detached hand-over and the long wait: the promotion runs on the platform's deployment,
 owned by a real process worker (``prefect worker start``, authenticated as a worker account), not by the
-process that asked for it; its requester is the person who started the run that handed it over; and
-the wait survives a restart of the real Prefect server."""
+process that asked for it; its requester is the person who started the run that handed it over; a
+rollback is requested and approved from the terminal by people logged in as themselves; and the wait
+survives a restart of the real Prefect server."""
 
 from __future__ import annotations
 
@@ -37,6 +38,17 @@ def _wait(run_id, predicate, timeout_seconds: float = 240.0):
     raise AssertionError(f"flow run {run_id} did not get there in {timeout_seconds} s (now {run.state})")
 
 
+def _wait_for_record(registry, after: int, event: str, timeout_seconds: float = 240.0):
+    """The first audit record ``event`` past the first ``after`` records, once the worker wrote it."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        found = [r for r in registry.audit_log.records()[after:] if r.event == event]
+        if found:
+            return found[0]
+        time.sleep(1)
+    raise AssertionError(f"no {event} record within {timeout_seconds} s")
+
+
 def _is_paused(run) -> bool:
     return run.state is not None and run.state.is_paused()
 
@@ -69,8 +81,30 @@ def _hand_over_as_worker(alice: str, worker: str):
         )
 
 
+def _eve_as(monkeypatch, auth: str, *argv: str) -> str:
+    """Run ``eve *argv`` in this process with ``auth``'s password on stdin (``--user`` reads it there)."""
+    import contextlib
+    import io
+    import os
+
+    from cli.main import main as eve
+
+    saved = os.environ.get("PREFECT_API_AUTH_STRING")
+    monkeypatch.setattr("sys.stdin", io.StringIO(auth.partition(":")[2] + "\n"))
+    output = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(output):
+            assert eve(list(argv)) == 0, output.getvalue()
+    finally:
+        os.environ["PREFECT_API_AUTH_STRING"] = saved or ""
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+    return output.getvalue()
+
+
 def test_detached_promotion_runs_on_the_worker_and_its_requester_is_who_started_the_retrain(
-    prefect_server, prefect_accounts, eve_home, registry_inputs
+    prefect_server, prefect_accounts, eve_home, registry_inputs, monkeypatch
 ):
     from flows.deployments import apply_deployments
     from tasks import audit
@@ -100,6 +134,20 @@ def test_detached_promotion_runs_on_the_worker_and_its_requester_is_who_started_
         assert _wait(created.id, _is_completed).state.is_completed()
         assert registry.production_version() == "v0.2.0"
         assert [e for e in registry.history() if e.event == "assignment"][-1].reviewer == "carol"
+
+        # Roll back from the terminal: alice asks, carol approves, both logged in as themselves.
+        seen = len(registry.audit_log.records())
+        _eve_as(monkeypatch, alice, "promote", "request", "v0.1.0", "--user", "alice")
+        rollback = _wait_for_record(registry, seen, audit.PROMOTION_REQUESTED)
+        assert (rollback.subject, rollback.actor, rollback.payload["request"]["kind"]) == ("eve@v0.1.0", "alice", "rollback")
+        _wait(rollback.payload["request"]["flow_run_id"], _is_paused)
+        assert "promote-eve@v0.1.0\trequested by alice" in _eve_as(monkeypatch, alice, "promote", "pending", "--user", "alice")
+        _eve_as(monkeypatch, prefect_accounts.auth("carol"), "promote", "approve", "v0.1.0", "--user", "carol",
+                "--comment", "v0.2.0 misbehaves in production")
+        _wait(rollback.payload["request"]["flow_run_id"], _is_completed)
+        assert registry.production_version() == "v0.1.0"
+        last = [e for e in registry.history() if e.event == "assignment"][-1]
+        assert (last.version, last.kind, last.reviewer) == ("v0.1.0", "rollback", "carol")
     finally:
         assert stop_local_server() is False  # no server of this home; the worker is stopped all the same
     assert not is_recorded_process(worker)
