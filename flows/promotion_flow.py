@@ -30,7 +30,7 @@ from tasks.promotion import (
 @flow(name="promote-eve", flow_run_name="promote-eve@{request.candidate_version}", log_prints=True)
 def promote_eve(request: PromotionRequest) -> ReviewOutcome:
     """Evidence report -> authenticated decisions under the platform's policy -> production stage on approval."""
-    context = prepare_promotion(request.candidate_version)
+    context = prepare_promotion(request)
     lineage = load_lineage(request.candidate_version)
     publish_lineage(lineage)
     report = publish_evidence_report(context, request.evidence, lineage)

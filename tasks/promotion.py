@@ -556,18 +556,25 @@ def complete_promotion(version: str, registry: ModelRegistry | None = None) -> s
 
 
 @task(name="prepare-promotion")
-def prepare_promotion(candidate_version: str) -> PromotionContext:
+def prepare_promotion(request: PromotionRequest) -> PromotionContext:
     """The authenticated requester and the platform policy's rule (what a caller cannot choose)."""
+    from prefect.logging import get_run_logger
     from prefect.runtime import flow_run
 
+    if request.requested_by or request.policy:
+        get_run_logger().warning(
+            "PromotionRequest.requested_by and .policy are ignored: the requester is the authenticated account "
+            "that started the run, the policy is the platform's (`eve policy show`)"
+        )
     settings = PlatformSettings.load()
     keyring = KeyRing.default(settings)
     policy = load_policy(settings, keyring)
     requester = resolve_requester(flow_run.id, keyring)
+    version = request.candidate_version
     return PromotionContext(
         model=MODEL_NAME,
-        version=candidate_version,
-        kind="rollback" if ModelRegistry(settings).held_production(candidate_version) else "promotion",
+        version=version,
+        kind="rollback" if ModelRegistry(settings).held_production(version) else "promotion",
         requester=requester,
         rule=policy.rule_for(MODEL_NAME),
         policy_sha256=policy.sha256(),
