@@ -69,12 +69,17 @@ def _pending(args: argparse.Namespace) -> int:
 def _decide(args: argparse.Namespace, decision: str) -> int:
     _login(args.user)
     from prefect.flow_runs import resume_flow_run
+    from tasks.accounts import CLI_ACCOUNT
 
+    account = os.environ.get("PREFECT_API_AUTH_STRING", "").partition(":")[0]
+    if account == CLI_ACCOUNT:
+        print(f"you are not logged in as a person ({CLI_ACCOUNT} is the platform's service account, which never "
+              "reviews): pass --user NAME or set PREFECT_API_AUTH_STRING=name:password", file=sys.stderr)
+        return 2
     runs = _paused_promotions(args.version)
     if not runs:
         print(f"no paused promotion for {args.version} (see `eve promote pending`)", file=sys.stderr)
         return 1
-    account = os.environ.get("PREFECT_API_AUTH_STRING", "").partition(":")[0]
     resume_flow_run(runs[0].id, run_input={"decision": decision, "comment": args.comment})
     print(f"sent {decision} as {account} to {runs[0].name}; the platform checks it against the policy "
           "(see `eve promote pending` and `eve audit show --last 3`)")

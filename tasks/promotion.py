@@ -46,7 +46,7 @@ from tasks.lineage.render import summarize_lineage_markdown
 from tasks.lineage.schema import ApprovalRecord, LineageManifest
 from tasks.platform import PlatformSettings
 from tasks.policy import ReviewRule, load_policy
-from tasks.registry import MODEL_NAME, ModelRegistry, RegistryError
+from tasks.registry import MODEL_NAME, ApprovalRequiredError, ModelRegistry, RegistryError
 from tasks.signing import KeyRing
 
 logger = logging.getLogger("eve.promotion")
@@ -658,7 +658,18 @@ def start_promotion(request: PromotionRequest) -> str:
     return str(flow_run.id)
 
 
-@task(name="assign-production", retries=2, retry_delay_seconds=5)
+def _retry_unless_refused(task, task_run, state) -> bool:
+    """Retry a registry write that failed (a lock timeout, a push); never one the approvals refused."""
+    try:
+        state.result()
+    except ApprovalRequiredError:
+        return False
+    except Exception:  # noqa: BLE001 (anything else may pass on a retry)
+        return True
+    return True
+
+
+@task(name="assign-production", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_refused)
 def assign_production(candidate_version: str, approvals: list[ApprovalRecord]) -> str:
     """Move the production stage to the approved version (re-checked at the point of use); returns the
     stage tag. A retry after an interruption completes the same step."""
