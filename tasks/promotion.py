@@ -321,6 +321,8 @@ def resolve_requester(flow_run_id: str | UUID, keyring: KeyRing | None = None, m
 # ---------------------------------------------------------------- the wait that survives a server restart
 
 OUTAGE_POLL_SECONDS = 2.0
+PAUSE_EXPIRY_MARGIN_SECONDS = 600
+"""How long after the review deadline the server itself would expire the pause (only if this run died)."""
 OUTAGE_GRACE = timedelta(hours=1)
 """After the deadline, how long closing or reading a review still waits out a server outage."""
 
@@ -386,7 +388,9 @@ def wait_for_review_input(
         raise RuntimeError("a review can only be collected inside a flow run")
     run_id = context.flow_run.id
     remaining = max(1, int((deadline - datetime.now(timezone.utc)).total_seconds()))
-    proposed = Paused(timeout_seconds=remaining, reschedule=False, pause_key=key)
+    # The server's pause-expiration service fails a run whose pause timed out; the deadline is this
+    # loop's to enforce (it leaves the pause and records the timeout), so the server's comes later.
+    proposed = Paused(timeout_seconds=remaining + PAUSE_EXPIRY_MARGIN_SECONDS, reschedule=False, pause_key=key)
     keyset = keyset_from_paused_state(proposed)
     proposed.state_details.run_input_keyset = keyset
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from cli.main import main as eve
+
+
+@pytest.fixture(autouse=True)
+def own_secrets(eve_home, monkeypatch):
+    """Keys and accounts of this test's platform home, not a session's shared ones."""
+    monkeypatch.delenv("EVE_KEYS_DIR", raising=False)
+    monkeypatch.delenv("EVE_AUTH_DIR", raising=False)
 
 
 def test_users_add_prints_a_generated_password_once_and_it_logs_in(eve_home, capsys):

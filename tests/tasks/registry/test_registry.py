@@ -238,6 +238,15 @@ def test_remote_registry_receives_commits_and_tags(eve_home, registry_inputs, tm
 
     assert [v.version for v in api.find_versions_in_stage(str(clone), "eve", "production")] == [version]
 
+    # A local tag rewritten by hand no longer agrees with the remote's: verify says so.
+    from tasks.verification import verify_platform
+
+    assert verify_platform().ok
+    subprocess.run(["git", "tag", "-f", "-a", "eve#production#1", "-m", "moved", "HEAD"], cwd=registry.repo_dir,
+                   check=True, capture_output=True)
+    report = verify_platform()
+    assert any("differs from the remote" in problem and "eve#production#1" in problem for problem in report.problems)
+
 
 def test_an_unreachable_registry_remote_fails_clearly_without_leaking_credentials(eve_home, monkeypatch):
     monkeypatch.setenv("EVE_REGISTRY_URL", "https://reviewer:s3cr3t-token@127.0.0.1:9/registry.git")
