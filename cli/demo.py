@@ -37,16 +37,14 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = PlatformSettings.load()
     api_url = start_services()
+    reviewer_password, policy = _prepare_review()
     print(f"[eve demo] platform home {settings.home}")
     print(f"[eve demo] Prefect UI {ui_url(api_url)}  (server started in {time.monotonic() - started:.0f} s)")
 
     from flows.recipes import demo
     from flows.retrain_flow import retrain
 
-    params = demo()
-    if args.requested_by:
-        params.requested_by = args.requested_by
-    result = retrain(params)
+    result = retrain(demo())
 
     from eve_model.training.config import StageId
     from tasks.evaluate.harness import HarnessConfig, evaluate_model_dir
@@ -84,10 +82,8 @@ def _run(args: argparse.Namespace) -> int:
               f"  (base LLM {base_llm.get('heldout_text/perplexity', float('nan')):.2f}; SFT scores answers only)")
     version = result.candidate_version
     print(f"\nCandidate registered as eve@{version}; promotion: {result.promotion}")
-    print(f"Review it in the Prefect UI: {ui_url(api_url)}/runs  (flow run promote-eve@{version}, Resume)")
-    print(f"or from the terminal:\n  .venv/bin/eve promote approve {version} --reviewer reviewer "
-          f"--comment 'VQA above chance and the pre-SFT model'")
-    print("Then: .venv/bin/eve registry show; .venv/bin/eve lineage eve@" + str(version))
+    print(review_instructions(version, ui_url(api_url), reviewer_password, policy.rule_for("eve").allowed_reviewers))
+    print("Then: .venv/bin/eve registry show; .venv/bin/eve lineage eve@" + str(version) + "; .venv/bin/eve audit verify")
     summary = {
         "elapsed_seconds": round(elapsed, 1),
         "candidate_version": version,
@@ -101,6 +97,36 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_review():
+    """The demo reviewer's account (a fresh one-time password) and, on a first run, a policy that lets
+    it approve; an operator's own policy and accounts are left as they are."""
+    from tasks.accounts import DEMO_REVIEWER, issue_demo_reviewer
+    from tasks.policy import ensure_policy
+
+    password = issue_demo_reviewer()
+    return password, ensure_policy("eve", [DEMO_REVIEWER], updated_by="eve demo")
+
+
+def review_instructions(version: str, ui: str, password: str | None, allowed_reviewers: list[str]) -> str:
+    """How the reviewer logs in and decides, as the demo prints it."""
+    from tasks.accounts import DEMO_REVIEWER
+
+    comment = "VQA above chance and the pre-SFT model"
+    if password is None:
+        login = f"log in as one of {', '.join(allowed_reviewers)} with your own password"
+        terminal = f"  .venv/bin/eve promote approve {version} --user NAME --comment '{comment}'"
+    else:
+        login = (f"log in as   {DEMO_REVIEWER}:{password}   (one-time password, shown once; "
+                 f"`eve users reset-password {DEMO_REVIEWER}` issues another)")
+        terminal = (f"  PREFECT_API_AUTH_STRING='{DEMO_REVIEWER}:{password}' .venv/bin/eve promote approve {version} "
+                    f"--comment '{comment}'")
+    return (
+        f"The promotion waits for an authenticated reviewer (allowed: {', '.join(allowed_reviewers)}).\n"
+        f"Review it in the Prefect UI: {ui}/runs  (flow run promote-eve@{version}, Resume);\n"
+        f"  {login}\nor from the terminal:\n{terminal}"
+    )
+
+
 def _eval_questions_path() -> str:
     from tasks.data.demo_source import demo_sources, ensure_demo_data
 
@@ -109,5 +135,4 @@ def _eval_questions_path() -> str:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="run the whole retrain on the embedded default")
-    parser.add_argument("--requested-by", default=None, help="who asks for the promotion (default platform-team)")
     parser.set_defaults(func=_run)

@@ -27,6 +27,9 @@ COMMAND_MODULES = [
     "registry",
     "lineage",
     "audit",
+    "users",
+    "policy",
+    "keys",
 ]
 
 

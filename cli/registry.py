@@ -2,6 +2,7 @@
 
 eve registry show [--json]
 eve registry history [--json]
+eve registry recover          # complete or roll back an interrupted production assignment now
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     history = commands.add_parser("history", help="every registration and stage move, with approvals")
     history.add_argument("--json", action="store_true", help="print JSON instead of a table")
     history.set_defaults(func=show_history)
+    recover = commands.add_parser("recover", help="complete or roll back an interrupted production assignment")
+    recover.set_defaults(func=recover_assignments)
+
+
+def recover_assignments(args: argparse.Namespace) -> int:
+    from tasks.registry import ModelRegistry
+
+    done = ModelRegistry.default().recover()
+    print("\n".join(done) if done else "nothing was interrupted")
+    return 0
 
 
 def show_versions(args: argparse.Namespace) -> int:
@@ -51,6 +62,7 @@ def show_history(args: argparse.Namespace) -> int:
         line = f"{e.timestamp}  {e.event:<13} {e.version or '-':<9} {e.stage or '':<11}"
         if e.reviewer:
             evidence = (e.evidence_sha256 or "?")[:12]
-            line += f" approved by {e.reviewer}: {e.comment!r} (evidence {evidence})"
+            what = "rollback approved" if e.kind == "rollback" else "approved"
+            line += f" {what} by {e.reviewer}: {e.comment!r} (evidence {evidence})"
         print(line)
     return 0

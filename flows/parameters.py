@@ -14,7 +14,6 @@ from flows.data_flow import DataFlowParams
 from tasks.caption.config import CaptionConfig
 from tasks.evaluate.gates import GatePolicy
 from tasks.evaluate.harness import HarnessConfig
-from tasks.promotion import ApprovalPolicy
 from tasks.quality.config import CaptionGateThresholds, InstructionGateThresholds
 from tasks.stages import TrainingParameters
 
@@ -36,10 +35,9 @@ class EvaluationParameters(BaseModel):
 
 
 class PromotionParameters(BaseModel):
-    """Who may approve, and how the retrain hands over to the waiting promotion."""
-
-    policy: ApprovalPolicy = Field(default_factory=lambda: ApprovalPolicy(allowed_reviewers=["reviewer"]))
-    """Allowed reviewers and deadline (timeout means rejection)."""
+    """How the retrain hands over to the waiting promotion. Who may approve, and who asked, are not
+    parameters: the policy is platform configuration (``eve policy``) and the requester is the
+    authenticated account that started the run (docs/security.md)."""
 
     mode: Literal["wait", "detached", "skip"] = "detached"
     """wait: run the promotion as a subflow and block until decided; detached: start it on the
@@ -48,9 +46,6 @@ class PromotionParameters(BaseModel):
 
 class RetrainParameters(BaseModel):
     """One end-to-end retrain."""
-
-    requested_by: str = "platform-team"
-    """Who started the retrain; may not approve its promotion."""
 
     data: DataFlowParams = Field(default_factory=DataFlowParams.demo)
     """Sources, validation, curation."""

@@ -1,9 +1,12 @@
-"""Promotion of a registered EVE candidate to production, with reviewer approval in the Prefect UI.
+"""Promotion of a registered EVE candidate to production, with authenticated reviewers in the Prefect UI.
 
-Audit the request, publish the candidate's lineage and one evidence report, pause for a reviewer's
-decision that the platform's policy accepts (or the deadline), and on approval move the production
-stage in the registry. The retrain starts it on the ``promote-eve/promote`` deployment (a worker
-owns the waiting run) or, with ``PromotionParameters.mode="wait"``, as its own subflow.
+Work out who asked (the authenticated account that started this run, or the run that started it)
+and the review rule (the platform's policy), publish the candidate's lineage and one evidence
+report, record the signed request, pause for decisions the platform accepts (or the deadline), and
+on approval move the production stage in the registry in one recoverable step. The retrain starts it
+on the ``promote-eve/promote`` deployment (a worker owns the waiting run) or, with
+``PromotionParameters.mode="wait"``, as its own subflow; ``eve promote request VERSION`` starts one for
+any registered version (a rollback when it held production before).
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from prefect import flow
 from tasks.promotion import (
     PromotionRequest,
     ReviewOutcome,
+    anchor_audit_head,
     assign_production,
-    collect_review_decision,
+    collect_review_decisions,
     load_lineage,
+    prepare_promotion,
     publish_evidence_report,
     publish_lineage,
     record_promotion_request,
@@ -24,14 +29,15 @@ from tasks.promotion import (
 
 @flow(name="promote-eve", flow_run_name="promote-eve@{request.candidate_version}", log_prints=True)
 def promote_eve(request: PromotionRequest) -> ReviewOutcome:
-    """Evidence report -> reviewer decision under the policy -> production stage on approval."""
-    record_promotion_request(request.candidate_version, request.requested_by, request.policy)
+    """Evidence report -> authenticated decisions under the platform's policy -> production stage on approval."""
+    context = prepare_promotion(request)
     lineage = load_lineage(request.candidate_version)
     publish_lineage(lineage)
-    report = publish_evidence_report(
-        request.candidate_version, request.requested_by, request.evidence, lineage, request.policy
-    )
-    outcome = collect_review_decision(request.candidate_version, request.requested_by, report, request.policy)
+    report = publish_evidence_report(context, request.evidence, lineage)
+    recorded = record_promotion_request(context, report)
+    outcome = collect_review_decisions(recorded, report, context.poll_interval_seconds)
     if outcome.status == "approved":
-        assign_production(request.candidate_version, outcome.approval)
+        assign_production(request.candidate_version, outcome.approvals)
+    else:
+        anchor_audit_head()
     return outcome

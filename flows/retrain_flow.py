@@ -180,7 +180,7 @@ def register_and_request_promotion(
         sample_generations=[SampleGeneration(**row) for row in sample_generations(evaluation.report, evaluation.production)],
     )
     request = PromotionRequest(
-        candidate_version=version, requested_by=params.requested_by, evidence=evidence, policy=params.promotion.policy
+        candidate_version=version, evidence=evidence
     )
     if params.promotion.mode == "wait":
         return version, promote_eve(request).status

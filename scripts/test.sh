@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 
 # System packages for the real-service tests: a SLURM cluster with accounting (slurmdbd on MariaDB),
-# headless Chromium, and Graphviz (lineage pictures).
+# headless Chromium, Graphviz (lineage pictures), and ssh-keygen (openssh-client) for `git tag -v` on
+# the registry's signed tags.
 need=()
-for pkg in munge slurmctld slurmd slurm-client slurmdbd mariadb-server chromium graphviz; do
+for pkg in munge slurmctld slurmd slurm-client slurmdbd mariadb-server chromium graphviz openssh-client; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if (( ${#need[@]} )); then

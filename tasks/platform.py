@@ -3,6 +3,11 @@
 Everything local lives under ``PlatformSettings.home``: the local DVC remote, the registry
 repository, Prefect's home, W&B offline runs, stage outputs and caches. Teams override single
 locations with environment variables; nothing here is read from the network.
+
+Two locations hold secrets and may live elsewhere (docs/security.md, "Keys and accounts"): the
+signing keys (``EVE_KEYS_DIR``, default ``<home>/keys``) and the account store with the service
+credentials (``EVE_AUTH_DIR``, default ``<home>/auth``). Only the platform's own services (the
+authenticating Prefect server, the worker, the operator's commands) should be able to read them.
 """
 
 from __future__ import annotations
@@ -35,14 +40,25 @@ class PlatformSettings(BaseModel):
     registry_url: str | None = None
     """Git remote of the model registry; None means the local repository ``<home>/registry``."""
 
+    keys_override: Path | None = None
+    """Directory of the signing keys (``EVE_KEYS_DIR``); None means ``<home>/keys``."""
+
+    auth_override: Path | None = None
+    """Directory of the account store and service credentials (``EVE_AUTH_DIR``); None means ``<home>/auth``."""
+
     @classmethod
     def load(cls) -> "PlatformSettings":
-        """Settings from the environment: EVE_HOME, EVE_DVC_REMOTE, EVE_S3_ENDPOINT, EVE_REGISTRY_URL."""
+        """Settings from the environment: EVE_HOME, EVE_DVC_REMOTE, EVE_S3_ENDPOINT, EVE_REGISTRY_URL,
+        EVE_KEYS_DIR, EVE_AUTH_DIR."""
+        keys = os.environ.get("EVE_KEYS_DIR")
+        auth = os.environ.get("EVE_AUTH_DIR")
         return cls(
             home=_default_home(),
             dvc_remote_url=os.environ.get("EVE_DVC_REMOTE") or None,
             s3_endpoint_url=os.environ.get("EVE_S3_ENDPOINT") or None,
             registry_url=os.environ.get("EVE_REGISTRY_URL") or None,
+            keys_override=Path(keys).resolve() if keys else None,
+            auth_override=Path(auth).resolve() if auth else None,
         )
 
     def path(self, *parts: str) -> Path:
@@ -78,3 +94,26 @@ class PlatformSettings(BaseModel):
     @property
     def wandb_dir(self) -> Path:
         return self.path("wandb")
+
+    @property
+    def keys_dir(self) -> Path:
+        """Signing keys (``tasks/signing.py``): private keys 0600 in a 0700 directory."""
+        return _private_dir(self.keys_override or self.home / "keys")
+
+    @property
+    def auth_dir(self) -> Path:
+        """Accounts (``tasks/accounts.py``) and the service credentials of the local services."""
+        return _private_dir(self.auth_override or self.home / "auth")
+
+    @property
+    def policy_path(self) -> Path:
+        """The signed approval policy (``tasks/policy.py``): platform configuration, not a flow parameter."""
+        return self.path("config") / "approval-policy.json"
+
+
+def _private_dir(path: Path) -> Path:
+    """``path`` created if missing, readable by its owner only."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path

@@ -6,6 +6,19 @@ when a team remote is configured, with commits and tags pushed there). ``dvc.yam
 remote as the data, so ``gto show`` plus ``dvc get --rev eve@vX`` give back any version. Each version's
 lineage manifest is committed next to it under ``lineage/eve/<version>.json``.
 
+Every tag the platform writes (GTO versions and stage moves, audit anchors) is an annotated tag
+signed with the platform key in git's own SSH signature format (``tasks/signing.py``), so ``git tag
+-v`` verifies it with the public key alone, and ``eve audit verify`` tells them from tags made by hand
+with git or gto (``tasks/verification.py``).
+
+Moving production is one recoverable step (:meth:`ModelRegistry.assign_production`): it re-checks the
+approvals at the point of use (``tasks/approvals.py``), records its intent in the audit log, writes
+the stage tag, commits the approvals into the lineage manifest, records the assignment, and anchors
+the audit head in a signed tag (``eve-audit/anchor-<seq>``). A step interrupted anywhere (kill -9) is
+completed, or rolled back when its tag was never written, by the next registry write. Promoting a
+version that held production before is a rollback: the same path, a new stage tag (GTO's forced
+re-assignment), recorded as ``kind: rollback``.
+
 Two writes never interleave: every write holds an exclusive file lock on the registry (threads and
 processes on this machine), and, because git tag times have one-second resolution and GTO orders
 stage assignments by that time, a write never lands in the same second as the previous one.
@@ -26,9 +39,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -39,12 +54,14 @@ import yaml
 from prefect import task
 from pydantic import BaseModel, Field
 
+from eve_model.identity import weights_sha256
 from tasks import audit
+from tasks.approvals import assignment_problems
 from tasks.evaluate.gates import GateDecision
 from tasks.lineage.schema import ApprovalRecord, LineageManifest, WeightsRef
 from tasks.lineage.store import read_lineage, write_lineage
-from eve_model.identity import weights_sha256
 from tasks.platform import PlatformSettings
+from tasks.signing import KeyRing, canonical_json, split_signed_tag
 
 MODEL_NAME = "eve"
 PRODUCTION_STAGE = "production"
@@ -52,6 +69,13 @@ WEIGHTS_PATH = "models/eve"
 DVC_REMOTE_NAME = "storage"
 PLATFORM_IDENTITY = ("eve-platform", "eve-platform@localhost")
 LOCK_TIMEOUT_SECONDS = 600.0
+ANCHOR_TAG_PREFIX = "eve-audit/anchor-"
+"""Signed tags that hold the audit head (``eve-audit/anchor-00000042``); GTO ignores these names."""
+KILL_POINT_ENV = "EVE_KILL_AT"
+"""Fault injection for the kill -9 drill (tests only): ``assign:<point>`` makes the assignment step
+SIGKILL its own process at that point (``ASSIGNMENT_STEPS``)."""
+ASSIGNMENT_STEPS = ("intent", "tag", "lineage", "recorded", "anchored")
+"""The points of the assignment step, in order: after each, a crash leaves a state verify accepts."""
 _URL_CREDENTIALS = re.compile(r"://[^/@\s]+@")
 """user:token@ in a remote URL; scrubbed from error messages so secrets never reach logs."""
 
@@ -117,8 +141,35 @@ class RegistryEvent(BaseModel):
     audit_record_hash: str | None = None
     """Audit record of the accepted decision."""
 
+    kind: str | None = None
+    """For production assignments: ``promotion`` or ``rollback`` (a version that held production before)."""
+
+    tag: str | None = None
+    """The git tag of the event."""
+
     details: dict[str, Any] = Field(default_factory=dict)
     """The whole tag message when it is JSON."""
+
+
+class RegistryTag(BaseModel):
+    """One tag of the registry repository as git stores it, with its signature checked."""
+
+    name: str
+    object: str
+    """The tag object id (or the commit id of a lightweight tag)."""
+
+    annotated: bool
+    target: str
+    """The commit it points to."""
+
+    signed_by: str | None = None
+    """Fingerprint of the trusted platform key that signed it; None when unsigned or not trusted."""
+
+    message: str = ""
+    """The tag message without its signature."""
+
+    timestamp: int = 0
+    """Tagger time (Unix seconds)."""
 
 
 class ModelRegistry:
@@ -130,6 +181,7 @@ class ModelRegistry:
         self.settings = settings or PlatformSettings.load()
         self.repo_dir = self.settings.registry_dir
         self.audit_log = audit_log or audit.AuditLog.default(self.settings)
+        self.keyring: KeyRing = self.audit_log.keyring
         self._lock_path = self.settings.path("locks") / "registry.lock"
 
     @classmethod
@@ -138,7 +190,7 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _git(self, *args: str, check: bool = True) -> str:
+    def _git(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
         environment = {
             **os.environ,
             "GIT_AUTHOR_NAME": PLATFORM_IDENTITY[0],
@@ -147,7 +199,8 @@ class ModelRegistry:
             "GIT_COMMITTER_EMAIL": PLATFORM_IDENTITY[1],
         }
         result = subprocess.run(
-            ["git", *args], cwd=self.repo_dir, env=environment, capture_output=True, text=True, check=False
+            ["git", *args], cwd=self.repo_dir, env=environment, capture_output=True, text=True, check=False,
+            input=stdin,
         )
         if check and result.returncode != 0:
             message = f"git {' '.join(args)} failed in {self.repo_dir}: {result.stderr.strip()}"
@@ -228,11 +281,11 @@ class ModelRegistry:
         self._git("commit", "--quiet", "-m", "Initialise the EVE model registry")
         self._push()
 
-    def _push(self, *tags: str) -> None:
+    def _push(self, *tags: str | None) -> None:
         if not self.settings.registry_url:
             return
         self._git("push", "--quiet", "origin", "HEAD:main")
-        for tag in tags:
+        for tag in filter(None, tags):
             self._git("push", "--quiet", "origin", f"refs/tags/{tag}")
 
     def _gto(self):
@@ -257,6 +310,74 @@ class ModelRegistry:
         major, minor, _ = max(tuple(int(part) for part in v.lstrip("v").split(".")[:3]) for v in versions)
         return f"v{major}.{minor + 1}.0"
 
+    # ------------------------------------------------------------------ signed tags
+
+    def _create_signed_tag(self, name: str, target: str, message: str, tagger: str) -> str:
+        """Write the annotated tag ``name`` on commit ``target``, signed with the platform key the way
+        ``git tag -s`` with ``gpg.format=ssh`` signs; returns the tag object id. Never moves a tag."""
+        tagger = re.sub(r"[<>\n]", "", tagger) or PLATFORM_IDENTITY[0]
+        payload = (
+            f"object {target}\ntype commit\ntag {name}\n"
+            f"tagger {tagger} <{PLATFORM_IDENTITY[1]}> {int(time.time())} +0000\n\n{message.rstrip()}\n"
+        )
+        tag_object = self._git("mktag", stdin=payload + self.keyring.ssh_sign(payload.encode("utf-8")))
+        self._git("update-ref", f"refs/tags/{name}", tag_object, "0" * 40)
+        return tag_object
+
+    def tags(self) -> list[RegistryTag]:
+        """Every tag of the registry repository with its signature checked against the trusted platform keys."""
+        if not (self.repo_dir / ".git").exists():
+            return []
+        listing = self._git(
+            "for-each-ref", "--format=%(refname:strip=2)%00%(objectname)%00%(objecttype)%00%(*objectname)",
+            "refs/tags",
+        )
+        tags = []
+        for line in filter(None, listing.splitlines()):
+            name, object_id, object_type, peeled = line.split("\0")
+            if object_type != "tag":
+                tags.append(RegistryTag(name=name, object=object_id, annotated=False, target=object_id))
+                continue
+            raw = self._git("cat-file", "tag", object_id)
+            payload, armored = split_signed_tag(raw + "\n")
+            header, _, message = payload.partition("\n\n")
+            tagger = next((h for h in header.splitlines() if h.startswith("tagger ")), "")
+            timestamp = int(tagger.split()[-2]) if len(tagger.split()) >= 2 else 0
+            signed_by = self.keyring.ssh_verify(armored, payload.encode("utf-8")) if armored else None
+            tags.append(
+                RegistryTag(
+                    name=name, object=object_id, annotated=True, target=peeled, signed_by=signed_by,
+                    message=message.strip(), timestamp=timestamp,
+                )
+            )
+        return tags
+
+    def fetch_remote_tags(self) -> list[str]:
+        """Fetch the registry remote's tags (when one is configured); returns git's lines for tags that
+        differ locally (git refuses to clobber them), empty when they agree."""
+        if not self.settings.registry_url or not (self.repo_dir / ".git").exists():
+            return []
+        result = subprocess.run(
+            ["git", "fetch", "--tags", "origin"], cwd=self.repo_dir, capture_output=True, text=True, check=False
+        )
+        return [
+            _URL_CREDENTIALS.sub("://***@", line.strip())
+            for line in result.stderr.splitlines()
+            if "rejected" in line or "clobber" in line
+        ]
+
+    def _tag_object(self, name: str) -> str | None:
+        found = self._git("rev-parse", "--verify", "--quiet", f"refs/tags/{name}", check=False)
+        return found or None
+
+    def _stage_tag_name(self) -> str:
+        from gto.constants import Action
+        from gto.tag import name_tag
+        from scmrepo.git import Git
+
+        with Git(str(self.repo_dir)) as scm:
+            return name_tag(Action.ASSIGN, MODEL_NAME, stage=PRODUCTION_STAGE, scm=scm)
+
     # ------------------------------------------------------------------ writes
 
     def register_candidate(self, model_dir: Path, lineage_manifest: LineageManifest, gate: GateDecision) -> str:
@@ -264,7 +385,8 @@ class ModelRegistry:
 
         Weights already registered (same directory hash) return their existing version.
         Copies the weights to ``models/eve``, DVC-adds and pushes them, commits the lineage manifest
-        (with version and weight hashes filled in), tags ``eve@vX`` with GTO, pushes, and audits it.
+        (with version and weight hashes filled in), audits the registration, writes the signed version
+        tag ``eve@vX``, anchors the audit head, and pushes.
         """
         if not gate.passed:
             raise GateNotPassedError(
@@ -278,6 +400,7 @@ class ModelRegistry:
 
         with self.write_lock():
             self._ensure_initialized_locked()
+            self._recover_locked()
             # Re-running an unchanged retrain must not mint a second version of the same weights.
             candidate_sha256 = weights_sha256(model_dir)
             for existing in self._versions_raw():
@@ -302,6 +425,8 @@ class ModelRegistry:
             lineage_file = write_lineage(self.repo_dir, manifest)
             self._git("add", "-A", f"{WEIGHTS_PATH}.dvc", "models/.gitignore", str(lineage_file), ".dvc/config")
             self._git("commit", "--quiet", "-m", f"Register {MODEL_NAME} {version}")
+            commit = self._git("rev-parse", "HEAD")
+            tag = f"{MODEL_NAME}@{version}"
             message = audit.canonical_json(
                 {
                     "weights_sha256": manifest.weights.sha256,
@@ -309,81 +434,209 @@ class ModelRegistry:
                     "evaluation": manifest.evaluation.model_dump(mode="json") if manifest.evaluation else None,
                 }
             )
-            self._gto().register(
-                str(self.repo_dir),
-                MODEL_NAME,
-                ref="HEAD",
-                version=version,
-                message=message,
-                author=PLATFORM_IDENTITY[0],
-                author_email=PLATFORM_IDENTITY[1],
-            )
-            self._push(f"{MODEL_NAME}@{version}")
+            # The record comes first: a tag is never without the record that authorises it.
             self.audit_log.append(
                 audit.CANDIDATE_REGISTERED,
                 actor="platform",
-                subject=f"{MODEL_NAME}@{version}",
-                payload={"weights_sha256": manifest.weights.sha256, "dvc_md5": dvc_md5},
+                subject=tag,
+                payload={"weights_sha256": manifest.weights.sha256, "dvc_md5": dvc_md5, "tag": tag, "commit": commit},
             )
+            self._create_signed_tag(tag, commit, message, PLATFORM_IDENTITY[0])
+            anchor = self._anchor_locked()
+            self._push(tag, anchor)
         return version
 
-    def assign_production(self, version: str, approval_record: ApprovalRecord) -> str:
-        """Give ``version`` the production stage; only with an approval the platform accepted and audited.
+    def assign_production(self, version: str, approvals: ApprovalRecord | list[ApprovalRecord]) -> str:
+        """Give ``version`` the production stage, only with approvals the platform accepted; returns the stage tag.
 
-        The approval must be an ``approve`` for this version whose hash is an accepted-decision record
-        in the audit log (so only the approval path can move production). The tag message holds the
-        reviewer, comment, time and evidence hash; the lineage manifest gets the approval appended.
-        Returns the stage tag name.
+        One recoverable step, each point recorded before the next: re-check the approvals at the
+        point of use (``tasks.approvals.assignment_problems``: signed, bound to the request, not
+        expired, not used before, enough of them) -> audit the intent -> signed stage tag -> approvals
+        committed into the lineage manifest -> audit the assignment -> anchor the audit head -> push.
+        Calling it again with the same approvals while their assignment holds production returns the
+        same tag (a retry); after production moved on, it is refused (a replay).
         """
-        self._check_approval(version, approval_record)
+        approvals = [approvals] if isinstance(approvals, ApprovalRecord) else list(approvals)
         with self.write_lock():
             self._ensure_initialized_locked()
-            if version not in {v["version"] for v in self._versions_raw()}:
+            self._recover_locked()
+            records = self.audit_log.records()
+            reused = self._assignment_of(approvals, records)
+            if reused is not None:
+                return reused
+            decisions, request, problems = assignment_problems(version, approvals, records, self.keyring)
+            if problems:
+                raise ApprovalRequiredError(f"production not moved to {version}: {problems[0]}")
+            versions = {v["version"]: v for v in self._versions_raw()}
+            if version not in versions:
                 raise RegistryError(f"{MODEL_NAME}@{version} is not registered")
-            tags_before = set(self._git("tag", "--list", f"{MODEL_NAME}#{PRODUCTION_STAGE}*").split())
-            self._gto().assign(
-                str(self.repo_dir),
-                MODEL_NAME,
-                PRODUCTION_STAGE,
-                version=version,
-                message=audit.canonical_json(approval_record.model_dump()),
-                author=approval_record.reviewer,
-                author_email=PLATFORM_IDENTITY[1],
-            )
-            new_tags = set(self._git("tag", "--list", f"{MODEL_NAME}#{PRODUCTION_STAGE}*").split()) - tags_before
-            stage_tag = next(iter(new_tags), f"{MODEL_NAME}#{PRODUCTION_STAGE}")
-            manifest = read_lineage(self.repo_dir, f"{MODEL_NAME}@{version}")
-            manifest.approvals.append(approval_record)
-            lineage_file = write_lineage(self.repo_dir, manifest)
-            self._git("add", str(lineage_file))
-            self._git(
-                "commit", "--quiet", "-m", f"Record approval of {MODEL_NAME} {version} by {approval_record.reviewer}"
-            )
-            self._push(stage_tag)
-            self.audit_log.append(
-                audit.PRODUCTION_ASSIGNED,
-                actor=approval_record.reviewer,
-                subject=f"{MODEL_NAME}@{version}",
-                payload={
-                    "stage_tag": stage_tag,
-                    "approval_audit_record_hash": approval_record.audit_record_hash,
-                    "evidence_sha256": approval_record.evidence_sha256,
-                },
-            )
-        return stage_tag
+            kind = "rollback" if self.held_production(version) else "promotion"
+            reviewers = ", ".join(a.reviewer for a in approvals)
+            intent = {
+                "intent_id": uuid.uuid4().hex,
+                "version": version,
+                "kind": kind,
+                "stage_tag": self._stage_tag_name(),
+                "target_commit": versions[version]["commit_hexsha"],
+                "request_id": request.request_id if request else None,
+                "decision_ids": [d.decision_id for d in decisions],
+                "decision_record_hashes": [a.audit_record_hash for a in approvals],
+                "approvals": [a.model_dump(mode="json") for a in approvals],
+            }
+            self.audit_log.append(audit.ASSIGNMENT_INTENT, actor=reviewers, subject=f"{MODEL_NAME}@{version}",
+                                  payload=intent)
+            _kill_point("intent")
+            self._complete_assignment_locked(intent, recovered=False)
+            return intent["stage_tag"]
 
-    def _check_approval(self, version: str, approval: ApprovalRecord) -> None:
-        if approval.decision != "approve" or approval.version != version:
-            raise ApprovalRequiredError(f"{approval.decision} of {approval.version} does not approve {version}")
-        record = self.audit_log.find(approval.audit_record_hash) if approval.audit_record_hash else None
-        if record is None or record.event != audit.REVIEW_DECISION_ACCEPTED:
-            raise ApprovalRequiredError(
-                f"no accepted review decision {approval.audit_record_hash or '(none given)'} in the audit log: "
-                "production moves only through the approval path"
+    def _complete_assignment_locked(self, intent: dict[str, Any], recovered: bool) -> None:
+        """The steps after the intent record; each one skips what an interrupted earlier run already did."""
+        approvals = [ApprovalRecord.model_validate(a) for a in intent["approvals"]]
+        first = approvals[0]
+        stage_tag = intent["stage_tag"]
+        tag_object = self._tag_object(stage_tag)
+        if tag_object is None:
+            message = audit.canonical_json(
+                {
+                    **first.model_dump(mode="json"),
+                    "reviewer": ", ".join(a.reviewer for a in approvals),
+                    "approvals": intent["approvals"],
+                    "kind": intent["kind"],
+                    "intent_id": intent["intent_id"],
+                }
             )
-        recorded = ApprovalRecord.model_validate(record.payload.get("approval", {}))
-        if recorded.model_dump(exclude={"audit_record_hash"}) != approval.model_dump(exclude={"audit_record_hash"}):
-            raise ApprovalRequiredError("the approval differs from the decision recorded in the audit log")
+            tag_object = self._create_signed_tag(
+                stage_tag, intent["target_commit"], message, ", ".join(a.reviewer for a in approvals)
+            )
+        _kill_point("tag")
+        lineage_commit = self._record_approvals_in_lineage(intent["version"], approvals)
+        _kill_point("lineage")
+        self.audit_log.append(
+            audit.PRODUCTION_ASSIGNED,
+            actor=", ".join(a.reviewer for a in approvals),
+            subject=f"{MODEL_NAME}@{intent['version']}",
+            payload={
+                "intent_id": intent["intent_id"],
+                "kind": intent["kind"],
+                "stage_tag": stage_tag,
+                "tag_object": tag_object,
+                "lineage_commit": lineage_commit,
+                "request_id": intent["request_id"],
+                "decision_ids": intent["decision_ids"],
+                "approval_audit_record_hash": first.audit_record_hash,
+                "decision_record_hashes": intent["decision_record_hashes"],
+                "evidence_sha256": first.evidence_sha256,
+                "recovered": recovered,
+            },
+        )
+        _kill_point("recorded")
+        anchor = self._anchor_locked()
+        _kill_point("anchored")
+        self._push(stage_tag, anchor)
+
+    def _record_approvals_in_lineage(self, version: str, approvals: list[ApprovalRecord]) -> str:
+        """Append the approvals the manifest does not hold yet and commit; returns the commit holding them."""
+        manifest = read_lineage(self.repo_dir, f"{MODEL_NAME}@{version}")
+        known = {a.audit_record_hash for a in manifest.approvals}
+        missing = [a for a in approvals if a.audit_record_hash not in known]
+        lineage_file = write_lineage(self.repo_dir, manifest.model_copy(update={"approvals": [*manifest.approvals, *missing]}))
+        if self._git("status", "--porcelain", "--", str(lineage_file)):
+            self._git("add", str(lineage_file))
+            reviewers = ", ".join(a.reviewer for a in approvals)
+            self._git("commit", "--quiet", "-m", f"Record approval of {MODEL_NAME} {version} by {reviewers}")
+        return self._git("rev-parse", "HEAD")
+
+    def _assignment_of(self, approvals: list[ApprovalRecord], records: list[audit.AuditRecord]) -> str | None:
+        """The stage tag of a completed assignment that used exactly these approvals, when it still holds
+        production (a retry); a replay after production moved on is refused."""
+        hashes = [a.audit_record_hash for a in approvals]
+        done = next(
+            (
+                r for r in reversed(records)
+                if r.event == audit.PRODUCTION_ASSIGNED and r.payload.get("decision_record_hashes") == hashes
+            ),
+            None,
+        )
+        if done is None:
+            return None
+        latest = [e for e in self.history() if e.event in ("assignment", "unassignment") and e.stage == PRODUCTION_STAGE]
+        if latest and latest[-1].tag == done.payload.get("stage_tag"):
+            return done.payload["stage_tag"]
+        raise ApprovalRequiredError(
+            f"these approvals were used for {done.payload.get('stage_tag')} and production has moved since: "
+            "a decision moves production once (replay refused)"
+        )
+
+    def held_production(self, version: str) -> bool:
+        """Whether ``version`` was ever given the production stage (promoting it again is a rollback)."""
+        return any(
+            e.event == "assignment" and e.stage == PRODUCTION_STAGE and e.version == version for e in self.history()
+        )
+
+    def recover(self) -> list[str]:
+        """Complete or roll back assignment steps that were interrupted; returns what was done."""
+        with self.write_lock():
+            self._ensure_initialized_locked()
+            return self._recover_locked()
+
+    def _recover_locked(self) -> list[str]:
+        records = self.audit_log.records()
+        closed = {
+            r.payload.get("intent_id")
+            for r in records
+            if r.event in (audit.PRODUCTION_ASSIGNED, audit.ASSIGNMENT_ABORTED)
+        }
+        done = []
+        for record in records:
+            if record.event != audit.ASSIGNMENT_INTENT or record.payload.get("intent_id") in closed:
+                continue
+            intent = record.payload
+            tag = next((t for t in self.tags() if t.name == intent["stage_tag"]), None)
+            if tag is None:
+                self.audit_log.append(
+                    audit.ASSIGNMENT_ABORTED,
+                    actor="platform",
+                    subject=record.subject,
+                    payload={"intent_id": intent["intent_id"], "reason": "interrupted before its stage tag was written; "
+                             "production did not move and the approvals stay unused"},
+                )
+                done.append(f"rolled back the interrupted assignment of {intent['version']} (no tag was written)")
+            elif tag.signed_by and tag.target == intent["target_commit"]:
+                self._complete_assignment_locked(intent, recovered=True)
+                done.append(f"completed the interrupted assignment of {intent['version']} ({intent['stage_tag']})")
+            else:
+                self.audit_log.append(
+                    audit.ASSIGNMENT_ABORTED,
+                    actor="platform",
+                    subject=record.subject,
+                    payload={"intent_id": intent["intent_id"],
+                             "reason": f"tag {intent['stage_tag']} exists but is not the one this step writes"},
+                )
+                done.append(f"abandoned the assignment of {intent['version']}: {intent['stage_tag']} is foreign")
+        return done
+
+    # ------------------------------------------------------------------ the audit anchor
+
+    def anchor_audit_head(self) -> str | None:
+        """Anchor the audit log's current head in a signed registry tag (and push it); returns its name."""
+        with self.write_lock():
+            self._ensure_initialized_locked()
+            anchor = self._anchor_locked()
+            self._push(*([anchor] if anchor else []))
+            return anchor
+
+    def _anchor_locked(self) -> str | None:
+        records = self.audit_log.records()
+        if not records:
+            return None
+        last = records[-1]
+        name = f"{ANCHOR_TAG_PREFIX}{last.seq:08d}"
+        if self._tag_object(name) is None:
+            message = canonical_json(
+                {"seq": last.seq, "record_hash": last.record_hash, "anchored_at": datetime.now(timezone.utc).isoformat()}
+            )
+            self._create_signed_tag(name, self._git("rev-parse", "HEAD"), message, PLATFORM_IDENTITY[0])
+        return name
 
     # ------------------------------------------------------------------ reads
 
@@ -427,39 +680,12 @@ class ModelRegistry:
                     decided_at=details.get("decided_at"),
                     evidence_sha256=details.get("evidence_sha256"),
                     audit_record_hash=details.get("audit_record_hash"),
+                    kind=details.get("kind"),
+                    tag=raw.get("ref") or raw.get("tag"),
                     details=details,
                 )
             )
         return events
-
-    def verify_against_audit(self) -> list[str]:
-        """Problems linking the registry's stage moves to the audit log (empty when every one is backed).
-
-        Each production tag names the audit record of the decision behind it; a tag whose record is
-        missing, or is not an accepted approval of that version, means the log or the tags were altered.
-        """
-        problems = []
-        records = {r.record_hash: r for r in self.audit_log.records()} if self.audit_log.path.exists() else {}
-        for event in self.history():
-            if event.event != "assignment" or event.stage != PRODUCTION_STAGE:
-                continue
-            record = records.get(event.audit_record_hash or "")
-            approval = (record.payload.get("approval") or {}) if record else {}
-            if record is None:
-                problems.append(
-                    f"production assignment of {event.version} at {event.timestamp} names audit record "
-                    f"{event.audit_record_hash}, which the log does not hold"
-                )
-            elif (
-                record.event != audit.REVIEW_DECISION_ACCEPTED
-                or approval.get("version") != event.version
-                or approval.get("decision") != "approve"
-            ):
-                problems.append(
-                    f"production assignment of {event.version} at {event.timestamp} points to audit "
-                    f"record {record.seq} ({record.event}), not an approval of that version"
-                )
-        return problems
 
     def lineage(self, version: str) -> LineageManifest:
         return read_lineage(self.repo_dir, f"{MODEL_NAME}@{version.split('@')[-1]}")
@@ -509,16 +735,26 @@ def checkout_production() -> tuple[str | None, str | None]:
     return version, str(target)
 
 
+def _kill_point(point: str) -> None:
+    """The kill -9 drill's fault injection: SIGKILL this process at ``point`` when ``EVE_KILL_AT`` says so."""
+    if os.environ.get(KILL_POINT_ENV) == f"assign:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _iso(value: Any) -> str:
     return value.astimezone(timezone.utc).isoformat() if isinstance(value, datetime) else str(value)
 
 
 __all__ = [
+    "ANCHOR_TAG_PREFIX",
+    "ASSIGNMENT_STEPS",
+    "KILL_POINT_ENV",
     "ApprovalRequiredError",
     "GateNotPassedError",
     "ModelRegistry",
     "RegistryError",
     "RegistryEvent",
+    "RegistryTag",
     "RegistryVersion",
     "checkout_production",
     "register_candidate",

@@ -1,7 +1,9 @@
-"""The promotion flow against a real Prefect server: the pause, the policy, the audit trail, the registry.
+"""The promotion flow against the platform's real Prefect server (Prefect's app behind the authenticating
+gateway): identities from authentication, the policy from platform configuration, the audit trail, the
+registry.
 
-Decisions are sent the way another process would (``prefect.flow_runs.resume_flow_run``); the browser
-test drives the same pause through the UI.
+Decisions are sent over HTTP with an account's credentials, as the UI's Resume button and ``eve promote``
+send them; the browser test drives the same pause through the UI.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ import hashlib
 import pytest
 
 from tasks import audit
-from tests.fixtures.promotion_runs import promotion_request, registry_with_production, start_promotion, wait_for_pause
+from tests.fixtures.promotion_runs import (
+    promotion_request,
+    registry_with_production,
+    start_promotion,
+    submit_decision,
+    use_policy,
+    wait_for_pause,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -20,28 +29,52 @@ def _events(registry, subject="eve@v0.2.0"):
     return [(r.event, r.actor) for r in registry.audit_log.records() if r.subject == subject]
 
 
-def test_refused_decisions_keep_waiting_and_a_rejection_changes_nothing(prefect_server, eve_home, registry_inputs):
-    from prefect.flow_runs import resume_flow_run
-
+def test_decisions_are_judged_by_the_authenticated_account_and_a_rejection_changes_nothing(
+    prefect_server, prefect_accounts, eve_home, registry_inputs
+):
+    use_policy(reviewers=("alice", "bob", "carol"))
     registry = registry_with_production(registry_inputs)
-    run = start_promotion(promotion_request())
+    alice = prefect_accounts.auth("alice")
+    run = start_promotion(promotion_request(), requested_as=alice)
     paused = wait_for_pause(run)
+    key = paused.state.state_details.pause_key
+
+    # No credentials: the server answers 401 and the run never sees it.
+    assert submit_decision(prefect_server, None, paused.id, {"decision": "approve", "comment": "x"})["status_code"] == 401
+    assert submit_decision(prefect_server, "bob:wrong-password", paused.id, {"decision": "approve", "comment": "x"})[
+        "status_code"
+    ] == 401
+    # A client cannot bring its own identity claim.
+    forged = {"decision": "approve", "comment": "x", "eve_authenticated_submission": {"account": "carol"}}
+    assert submit_decision(prefect_server, prefect_accounts.auth("bob"), paused.id, forged)["status_code"] == 403
+
     attempts = [
-        ({"decision": "approve", "reviewer": "alice", "comment": "ship it"}, "cannot review it"),  # self-approval
-        ({"decision": "approve", "reviewer": "mallory", "comment": "ship it"}, "not on the allowed list"),
-        ({"decision": "approve", "reviewer": "bob", "comment": ""}, "comment is required"),
+        (alice, {"decision": "approve", "comment": "ship it"}, "requested this promotion"),
+        (prefect_accounts.auth("mallory"), {"decision": "approve", "comment": "ship it"}, "not an allowed reviewer"),
+        (prefect_accounts.auth("bob"), {"decision": "approve", "comment": ""}, "comment is required"),
+        # The test process's own credentials: a service account never reviews, whatever name it types.
+        (None, {"decision": "approve", "comment": "ok", "reviewer": "carol"}, "only people review"),
     ]
-    for run_input, reason in attempts:
-        resume_flow_run(paused.id, run_input=run_input)
-        paused = wait_for_pause(run, after_pause_key=paused.state.state_details.pause_key)
+    for auth, run_input, reason in attempts:
+        from prefect.flow_runs import resume_flow_run
+
+        if auth is None:
+            resume_flow_run(paused.id, run_input=run_input)  # as pytest-runner (service)
+        else:
+            assert submit_decision(prefect_server, auth, paused.id, run_input)["status_code"] in (200, 201)
+        paused = wait_for_pause(run, after_pause_key=key)
+        key = paused.state.state_details.pause_key
         refused = registry.audit_log.records()[-1]
-        assert refused.event == audit.REVIEW_DECISION_REFUSED and refused.actor == run_input["reviewer"]
-        assert any(reason in r for r in refused.payload["reasons"])
+        assert refused.event == audit.REVIEW_DECISION_REFUSED, refused
+        assert any(reason in r for r in refused.payload["reasons"]), refused.payload["reasons"]
         assert registry.production_version() == "v0.1.0"
 
-    resume_flow_run(paused.id, run_input={"decision": "reject", "reviewer": "bob", "comment": "CIDEr regressed"})
+    # bob types carol's name: the platform records bob, the account that submitted it.
+    bob = prefect_accounts.auth("bob")
+    submit_decision(prefect_server, bob, paused.id, {"decision": "reject", "reviewer": "carol", "comment": "CIDEr regressed"})
     outcome = run.join()
-    assert outcome.status == "rejected" and outcome.refused_decisions == 3
+    assert outcome.status == "rejected" and outcome.refused_decisions == 4
+    assert outcome.requested_by == "alice" and outcome.approval.reviewer == "bob"
     assert registry.production_version() == "v0.1.0"
     assert _events(registry) == [
         ("registry.candidate_registered", "platform"),
@@ -49,34 +82,47 @@ def test_refused_decisions_keep_waiting_and_a_rejection_changes_nothing(prefect_
         ("review.decision_refused", "alice"),
         ("review.decision_refused", "mallory"),
         ("review.decision_refused", "bob"),
+        ("review.decision_refused", "pytest-runner"),
         ("review.decision_accepted", "bob"),
         ("promotion.rejected", "bob"),
     ]
-    assert registry.audit_log.verify().ok
+    from tasks.verification import verify_platform
+
+    report = verify_platform()
+    assert report.ok, report.problems
 
 
-def test_no_decision_before_the_deadline_is_a_rejection(prefect_server, eve_home, registry_inputs):
+def test_no_decision_before_the_deadline_is_a_rejection(prefect_server, prefect_accounts, eve_home, registry_inputs):
+    use_policy(timeout_seconds=3)
     registry = registry_with_production(registry_inputs)
-    outcome = start_promotion(promotion_request(timeout_seconds=3)).join()
+    outcome = start_promotion(promotion_request(), requested_as=prefect_accounts.auth("alice")).join()
     assert outcome.status == "timed_out" and outcome.approval is None
     assert registry.production_version() == "v0.1.0"
     assert _events(registry)[-2:] == [("review.timed_out", "platform"), ("promotion.rejected", "platform")]
     assert registry.audit_log.verify().ok
 
 
-def test_approval_through_the_api_moves_production_with_the_evidence_hash(prefect_server, eve_home, registry_inputs):
+def test_approval_moves_production_with_the_evidence_hash_and_parameters_choose_nothing(
+    prefect_server, prefect_accounts, eve_home, registry_inputs
+):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-    from prefect.flow_runs import resume_flow_run
+    from tasks.promotion import ApprovalPolicy
+    from tasks.verification import verify_platform
 
+    use_policy(reviewers=("bob", "carol"))
     registry = registry_with_production(registry_inputs)
-    run = start_promotion(promotion_request())
-    paused = wait_for_pause(run)
-    resume_flow_run(
-        paused.id, run_input={"decision": "approve", "reviewer": "carol", "comment": "VQA up, CIDEr within noise"}
+    # The caller claims to be carol and names its own reviewer: both parameters are ignored.
+    request = promotion_request().model_copy(
+        update={"requested_by": "carol", "policy": ApprovalPolicy(allowed_reviewers=["alice"])}
     )
+    run = start_promotion(request, requested_as=prefect_accounts.auth("alice"))
+    paused = wait_for_pause(run)
+    assert paused.labels["eve.created_by"] == "alice"
+    submit_decision(prefect_server, prefect_accounts.auth("carol"), paused.id,
+                    {"decision": "approve", "comment": "VQA up, CIDEr within noise"})
     outcome = run.join()
-    assert outcome.status == "approved"
+    assert outcome.status == "approved" and outcome.requested_by == "alice"
     assert registry.production_version() == "v0.2.0"
 
     with get_client(sync_client=True) as client:
@@ -86,15 +132,42 @@ def test_approval_through_the_api_moves_production_with_the_evidence_hash(prefec
     evidence = next(a for a in artifacts if a.key == "evidence-eve-v0-2-0")
     shown_markdown = evidence.data.rsplit("\n\n_evidence sha256", 1)[0]
     assert hashlib.sha256(shown_markdown.encode()).hexdigest() == outcome.approval.evidence_sha256
-    assert any(a.key == "lineage-eve-v0-2-0" for a in artifacts)
+    assert "Requested by **alice**" in shown_markdown and "Allowed reviewers: bob, carol" in shown_markdown
 
     assignment = [e for e in registry.history() if e.event == "assignment"][-1]
-    assert (assignment.version, assignment.reviewer, assignment.comment) == (
-        "v0.2.0",
-        "carol",
-        "VQA up, CIDEr within noise",
+    assert (assignment.version, assignment.reviewer, assignment.comment, assignment.kind) == (
+        "v0.2.0", "carol", "VQA up, CIDEr within noise", "promotion",
     )
     assert assignment.evidence_sha256 == outcome.approval.evidence_sha256
     assert registry.lineage("v0.2.0").approvals[-1].reviewer == "carol"
-    assert _events(registry)[-2:] == [("review.decision_accepted", "carol"), ("registry.production_assigned", "carol")]
-    assert registry.audit_log.verify().ok
+    request_record = next(r for r in registry.audit_log.records() if r.event == audit.PROMOTION_REQUESTED
+                          and r.subject == "eve@v0.2.0")
+    assert request_record.payload["request"]["requested_by"] == "alice"
+    assert request_record.payload["request"]["rule"]["allowed_reviewers"] == ["bob", "carol"]
+    assert _events(registry)[-3:] == [
+        ("review.decision_accepted", "carol"),
+        ("registry.assignment_intent", "carol"),
+        ("registry.production_assigned", "carol"),
+    ]
+    report = verify_platform()
+    assert report.ok, report.problems
+
+
+def test_two_person_rule_needs_two_distinct_reviewers(prefect_server, prefect_accounts, eve_home, registry_inputs):
+    use_policy(reviewers=("bob", "carol"), two_person_rule=True)
+    registry = registry_with_production(registry_inputs)
+    run = start_promotion(promotion_request(), requested_as=prefect_accounts.auth("alice"))
+    paused = wait_for_pause(run)
+    bob = prefect_accounts.auth("bob")
+    for expected in ("accepted", "refused"):  # bob twice: the second is not another person
+        key = paused.state.state_details.pause_key
+        submit_decision(prefect_server, bob, paused.id, {"decision": "approve", "comment": "fine by me"})
+        paused = wait_for_pause(run, after_pause_key=key)
+        assert registry.audit_log.records()[-1].event == f"review.decision_{expected}"
+        assert registry.production_version() == "v0.1.0"
+    assert "already approved" in registry.audit_log.records()[-1].payload["reasons"][0]
+    submit_decision(prefect_server, prefect_accounts.auth("carol"), paused.id, {"decision": "approve", "comment": "agreed"})
+    outcome = run.join()
+    assert outcome.status == "approved" and [a.reviewer for a in outcome.approvals] == ["bob", "carol"]
+    assert registry.production_version() == "v0.2.0"
+    assert [a.reviewer for a in registry.lineage("v0.2.0").approvals] == ["bob", "carol"]

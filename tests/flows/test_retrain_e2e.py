@@ -4,6 +4,7 @@ second run with unchanged inputs that trains nothing and mints no new version.""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,14 +29,12 @@ def _small_params(demo_dir: Path, mode: str):
     from tasks.data.demo_source import demo_sources
     from tasks.evaluate.gates import GatePolicy, MetricThreshold
     from tasks.evaluate.harness import HarnessConfig
-    from tasks.promotion import ApprovalPolicy
     from tasks.quality.config import CaptionGateThresholds
     from tasks.stages import TrainingParameters
 
     sources = demo_sources(demo_dir)
     params = demo()
     return params.model_copy(update={
-        "requested_by": "alice",
         "data": params.data.model_copy(update={
             "use_demo_source": False, "sources": sources.captions, "sft_sources": sources.sft, "curate": False,
         }),
@@ -48,19 +47,16 @@ def _small_params(demo_dir: Path, mode: str):
             gate=GatePolicy(thresholds=[MetricThreshold(metric="demo_vqa/accuracy", minimum=0.0)]),
             eval_questions_path=sources.eval_questions_path,
         ),
-        "promotion": PromotionParameters(
-            policy=ApprovalPolicy(allowed_reviewers=["carol"], timeout_seconds=600, poll_interval_seconds=1),
-            mode=mode,
-        ),
+        "promotion": PromotionParameters(mode=mode),
     })
 
 
-def _approve_when_paused(deadline_seconds: float, outcome: dict) -> None:
+def _approve_when_paused(deadline_seconds: float, outcome: dict, reviewer_auth: str) -> None:
     from prefect import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
     from prefect.client.schemas.filters import FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
-    from prefect.flow_runs import resume_flow_run
+    from tests.fixtures.promotion_runs import submit_decision
 
     deadline = time.monotonic() + deadline_seconds
     with get_client(sync_client=True) as client:
@@ -70,25 +66,28 @@ def _approve_when_paused(deadline_seconds: float, outcome: dict) -> None:
                 flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))),
             )
             if runs:
-                resume_flow_run(runs[0].id, run_input={"decision": "approve", "reviewer": "carol",
-                                                       "comment": "e2e: small model, gate passed"})
+                submit_decision(os.environ["PREFECT_API_URL"], reviewer_auth, runs[0].id,
+                                {"decision": "approve", "comment": "e2e: small model, gate passed"})
                 outcome["resumed"] = str(runs[0].id)
                 return
             time.sleep(1)
     outcome["resumed"] = None
 
 
-def test_small_retrain_end_to_end_then_unchanged_rerun_trains_nothing(prefect_server, eve_home, tmp_path):
+def test_small_retrain_end_to_end_then_unchanged_rerun_trains_nothing(prefect_server, prefect_accounts, eve_home, tmp_path):
     from eve_model.shards import verify_dataset
     from flows.retrain_flow import retrain
     from tasks.data.demo_source import DemoDataConfig, generate_demo_data
     from tasks.lineage.store import read_lineage
     from tasks.registry import ModelRegistry
+    from tests.fixtures.promotion_runs import use_policy
 
     demo_dir = generate_demo_data(tmp_path / "raw", DemoDataConfig.tiny())
 
+    use_policy(reviewers=("carol",), timeout_seconds=600)
     approval: dict = {}
-    approver = threading.Thread(target=_approve_when_paused, args=(900, approval), daemon=True)
+    approver = threading.Thread(target=_approve_when_paused, args=(900, approval, prefect_accounts.auth("carol")),
+                                daemon=True)
     approver.start()
     first = retrain(_small_params(demo_dir, mode="wait"))
     approver.join(5)

@@ -1,4 +1,5 @@
-"""GTO registry with DVC-tracked weights: gate-only registration, approval-only production, pull-back, races."""
+"""GTO registry with DVC-tracked weights: gate-only registration, approval-only production, signed tags,
+rollback, pull-back, races."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import multiprocessing
 import shutil
 import subprocess
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -17,27 +17,12 @@ from tasks.lineage.schema import ApprovalRecord
 from tasks.platform import PlatformSettings
 from eve_model.identity import weights_sha256
 from tasks.registry import ApprovalRequiredError, GateNotPassedError, ModelRegistry, RegistryError
-from tests.fixtures.model_registry import passing_gate
+from tests.fixtures.model_registry import authorised_approvals, passing_gate
 
 
 def _audited_approval(registry: ModelRegistry, version: str, reviewer: str = "bob") -> ApprovalRecord:
-    """What the approval path produces: an accepted decision recorded in the audit log."""
-    approval = ApprovalRecord(
-        version=version,
-        decision="approve",
-        reviewer=reviewer,
-        comment="numbers look good",
-        decided_at=datetime.now(timezone.utc).isoformat(),
-        evidence_sha256="a" * 64,
-        requested_by="alice",
-    )
-    record = registry.audit_log.append(
-        audit.REVIEW_DECISION_ACCEPTED,
-        actor=reviewer,
-        subject=f"eve@{version}",
-        payload={"approval": approval.model_dump()},
-    )
-    return approval.model_copy(update={"audit_record_hash": record.record_hash})
+    """What the approval path produces: a recorded request and an accepted, signed decision."""
+    return authorised_approvals(registry, version, reviewers=(reviewer,))[0]
 
 
 def test_registration_requires_a_passing_gate(eve_home, registry_inputs):
@@ -94,20 +79,11 @@ def test_every_hash_in_the_lineage_resolves_and_pulls_back(eve_home, registry_in
 def test_production_moves_only_with_an_audited_approval(eve_home, registry_inputs):
     registry = ModelRegistry(PlatformSettings.load())
     version = registry.register_candidate(*registry_inputs(1), passing_gate())
-    forged = ApprovalRecord(
-        version=version,
-        decision="approve",
-        reviewer="bob",
-        comment="trust me",
-        decided_at="2026-01-01T00:00:00+00:00",
-        evidence_sha256="b" * 64,
-        requested_by="alice",
-        audit_record_hash="f" * 64,
-    )
-    with pytest.raises(ApprovalRequiredError):
-        registry.assign_production(version, forged)
     approval = _audited_approval(registry, version)
-    with pytest.raises(ApprovalRequiredError):  # altered after the audit record was written
+    forged = approval.model_copy(update={"audit_record_hash": "f" * 64})
+    with pytest.raises(ApprovalRequiredError, match="no accepted review decision"):
+        registry.assign_production(version, forged)
+    with pytest.raises(ApprovalRequiredError, match="differs"):  # altered after the audit record was written
         registry.assign_production(version, approval.model_copy(update={"comment": "edited"}))
     assert registry.production_version() is None
 
@@ -116,26 +92,67 @@ def test_production_moves_only_with_an_audited_approval(eve_home, registry_input
     assert registry.production_version() == version
     assignment = [e for e in registry.history() if e.event == "assignment"][-1]
     assert (assignment.reviewer, assignment.comment, assignment.evidence_sha256) == ("bob", approval.comment, "a" * 64)
-    assert assignment.audit_record_hash == approval.audit_record_hash
+    assert assignment.audit_record_hash == approval.audit_record_hash and assignment.kind == "promotion"
     assert registry.lineage(version).approvals == [approval]
+    assert [r.event for r in registry.audit_log.records()][-2:] == [audit.ASSIGNMENT_INTENT, audit.PRODUCTION_ASSIGNED]
     assert registry.audit_log.verify().ok
 
 
-def test_a_rewritten_audit_log_is_caught_by_the_registry_tags(eve_home, registry_inputs):
+def test_every_registry_tag_is_signed_and_git_itself_verifies_it(eve_home, registry_inputs, tmp_path):
     registry = ModelRegistry(PlatformSettings.load())
     version = registry.register_candidate(*registry_inputs(1), passing_gate())
     registry.assign_production(version, _audited_approval(registry, version))
-    assert registry.verify_against_audit() == []
+    tags = registry.tags()
+    assert {t.name for t in tags} >= {"eve@v0.1.0", "eve#production#1"}
+    assert any(t.name.startswith("eve-audit/anchor-") for t in tags)
+    assert all(t.annotated and t.signed_by for t in tags)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(registry.keyring.allowed_signers("platform"))
+    for name in ("eve@v0.1.0", "eve#production#1"):
+        checked = subprocess.run(
+            ["git", "-c", f"gpg.ssh.allowedSignersFile={allowed}", "tag", "-v", name],
+            cwd=registry.repo_dir, capture_output=True, text=True,
+        )
+        assert checked.returncode == 0 and 'Good "git" signature for eve-platform' in checked.stderr, checked.stderr
 
-    # Forge a whole new, internally consistent log without the approval: the chain alone cannot tell.
+
+def test_a_rollback_goes_through_approvals_and_is_recorded_as_one(eve_home, registry_inputs):
+    registry = ModelRegistry(PlatformSettings.load())
+    first = registry.register_candidate(*registry_inputs(1), passing_gate())
+    second = registry.register_candidate(*registry_inputs(2), passing_gate())
+    registry.assign_production(first, _audited_approval(registry, first))
+    registry.assign_production(second, _audited_approval(registry, second, reviewer="carol"))
+    assert registry.production_version() == second
+    with pytest.raises(ApprovalRequiredError):  # no approval, no rollback either
+        registry.assign_production(first, [])
+    rollback = authorised_approvals(registry, first, reviewers=("dave",))
+    registry.assign_production(first, rollback)
+    assert registry.production_version() == first
+    moves = [(e.version, e.kind) for e in registry.history() if e.event == "assignment"]
+    assert moves == [(first, "promotion"), (second, "promotion"), (first, "rollback")]
+    request = next(r for r in reversed(registry.audit_log.records()) if r.event == audit.PROMOTION_REQUESTED)
+    assert request.payload["request"]["kind"] == "rollback"
+    assert registry.audit_log.records()[-1].payload["kind"] == "rollback"
+
+
+def test_a_rewritten_audit_log_is_caught_by_the_registry_anchors(eve_home, registry_inputs):
+    from tasks.verification import verify_platform
+
+    registry = ModelRegistry(PlatformSettings.load())
+    version = registry.register_candidate(*registry_inputs(1), passing_gate())
+    registry.assign_production(version, _audited_approval(registry, version))
+    assert verify_platform().ok
+
+    # Rebuild a whole new, internally consistent and even signed log without the decision: the
+    # chain alone cannot tell, the anchors in the registry can.
     kept = [r for r in registry.audit_log.records() if r.event != audit.REVIEW_DECISION_ACCEPTED]
     registry.audit_log.path.unlink()
     registry.audit_log.head_path.unlink()
     for record in kept:
         registry.audit_log.append(record.event, actor=record.actor, subject=record.subject, payload=record.payload)
     assert registry.audit_log.verify().ok
-    problems = registry.verify_against_audit()
-    assert len(problems) == 1 and "does not hold" in problems[0]
+    report = verify_platform()
+    assert not report.ok and "anchor" in report.problems[0] and "rewritten" in report.problems[0]
 
 
 @pytest.mark.slow
@@ -188,7 +205,7 @@ def test_racing_writers_are_serialised(eve_home, registry_inputs):
     assert sorted(queue.get(timeout=5) for _ in processes) == ["v0.1.0", "v0.2.0"]
     assert sorted(v.version for v in registry.show()) == ["v0.1.0", "v0.2.0"]
 
-    approvals = {v: _audited_approval(registry, v, reviewer=f"r-{v}") for v in ("v0.1.0", "v0.2.0")}
+    approvals = {v: _audited_approval(registry, v, reviewer=f"r-{v.replace('.', '-')}") for v in ("v0.1.0", "v0.2.0")}
     threads = [threading.Thread(target=registry.assign_production, args=(v, a)) for v, a in approvals.items()]
     for thread in threads:
         thread.start()
@@ -220,6 +237,15 @@ def test_remote_registry_receives_commits_and_tags(eve_home, registry_inputs, tm
     from gto import api
 
     assert [v.version for v in api.find_versions_in_stage(str(clone), "eve", "production")] == [version]
+
+    # A local tag rewritten by hand no longer agrees with the remote's: verify says so.
+    from tasks.verification import verify_platform
+
+    assert verify_platform().ok
+    subprocess.run(["git", "tag", "-f", "-a", "eve#production#1", "-m", "moved", "HEAD"], cwd=registry.repo_dir,
+                   check=True, capture_output=True)
+    report = verify_platform()
+    assert any("differs from the remote" in problem and "eve#production#1" in problem for problem in report.problems)
 
 
 def test_an_unreachable_registry_remote_fails_clearly_without_leaking_credentials(eve_home, monkeypatch):
