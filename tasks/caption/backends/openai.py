@@ -17,25 +17,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
 import httpx
 
 from tasks.caption.backends.base import CaptionBackend, CaptionBackendError, CaptionInput, CaptionOutput
 from tasks.caption.provenance import BackendIdentity, PromptTemplate
+from tasks.redact import register_secret, url_without_credentials
 
 logger = logging.getLogger(__name__)
 
 _MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-def _without_credentials(url: str) -> str:
-    """The URL without user:password@ or a query string (where some gateways put keys)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class OpenAICaptionBackend(CaptionBackend):
@@ -63,6 +54,7 @@ class OpenAICaptionBackend(CaptionBackend):
         headers = {"content-type": "application/json"}
         api_key = os.environ.get(api_key_env)
         if api_key:
+            register_secret(api_key)  # scrubbed by value from any log line or message (tasks.redact)
             headers["authorization"] = f"Bearer {api_key}"
         self._client = httpx.Client(
             headers=headers,
@@ -82,7 +74,7 @@ class OpenAICaptionBackend(CaptionBackend):
             prompt_template=template.ref,
             prompt_text=template.text,
             decoding=decoding,
-            endpoint=_without_credentials(self.endpoint_url),
+            endpoint=url_without_credentials(self.endpoint_url),
         )
 
     @property
@@ -110,7 +102,7 @@ class OpenAICaptionBackend(CaptionBackend):
     def _request(self, method: str, url: str, payload: dict | None = None) -> httpx.Response:
         """One request with retries; returns the final response (2xx or a non-retryable 4xx)."""
         last_problem = ""
-        safe_url = _without_credentials(url)  # logs and errors never carry credentials
+        safe_url = url_without_credentials(url)  # logs and errors never carry credentials
         for attempt in range(self.max_retries + 1):
             if attempt:
                 delay = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (attempt - 1))
