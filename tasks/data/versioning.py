@@ -124,8 +124,9 @@ class RemoteConfig(BaseModel):
                 options["endpointurl"] = self.endpoint_url
         return options
 
-    def runtime_config(self) -> dict | None:
-        """DVC configuration given to each ``Repo`` in memory: the credentials, if the URL had any."""
+    def runtime_config(self, remote_name: str = REMOTE_NAME) -> dict | None:
+        """DVC configuration given to each ``Repo`` in memory (``Repo(root, config=...)``, also
+        ``Repo.get``): the credentials of remote ``remote_name``, if the URL had any."""
         if self.user is None and self.password is None:
             return None
         password = self.password.get_secret_value() if self.password else None
@@ -133,7 +134,7 @@ class RemoteConfig(BaseModel):
             options = {"access_key_id": self.user, "secret_access_key": password}
         else:  # http(s), webdav: basic authentication
             options = {"auth": "basic", "user": self.user or "", "password": password or ""}
-        return {"remote": {REMOTE_NAME: {key: value for key, value in options.items() if value is not None}}}
+        return {"remote": {remote_name: {key: value for key, value in options.items() if value is not None}}}
 
     @classmethod
     def from_url(cls, url: str, endpoint_url: str | None = None) -> "RemoteConfig":
