@@ -5,11 +5,13 @@
     .venv/bin/python benchmarks/bench_serve.py --model-dir runs/x/final --requests 200 --concurrency 16
 
 A bounded load test on loopback only: it starts the real server (uvicorn subprocess on 127.0.0.1)
-once per (revision, batch size), sends the same ``--requests`` requests from ``--concurrency`` client
-threads, and prints requests/s and latency p50/p95 overall and per kind, then the ratios measured in
-this one run: batched/unbatched for each revision, and this revision/baseline for each batch size.
+once per (revision, batch size) and round, sends the same ``--requests`` requests from
+``--concurrency`` client threads, and prints requests/s and latency p50/p95 overall and per kind
+(the median over ``--rounds`` interleaved rounds, so that a machine shared with other work drifts
+into every configuration alike), then the ratios measured in this one run: batched/unbatched for
+each revision, and this revision/baseline for each batch size.
 
-The mix: every ``--long-every``-th request is a long text prompt (``--long-prompt-words`` words,
+The mix: every ``--long-every``-th request is a long text prompt (``--long-prompt-tokens`` tokens,
 close to the tiny model's 512-token context), the others are short image+question requests; all
 ask for ``--max-tokens`` tokens with ``ignore_eos`` (so every request does the same work on every
 revision; a server that does not know ``ignore_eos`` ignores it, and the mean completion length is
@@ -34,15 +36,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 
-def mixed_payloads(count: int, max_tokens: int, long_every: int, long_prompt_words: int) -> list[tuple[str, dict]]:
+WORDS = "the quick brown fox jumps over a lazy dog near the river bank".split()
+
+
+def long_text(model_dir: Path, target_tokens: int, offset: int) -> str:
+    """Text of about ``target_tokens`` tokens for the checkpoint's own tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    words: list[str] = []
+    while len(tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) < target_tokens:
+        words += [WORDS[(offset + len(words) + step) % len(WORDS)] for step in range(16)]
+    return " ".join(words)
+
+
+def mixed_payloads(model_dir: Path, count: int, max_tokens: int, long_every: int, long_prompt_tokens: int) -> list[tuple[str, dict]]:
     """``(kind, payload)`` pairs: a long text prompt every ``long_every`` requests, short image questions otherwise."""
     from PIL import Image
 
     payloads = []
     for index in range(count):
         if long_every and index % long_every == long_every - 1:
-            text = " ".join(f"word{(index + word) % 97}" for word in range(long_prompt_words))
-            messages = [{"role": "user", "content": f"Summarise: {text}"}]
+            messages = [{"role": "user", "content": f"Summarise: {long_text(model_dir, long_prompt_tokens, index)}"}]
             kind = "long"
         else:
             buffer = io.BytesIO()
@@ -105,8 +120,10 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--long-every", type=int, default=4, help="every Nth request is a long prompt (0: none)")
-    parser.add_argument("--long-prompt-words", type=int, default=300)
+    parser.add_argument("--long-prompt-tokens", type=int, default=380,
+                        help="length of a long prompt's text (the chat template adds ~40); keep it within the context")
     parser.add_argument("--timeout-seconds", type=float, default=600.0, help="per request; the run is bounded")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; medians are reported")
     args = parser.parse_args()
 
     from tests.fixtures.eve_serve import EveServer
@@ -115,24 +132,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         model_dir = args.model_dir or write_tiny_eve_checkpoint(scratch / "tiny-eve")
-        payloads = mixed_payloads(args.requests, args.max_tokens, args.long_every, args.long_prompt_words)
+        payloads = mixed_payloads(Path(model_dir), args.requests, args.max_tokens, args.long_every, args.long_prompt_tokens)
         revisions = {"this": REPO_ROOT}
         if args.baseline:
             revisions = {f"baseline {args.baseline}": checkout_of(args.baseline, scratch / "baseline"), **revisions}
-        rows: dict[tuple[str, int], dict[str, float]] = {}
-        for revision, checkout in revisions.items():
-            for batch in (1, args.max_batch_size):
-                server = EveServer(Path(model_dir), scratch / f"server-{len(rows)}.log",
-                                   ["--max-batch-size", str(batch)], checkout=checkout)
-                server.start()
-                try:
-                    rows[(revision, batch)] = measure(server.url, payloads, args.concurrency, args.timeout_seconds)
-                finally:
-                    server.stop()
+        runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for round_index in range(args.rounds):
+            for revision, checkout in revisions.items():
+                for batch in (1, args.max_batch_size):
+                    server = EveServer(Path(model_dir), scratch / f"server-{round_index}-{batch}-{len(runs)}.log",
+                                       ["--max-batch-size", str(batch)], checkout=checkout)
+                    server.start()
+                    try:
+                        runs.setdefault((revision, batch), []).append(
+                            measure(server.url, payloads, args.concurrency, args.timeout_seconds))
+                    finally:
+                        server.stop()
+        rows = {config: {key: statistics.median(run[key] for run in measured) for key in measured[0]}
+                for config, measured in runs.items()}
 
     kinds = sum(1 for kind, _ in payloads if kind == "long")
-    print(f"{args.requests} requests ({kinds} long of ~{args.long_prompt_words} words, {args.requests - kinds} short "
-          f"image questions), {args.concurrency} concurrent clients, max_tokens {args.max_tokens}, loopback")
+    print(f"{args.requests} requests ({kinds} long of ~{args.long_prompt_tokens} text tokens, {args.requests - kinds} short "
+          f"image questions), {args.concurrency} concurrent clients, max_tokens {args.max_tokens}, loopback, "
+          f"median of {args.rounds} interleaved round(s)")
     header = f"{'revision':<22}{'batch':>6}{'req/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'short p50':>11}{'short p95':>11}" \
              f"{'long p50':>10}{'long p95':>10}{'tokens':>8}"
     print(header)

@@ -27,6 +27,7 @@ def _run(args: argparse.Namespace) -> int:
         allowed_image_root=Path(args.allowed_image_root) if args.allowed_image_root else None,
         max_batch_size=args.max_batch_size,
         max_queued_requests=args.max_queued_requests,
+        max_batch_prefill_tokens=args.max_batch_prefill_tokens,
         max_tokens_limit=args.max_tokens_limit,
         device=args.device,
     )
@@ -65,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-batch-size", type=int, default=8, help="most concurrent requests generated together")
     parser.add_argument("--max-queued-requests", type=int, default=64,
                         help="requests that may wait; more get 429 with Retry-After")
+    parser.add_argument("--max-batch-prefill-tokens", type=int, default=4096,
+                        help="prefill budget of a batch (rows x longest prompt); a longer prefill runs apart")
     parser.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
     parser.add_argument("--device", default="cpu", help="torch device of the model, e.g. cuda")
     parser.set_defaults(func=_run)

@@ -19,11 +19,15 @@ Bounds, so that no request can take the server from the others:
   (``context_tokens``) before it is queued.
 - **The queue** holds at most ``max_queued_requests``; ``submit`` raises ``QueueFullError`` (with a
   retry-after estimate) beyond that.
-- **Batches** only group requests with the same sampling settings and prompts in the same
-  power-of-two length band: a long prefill never runs in a batch with short requests (which would
-  wait on it and be padded to its length). Within a batch each row stops on its own (its own
-  ``max_new_tokens``, end of sequence, or cancellation) and its result is delivered at that moment,
-  not when the longest row ends. A cancelled request (``GenerationRequest.cancel``: its client is
+- **Batches** group requests with the same sampling settings, oldest first, within a prefill token
+  budget (``max_batch_prefill_tokens``, as TGI's option of that name): a batch's rows are padded to
+  its longest prompt, so rows x longest prompt is what its prefill computes. A request whose prompt
+  would push a batch past the budget waits for the next batch (it heads that one, so nothing
+  starves), and a prompt longer than the budget runs alone: a long prefill never holds short
+  requests for longer than a budget's worth of prefill, while prompts of similar length still share
+  one decode loop (on a CPU, where decode steps dominate, splitting them would cost more than the
+  padding). Within a batch each row stops on its own (its own ``max_new_tokens``, end of sequence,
+  or cancellation) and its result is delivered at that moment, not when the longest row ends. A cancelled request (``GenerationRequest.cancel``: its client is
   gone) is dropped from the queue, or stops generating at the next token; a batch whose rows are all
   cancelled stops.
 
@@ -434,17 +438,16 @@ class _pillow_guard_off:
 # ------------------------------------------------------------------------------------------- engine
 
 
+DEFAULT_MAX_BATCH_PREFILL_TOKENS = 4096
+"""Prefill budget of a batch (rows x longest prompt); TGI's default for the same option."""
+
+
 @dataclass
 class _Job:
     request: GenerationRequest
     future: Future
     prompt_tokens: int
     enqueued_at: float
-
-    @property
-    def length_band(self) -> int:
-        """Power-of-two band of the prompt length: 1 token, 2-3, 4-7, ..., 512-1023, ..."""
-        return max(self.prompt_tokens, 1).bit_length()
 
 
 def _resolve(future: Future, result: GenerationResult | None = None, error: BaseException | None = None) -> None:
@@ -469,10 +472,12 @@ class BatchingEngine:
         max_batch_size: int = 8,
         batch_window_ms: float = 5.0,
         max_queued_requests: int = 64,
+        max_batch_prefill_tokens: int = DEFAULT_MAX_BATCH_PREFILL_TOKENS,
         batch_observer: Callable[[list[GenerationRequest]], None] | None = None,
     ) -> None:
         self.generator = generator
         self.max_batch_size = max_batch_size
+        self.max_batch_prefill_tokens = max_batch_prefill_tokens
         self.batch_window_seconds = batch_window_ms / 1000
         self.max_queued_requests = max_queued_requests
         self.batch_observer = batch_observer
@@ -538,7 +543,8 @@ class BatchingEngine:
         self._pending = kept
 
     def _next_batch(self) -> list[_Job] | None:
-        """Wait for work, then take the oldest request and the requests that may share its batch."""
+        """Wait for work, then take the oldest request and, in order, the requests that may share its
+        batch: same sampling settings, and the padded prefill (rows x longest prompt) within budget."""
         with self._condition:
             while True:
                 self._drop_cancelled()
@@ -558,9 +564,14 @@ class BatchingEngine:
                 if not self._pending:
                     return []
             head = self._pending[0]
-            batch = [job for job in self._pending
-                     if job.request.sampling_key() == head.request.sampling_key()
-                     and job.length_band == head.length_band][: self.max_batch_size]
+            batch, longest = [head], head.prompt_tokens
+            for job in self._pending[1:]:
+                if len(batch) == self.max_batch_size:
+                    break
+                padded_prefill = max(longest, job.prompt_tokens) * (len(batch) + 1)
+                if job.request.sampling_key() == head.request.sampling_key() and padded_prefill <= self.max_batch_prefill_tokens:
+                    batch.append(job)
+                    longest = max(longest, job.prompt_tokens)
             taken = {id(job) for job in batch}
             self._pending = [job for job in self._pending if id(job) not in taken]
             self.running = len(batch)
@@ -610,6 +621,7 @@ __all__ = [
     "ACCEPTED_IMAGE_FORMATS",
     "ACCEPTED_IMAGE_MODES",
     "BatchingEngine",
+    "DEFAULT_MAX_BATCH_PREFILL_TOKENS",
     "DecodeBudget",
     "GREEDY_TEMPERATURE",
     "GenerationCancelled",

@@ -26,7 +26,7 @@ bodies and headers are never logged.
 
 Load: a request whose client disconnects is cancelled (dropped from the queue, or stopped at its
 next token); the queue is bounded; batching is ``eve_model.generation.BatchingEngine``'s (one batch
-per sampling setting and prompt-length band; each row delivered when it ends). The model side is
+per sampling setting within a prefill token budget; each row delivered when it ends). The model side is
 ``eve_model.generation``; this module is the HTTP app only.
 """
 
@@ -55,6 +55,7 @@ from starlette.responses import JSONResponse, Response
 from eve_model.constants import IMAGE_PLACEHOLDER
 from eve_model.generation import (
     DEFAULT_DECODE_BUDGET_BYTES,
+    DEFAULT_MAX_BATCH_PREFILL_TOKENS,
     MAX_IMAGE_PIXELS,
     BatchingEngine,
     DecodeBudget,
@@ -110,6 +111,8 @@ class ServeSettings(BaseModel):
     """Most requests generated together."""
     batch_window_ms: float = Field(default=5.0, ge=0.0)
     """How long the engine waits for more requests to join a batch."""
+    max_batch_prefill_tokens: int = Field(default=DEFAULT_MAX_BATCH_PREFILL_TOKENS, ge=1)
+    """Prefill budget of a batch (rows x longest prompt): a longer prefill does not join other requests."""
     max_queued_requests: int = Field(default=64, ge=1)
     """Requests that may wait for the model; beyond that the server answers 429 with Retry-After."""
     max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1)
@@ -344,7 +347,8 @@ def create_app(settings: ServeSettings, generator: VisionTextGenerator | None = 
         settings.model_dir, device=settings.device, max_image_pixels=settings.max_image_pixels,
         decode_budget=DecodeBudget(settings.decode_budget_bytes),
     )
-    engine = BatchingEngine(generator, settings.max_batch_size, settings.batch_window_ms, settings.max_queued_requests)
+    engine = BatchingEngine(generator, settings.max_batch_size, settings.batch_window_ms, settings.max_queued_requests,
+                            settings.max_batch_prefill_tokens)
     model_id = settings.model_id or settings.model_dir.resolve().name
     counters = {"chat_completions": 0, "client_errors": 0, "server_errors": 0, "unauthorized": 0,
                 "rejected_queue_full": 0, "context_length_exceeded": 0, "cancelled": 0}

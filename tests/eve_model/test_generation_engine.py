@@ -133,22 +133,32 @@ def test_exif_orientation_is_applied_as_ingest_does(generator) -> None:
 # --------------------------------------------------------------------------------------------- engine
 
 
-def test_a_long_prefill_is_never_batched_with_short_requests(generator) -> None:
+def _batches_of(generator, requests: list[GenerationRequest], budget: int) -> list[list[int]]:
     batches: list[list[int]] = []
-    engine = BatchingEngine(generator, max_batch_size=8, batch_window_ms=200,
-                            batch_observer=lambda requests: batches.append([r.prompt_tokens for r in requests]))
+    engine = BatchingEngine(generator, max_batch_size=8, batch_window_ms=300, max_batch_prefill_tokens=budget,
+                            batch_observer=lambda batch: batches.append([r.prompt_tokens for r in batch]))
     try:
-        long_request = text_request(generator, 400, max_new_tokens=2)
-        short = [text_request(generator, 3 + index, max_new_tokens=2) for index in range(4)]
-        futures = [engine.submit(long_request)] + [engine.submit(request) for request in short]
-        for future in futures:
+        for future in [engine.submit(request) for request in requests]:
             future.result(timeout=120)
     finally:
         engine.close()
-    assert sum(len(batch) for batch in batches) == 5
+    assert sorted(tokens for batch in batches for tokens in batch) == sorted(r.prompt_tokens for r in requests)
+    return batches
+
+
+def test_a_long_prefill_is_never_batched_with_short_requests_past_the_prefill_budget(generator) -> None:
+    def requests() -> list[GenerationRequest]:  # the long one first: the oldest heads the next batch
+        return [text_request(generator, 400, max_new_tokens=2)] + [text_request(generator, 3 + i, max_new_tokens=2) for i in range(4)]
+
+    long_tokens = requests()[0].prompt_tokens
+    assert long_tokens > 400
+    batches = _batches_of(generator, requests(), budget=2 * long_tokens - 1)
+    assert [long_tokens] in batches  # it ran alone: with any other row it would pass the budget
+    assert any(len(batch) == 4 and max(batch) < 100 for batch in batches)  # the short ones ran together
     for batch in batches:
-        assert max(batch) < 2 * min(batch), batches  # one power-of-two length band per batch
-    assert any(len(batch) == 4 for batch in batches)  # the short ones still ran together
+        assert max(batch) * len(batch) <= 2 * long_tokens - 1
+    # Within the budget the same requests share one batch (one decode loop instead of two).
+    assert [len(batch) for batch in _batches_of(generator, requests(), budget=8 * long_tokens)] == [5]
 
 
 def test_each_row_is_delivered_when_it_ends_not_when_the_batch_does(generator) -> None:
