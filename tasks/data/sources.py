@@ -569,11 +569,18 @@ def _find_tars(files: SourceFiles) -> tuple[list[str], list[RawItem]]:
             path = os.path.join(directory, name)
             if os.path.islink(path):
                 try:
-                    files.check_inside(path)
+                    files.check_inside(path)  # one inside is walked under its real name anyway
                 except ReadRefused as refused:
                     escapes.append(RawItem(item_id=name, source_uri=files.uri(path), reader_problem=(refused.reason, refused.detail)))
         found += [os.path.join(directory, name) for name in names if name.endswith(".tar")]
-    return sorted(found), escapes
+    unique, seen = [], set()
+    # A symlink to another tar of the folder would read its samples twice: the real file is read once.
+    for path in sorted(found, key=lambda candidate: (os.path.islink(candidate), candidate)):
+        real = os.path.realpath(path)
+        if real not in seen:
+            unique.append(path)
+            seen.add(real)
+    return sorted(unique), escapes
 
 
 def _unreadable_rest(uri: str, produced: int, exc: BaseException, reason: str = "unreadable_source") -> RawItem:
@@ -588,8 +595,12 @@ def _unreadable_rest(uri: str, produced: int, exc: BaseException, reason: str = 
     )
 
 
+_CORRUPT_STREAM_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
+
 class _CappedStream(io.RawIOBase):
-    """A read-only stream that raises ``StreamLimitExceeded`` once more than ``limit`` bytes came out."""
+    """A decompressed stream that raises ``StreamLimitExceeded`` once more than ``limit`` bytes came out,
+    and ``tarfile.ReadError`` for corrupt compressed data (network errors pass through, to be retried)."""
 
     def __init__(self, inner: BinaryIO, limit: int, what: str) -> None:
         self.inner, self.limit, self.what, self.produced = inner, limit, what, 0
@@ -598,7 +609,14 @@ class _CappedStream(io.RawIOBase):
         return True
 
     def read(self, size: int = -1) -> bytes:
-        data = self.inner.read(size if size is not None and size >= 0 else self.limit + 1 - self.produced)
+        try:
+            data = self.inner.read(size if size is not None and size >= 0 else self.limit + 1 - self.produced)
+        except _CORRUPT_STREAM_ERRORS as exc:
+            raise tarfile.ReadError(f"{self.what}: corrupt compressed data ({exc.__class__.__name__}: {exc})") from exc
+        except OSError as exc:
+            if str(exc) == "Invalid data stream":  # what bz2 raises for corrupt data
+                raise tarfile.ReadError(f"{self.what}: corrupt bzip2 data") from exc
+            raise
         self.produced += len(data)
         if self.produced > self.limit:
             raise StreamLimitExceeded(f"{self.what} decompressed past {self.limit} bytes")
@@ -644,14 +662,9 @@ def _read_tars(files: SourceFiles, tar_paths: list[str]) -> Iterator[RawItem]:
                     yield item
             except StreamLimitExceeded as exc:
                 yield _unreadable_rest(uri, produced, exc, reason="decompression_bomb")
-            except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
+            except (tarfile.TarError, EOFError, zlib.error) as exc:
                 # a corrupt or truncated archive; network errors (OSError) propagate so the task retries
                 yield _unreadable_rest(uri, produced, exc)
-            except OSError as exc:
-                if "bz2" in str(exc).lower() or "invalid data stream" in str(exc).lower():
-                    yield _unreadable_rest(uri, produced, exc)
-                else:
-                    raise
 
 
 def _read_one_tar(stream: BinaryIO, uri: str, limits: ReadLimits) -> Iterator[RawItem]:

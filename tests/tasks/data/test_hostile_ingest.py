@@ -148,8 +148,11 @@ def test_webdataset_symlinks_out_of_the_folder_are_quarantined(tmp_path: Path) -
             tar_add(tar, f"{path.stem}-1.txt", b"a caption")
     (tmp_path / "tars" / "evil.tar").symlink_to(outside / "evil.tar")
     (tmp_path / "tars" / "linked").symlink_to(outside / "more")
+    (tmp_path / "tars" / "alias.tar").symlink_to("real.tar")  # inside: read once, under its real name
 
-    got = outcomes(read_webdataset(str(tmp_path / "tars"), limits=LIMITS))
+    items = list(read_webdataset(str(tmp_path / "tars"), limits=LIMITS))
+    assert [item.item_id for item in items].count("real-1") == 1
+    got = outcomes(items)
     assert got["real-1"][0] == ACCEPTED
     assert got["evil.tar"][0] == "unsafe_path" and "evil.tar -> " in got["evil.tar"][1]
     assert got["linked"][0] == "unsafe_path" and "linked -> " in got["linked"][1]
@@ -544,3 +547,82 @@ def test_an_ingest_that_accepts_nothing_fails_with_its_counts(tmp_path: Path, ev
     message = str(raised.value)
     assert "accepted nothing" in message and "missing_image: 2" in message and "no dataset version was registered" in message
     assert report.quarantine_path in message and Path(report.quarantine_path).read_text().count("\n") == 2
+
+
+def test_a_gzip_bomb_is_bounded_by_the_default_limits_too(tmp_path: Path) -> None:
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    gzip_bomb_tar(tars / "bomb.tar", 512 * MEBIBYTE)  # ~0.5 MiB on disk, as in the issue (1 MiB -> 2.1 GB)
+    tracemalloc.start()
+    try:
+        items = list(read_webdataset(str(tars)))  # ReadLimits(): 256 MiB per member, 100x the file's size
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [outcome(item)[0] for item in items] == ["decompression_bomb"]
+    assert peak < 16 * MEBIBYTE, peak
+
+
+def test_the_cli_refuses_a_location_that_does_not_exist_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.eve_model.training_datasets import REPO_ROOT
+
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.main", "data", "ingest", "--location", str(tmp_path / "nope"), "--name", "x"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "EVE_HOME": str(tmp_path / "home"), "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stdout.strip() == f"error: image_folder source {tmp_path / 'nope'}: no such folder"
+    assert "Traceback" not in result.stderr and time.monotonic() - started < 60  # no retries, no service started
+
+
+@pytest.mark.slow
+def test_in_a_flow_a_missing_location_fails_without_retries_and_nothing_accepted_registers_nothing(
+    prefect_server, eve_home: Path, tmp_path: Path
+) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.data_flow import DataFlowParams, data_pipeline
+    from tasks.data.steps import NothingAcceptedError, ingest_sources_task
+    from tasks.data.versioning import DatasetRegistry
+
+    @flow(name="ingest-missing-location")
+    def ingest_missing() -> None:
+        ingest_sources_task([SourceSpec(location=str(tmp_path / "nope"))], CONFIG)
+
+    started = time.monotonic()
+    state = ingest_missing(return_state=True)
+    elapsed = time.monotonic() - started
+    assert state.is_failed() and "no such folder" in state.message
+    assert elapsed < 30, elapsed  # the first retry alone would wait 10 s, the issue's run took 85-94 s
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert [run.run_count for run in runs] == [1]
+
+    folder = tmp_path / "all-bad"
+    folder.mkdir()
+    write_records(folder, [{"id": "a", "image": "missing.png", "caption": "x"}, {"id": "b", "image": "../x.png", "caption": "y"}])
+    params = DataFlowParams(dataset_name="allbad", use_demo_source=False, sources=[SourceSpec(location=str(folder))],
+                            curate=False)
+    with pytest.raises(NothingAcceptedError, match=r"2 item\(s\) in, 2 quarantined \(missing_image: 1, unsafe_path: 1\)"):
+        data_pipeline(params)
+    assert DatasetRegistry.from_settings().list_versions() == []  # no empty version was registered
+
+
+@pytest.mark.slow
+def test_an_s3_prefix_that_does_not_exist_fails_at_once(s3_env) -> None:
+    import uuid
+
+    missing = f"s3://{s3_env.bucket}/nope-{uuid.uuid4().hex[:8]}"
+    for spec in (SourceSpec(kind="image_folder", location=missing), SourceSpec(kind="webdataset", location=missing),
+                 SourceSpec(kind="parquet", location=f"{missing}/pairs.parquet")):
+        started = time.monotonic()
+        with pytest.raises(SourceNotFoundError, match="nope-"):
+            check_source(spec)
+        assert time.monotonic() - started < 10
