@@ -36,7 +36,7 @@ import posixpath
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
@@ -258,6 +258,12 @@ class SourceFiles:
         return data
 
 
+def _refused_item(files: SourceFiles, path: str, refused: ReadRefused) -> RawItem:
+    """The quarantine item standing for a whole file (a tar, a Parquet file, a folder) that was not read."""
+    return RawItem(item_id=posixpath.basename(path.rstrip("/")), source_uri=files.uri(path),
+                   reader_problem=(refused.reason, refused.detail))
+
+
 def _bounded_lines(handle: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
     """``(line number, line)`` of a binary stream; a line longer than ``max_bytes`` comes as None
     (and is skipped without holding more than ``max_bytes`` of it)."""
@@ -337,7 +343,8 @@ def _restore_bytes(value: Any) -> Any:
             return value
 
 
-def _type_phrase(value: Any) -> str:
+def type_phrase(value: Any) -> str:
+    """``a list``, ``an int``: the type of ``value`` for a reason's detail."""
     name = type(value).__name__
     return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
@@ -411,7 +418,7 @@ def _item_from_record(
         return RawItem(
             item_id=f"line-{line_number}",
             source_uri=record_uri,
-            reader_problem=("bad_record", problem or f"{record_uri}: record is {_type_phrase(record)}, not an object"),
+            reader_problem=("bad_record", problem or f"{record_uri}: record is {type_phrase(record)}, not an object"),
         )
     image_value = record.get(image_field)
     image_name = image_value if isinstance(image_value, str) else ""
@@ -430,7 +437,7 @@ def _item_from_record(
         item.reader_problem = ("missing_image", f"{record_uri}: the record has no {image_field!r} field")
         return item
     if not isinstance(image_value, str):
-        item.reader_problem = ("bad_record", f"{record_uri}: field {image_field!r} is {_type_phrase(image_value)}, not a path")
+        item.reader_problem = ("bad_record", f"{record_uri}: field {image_field!r} is {type_phrase(image_value)}, not a path")
         return item
     relative = safe_relative_path(image_name)
     if relative is None:
@@ -571,7 +578,7 @@ def _find_tars(files: SourceFiles) -> tuple[list[str], list[RawItem]]:
                 try:
                     files.check_inside(path)  # one inside is walked under its real name anyway
                 except ReadRefused as refused:
-                    escapes.append(RawItem(item_id=name, source_uri=files.uri(path), reader_problem=(refused.reason, refused.detail)))
+                    escapes.append(_refused_item(files, path, refused))
         found += [os.path.join(directory, name) for name in names if name.endswith(".tar")]
     unique, seen = [], set()
     # A symlink to another tar of the folder would read its samples twice: the real file is read once.
@@ -646,25 +653,40 @@ def _tar_stream(handle: BinaryIO, size_on_disk: int, uri: str, limits: ReadLimit
     return handle
 
 
-def _read_tars(files: SourceFiles, tar_paths: list[str]) -> Iterator[RawItem]:
-    for tar_path in tar_paths:
-        uri = files.uri(tar_path)
+def _items_of_file(
+    files: SourceFiles,
+    path: str,
+    read: Callable[[BinaryIO, int, str], Iterator[RawItem]],
+    corrupt_errors: tuple[type[BaseException], ...],
+) -> Iterator[RawItem]:
+    """The items ``read(handle, size, uri)`` finds in one container file (a tar, a Parquet file): a
+    file that is refused is one quarantine item, and a container that turns out corrupt (one of
+    ``corrupt_errors``) or a decompression bomb ends with one item standing for the rest of it.
+    Network errors (OSError) propagate, so that the task retries."""
+    uri = files.uri(path)
+    try:
+        handle, size = files.open_regular(path)
+    except ReadRefused as refused:
+        yield _refused_item(files, path, refused)
+        return
+    produced = 0
+    with handle:
         try:
-            handle, size = files.open_regular(tar_path)
-        except ReadRefused as refused:
-            yield RawItem(item_id=posixpath.basename(tar_path), source_uri=uri, reader_problem=(refused.reason, refused.detail))
-            continue
-        produced = 0
-        with handle:
-            try:
-                for item in _read_one_tar(_tar_stream(handle, size, uri, files.limits), uri, files.limits):
-                    produced += 1
-                    yield item
-            except StreamLimitExceeded as exc:
-                yield _unreadable_rest(uri, produced, exc, reason="decompression_bomb")
-            except (tarfile.TarError, EOFError, zlib.error) as exc:
-                # a corrupt or truncated archive; network errors (OSError) propagate so the task retries
-                yield _unreadable_rest(uri, produced, exc)
+            for item in read(handle, size, uri):
+                produced += 1
+                yield item
+        except StreamLimitExceeded as exc:
+            yield _unreadable_rest(uri, produced, exc, reason="decompression_bomb")
+        except corrupt_errors as exc:
+            yield _unreadable_rest(uri, produced, exc)
+
+
+def _read_tars(files: SourceFiles, tar_paths: list[str]) -> Iterator[RawItem]:
+    def read(handle: BinaryIO, size: int, uri: str) -> Iterator[RawItem]:
+        return _read_one_tar(_tar_stream(handle, size, uri, files.limits), uri, files.limits)
+
+    for tar_path in tar_paths:
+        yield from _items_of_file(files, tar_path, read, (tarfile.TarError, EOFError, zlib.error))
 
 
 def _read_one_tar(stream: BinaryIO, uri: str, limits: ReadLimits) -> Iterator[RawItem]:
@@ -740,20 +762,11 @@ def _read_parquet_rows(
 ) -> Iterator[RawItem]:
     import pyarrow as pa
 
-    uri = files.uri(path)
-    try:
-        handle, _ = files.open_regular(path)
-    except ReadRefused as refused:
-        yield RawItem(item_id=posixpath.basename(path), source_uri=uri, reader_problem=(refused.reason, refused.detail))
-        return
-    produced = 0
-    with handle:
-        try:
-            for item in _parquet_items(handle, uri, image_column, caption_column, id_column, batch_size_rows, files.limits):
-                produced += 1
-                yield item
-        except pa.ArrowException as exc:  # not a Parquet file, or a corrupt page
-            yield _unreadable_rest(uri, produced, exc)
+    def read(handle: BinaryIO, _size: int, uri: str) -> Iterator[RawItem]:
+        return _parquet_items(handle, uri, image_column, caption_column, id_column, batch_size_rows, files.limits)
+
+    # ArrowException: not a Parquet file, or a corrupt page
+    yield from _items_of_file(files, path, read, (pa.ArrowException,))
 
 
 def _parquet_items(
@@ -782,7 +795,7 @@ def _parquet_items(
             if image is None:
                 item.reader_problem = ("missing_image", f"{uri}#row={row_index}: column {image_column!r} is null")
             elif not isinstance(image, bytes):
-                item.reader_problem = ("bad_record", f"{uri}#row={row_index}: column {image_column!r} holds {_type_phrase(image)}, not bytes")
+                item.reader_problem = ("bad_record", f"{uri}#row={row_index}: column {image_column!r} holds {type_phrase(image)}, not bytes")
             elif len(image) > limits.max_file_bytes:
                 item.image_bytes = None
                 item.reader_problem = ("file_too_large", f"{uri}#row={row_index}: the image is {len(image)} bytes, over the "
@@ -908,4 +921,5 @@ __all__ = [
     "read_webdataset",
     "safe_relative_path",
     "source_fingerprint",
+    "type_phrase",
 ]

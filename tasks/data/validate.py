@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from eve_model.shards import ShardSample
-from tasks.data.sources import RawItem
+from tasks.data.sources import RawItem, type_phrase
 
 
 class QuarantineReason(str, Enum):
@@ -381,12 +381,6 @@ def check_caption(caption: Any, config: ValidationConfig) -> str | None:
         # markup is kept in otherwise real alt-text (re-captioning replaces it); markup alone says nothing
         raise _Reject(QuarantineReason.CAPTION_EMPTY, f"caption is only markup ({text[:80]!r})")
     return text
-
-
-def type_phrase(value: Any) -> str:
-    """``a list``, ``an int``: the type of ``value`` for a reason's detail."""
-    name = type(value).__name__
-    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 def _preview(value: Any) -> str:
