@@ -303,22 +303,42 @@ def _records_from_jsonl(handle: BinaryIO, uri: str, max_bytes: int) -> Iterator[
             yield line_number, None, f"{uri}:{line_number}: JSON nested too deeply"
 
 
+class _BoundedTextLines:
+    """Decoded lines of a binary stream for ``csv``; an over-long line is never held: it reaches ``csv``
+    as an empty line and is remembered, so that its row is reported as a bad record."""
+
+    def __init__(self, handle: BinaryIO, max_bytes: int) -> None:
+        self._lines = _bounded_lines(handle, max_bytes)
+        self.overlong_line: int | None = None
+
+    def __iter__(self) -> "_BoundedTextLines":
+        return self
+
+    def __next__(self) -> str:
+        line_number, line = next(self._lines)
+        if line is None:
+            self.overlong_line = line_number
+            return "\n"
+        return line.decode("utf-8", errors="surrogateescape")
+
+
 def _records_from_csv(handle: BinaryIO, uri: str, max_bytes: int) -> Iterator[tuple[int, Any, str]]:
-    text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
-    reader = csv.DictReader(text)
+    lines = _BoundedTextLines(handle, max_bytes)
+    reader = csv.DictReader(lines)
     while True:
-        line_number = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
-            return
+            row = None
         except csv.Error as exc:  # a field over csv's size limit, a NUL byte, ...
-            yield line_number, None, f"{uri}:{line_number}: not a CSV row ({exc})"
+            yield reader.line_num, None, f"{uri}:{reader.line_num}: not a CSV row ({exc})"
             continue
-        if sum(len(value or "") for value in row.values() if isinstance(value, str)) > max_bytes:
-            yield line_number, None, f"{uri}:{line_number}: row longer than {max_bytes} bytes"
-            continue
-        yield line_number, dict(row), ""
+        if lines.overlong_line is not None:  # csv skipped it as an empty line
+            yield lines.overlong_line, None, f"{uri}:{lines.overlong_line}: line longer than {max_bytes} bytes"
+            lines.overlong_line = None
+        if row is None:
+            return
+        yield reader.line_num, dict(row), ""
 
 
 def _decode_text(raw: bytes) -> str | bytes:

@@ -220,6 +220,11 @@ def test_files_members_cells_and_records_over_their_caps_are_quarantined_unread(
     assert got["huge"][0] == "file_too_large" and str(64 * MEBIBYTE) in got["huge"][1]
     assert got["line-3"][0] == "bad_record" and "longer than" in got["line-3"][1]
     assert peak < 8 * MEBIBYTE, peak
+    (folder / "rows.csv").write_bytes(b"id,image,caption\nc-long,images/ok.png," + b"x" * (LIMITS.max_record_bytes + 10)
+                                      + b"\nc-after,images/ok.png,read after the long line\n")
+    csv_got = outcomes(read_image_folder(str(folder), records_file="rows.csv", limits=LIMITS))
+    assert csv_got["line-2"][0] == "bad_record" and "longer than" in csv_got["line-2"][1]
+    assert csv_got["c-after"][0] == ACCEPTED
 
     tars = tmp_path / "tars"
     tars.mkdir()
