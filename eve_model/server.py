@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import hmac
 import ipaddress
@@ -49,7 +50,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 # FastAPI resolves handler annotations from module globals, so these two live here (both are light).
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from eve_model.constants import IMAGE_PLACEHOLDER
@@ -114,11 +115,15 @@ class ServeSettings(BaseModel):
     max_batch_prefill_tokens: int = Field(default=DEFAULT_MAX_BATCH_PREFILL_TOKENS, ge=1)
     """Prefill budget of a batch (rows x longest prompt): a longer prefill does not join other requests."""
     max_queued_requests: int = Field(default=64, ge=1)
-    """Requests that may wait for the model; beyond that the server answers 429 with Retry-After."""
+    """Requests that may wait for the model; beyond that the server answers 429 with Retry-After. Requests
+    still being read or decoded count too (up to this plus ``max_batch_size`` in flight), so that a
+    flood of large bodies cannot hold memory before it reaches the queue."""
     max_image_pixels: int = Field(default=MAX_IMAGE_PIXELS, ge=1)
     """Largest declared image size (width x height) decoded; checked from the header, before decoding."""
     decode_budget_bytes: int = Field(default=DEFAULT_DECODE_BUDGET_BYTES, ge=1024 * 1024)
     """Memory all concurrent image decodes share; a decode waits for its share."""
+    decode_threads: int = Field(default=4, ge=1)
+    """Threads that decode images (apart from the ones that tokenize, so text requests never wait behind images)."""
     device: str = "cpu"
     """torch device of the model ("cpu", "cuda", "cuda:1")."""
 
@@ -352,6 +357,9 @@ def create_app(settings: ServeSettings, generator: VisionTextGenerator | None = 
     model_id = settings.model_id or settings.model_dir.resolve().name
     counters = {"chat_completions": 0, "client_errors": 0, "server_errors": 0, "unauthorized": 0,
                 "rejected_queue_full": 0, "context_length_exceeded": 0, "cancelled": 0}
+    in_flight = [0]
+    max_in_flight = settings.max_queued_requests + settings.max_batch_size
+    decoder = concurrent.futures.ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="eve-decode")
     started = int(time.time())
     expected_authorization = (
         f"Bearer {settings.api_key.get_secret_value()}".encode() if settings.api_key is not None else None
@@ -361,6 +369,10 @@ def create_app(settings: ServeSettings, generator: VisionTextGenerator | None = 
     async def lifespan(_app):
         yield
         engine.close()
+        decoder.shutdown(wait=False, cancel_futures=True)
+
+    async def in_decoder(function, *args):
+        return await asyncio.get_running_loop().run_in_executor(decoder, function, *args)
 
     app = FastAPI(title="eve serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine = engine
@@ -426,22 +438,36 @@ def create_app(settings: ServeSettings, generator: VisionTextGenerator | None = 
         context = generator.context_tokens
         visual_tokens = 0
         if image_bytes is not None:  # from the header: an over-long prompt is refused before any decoding
-            header = await asyncio.to_thread(generator.open_image_header, image_bytes)
+            header = await in_decoder(generator.open_image_header, image_bytes)
             visual_tokens = generator.header_visual_tokens(header)
         prompt_tokens = text_tokens + max(visual_tokens - 1, 0)
         max_tokens = _bounded_max_tokens(chat, prompt_tokens, text_tokens, context, settings)
         image: PreparedImage | None = None
         if image_bytes is not None:  # decoded once, here, before it joins a batch
-            image = await asyncio.to_thread(generator.prepare_image, image_bytes)
+            image = await in_decoder(generator.prepare_image, image_bytes)
             prompt_tokens = text_tokens + image.visual_tokens - 1
         return GenerationRequest(prompt=prompt, image=image, max_new_tokens=max_tokens, temperature=chat.temperature,
                                  top_p=chat.top_p, seed=chat.seed, ignore_eos=chat.ignore_eos, prompt_tokens=prompt_tokens)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        if in_flight[0] >= max_in_flight:  # before the body is read: a flood holds no memory
+            counters["rejected_queue_full"] += 1
+            return error(429, f"the server has {in_flight[0]} requests in flight; retry later", "rate_limit_exceeded",
+                         headers={"Retry-After": str(engine.retry_after_seconds())})
+        in_flight[0] += 1
+        try:
+            return await complete(request)
+        finally:
+            in_flight[0] -= 1
+
+    async def complete(request: Request) -> Response:
         try:
             job = await prepare(request)
             future = engine.submit(job)
+        except ClientDisconnect:  # gone while sending its body: nothing to answer, nothing was queued
+            counters["cancelled"] += 1
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         except ClientError as exc:
             if exc.code == "context_length_exceeded":
                 counters["context_length_exceeded"] += 1

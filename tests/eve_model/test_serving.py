@@ -397,6 +397,28 @@ def test_a_full_queue_answers_429_with_retry_after(guarded) -> None:
     _wait_for(lambda: guarded.health()["queue"]["waiting"] + guarded.health()["queue"]["running"] == 0)
 
 
+def test_requests_still_sending_their_body_count_against_the_bound(guarded) -> None:
+    """Slow senders (headers, then nothing) hold a place each: past queue + batch size, the next is
+    refused at once, before its body is read; when they give up they are not server errors."""
+    headers = f"Authorization: Bearer {API_KEY}\r\n".encode()
+    slow = []
+    for _ in range(3):  # --max-queued-requests 2 + --max-batch-size 1
+        connection = socket.create_connection(("127.0.0.1", guarded.port))
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + headers
+                           + b"Content-Length: 1000\r\n\r\n{\"messages\": ")
+        slow.append(connection)
+    try:
+        _wait_for(lambda: chat(guarded, {"messages": [{"role": "user", "content": "hi"}]},
+                               headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 429, timeout_seconds=30)
+    finally:
+        for connection in slow:
+            connection.close()
+    # Once they are gone their places are free again (the server notices within moments).
+    _wait_for(lambda: chat(guarded, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+                           headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200, timeout_seconds=30)
+    assert guarded.health()["requests"]["server_errors"] == 0
+
+
 def test_serving_beyond_loopback_without_a_key_refuses_to_start(tiny_eve_checkpoint) -> None:
     env = {key: value for key, value in os.environ.items() if key != "EVE_SERVE_API_KEY"}
     started = time.monotonic()
