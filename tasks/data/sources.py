@@ -264,23 +264,31 @@ def _refused_item(files: SourceFiles, path: str, refused: ReadRefused) -> RawIte
                    reader_problem=(refused.reason, refused.detail))
 
 
-def _bounded_lines(handle: BinaryIO, max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
-    """``(line number, line)`` of a binary stream; a line longer than ``max_bytes`` comes as None
-    (and is skipped without holding more than ``max_bytes`` of it)."""
+def _bounded_lines(handle: BinaryIO, max_bytes: int, chunk_bytes: int = 1024 * 1024) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, line)`` of a binary stream (any file-like with ``read``); a line longer than
+    ``max_bytes`` comes as None and is skipped without ever holding more than ``max_bytes`` of it."""
     line_number = 0
-    while True:
-        line = handle.readline(max_bytes + 1)
-        if not line:
-            return
-        line_number += 1
-        if len(line) > max_bytes and not line.endswith(b"\n"):
-            while True:  # drain the rest of the over-long line in bounded chunks
-                rest = handle.readline(max_bytes + 1)
-                if not rest or rest.endswith(b"\n"):
-                    break
+    buffer = bytearray()
+    skipping = False  # inside an over-long line: drop bytes up to its newline
+    while chunk := handle.read(chunk_bytes):
+        buffer += chunk
+        start = 0
+        while (newline := buffer.find(b"\n", start)) >= 0:
+            line, start = bytes(buffer[start : newline + 1]), newline + 1
+            if skipping:  # the end of an over-long line, already reported
+                skipping = False
+                continue
+            line_number += 1
+            yield (line_number, None) if len(line) > max_bytes else (line_number, line)
+        del buffer[:start]
+        if len(buffer) > max_bytes and not skipping:
+            line_number += 1
+            skipping = True
             yield line_number, None
-            continue
-        yield line_number, line
+        if skipping:
+            buffer.clear()
+    if buffer and not skipping:
+        yield line_number + 1, bytes(buffer)
 
 
 # ------------------------------------------------------------------------------------------ records
