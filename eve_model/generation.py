@@ -331,10 +331,6 @@ class VisionTextGenerator:
             self.decode_budget.release(cost)
         return PreparedImage(reduced, (width, height), visual_tokens)
 
-    def decode_image(self, data: bytes) -> PreparedImage:
-        """Kept for callers of the earlier API: ``prepare_image``."""
-        return self.prepare_image(data)
-
     # -------------------------------------------------------------------------------------- generation
 
     def generate(
