@@ -86,16 +86,26 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_ingest(args: argparse.Namespace) -> int:
     from flows.data_flow import DataFlowParams, data_pipeline
-    from tasks.data.sources import SourceSpec
+    from tasks.data.sources import SourceError, SourceSpec, check_source
+    from tasks.data.steps import NothingAcceptedError
 
-    _use_prefect_server()
     source = SourceSpec(kind=args.kind, location=args.location, records_file=args.records_file)
+    try:
+        check_source(source)  # a location that is not there: one line, before any service starts
+    except SourceError as exc:
+        print(f"error: {exc}")
+        return 2
+    _use_prefect_server()
     if args.paper:
         params = DataFlowParams.paper(args.name, [source])
     else:
         params = DataFlowParams(dataset_name=args.name, use_demo_source=False, sources=[source])
     params.curate = not args.no_curate
-    _summarise(data_pipeline(params))
+    try:
+        _summarise(data_pipeline(params))
+    except (SourceError, NothingAcceptedError) as exc:
+        print(f"error: {exc}")
+        return 1
     return 0
 
 
