@@ -55,6 +55,13 @@ CREATOR_DOMAIN = "eve-gateway-creator/1"
 OPEN_API_PATHS = frozenset({"/health", "/ready"})
 AUTH_CACHE_SECONDS = 300.0
 AUTH_CACHE_SIZE = 1024
+LABEL_ATTEMPTS = 6
+"""Tries to label a new run with its creator. Prefect's label update reads then writes in one SQLite
+transaction; a write committed in between makes SQLite refuse at once ("database is locked", no busy
+wait), which happens under load: measured once in CI, so the gateway retries it."""
+LABEL_RETRY_SECONDS = 0.5
+"""First wait between tries; doubled after each."""
+CREATION_RETRY_AFTER_SECONDS = 2
 
 _UUID = r"[0-9a-fA-F-]{36}"
 _RESUME = re.compile(rf"^/flow_runs/(?P<id>{_UUID})/resume$")
@@ -316,26 +323,53 @@ class AuthGateway:
                 flow_run_id = json.loads(response)["id"]
             except (ValueError, KeyError, TypeError):
                 flow_run_id = None
-            if flow_run_id:
-                await self._label_creator(flow_run_id, account)
+            if flow_run_id and not await self._label_creator(flow_run_id, account):
+                # A run without its creator claim must not exist: nothing could tell who started it.
+                # Remove it and answer 503, which Prefect's client retries (honouring Retry-After).
+                await self._internal_request("DELETE", f"/flow_runs/{flow_run_id}")
+                logger.error("flow run %s removed: it could not be labelled with its creator %s; the client "
+                             "is asked to retry", flow_run_id, account.name)
+                await _send_json(send, 503, {"exception_message": "flow run creation could not be completed; retry"},
+                                 extra_headers=[(b"retry-after", str(CREATION_RETRY_AFTER_SECONDS).encode())])
+                return
+        if not start:
+            logger.error("Prefect's app sent no response to a flow run creation by %s", account.name)
         await send(start or {"type": "http.response.start", "status": 500, "headers": []})
         await send({"type": "http.response.body", "body": response})
 
-    async def _label_creator(self, flow_run_id: str, account: Account) -> None:
+    async def _internal_request(self, method: str, api_path: str, json_body: Any = None) -> tuple[int, str]:
+        """One request to Prefect's app in this process, as the gateway; (status, body text), where
+        status 0 means the app raised (the error text instead of a body)."""
         import httpx
 
+        # raise_app_exceptions=False: Starlette re-raises after answering 500; the answer is what counts.
+        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://eve-gateway") as client:
+                response = await client.request(
+                    method, f"{self.api_prefix}{api_path}", json=json_body,
+                    headers={"Authorization": self._internal_header.decode()},
+                )
+        except Exception as error:  # noqa: BLE001 - reported to the caller, who decides
+            return 0, f"{type(error).__name__}: {error}"
+        return response.status_code, response.text
+
+    async def _label_creator(self, flow_run_id: str, account: Account) -> bool:
+        """Label the run with its creator and the signed claim; False when every try failed."""
         claim = CreatorClaim(account=account.name, account_kind=account.kind, flow_run_id=flow_run_id, created_at=_now())
         claim.sign_with(self.keyring, "gateway", CREATOR_DOMAIN)
         labels = {CREATED_BY_LABEL: account.name, CREATOR_CLAIM_LABEL: claim.model_dump_json()}
-        transport = httpx.ASGITransport(app=self.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://eve-gateway") as client:
-            response = await client.patch(
-                f"{self.api_prefix}/flow_runs/{flow_run_id}/labels",
-                json=labels,
-                headers={"Authorization": self._internal_header.decode()},
-            )
-        if response.status_code >= 300:
-            logger.error("could not label flow run %s with its creator: %s", flow_run_id, response.text[:200])
+        wait_seconds = LABEL_RETRY_SECONDS
+        for attempt in range(1, LABEL_ATTEMPTS + 1):
+            status, text = await self._internal_request("PATCH", f"/flow_runs/{flow_run_id}/labels", labels)
+            if 200 <= status < 300:
+                return True
+            logger.warning("labelling flow run %s with its creator failed (try %d of %d): %s", flow_run_id,
+                           attempt, LABEL_ATTEMPTS, f"HTTP {status}: {text[:200]}" if status else text[:200])
+            if attempt < LABEL_ATTEMPTS:
+                await asyncio.sleep(wait_seconds)
+                wait_seconds *= 2
+        return False
 
     async def _guard_labels(self, scope: dict, receive: Any, send: Any, labels_only: bool) -> None:
         body = await _read_body(receive)
@@ -381,15 +415,11 @@ def _with_body_length(scope: dict, body: bytes) -> dict:
     return {**scope, "headers": headers}
 
 
-async def _send_json(send: Any, status: int, content: dict) -> None:
+async def _send_json(send: Any, status: int, content: dict,
+                     extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps(content).encode("utf-8")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": body})
 
 

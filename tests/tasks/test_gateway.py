@@ -29,9 +29,13 @@ INTERNAL = "internal-secret"
 class StandInPrefect:
     """Records every request; creates flow runs (201 with an id); accepts label patches."""
 
-    def __init__(self) -> None:
+    def __init__(self, failing_label_updates: int = 0) -> None:
         self.requests: list[dict] = []
         self.labels: dict[str, dict] = {}
+        self.deleted: list[str] = []
+        self.created: list[str] = []
+        self.failing_label_updates = failing_label_updates
+        """The next label updates that fail as Prefect's do when SQLite refuses the write."""
 
     async def __call__(self, scope, receive, send):
         body = b""
@@ -45,8 +49,18 @@ class StandInPrefect:
         status, payload = 200, {}
         if scope["path"] == "/api/flow_runs/" and scope["method"] == "POST":
             status, payload = 201, {"id": str(uuid.uuid4())}
+            self.created.append(payload["id"])
         elif scope["path"].endswith("/labels") and scope["method"] == "PATCH":
+            if self.failing_label_updates > 0:
+                self.failing_label_updates -= 1
+                # Starlette's error middleware answers 500, then re-raises the error.
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+                await send({"type": "http.response.body", "body": b"Internal Server Error"})
+                raise RuntimeError("sqlite3.OperationalError: database is locked")
             self.labels[scope["path"].split("/")[3]] = json.loads(body)
+            status = 204
+        elif scope["method"] == "DELETE":
+            self.deleted.append(scope["path"].split("/")[3])
             status = 204
         content = json.dumps(payload).encode() if status != 204 else b""
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
@@ -130,6 +144,28 @@ def test_created_flow_runs_are_labelled_with_their_creator_and_labels_are_guarde
     ]:
         assert _call(gateway, "PATCH", path, auth=auth, json=body).status_code == 403
     assert _call(gateway, "PATCH", f"/api/flow_runs/{run_id}/labels", auth=auth, json={"team": "cv"}).status_code == 204
+
+
+def test_a_refused_label_write_is_retried_and_a_run_that_stays_unlabelled_is_removed(setup, monkeypatch):
+    import tasks.gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "LABEL_RETRY_SECONDS", 0.01)
+    gateway, inner, passwords, keyring, _ = setup
+    auth = ("ci", passwords["ci"])
+
+    inner.failing_label_updates = gateway_module.LABEL_ATTEMPTS - 1  # refused under load, then accepted
+    created = _call(gateway, "POST", "/api/flow_runs/", auth=auth, json={"flow_id": str(uuid.uuid4())})
+    assert created.status_code == 201
+    run_id = created.json()["id"]
+    assert verify_creator(inner.labels[run_id], run_id, keyring) is not None
+    assert inner.deleted == []
+
+    inner.failing_label_updates = gateway_module.LABEL_ATTEMPTS  # never accepted
+    refused = _call(gateway, "POST", "/api/flow_runs/", auth=auth, json={"flow_id": str(uuid.uuid4())})
+    # 503 with Retry-After is what Prefect's client retries; the unlabelled run is gone, so a retry
+    # leaves exactly one run, and it carries its creator.
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    assert inner.deleted == [inner.created[-1]] and inner.created[-1] not in inner.labels
 
 
 def test_websocket_clients_authenticate_with_the_same_credentials(setup):
