@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -85,25 +84,25 @@ class BackendIdentity(BaseModel):
 
 class CaptionProvenance(BackendIdentity):
     """Per-caption provenance record stored in the sample's ``caption_provenance``: the identity of
-    the backend that wrote it (never its endpoint URL), and when and in which run."""
+    the backend that wrote it (never its endpoint URL) and the run that wrote this version.
+
+    It is part of the dataset's content, so it holds content only: no wall-clock time, path or host.
+    The same input captioned by the same backend gives the same bytes in any platform home, so the
+    dataset hash and every stage key after it reproduce. When a run happened lives beside the
+    content (``CaptionRunResult.started_at`` in the version's manifest ``extra``, outside its hash)."""
 
     endpoint: None = Field(default=None, exclude=True)
     """Not recorded per caption: the same model behind another URL wrote the same caption."""
-    created_at: str
-    """UTC time the caption was generated (ISO 8601); a cache hit keeps the original time."""
     caption_run_id: str | None = None
-    """Id of the captioning run that first produced this caption."""
+    """Id of the captioning run that wrote this version (a hash of input dataset and backend
+    identity), also for captions served from the cache: which earlier run first produced a cached
+    caption depends on a home's history, not on the content."""
     error: str | None = None
     """Why no caption was produced (then the sample's caption is null), else None."""
 
     @classmethod
     def from_identity(cls, identity: BackendIdentity, run_id: str | None, error: str | None = None) -> "CaptionProvenance":
-        return cls(
-            **identity.model_dump(exclude={"endpoint"}),
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            caption_run_id=run_id,
-            error=error,
-        )
+        return cls(**identity.model_dump(exclude={"endpoint"}), caption_run_id=run_id, error=error)
 
 
 __all__ = [

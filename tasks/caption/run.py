@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ class CaptionRunResult(BaseModel):
     """Directory of the committed per-shard parts."""
     duration_seconds: float = 0.0
     """Wall time of this invocation."""
+    started_at: str = ""
+    """UTC time this invocation started (ISO 8601). Provenance beside the content: the result lives
+    in the manifest's ``extra``, which the dataset hash excludes."""
 
 
 def _source_caption(meta: dict[str, Any], field: str = "caption") -> str | None:
@@ -112,7 +116,10 @@ def _caption_shard(
         new_entries = []
         for index, item in enumerate(inputs):
             if keys[index] in cached:
-                caption, provenance = cached[keys[index]]
+                caption, cached_provenance = cached[keys[index]]
+                # Content only: this run's id, and no time from an older record (see CaptionProvenance).
+                provenance = CaptionProvenance.model_validate(cached_provenance).model_copy(
+                    update={"caption_run_id": run_id}).model_dump(mode="json")
                 from_cache += 1
             else:
                 output = fresh[index]
@@ -161,6 +168,7 @@ def caption_dataset(
 ) -> CaptionRunResult:
     """Caption every sample of ``input_location`` into a new version at ``output_dir`` (see module doc)."""
     started = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     settings = settings or PlatformSettings.load()
     manifest = read_manifest(input_location)
     owns_backend = backend is None
@@ -227,6 +235,7 @@ def caption_dataset(
             num_shards=len(manifest.shards),
             num_shards_resumed=counts["resumed"],
             work_dir=str(work_dir),
+            started_at=started_at,
         )
         result.output_dataset_hash = _write_output(input_location, manifest, output_dir, parts, result)
         # The parts only serve crash recovery; once the version exists, the cache serves reruns.

@@ -78,19 +78,7 @@ def test_source_backend_normalises_and_records_provenance(tmp_path, eve_home) ->
                         backend=CountingTeacher(), progress=False)
 
 
-def test_crash_resumes_without_redoing_committed_shards(tmp_path, eve_home, monkeypatch) -> None:
-    # Provenance stamps each caption with its generation time (to the second); the runs compared
-    # below generate at different times, so the clock is held still to compare content.
-    from datetime import datetime, timezone
-
-    import tasks.caption.provenance as provenance
-
-    class _FrozenClock(datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return datetime(2026, 1, 1, tzinfo=timezone.utc)
-
-    monkeypatch.setattr(provenance, "datetime", _FrozenClock)
+def test_crash_resumes_without_redoing_committed_shards(tmp_path, eve_home) -> None:
     source = write_images(tmp_path / "in", 12, per_shard=4)  # 3 shards
     config = CaptionConfig(backend="hf", model="counting-teacher", batch_size=2, use_cache=False)
 
@@ -132,6 +120,41 @@ def test_cache_makes_a_rerun_free_and_keys_on_identity(tmp_path, eve_home) -> No
     assert provenance["model_id"] == "counting-teacher" and provenance["prompt_template"] == "brief-v1"
     assert provenance["caption_run_id"] == result.run_id
     assert json.dumps(provenance)  # plain JSON in the shard
+
+
+def test_the_same_input_and_teacher_give_the_same_version_in_any_home_and_history(tmp_path, monkeypatch) -> None:
+    """The captioned version is content: another platform home, another day and a cache warmed by a
+    different run give the same dataset hash (so every stage key after it reproduces); when the run
+    happened is recorded beside the content, in the manifest's extra."""
+    from datetime import datetime, timezone
+
+    import tasks.caption.run as caption_run
+    from eve_model.shards import read_manifest
+
+    config = CaptionConfig(backend="hf", model="counting-teacher", batch_size=3)
+    source = write_images(tmp_path / "in", 8)
+    overlapping = write_images(tmp_path / "in-first", 6)  # the same first six images, another dataset
+
+    monkeypatch.setenv("EVE_HOME", str(tmp_path / "home-a"))
+    caption_dataset(overlapping, tmp_path / "home-a" / "first", config, backend=CountingTeacher(), progress=False)
+    warm = caption_dataset(source, tmp_path / "home-a" / "out", config, backend=CountingTeacher(), progress=False)
+    assert warm.num_from_cache == 6 and warm.num_generated == 2
+
+    class _NextYear(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2031, 1, 1, tzinfo=timezone.utc)
+
+    monkeypatch.setattr(caption_run, "datetime", _NextYear)
+    monkeypatch.setenv("EVE_HOME", str(tmp_path / "home-b"))
+    cold = caption_dataset(source, tmp_path / "home-b" / "out", config, backend=CountingTeacher(), progress=False)
+    assert cold.num_generated == 8 and cold.run_id == warm.run_id
+    assert cold.output_dataset_hash == warm.output_dataset_hash
+    for location in (tmp_path / "home-a" / "out", tmp_path / "home-b" / "out"):
+        assert {s.meta["caption_provenance"]["caption_run_id"] for s in iter_samples(location)} == {cold.run_id}
+    recorded = [read_manifest(p).extra["caption_run"]["result"]["started_at"]
+                for p in (tmp_path / "home-a" / "out", tmp_path / "home-b" / "out")]
+    assert recorded[0] < recorded[1] == "2031-01-01T00:00:00+00:00"
 
 
 def test_config_validation_names_the_problem() -> None:
