@@ -15,7 +15,7 @@ from typing import Literal
 
 from transformers import LlamaConfig, PretrainedConfig
 
-from eve_model.geometry import GridGeometry
+from .geometry import GridGeometry
 
 CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -64,6 +64,12 @@ class EveConfig(GridGeometry, PretrainedConfig):
 
     image_std: list[float] = field(default_factory=lambda: list(CLIP_IMAGE_STD))
     """Per-channel RGB standard deviation used to normalise the student view."""
+
+    pixel_protocol: str = "platform"
+    """How images become canvases (``EveImageProcessor``): ``"platform"`` (exact mean-colour padding, alpha
+    composited onto it; what this platform trains with) or ``"upstream"`` (EVE v1's ``int(mean * 255)``
+    padding and ``convert("RGB")``; set by ``eve convert upstream`` so released weights see what they were
+    trained on). docs/model.md, "Departures from the upstream code"."""
 
     teacher_kind: str = "clip"
     """Frozen vision teacher of the PAL: ``"efficientnet_lite0"`` (bundled pretrained weights) or ``"clip"``."""
@@ -122,6 +128,8 @@ class EveConfig(GridGeometry, PretrainedConfig):
             problems.append(
                 f"student grid {self.student_max_grid} is not a positive multiple of teacher grid {self.teacher_grid_size}"
             )
+        if self.pixel_protocol not in ("platform", "upstream"):
+            problems.append(f"unknown pixel_protocol {self.pixel_protocol!r}; expected 'platform' or 'upstream'")
         if self.teacher_kind not in ("efficientnet_lite0", "clip"):
             problems.append(f"unknown teacher_kind {self.teacher_kind!r}")
         if self.text_config.num_hidden_layers % self.alignment_depth_interval:
@@ -139,7 +147,7 @@ class EveConfig(GridGeometry, PretrainedConfig):
     def tiny(cls, **overrides) -> "EveConfig":
         """CPU-test preset: 4-layer Llama (hidden 128) with the bundled tokenizer's vocabulary, PEL width 64,
         16 px student cells up to 7x7, EfficientNet-Lite0 teacher (224 px, 7x7 grid, 1280 channels)."""
-        from eve_model.tokenizer import TINY_IMAGE_TOKEN_ID, TINY_VOCAB_SIZE
+        from .tokenizer import TINY_IMAGE_TOKEN_ID, TINY_VOCAB_SIZE
 
         text_config = LlamaConfig(
             vocab_size=TINY_VOCAB_SIZE,
@@ -212,5 +220,8 @@ class EveConfig(GridGeometry, PretrainedConfig):
         """EVE-7B-HD: EVE-7B with max side 1344 (48x48 student grid, 2x2-pooled to CLIP's 24x24)."""
         return cls.eve_7b(**{"image_max_side": 1344, **overrides})
 
+
+# A saved config names this class in its ``auto_map`` (and the file travels with the checkpoint): see modeling_eve.
+EveConfig.register_for_auto_class()
 
 __all__ = ["EveConfig", "CLIP_IMAGE_MEAN", "CLIP_IMAGE_STD"]

@@ -277,11 +277,18 @@ def test_generate_returns_text_for_an_image_prompt(processor):
         optimizer.step()
     model.eval()
     generation = processor.for_generation([image, None], [processor.prompt("", template="plain"), "a red"])
-    new_tokens = model.generate(**generation, max_new_tokens=6, do_sample=False)
+    output = model.generate(**generation, max_new_tokens=6, do_sample=False)
+    # transformers' decoder-only convention: the prompt (as given, visual block expanded), then the new tokens.
+    prompt_length = generation["input_ids"].shape[1]
+    assert torch.equal(output[:, :prompt_length], generation["input_ids"])
+    new_tokens = output[:, prompt_length:]
     texts = processor.batch_decode(new_tokens)
     assert texts[0].startswith("a red circle"), texts
     single = processor.for_generation([image], [processor.prompt("", template="plain")])
-    assert torch.equal(model.generate(**single, max_new_tokens=6, do_sample=False)[0], new_tokens[0])  # left padding is neutral
+    single_output = model.generate(**single, max_new_tokens=6, do_sample=False)
+    assert torch.equal(single_output[0, single["input_ids"].shape[1]:], new_tokens[0])  # left padding is neutral
+    with_dict = model.generate(**single, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    assert torch.equal(with_dict.sequences, single_output)
 
 
 def test_eve_7b_parameter_counts_on_meta_device():
@@ -402,13 +409,15 @@ def reference_numbers() -> dict[str, torch.Tensor]:
     text_chat = [{"from": "human", "value": "Say something."}, {"from": "gpt", "value": "Two green stars at the top."}]
     long_caption = "a small red circle on the left and a large blue square on the right " * 3
     batches = {
-        "vicuna_v1": (EveProcessor.from_eve_config(config, max_length=160), [
+        # The recording was made when max_length counted the visual tokens (now an option; the default follows
+        # upstream and limits the text only), so these processors keep that rule.
+        "vicuna_v1": (EveProcessor.from_eve_config(config, max_length=160, max_length_counts_visual_tokens=True), [
             {"image": noise_image(640, 480, 11), "conversations": chat},
             {"image": None, "conversations": text_chat},
             {"image": noise_image(40, 320, 12), "conversations": chat[:2]},
             {"image": noise_image(90, 90, 13), "conversations": chat + chat[2:] * 4},  # truncated to 160
         ]),
-        "plain": (EveProcessor.from_eve_config(config, max_length=72), [
+        "plain": (EveProcessor.from_eve_config(config, max_length=72, max_length_counts_visual_tokens=True), [
             {"image": noise_image(300, 200, 14), "caption": long_caption},  # truncated to 72
             {"image": None, "caption": "two blue squares"},
             {"image": noise_image(5, 3, 15), "caption": "a tiny image"},
@@ -435,7 +444,8 @@ def reference_numbers() -> dict[str, torch.Tensor]:
         real = output.attention_mask.bool()
         numbers["generation.logits"] = output.logits[real][:, ::REFERENCE_VOCAB_STRIDE].clone()
         numbers["generation.logsumexp"] = output.logits[real].logsumexp(dim=-1)
-        numbers["generation.new_tokens"] = model.generate(**inference, max_new_tokens=8, do_sample=False)
+        prompt_length = inference["input_ids"].shape[1]
+        numbers["generation.new_tokens"] = model.generate(**inference, max_new_tokens=8, do_sample=False)[:, prompt_length:]
     return numbers
 
 
