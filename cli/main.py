@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "server",
     "data",
     "train",
+    "convert",
     "serve",
     "cluster",
     "evaluate",

@@ -217,7 +217,9 @@ def alignment_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, sample_i
     divided by ``max(#images, 1)``. student/teacher (N, D), sample_index (N,) in [0, B), has_image (B,).
     Range [0, 2]; 0 when every student token points the same way as its teacher token."""
     batch = has_image.shape[0]
-    distance = 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-6)
+    # At least float32 (bf16 cosines are too coarse), float64 stays float64; eps as upstream's nn.CosineSimilarity.
+    dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
+    distance = 1.0 - F.cosine_similarity(student.to(dtype), teacher.to(dtype), dim=-1, eps=1e-8)
     sums = distance.new_zeros(batch).index_add(0, sample_index, distance)
     counts = distance.new_zeros(batch).index_add(0, sample_index, torch.ones_like(distance))
     per_image = sums / counts.clamp(min=1)
@@ -464,7 +466,7 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
         alignment_loss = None
         if want_alignment:
             captured[0] = inputs_embeds
-            alignment_loss = self._alignment_loss(captured, image_mask, visual, teacher_pixel_values)
+            alignment_loss = self.alignment_loss(captured, image_mask, visual, teacher_pixel_values)
         loss = None
         if ce_loss is not None:
             loss = ce_loss
@@ -493,12 +495,14 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
                 handles.append(decoder.layers[depth - 1].register_forward_hook(keep(depth)))
         return handles
 
-    def _alignment_loss(self, captured: dict[int, torch.Tensor], image_mask: torch.Tensor, visual: VisualTokens,
-                        teacher_pixel_values: torch.Tensor) -> torch.Tensor:
-        """Student visual tokens (CLS and SPL removed, grid pooled to the teacher's) vs frozen teacher.
+    def alignment_loss(self, captured: dict[int, torch.Tensor], image_mask: torch.Tensor, visual: VisualTokens,
+                       teacher_pixel_values: torch.Tensor) -> torch.Tensor:
+        """The PAL loss: student visual tokens (CLS and SPL removed, grid pooled to the teacher's) vs the frozen
+        teacher (``forward`` calls it; public for the upstream parity test).
 
-        captured: depth -> hidden states (B, T, D); image_mask (B, T) bool, each image row's visual block
-        being one contiguous run starting with its CLS token; teacher_pixel_values (B, 4, T_t, T_t)."""
+        captured: depth -> hidden states (B, T, D) for every depth of ``config.alignment_depths`` (0 = decoder
+        input); image_mask (B, T) bool, each image row's visual block being one contiguous run starting with its
+        CLS token; visual: the PEL output's ``grid_hw`` and ``has_image``; teacher_pixel_values (B, 4, T_t, T_t)."""
         ratio = self.config.patch_ratio
         device = captured[0].device
         image_mask = image_mask.to(device)
