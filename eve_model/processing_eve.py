@@ -490,14 +490,17 @@ class EveProcessor:
         (path / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **_unused: Any) -> "EveProcessor":
-        """Load a saved processor from a local directory (keyword arguments of ``AutoProcessor`` are ignored:
-        checkpoints are local directories here)."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, trust_remote_code: bool | None = None,
+                        **_unused: Any) -> "EveProcessor":
+        """Load a saved processor from a local directory. ``trust_remote_code`` goes on to ``AutoTokenizer`` (which
+        reads ``config.json``, whose ``auto_map`` names this code); other ``AutoProcessor`` keyword arguments are
+        ignored: checkpoints are local directories here."""
         from transformers import AutoTokenizer
 
         path = Path(pretrained_model_name_or_path)
         settings = json.loads((path / PROCESSOR_FILE).read_text())
-        return cls(EveImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(str(path)), settings["max_length"],
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        return cls(EveImageProcessor.from_pretrained(path), tokenizer, settings["max_length"],
                    settings.get("max_length_counts_visual_tokens", False))
 
 
