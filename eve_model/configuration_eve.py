@@ -87,7 +87,7 @@ class EveConfig(GridGeometry, PretrainedConfig):
     """Side in pixels of the square teacher canvas (LLaVA-1.5 pad protocol)."""
 
     teacher_grid_size: int = 24
-    """Side of the teacher feature grid (24 for ViT-L/14 at 336 px, 7 for EfficientNet-Lite0 at 224 px)."""
+    """Side of the teacher feature grid (24 for ViT-L/14 at 336 px; EfficientNet-Lite0: side / 32, 3 at 96 px)."""
 
     alignment_depth_interval: int = 4
     """The PAL reads LLM depths ``L, L - interval, ..., 0`` (0 = the decoder input); ``L`` = number of layers."""
@@ -145,8 +145,14 @@ class EveConfig(GridGeometry, PretrainedConfig):
     # ------------------------------------------------------------------------------------------------ presets
     @classmethod
     def tiny(cls, **overrides) -> "EveConfig":
-        """CPU-test preset: 4-layer Llama (hidden 128) with the bundled tokenizer's vocabulary, PEL width 64,
-        16 px student cells up to 7x7, EfficientNet-Lite0 teacher (224 px, 7x7 grid, 1280 channels)."""
+        """CPU preset of the embedded default: 4-layer Llama (hidden 128) with the bundled tokenizer's vocabulary,
+        PEL width 64, 96 px canvas of 3 x 3 student cells of 32 px (patch 16, pool 2: EVE's PEL at a coarser
+        patch), EfficientNet-Lite0 teacher at 96 px (3 x 3 grid, 1280 channels).
+
+        The grid matches the demo's scenes (objects on a 3 x 3 layout): one visual token sees one whole object.
+        At the earlier 112 px / 16 px cells (7 x 7 tokens) an object was cut across up to four tokens and its
+        outline could only be read by combining them position by position, which the 4-layer decoder did not
+        learn: shape answers fell below chance (docs/model.md, "The embedded default's geometry")."""
         from .tokenizer import TINY_IMAGE_TOKEN_ID, TINY_VOCAB_SIZE
 
         text_config = LlamaConfig(
@@ -165,16 +171,16 @@ class EveConfig(GridGeometry, PretrainedConfig):
         values = dict(
             text_config=text_config,
             image_token_id=TINY_IMAGE_TOKEN_ID,
-            patch_size=8,
+            patch_size=16,
             pool_stride=2,
             pel_width=64,
             pel_num_heads=4,
             attention_full_width_scale=False,
-            image_max_side=112,
+            image_max_side=96,
             teacher_kind="efficientnet_lite0",
             teacher_feature_dim=1280,
-            teacher_image_size=224,
-            teacher_grid_size=7,
+            teacher_image_size=96,
+            teacher_grid_size=3,
             alignment_depth_interval=2,
             alignment_width=64,
             alignment_num_heads=4,
@@ -184,8 +190,9 @@ class EveConfig(GridGeometry, PretrainedConfig):
 
     @classmethod
     def tiny_hd(cls, **overrides) -> "EveConfig":
-        """Tiny preset at 224 px (up to 14x14 student grid, 2x2-pooled to the 7x7 teacher grid)."""
-        return cls.tiny(**{"image_max_side": 224, **overrides})
+        """Tiny preset at twice the side, 192 px (6 x 6 student grid, 2 x 2-pooled onto the 3 x 3 teacher grid),
+        as EVE-7B-HD is EVE-7B at twice the side."""
+        return cls.tiny(**{"image_max_side": 192, **overrides})
 
     @classmethod
     def eve_7b(cls, **overrides) -> "EveConfig":
