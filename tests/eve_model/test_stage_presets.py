@@ -1,6 +1,6 @@
 """Stage presets build what they say: the EVE-7B-HD recipe (built on the meta device), every stage's model from
 ``model_preset`` + ``model_overrides`` (stages 2-3 included), and ``tiny_hd`` stages 2-3 that really train at
-their own 224 px canvas from a 112 px stage 1, as EVE-7B-HD's stage 3 starts from the 672 px stage 2."""
+their own 192 px canvas from a 96 px stage 1, as EVE-7B-HD's stage 3 starts from the 672 px stage 2."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_an_hd_image_sample_fits_the_hd_recipe_and_no_longer_the_old_rule():
 
 
 @pytest.mark.slow
-def test_tiny_hd_trains_stages_2_and_3_at_its_own_canvas_from_a_112_px_stage_1(tmp_path):
+def test_tiny_hd_trains_stages_2_and_3_at_its_own_canvas_from_a_96_px_stage_1(tmp_path):
     from transformers import LlamaForCausalLM
 
     from eve_model.model_card import read_model_card_sections
@@ -78,7 +78,7 @@ def test_tiny_hd_trains_stages_2_and_3_at_its_own_canvas_from_a_112_px_stage_1(t
         final = tmp_path / f"stage-{stage}" / "final"
         saved = json.loads((final / "config.json").read_text())
         image_processor = json.loads((final / "preprocessor_config.json").read_text())
-        side = 112 if preset == "tiny" else 224
+        side = 96 if preset == "tiny" else 192
         assert saved["image_max_side"] == image_processor["image_max_side"] == side, stage
         metrics = read_jsonl(tmp_path / f"stage-{stage}" / "metrics.jsonl")
         assert len(metrics) == 2 and all(m["alignment_loss"] is not None for m in metrics)
@@ -87,13 +87,13 @@ def test_tiny_hd_trains_stages_2_and_3_at_its_own_canvas_from_a_112_px_stage_1(t
         assert "loss: first / last" in sections["Training metrics"]
         parent = str(final)
 
-    # What stage 3 trained on: 224 px canvases, 14 x 14 student grids pooled 2 x 2 onto the 7 x 7 teacher.
+    # What stage 3 trained on: 192 px canvases, 6 x 6 student grids pooled 2 x 2 onto the 3 x 3 teacher.
     stage3 = build_stage_model(tiny_stage_config("3", str(tmp_path / "probe"), str(tmp_path / "ds"), manifest.dataset_hash,
                                                  init_checkpoint=parent, model_preset="tiny_hd"))
     from eve_model.shards import iter_samples
 
     batch = stage3.collate(list(iter_samples(str(tmp_path / "ds")))[:2])
-    assert batch["pixel_values"].shape[-1] == 224 and stage3.model.config.patch_ratio == 2
+    assert batch["pixel_values"].shape[-1] == 192 and stage3.model.config.patch_ratio == 2
     # A stage may change the canvas but not the network: a narrower PEL than the checkpoint's is refused.
     with pytest.raises(StageConfigError, match="pel_width: checkpoint 64, stage 32"):
         build_stage_model(tiny_stage_config("3", str(tmp_path / "bad"), str(tmp_path / "ds"), manifest.dataset_hash,
