@@ -5,7 +5,11 @@ gathers every image's valid cells and runs the whole batch at once. Both variant
 (EVE-7B PEL dimensions: width 1024, 8 heads, patch 14, pool 2, projector 1024 -> 4096 -> 4096) on the same
 images, side by side in one process; the printed ratio is loop time / batched time.
 
-    python benchmarks/bench_pel.py [--images 4] [--side 672] [--repeats 2] [--threads 1]
+``--autocast`` adds the batched layer under ``torch.autocast(dtype=bfloat16)`` (CPU autocast here; the same
+code path as GPU AMP), timed in the same interleaved rounds, with the largest deviation of its output from
+fp32 relative to the output's scale (bf16 keeps 8 significant bits: ~0.4% per rounding).
+
+    python benchmarks/bench_pel.py [--images 4] [--side 672] [--repeats 2] [--threads 1] [--autocast]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ def main() -> int:
     parser.add_argument("--side", type=int, default=672, help="image_max_side (multiple of 28 * 24)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--autocast", action="store_true", help="also time the batched layer under bf16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -55,7 +60,15 @@ def main() -> int:
         for index in range(pixels.shape[0]):
             layer(pixels[index : index + 1], has_image[index : index + 1]).embeddings.square().mean().backward()
 
+    def batched_bf16_autocast() -> None:
+        layer.zero_grad(set_to_none=True)
+        with torch.autocast(pixels.device.type, dtype=torch.bfloat16):
+            output = layer(pixels, has_image).embeddings
+        output.float().square().mean().backward()
+
     variants = (("batched", batched), ("per_image_loop", per_image_loop))
+    if args.autocast:
+        variants += (("batched_bf16", batched_bf16_autocast),)
     wall: dict[str, list[float]] = {name: [] for name, _ in variants}
     cpu: dict[str, list[float]] = {name: [] for name, _ in variants}
     for _, run in variants:
@@ -76,6 +89,14 @@ def main() -> int:
               f"CPU {1000 * best_cpu / args.images:8.1f} ms/image, {args.images / best_cpu:6.2f} images per CPU-second")
     print(f"  throughput ratio batched / per-image loop: wall {min(wall['per_image_loop']) / min(wall['batched']):.2f}x, "
           f"CPU time {min(cpu['per_image_loop']) / min(cpu['batched']):.2f}x")
+    if args.autocast:
+        with torch.no_grad():
+            reference = layer(pixels, has_image).embeddings
+            with torch.autocast(pixels.device.type, dtype=torch.bfloat16):
+                low = layer(pixels, has_image).embeddings.float()
+        deviation = float((low - reference).abs().max() / reference.abs().max())
+        print(f"  throughput ratio bf16 autocast / fp32 (batched): wall {min(wall['batched']) / min(wall['batched_bf16']):.2f}x, "
+              f"CPU time {min(cpu['batched']) / min(cpu['batched_bf16']):.2f}x; max |bf16 - fp32| / max |fp32| = {deviation:.4f}")
     return 0
 
 

@@ -16,8 +16,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 
-def answer_baselines(questions_path: str | Path) -> dict[str, float]:
-    """Accuracy of uniform guessing among each type's answers, and of its most common answer."""
+def answer_baselines(questions_path: str | Path) -> dict:
+    """Accuracy of uniform guessing among each type's answers, and of always giving its most common answer:
+    overall (``uniform_chance``, ``majority_answer``) and per question type (``by_type``)."""
     by_type: dict[str, list[str]] = defaultdict(list)
     for line in Path(questions_path).read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -26,7 +27,11 @@ def answer_baselines(questions_path: str | Path) -> dict[str, float]:
     total = sum(len(answers) for answers in by_type.values())
     uniform = sum(len(a) / len(set(a)) for a in by_type.values()) / total
     majority = sum(Counter(a).most_common(1)[0][1] for a in by_type.values()) / total
-    return {"uniform_chance": uniform, "majority_answer": majority}
+    per_type = {
+        kind: {"uniform_chance": 1 / len(set(answers)), "majority_answer": Counter(answers).most_common(1)[0][1] / len(answers)}
+        for kind, answers in sorted(by_type.items())
+    }
+    return {"uniform_chance": uniform, "majority_answer": majority, "by_type": per_type}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -76,7 +81,10 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  most common answer per type  {baselines['majority_answer']:.3f}")
     for key, value in sorted(metrics.items()):
         if key.startswith("demo_vqa/accuracy_"):
-            print(f"    {key.removeprefix('demo_vqa/accuracy_'):<26} {value:.3f}")
+            kind = key.removeprefix("demo_vqa/accuracy_")
+            chance = baselines["by_type"].get(kind, {})
+            print(f"    {kind:<26} {value:.3f}   (most common answer {chance.get('majority_answer', float('nan')):.3f}, "
+                  f"uniform {chance.get('uniform_chance', float('nan')):.3f})")
     if "heldout_text/perplexity" in metrics:
         print(f"  held-out text perplexity     {metrics['heldout_text/perplexity']:.2f}"
               f"  (base LLM {base_llm.get('heldout_text/perplexity', float('nan')):.2f}; SFT scores answers only)")

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "quality",
     "train",
     "retrain",
+    "convert",
     "serve",
     "cluster",
     "evaluate",

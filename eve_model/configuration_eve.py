@@ -15,7 +15,7 @@ from typing import Literal
 
 from transformers import LlamaConfig, PretrainedConfig
 
-from eve_model.geometry import GridGeometry
+from .geometry import GridGeometry
 
 CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -65,6 +65,12 @@ class EveConfig(GridGeometry, PretrainedConfig):
     image_std: list[float] = field(default_factory=lambda: list(CLIP_IMAGE_STD))
     """Per-channel RGB standard deviation used to normalise the student view."""
 
+    pixel_protocol: str = "platform"
+    """How images become canvases (``EveImageProcessor``): ``"platform"`` (exact mean-colour padding, alpha
+    composited onto it; what this platform trains with) or ``"upstream"`` (EVE v1's ``int(mean * 255)``
+    padding and ``convert("RGB")``; set by ``eve convert upstream`` so released weights see what they were
+    trained on). docs/model.md, "Departures from the upstream code"."""
+
     teacher_kind: str = "clip"
     """Frozen vision teacher of the PAL: ``"efficientnet_lite0"`` (bundled pretrained weights) or ``"clip"``."""
 
@@ -81,7 +87,7 @@ class EveConfig(GridGeometry, PretrainedConfig):
     """Side in pixels of the square teacher canvas (LLaVA-1.5 pad protocol)."""
 
     teacher_grid_size: int = 24
-    """Side of the teacher feature grid (24 for ViT-L/14 at 336 px, 7 for EfficientNet-Lite0 at 224 px)."""
+    """Side of the teacher feature grid (24 for ViT-L/14 at 336 px; EfficientNet-Lite0: side / 32, 3 at 96 px)."""
 
     alignment_depth_interval: int = 4
     """The PAL reads LLM depths ``L, L - interval, ..., 0`` (0 = the decoder input); ``L`` = number of layers."""
@@ -122,6 +128,8 @@ class EveConfig(GridGeometry, PretrainedConfig):
             problems.append(
                 f"student grid {self.student_max_grid} is not a positive multiple of teacher grid {self.teacher_grid_size}"
             )
+        if self.pixel_protocol not in ("platform", "upstream"):
+            problems.append(f"unknown pixel_protocol {self.pixel_protocol!r}; expected 'platform' or 'upstream'")
         if self.teacher_kind not in ("efficientnet_lite0", "clip"):
             problems.append(f"unknown teacher_kind {self.teacher_kind!r}")
         if self.text_config.num_hidden_layers % self.alignment_depth_interval:
@@ -137,9 +145,15 @@ class EveConfig(GridGeometry, PretrainedConfig):
     # ------------------------------------------------------------------------------------------------ presets
     @classmethod
     def tiny(cls, **overrides) -> "EveConfig":
-        """CPU-test preset: 4-layer Llama (hidden 128) with the bundled tokenizer's vocabulary, PEL width 64,
-        16 px student cells up to 7x7, EfficientNet-Lite0 teacher (224 px, 7x7 grid, 1280 channels)."""
-        from eve_model.tokenizer import TINY_IMAGE_TOKEN_ID, TINY_VOCAB_SIZE
+        """CPU preset of the embedded default: 4-layer Llama (hidden 128) with the bundled tokenizer's vocabulary,
+        PEL width 64, 96 px canvas of 3 x 3 student cells of 32 px (patch 16, pool 2: EVE's PEL at a coarser
+        patch), EfficientNet-Lite0 teacher at 96 px (3 x 3 grid, 1280 channels).
+
+        The grid matches the demo's scenes (objects on a 3 x 3 layout): one visual token sees one whole object.
+        At the earlier 112 px / 16 px cells (7 x 7 tokens) an object was cut across up to four tokens and its
+        outline could only be read by combining them position by position, which the 4-layer decoder did not
+        learn: shape answers fell below chance (docs/model.md, "The embedded default's geometry")."""
+        from .tokenizer import TINY_IMAGE_TOKEN_ID, TINY_VOCAB_SIZE
 
         text_config = LlamaConfig(
             vocab_size=TINY_VOCAB_SIZE,
@@ -157,16 +171,16 @@ class EveConfig(GridGeometry, PretrainedConfig):
         values = dict(
             text_config=text_config,
             image_token_id=TINY_IMAGE_TOKEN_ID,
-            patch_size=8,
+            patch_size=16,
             pool_stride=2,
             pel_width=64,
             pel_num_heads=4,
             attention_full_width_scale=False,
-            image_max_side=112,
+            image_max_side=96,
             teacher_kind="efficientnet_lite0",
             teacher_feature_dim=1280,
-            teacher_image_size=224,
-            teacher_grid_size=7,
+            teacher_image_size=96,
+            teacher_grid_size=3,
             alignment_depth_interval=2,
             alignment_width=64,
             alignment_num_heads=4,
@@ -176,8 +190,9 @@ class EveConfig(GridGeometry, PretrainedConfig):
 
     @classmethod
     def tiny_hd(cls, **overrides) -> "EveConfig":
-        """Tiny preset at 224 px (up to 14x14 student grid, 2x2-pooled to the 7x7 teacher grid)."""
-        return cls.tiny(**{"image_max_side": 224, **overrides})
+        """Tiny preset at twice the side, 192 px (6 x 6 student grid, 2 x 2-pooled onto the 3 x 3 teacher grid),
+        as EVE-7B-HD is EVE-7B at twice the side."""
+        return cls.tiny(**{"image_max_side": 192, **overrides})
 
     @classmethod
     def eve_7b(cls, **overrides) -> "EveConfig":
@@ -212,5 +227,8 @@ class EveConfig(GridGeometry, PretrainedConfig):
         """EVE-7B-HD: EVE-7B with max side 1344 (48x48 student grid, 2x2-pooled to CLIP's 24x24)."""
         return cls.eve_7b(**{"image_max_side": 1344, **overrides})
 
+
+# A saved config names this class in its ``auto_map`` (and the file travels with the checkpoint): see modeling_eve.
+EveConfig.register_for_auto_class()
 
 __all__ = ["EveConfig", "CLIP_IMAGE_MEAN", "CLIP_IMAGE_STD"]

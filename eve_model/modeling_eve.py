@@ -20,12 +20,12 @@ from transformers import GenerationMixin, LlamaForCausalLM, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from eve_model.configuration_eve import EveConfig
-from eve_model.constants import IGNORE_INDEX
-from eve_model.geometry import visual_token_count
+from .configuration_eve import EveConfig
+from .constants import IGNORE_INDEX
+from .geometry import visual_token_count
 
 if TYPE_CHECKING:
-    from eve_model.teacher_base import VisionTeacher
+    from .teacher_base import VisionTeacher
 
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -174,11 +174,16 @@ class PatchEmbeddingLayer(nn.Module):
         row_number = torch.arange(image_of_row.shape[0], device=valid.device) - (torch.cumsum(grid_h, 0) - grid_h)[image_of_row]
         separator_positions = offsets[image_of_row] + 1 + row_number * (grid_w[image_of_row] + 1) + grid_w[image_of_row]
 
+        # Under autocast the cell features come out of the conv/linears in the autocast dtype (bf16) while the
+        # class token (a float parameter plus attention output) and the separator parameter stay float: the
+        # buffer takes their common dtype, so nothing is rounded before the projector (which autocasts itself).
+        dtype = torch.promote_types(torch.promote_types(cell_features.dtype, class_tokens.dtype), self.split_embedding.dtype)
         total = int(lengths.sum())
-        sequence = cell_features.new_zeros(total, cell_features.shape[-1])
-        sequence = sequence.index_put((offsets,), class_tokens)
-        sequence = sequence.index_put((cell_positions,), cell_features)
-        sequence = sequence.index_put((separator_positions,), self.split_embedding.expand(separator_positions.shape[0], -1))
+        sequence = cell_features.new_zeros(total, cell_features.shape[-1], dtype=dtype)
+        sequence = sequence.index_put((offsets,), class_tokens.to(dtype))
+        sequence = sequence.index_put((cell_positions,), cell_features.to(dtype))
+        separators = self.split_embedding.to(dtype).expand(separator_positions.shape[0], -1)
+        sequence = sequence.index_put((separator_positions,), separators)
         return VisualTokens(self.projector(sequence), lengths, torch.stack([grid_h, grid_w], dim=1), has_image)
 
 
@@ -212,7 +217,9 @@ def alignment_cosine_loss(student: torch.Tensor, teacher: torch.Tensor, sample_i
     divided by ``max(#images, 1)``. student/teacher (N, D), sample_index (N,) in [0, B), has_image (B,).
     Range [0, 2]; 0 when every student token points the same way as its teacher token."""
     batch = has_image.shape[0]
-    distance = 1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1, eps=1e-6)
+    # At least float32 (bf16 cosines are too coarse), float64 stays float64; eps as upstream's nn.CosineSimilarity.
+    dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
+    distance = 1.0 - F.cosine_similarity(student.to(dtype), teacher.to(dtype), dim=-1, eps=1e-8)
     sums = distance.new_zeros(batch).index_add(0, sample_index, distance)
     counts = distance.new_zeros(batch).index_add(0, sample_index, torch.ones_like(distance))
     per_image = sums / counts.clamp(min=1)
@@ -312,10 +319,13 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
     def enable_alignment(self, teacher: "VisionTeacher | None" = None, teacher_feature_cache_dir: str | Path | None = None) -> None:
         """Training only: build the PAL and attach the frozen teacher (``build_teacher(config,
         teacher_feature_cache_dir)`` when None)."""
-        from eve_model.teachers import build_teacher
-
         if teacher is None:
-            teacher = build_teacher(self.config, teacher_feature_cache_dir)
+            # ``from . import`` on purpose: a checkpoint's copy of this file (trust_remote_code) carries only the
+            # modules named by ``from .<module> import`` (transformers copies those), and the teachers, with their
+            # weight packages, are training code that inference never needs. The package build has them.
+            from . import teachers
+
+            teacher = teachers.build_teacher(self.config, teacher_feature_cache_dir)
         if teacher.grid_size != self.config.teacher_grid_size or teacher.feature_dim != self.config.teacher_feature_dim:
             raise ValueError(
                 f"teacher grid {teacher.grid_size} / dim {teacher.feature_dim} != config "
@@ -456,7 +466,7 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
         alignment_loss = None
         if want_alignment:
             captured[0] = inputs_embeds
-            alignment_loss = self._alignment_loss(captured, image_mask, visual, teacher_pixel_values)
+            alignment_loss = self.alignment_loss(captured, image_mask, visual, teacher_pixel_values)
         loss = None
         if ce_loss is not None:
             loss = ce_loss
@@ -485,12 +495,14 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
                 handles.append(decoder.layers[depth - 1].register_forward_hook(keep(depth)))
         return handles
 
-    def _alignment_loss(self, captured: dict[int, torch.Tensor], image_mask: torch.Tensor, visual: VisualTokens,
-                        teacher_pixel_values: torch.Tensor) -> torch.Tensor:
-        """Student visual tokens (CLS and SPL removed, grid pooled to the teacher's) vs frozen teacher.
+    def alignment_loss(self, captured: dict[int, torch.Tensor], image_mask: torch.Tensor, visual: VisualTokens,
+                       teacher_pixel_values: torch.Tensor) -> torch.Tensor:
+        """The PAL loss: student visual tokens (CLS and SPL removed, grid pooled to the teacher's) vs the frozen
+        teacher (``forward`` calls it; public for the upstream parity test).
 
-        captured: depth -> hidden states (B, T, D); image_mask (B, T) bool, each image row's visual block
-        being one contiguous run starting with its CLS token; teacher_pixel_values (B, 4, T_t, T_t)."""
+        captured: depth -> hidden states (B, T, D) for every depth of ``config.alignment_depths`` (0 = decoder
+        input); image_mask (B, T) bool, each image row's visual block being one contiguous run starting with its
+        CLS token; visual: the PEL output's ``grid_hw`` and ``has_image``; teacher_pixel_values (B, 4, T_t, T_t)."""
         ratio = self.config.patch_ratio
         device = captured[0].device
         image_mask = image_mask.to(device)
@@ -532,8 +544,11 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
     def generate(self, input_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, has_image: torch.Tensor | None = None, **kwargs: Any):
         """input_ids (B, T) left-padded with expanded image tokens (``EveProcessor.for_generation``),
-        pixel_values (B, 4, S, S). The visual tokens are filled in once at prefill; returns only the newly
-        generated token ids (B, new)."""
+        pixel_values (B, 4, S, S). The visual tokens are filled in once at prefill.
+
+        Returns what a transformers decoder-only model returns for ``input_ids``: the prompt followed by the new
+        tokens, (B, T + new), so ``output[:, input_ids.shape[1]:]`` are the generated ids (with
+        ``return_dict_in_generate`` the same holds for ``output.sequences``)."""
         for unused in ("teacher_pixel_values", "image_grid_hw", "labels"):
             kwargs.pop(unused, None)
         if input_ids is None:
@@ -543,7 +558,13 @@ class EveForCausalLM(EvePreTrainedModel, GenerationMixin):
         inputs_embeds, _ = self.embed_inputs(input_ids, pixel_values, has_image)
         kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id)
         kwargs.setdefault("eos_token_id", self.config.text_config.eos_token_id)
-        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        # Generating from inputs_embeds (the only way to hand over the spliced visual block) makes transformers
+        # return the new tokens alone; the prompt is put back in front to keep the convention.
+        output = super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        if isinstance(output, torch.Tensor):
+            return torch.cat([input_ids, output.to(input_ids.device)], dim=1)
+        output.sequences = torch.cat([input_ids, output.sequences.to(input_ids.device)], dim=1)
+        return output
 
 
 __all__ = [
@@ -558,10 +579,22 @@ __all__ = [
 
 
 def _register_auto_classes() -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """``model_type="eve"`` -> the package's classes for ``AutoConfig``, ``AutoModelForCausalLM`` and
+    ``AutoProcessor`` (loading a checkpoint after ``import eve_model``, no remote code involved)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
+
+    from .processing_eve import EveProcessor
 
     AutoConfig.register("eve", EveConfig, exist_ok=True)
     AutoModelForCausalLM.register(EveConfig, EveForCausalLM, exist_ok=True)
+    AutoProcessor.register(EveConfig, EveProcessor, exist_ok=True)
 
 
-_register_auto_classes()
+# Every save_pretrained copies this file, the files it imports with ``from .<module> import`` and an ``auto_map``
+# into the checkpoint, so ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` works where this
+# package is not installed (docs/model.md, "Loading a checkpoint").
+EveForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+if __name__ == "eve_model.modeling_eve":
+    # Only the package registers itself globally: a checkpoint's copy of this file (loaded as remote code) must not
+    # replace the package's classes in transformers' mappings for the rest of the process.
+    _register_auto_classes()

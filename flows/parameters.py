@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from flows.data_flow import DataFlowParams
 from tasks.caption.config import CaptionConfig
+from tasks.data.sft_mixture import SftMixtureConfig
 from tasks.evaluate.gates import GatePolicy
 from tasks.evaluate.harness import HarnessConfig
 from tasks.quality.config import CaptionGateThresholds, InstructionGateThresholds
@@ -58,6 +59,9 @@ class RetrainParameters(BaseModel):
 
     instruction_quality: InstructionGateThresholds = Field(default_factory=InstructionGateThresholds)
     """Instruction suite thresholds (stage 3 data)."""
+
+    sft_mixture: SftMixtureConfig = Field(default_factory=SftMixtureConfig)
+    """How many caption conversations and text-only turns join the instruction data in stage 3."""
 
     training: TrainingParameters = Field(default_factory=TrainingParameters)
     """Stage presets, backend and resources."""

@@ -25,7 +25,8 @@ from flows.promotion_flow import promote_eve
 from flows.recipes import demo
 from tasks.caption.prefect_tasks import generate_captions
 from tasks.caption.provenance import BackendIdentity
-from tasks.data.steps import dataset_location_task, derived_dataset_dir, register_dataset_version
+from tasks.data.sft_mixture import mixture_input_key
+from tasks.data.steps import dataset_location_task, derived_dataset_dir, mix_sft_dataset_task, register_dataset_version
 from tasks.data.versioning import DatasetVersion
 from tasks.evaluate.gates import EvaluationSummary, GateDecision
 from tasks.evaluate.prefect_tasks import (
@@ -53,7 +54,7 @@ class PreparedData(BaseModel):
     """The caption run's backend identity."""
 
     versions: dict[str, DatasetVersion]
-    """Registered versions by role: ingested, curated, captioned, filtered, sft, sft-filtered."""
+    """Registered versions by role: ingested, curated, captioned, filtered, sft, sft-filtered, sft-mixture."""
 
     caption_gate: GateResult
     """The caption gate's result (stages 1-2 data)."""
@@ -65,7 +66,12 @@ class PreparedData(BaseModel):
     """Local directory of the filtered caption dataset."""
 
     sft_location: str | None = None
-    """Local directory of the filtered instruction dataset."""
+    """Local directory of stage 3's training set (the SFT mixture)."""
+
+    @property
+    def sft_version(self) -> DatasetVersion:
+        """Stage 3's training set: the mixture of instruction, caption and text-only conversations."""
+        return self.versions["sft-mixture"]
 
 
 class CandidateEvaluation(BaseModel):
@@ -88,7 +94,8 @@ class RetrainResult(BaseModel):
 
 @flow(name="eve-data-only", log_prints=True)
 def data_only(params: RetrainParameters = demo()) -> PreparedData:
-    """Data pipeline, teacher captions, caption gate, instruction gate; every version DVC-registered."""
+    """Data pipeline, teacher captions, caption gate, instruction gate, SFT mixture; every version
+    DVC-registered."""
     data = data_pipeline(params.data)
     name = params.data.dataset_name
     captioned = generate_captions(
@@ -115,7 +122,16 @@ def data_only(params: RetrainParameters = demo()) -> PreparedData:
         )
         versions["sft"] = data.sft_version
         versions["sft-filtered"] = register_dataset_version(instruction_gate.output_location, f"{name}-sft-filtered")
-        sft_location = dataset_location_task(versions["sft-filtered"])
+        # Stage 3 trains on the instruction conversations mixed with caption conversations and text-only turns
+        # from the gated captions (LLaVA's SFT recipe): one version, two parents.
+        mixture = mix_sft_dataset_task(
+            dataset_location_task(versions["sft-filtered"]), dataset_location_task(filtered_version),
+            derived_dataset_dir("sft-mixture", mixture_input_key(versions["sft-filtered"].dataset_hash,
+                                                                 filtered_version.dataset_hash), params.sft_mixture),
+            params.sft_mixture,
+        )
+        versions["sft-mixture"] = register_dataset_version(mixture.dataset_dir, f"{name}-sft-mixture", mixture.dataset_hash)
+        sft_location = dataset_location_task(versions["sft-mixture"])
     return PreparedData(
         data=data, caption_identity=captioned.identity, versions=versions, caption_gate=caption_gate,
         instruction_gate=instruction_gate, pretrain_location=dataset_location_task(filtered_version),
@@ -133,7 +149,7 @@ def train_stages(params: RetrainParameters, prepared: PreparedData, first_stage:
     trained = []
     for stage in order:
         sft = stage == StageId.SFT
-        version = prepared.versions["sft-filtered" if sft else "filtered"]
+        version = prepared.sft_version if sft else prepared.versions["filtered"]
         location = prepared.sft_location if sft else prepared.pretrain_location
         planned = plan_stage(stage, params.training, location, version.dataset_hash, parent)
         parent = cached_stage(planned) if stage in must_be_cached else train_stage(planned, params.training)

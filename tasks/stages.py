@@ -33,7 +33,14 @@ from eve_model.identity import CODE_REVISION_ENV, WeightsMismatch, code_tree_rev
 from eve_model.train import job_command
 from eve_model.training.checkpointing import CheckpointManager
 from eve_model.training.engine import SAVE_TIMINGS_PATH
-from eve_model.training.config import StageConfig, StageId, StageOverrides, overrides_as_kwargs, preset_stage_config
+from eve_model.training.config import (
+    StageConfig,
+    StageId,
+    StageOverrides,
+    StagePresetName,
+    overrides_as_kwargs,
+    preset_stage_config,
+)
 from tasks.platform import REPO_ROOT, PlatformSettings
 from tasks.submit.run import JobFailed, retry_only_unreachable_scheduler, run_job_to_end
 from tasks.submit.spec import JobAttempt, JobSpec, JobState
@@ -54,8 +61,9 @@ class CachedStageInvalid(StageFailed):
 class TrainingParameters(BaseModel):
     """How the three stages (and the embedded default's base-LLM bootstrap) run."""
 
-    preset: Literal["tiny", "eve_7b"] = "tiny"
-    """Stage preset family (``eve_model.training.config``): ``tiny`` on CPU, ``eve_7b`` = the paper."""
+    preset: StagePresetName = "tiny"
+    """Stage preset family (``eve_model.training.config``): ``tiny`` on CPU, ``eve_7b`` = the paper,
+    ``eve_7b_hd`` = the paper's HD fine-tune (stage 3 at 1344 px, 4,096 tokens)."""
 
     backend: Literal["local", "slurm", "k8s"] = "local"
     """Where jobs run."""

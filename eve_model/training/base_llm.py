@@ -18,7 +18,7 @@ from eve_model.constants import IGNORE_INDEX
 from eve_model.shards import ShardSample
 from eve_model.training.config import StageConfig
 from eve_model.training.data import plain_text
-from eve_model.training.stage_protocol import StepOutput, eve_config_for_preset
+from eve_model.training.stage_protocol import StepOutput, eve_config_for_preset, write_stage_model_card
 
 
 class BaseLlmStageModel:
@@ -65,6 +65,7 @@ class BaseLlmStageModel:
     def save_final(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
         self.model.save_pretrained(directory, state_dict=state_dict, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
+        write_stage_model_card(directory, self.config, self.describe())
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         return int(batch["attention_mask"].sum())

@@ -64,6 +64,8 @@ class StageId(StrEnum):
 
 ParameterGroupName = Literal["pel", "aligning", "llm"]
 ModelPresetName = Literal["tiny", "tiny_hd", "eve_7b", "eve_7b_hd"]
+StagePresetName = Literal["tiny", "eve_7b", "eve_7b_hd"]
+"""Names of the stage-config preset families (``PRESETS``)."""
 
 
 # Fields that change where or how visibly a run happens, never what it computes; they are left
@@ -125,9 +127,11 @@ class StageConfig(BaseModel):
     """Name of the ``EveConfig`` preset (``EveConfig.tiny()`` etc.) the model is built from."""
 
     model_overrides: dict[str, Any] = Field(default_factory=dict)
-    """Keyword overrides for the ``EveConfig`` preset when stage 1 builds the model, e.g.
-    ``{"teacher_path": "/models/clip-vit-large-patch14-336"}``; later stages read the config saved
-    with their init checkpoint."""
+    """Keyword overrides for the ``EveConfig`` preset, e.g. ``{"teacher_path": "/models/clip-vit-large-patch14-336"}``.
+    Every stage builds its model from ``model_preset`` and these; stages 2-3 then load their init checkpoint's
+    weights into it. The network must match the checkpoint's (widths, depths, heads, vocabulary: a clear error
+    otherwise); the canvas, the teacher, the pixel protocol and the loss weight may change, which is how
+    EVE-7B-HD's stage 3 fine-tunes the 672 px stage-2 model at 1344 px."""
 
     trainable_groups: tuple[ParameterGroupName, ...]
     """Parameter groups that train; every other parameter is frozen. The teacher never trains."""
@@ -160,7 +164,13 @@ class StageConfig(BaseModel):
     """Prompt template: "plain" (captions, stages 1-2, base-llm) or "vicuna_v1" (conversations, stage 3)."""
 
     max_sequence_length_tokens: int = Field(gt=8)
-    """Sequences are truncated to this many tokens, visual tokens included."""
+    """Text tokens per sample (its ``<image>`` counted once), as upstream's ``model_max_length``: the text is
+    truncated to this, then the image's visual block is expanded, so a sequence may reach this - 1 + the
+    visual tokens (2,647 for a square 672 px image at 2,048). See ``max_length_counts_visual_tokens``."""
+
+    max_length_counts_visual_tokens: bool = False
+    """Make ``max_sequence_length_tokens`` a limit on the whole sequence, visual tokens included (text after the
+    image is cut to fit; a sample whose visual block does not fit is an error). Off: upstream's rule."""
 
     precision: Literal["fp32", "bf16"] = "fp32"
     """Compute precision; bf16 needs a device that supports it (CPU runs use fp32)."""
@@ -464,11 +474,31 @@ def eve_7b_stage_config(
     return StageConfig(**values)
 
 
-PRESETS = {"tiny": tiny_stage_config, "eve_7b": eve_7b_stage_config}
+def eve_7b_hd_stage_config(
+    stage: StageId | str,
+    output_dir: str,
+    dataset_location: str,
+    dataset_hash: str | None = None,
+    init_checkpoint: str | None = None,
+    **overrides: Any,
+) -> StageConfig:
+    """EVE-7B-HD as upstream trained it (``eve7b_finetune_hd.sh``): stages 1-2 are EVE-7B's (672 px), stage 3
+    fine-tunes that stage-2 model at 1344 px (``EveConfig.eve_7b_hd``: 48 x 48 cells pooled 2 x 2 onto CLIP's
+    24 x 24) with a 4,096-token text limit, micro-batch 2 and 2 accumulation steps on 32 GPUs (global batch
+    128 = 2 x 2 x 32; other world sizes accumulate to the same global batch)."""
+    stage = StageId.parse(stage)
+    values: dict[str, Any] = dict(run_name=f"eve-7b-hd-stage-{stage}")
+    if stage == StageId.SFT:
+        values.update(model_preset="eve_7b_hd", max_sequence_length_tokens=4096, micro_batch_size_samples=2)
+    values.update(overrides)
+    return eve_7b_stage_config(stage, output_dir, dataset_location, dataset_hash, init_checkpoint, **values)
+
+
+PRESETS = {"tiny": tiny_stage_config, "eve_7b": eve_7b_stage_config, "eve_7b_hd": eve_7b_hd_stage_config}
 
 
 def preset_stage_config(preset: str, stage: StageId | str, **kwargs: Any) -> StageConfig:
-    """Look a preset up by name (``tiny`` or ``eve_7b``) and build the stage's config."""
+    """Look a preset up by name (``tiny``, ``eve_7b`` or ``eve_7b_hd``) and build the stage's config."""
     if preset not in PRESETS:
         raise StageConfigError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[preset](stage, **kwargs)
@@ -477,9 +507,11 @@ def preset_stage_config(preset: str, stage: StageId | str, **kwargs: Any) -> Sta
 __all__ = [
     "PRESETS",
     "StageConfig",
+    "StagePresetName",
     "StageConfigError",
     "StageId",
     "StageOverrides",
+    "eve_7b_hd_stage_config",
     "eve_7b_stage_config",
     "overrides_as_kwargs",
     "preset_stage_config",

@@ -7,10 +7,19 @@ the other implementation. The PAL travels between stages as ``alignment_state.AL
 
 Freezing per stage (docs/model.md, "The three stages"): stage 1 trains PEL + projector + aligning layer with the LLM
 frozen; stages 2-3 train everything but the teacher, which ``enable_alignment`` builds frozen.
+
+The model of every stage is ``EveConfig.<model_preset>(**model_overrides)``: stage 1 puts a fresh PEL on the base
+LLM, stages 2-3 load their init checkpoint's weights into it after checking that the network is the same
+(``check_same_network``); the canvas, teacher, pixel protocol and loss weight follow the stage config, so a
+stage 3 at 1344 px can start from a 672 px stage 2 (EVE-7B-HD).
+
+The final directory also gets a model card (``eve_model.model_card``) with what the job knows: the dataset it
+trained on, the stage config, the init checkpoint and the training metrics so far.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +29,47 @@ from eve_model.constants import IMAGE_PLACEHOLDER
 from eve_model.shards import ShardSample
 from eve_model.training.alignment_state import has_alignment_state, load_alignment_state, write_alignment_state
 from eve_model.training.base_llm import BaseLlmStageModel
-from eve_model.training.config import StageConfig, StageId
+from eve_model.training.config import StageConfig, StageConfigError, StageId
 from eve_model.training.data import processor_inputs
-from eve_model.training.stage_protocol import StageModel, StepOutput, eve_config_for_preset
+from eve_model.training.stage_protocol import StageModel, StepOutput, eve_config_for_preset, write_stage_model_card
+
+STAGE_ADJUSTABLE_FIELDS = frozenset({
+    "image_max_side", "teacher_kind", "teacher_path", "teacher_select_layer", "teacher_image_size",
+    "teacher_grid_size", "alignment_loss_weight", "pixel_protocol", "image_mean", "image_std",
+})
+"""``EveConfig`` fields a stage may set differently from its init checkpoint: what the model is shown and how it
+is taught, never the network itself."""
+
+_CONFIG_BOOKKEEPING = frozenset({
+    "text_config", "transformers_version", "architectures", "auto_map", "dtype", "torch_dtype", "_name_or_path",
+    "model_type", "output_attentions", "output_hidden_states", "return_dict", "use_cache",
+})
+_TEXT_NETWORK_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "hidden_act", "rms_norm_eps", "tie_word_embeddings",
+)
+
+
+def check_same_network(saved: dict[str, Any], built, stage: StageId, init_dir: Path) -> None:
+    """Raise ``StageConfigError`` naming every field where ``built`` (the stage's ``EveConfig``) describes another
+    network than the checkpoint's saved ``config.json`` (``saved``); fields in ``STAGE_ADJUSTABLE_FIELDS`` may
+    differ."""
+    mine = built.to_dict()
+    differences = []
+    for name, value in saved.items():
+        if name in STAGE_ADJUSTABLE_FIELDS or name in _CONFIG_BOOKKEEPING or name not in mine:
+            continue
+        if mine[name] != value:
+            differences.append(f"{name}: checkpoint {value!r}, stage {mine[name]!r}")
+    saved_text, built_text = saved.get("text_config", {}), mine.get("text_config", {})
+    for name in _TEXT_NETWORK_FIELDS:
+        if name in saved_text and saved_text.get(name) != built_text.get(name):
+            differences.append(f"text_config.{name}: checkpoint {saved_text.get(name)!r}, stage {built_text.get(name)!r}")
+    if differences:
+        raise StageConfigError(
+            f"stage {stage}: the init checkpoint {init_dir} is another network than model_preset + model_overrides "
+            f"describe ({'; '.join(differences)}); a stage may change only {sorted(STAGE_ADJUSTABLE_FIELDS)}"
+        )
 
 
 class EveStageModel:
@@ -36,11 +83,12 @@ class EveStageModel:
 
         self.config = config
         init_dir = Path(config.init_checkpoint)
+        eve_config = eve_config_for_preset(config.model_preset, config.model_overrides)
         if config.stage == StageId.PREALIGN:
-            eve_config = eve_config_for_preset(config.model_preset, config.model_overrides)
             self.model = EveForCausalLM.from_text_model(str(init_dir), eve_config)
         else:
-            self.model = EveForCausalLM.from_pretrained(str(init_dir))
+            check_same_network(json.loads((init_dir / "config.json").read_text()), eve_config, config.stage, init_dir)
+            self.model = EveForCausalLM.from_pretrained(str(init_dir), config=eve_config)
         self.model.enable_alignment(teacher_feature_cache_dir=config.teacher_feature_cache_dir)
         if config.stage != StageId.PREALIGN and has_alignment_state(init_dir):
             load_alignment_state(self.model, init_dir)
@@ -50,7 +98,8 @@ class EveStageModel:
             # embedding lookup, so the id may lie past the vocabulary (EveConfig.image_token_id).
             self.tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_PLACEHOLDER]})
         self.processor = EveProcessor(
-            EveImageProcessor.from_eve_config(self.model.config), self.tokenizer, config.max_sequence_length_tokens
+            EveImageProcessor.from_eve_config(self.model.config), self.tokenizer, config.max_sequence_length_tokens,
+            config.max_length_counts_visual_tokens,
         )
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
@@ -78,6 +127,7 @@ class EveStageModel:
         if aligning_state:
             write_alignment_state(aligning_state, self.model.config.alignment_depths, directory)
         self.processor.save_pretrained(directory)
+        write_stage_model_card(directory, self.config, self.describe())
 
     def count_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Tokens the LLM sees: text tokens plus each image's visual block (CLS + rows with SPL), which the

@@ -8,6 +8,7 @@ one. Keeping these names in a module of their own lets ``stage_model`` depend on
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,4 +50,84 @@ def eve_config_for_preset(preset: str, overrides: dict[str, Any] | None = None):
     return builders[preset](**(overrides or {}))
 
 
-__all__ = ["StageModel", "StepOutput", "eve_config_for_preset"]
+_INTENDED_USE = {
+    "tiny": ("The platform's embedded demo: a tiny EVE trained on synthetic scenes of coloured shapes. For testing "
+             "the platform end to end; it knows nothing about real images or real language."),
+    "default": ("Research and evaluation of encoder-free vision-language models; a candidate for the platform's "
+                "evaluation gate and reviewer approval. The base LLM's licence and the training data's licences apply."),
+}
+_LIMITATIONS = (
+    "Stage outputs are intermediate checkpoints until the evaluation gate and a reviewer approve a version. "
+    "The training-only Patch Aligning Layer (aligning_layer.safetensors) is not part of the model; it lets the next "
+    "stage continue the alignment loss. EVE v1 reads one image per sample."
+)
+
+
+def _metrics_summary(metrics_file: Path) -> list[tuple[str, Any]]:
+    """Rows for the card from ``metrics.jsonl`` (rank 0 writes it; at save time it holds every step so far)."""
+    if not metrics_file.exists():
+        return [("metrics", "none recorded")]
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    if not rows:
+        return [("metrics", "none recorded")]
+    tail = rows[-max(1, len(rows) // 10):]
+    summary: list[tuple[str, Any]] = [("steps logged", len(rows)), ("last step", rows[-1]["step"])]
+    for key in ("loss", "ce_loss", "alignment_loss"):
+        if rows[-1].get(key) is not None:
+            summary.append((f"{key}: first / last / mean of last 10%",
+                            f"{rows[0][key]:.4f} / {rows[-1][key]:.4f} / {sum(r[key] for r in tail) / len(tail):.4f}"))
+    speeds = [r["samples_per_second"] for r in rows if r.get("samples_per_second")]
+    if speeds:
+        summary.append(("samples/s (mean)", round(sum(speeds) / len(speeds), 2)))
+    return summary
+
+
+def write_stage_model_card(directory: Path, config, description: dict[str, Any]) -> Path:
+    """The training job's part of the model card of a stage's final directory: model, training data (dataset
+    hash and location), training procedure (the stage config and its hash, code revision, init checkpoint),
+    training metrics, intended use and limitations. Evaluation and approval are added by later writers
+    (``eve_model.model_card.write_model_card`` updates a card section by section)."""
+    from eve_model.identity import code_tree_revision
+    from eve_model.model_card import markdown_table, write_model_card
+
+    family = "tiny" if config.model_preset.startswith("tiny") else "default"
+    semantic = {key: value for key, value in config.to_json_dict().items()
+                if key not in ("run_name", "output_dir", "dataset_location", "init_checkpoint", "dataset_hash")}
+    eve = description.get("architecture") == "EveForCausalLM"
+    loading = ("`AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)` and "
+               "`AutoProcessor.from_pretrained(dir, trust_remote_code=True)` (the code travels with the checkpoint)"
+               if eve else "`AutoModelForCausalLM.from_pretrained(dir)` (a plain Llama decoder)")
+    sections = {
+        "Model": "\n\n".join([
+            f"{description.get('architecture')} from the platform's stage `{config.stage}` "
+            f"(run `{config.run_name}`, model preset `{config.model_preset}`). Load with {loading}.",
+            markdown_table(sorted(description.items()), header=("model", "value")),
+        ]),
+        "Intended use": _INTENDED_USE[family],
+        "Training data": markdown_table([
+            ("dataset_hash", config.dataset_hash),
+            ("dataset_location", config.dataset_location),
+            ("template", config.template),
+        ]),
+        "Training procedure": "\n\n".join([
+            markdown_table([
+                ("stage", str(config.stage)),
+                ("stage_config_hash", config.content_hash()),
+                ("code_revision", code_tree_revision()),
+                ("init_checkpoint", config.init_checkpoint),
+            ]),
+            "Stage configuration (what the stage computes; names and locations left out):",
+            markdown_table(sorted(semantic.items()), header=("setting", "value")),
+        ]),
+        "Training metrics": markdown_table(_metrics_summary(Path(config.output_dir) / "metrics.jsonl")),
+        "Limitations": _LIMITATIONS,
+    }
+    metadata = {
+        "library_name": "transformers",
+        "pipeline_tag": "image-text-to-text" if eve else "text-generation",
+        "tags": ["eve", "vision-language" if eve else "text", f"stage-{config.stage}", config.model_preset],
+    }
+    return write_model_card(directory, sections, metadata, title=f"{config.run_name} (stage {config.stage})")
+
+
+__all__ = ["StageModel", "StepOutput", "eve_config_for_preset", "write_stage_model_card"]

@@ -208,3 +208,36 @@ def dataset_location(version: DatasetVersion) -> str:
 @task(name="dataset-location", retries=2, retry_delay_seconds=10)
 def dataset_location_task(version: DatasetVersion) -> str:
     return dataset_location(version)
+
+
+# ------------------------------------------------------------------------- the SFT mixture
+# (imported here, with its task, so that this section stays self-contained at the end of the module)
+from tasks.data.sft_mixture import SftMixtureConfig, SftMixtureReport, build_sft_mixture, finished_mixture  # noqa: E402
+
+
+@task(
+    name="mix-sft-dataset",
+    retries=1,
+    retry_delay_seconds=30,
+    timeout_seconds=6 * 3600,
+)
+def mix_sft_dataset_task(instruction_location: str, caption_location: str, output_dir: str,
+                         config: SftMixtureConfig) -> SftMixtureReport:
+    """Stage 3's training set: the gated instruction conversations plus caption conversations and text-only
+    turns drawn from the gated captions (``tasks.data.sft_mixture``); counts go to a table artifact. An
+    identical earlier mixture in ``output_dir`` (same parents, same config, shards intact) is reused."""
+    logger = get_run_logger()
+    instruction_hash = verify_dataset(instruction_location, check_shards=False).dataset_hash
+    caption_hash = verify_dataset(caption_location, check_shards=False).dataset_hash
+    report = finished_mixture(output_dir, instruction_hash, caption_hash, config)
+    if report is None:
+        shutil.rmtree(output_dir, ignore_errors=True)  # leftovers of an interrupted run
+        report = build_sft_mixture(instruction_location, caption_location, output_dir, config)
+    create_table_artifact(
+        key="sft-mixture-counts", table=report.table_rows(),
+        description=f"SFT mixture {report.dataset_hash[:16]} from instruction {instruction_hash[:16]} "
+                    f"and captions {caption_hash[:16]}",
+    )
+    logger.info("SFT mixture: %d instruction + %d caption conversations + %d text-only = %d samples",
+                report.num_instruction, report.num_caption_conversations, report.num_text_only, report.num_written)
+    return report

@@ -89,8 +89,9 @@ class EveModel:
         batch = self.processor.for_generation(images, texts)
         batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         with torch.no_grad():
-            new_tokens = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
-        return self.processor.batch_decode(new_tokens)
+            sequences = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        # generate returns prompt + new tokens (transformers' decoder-only convention); keep the answer.
+        return self.processor.batch_decode(sequences[:, batch["input_ids"].shape[1]:])
 
     def text_nll(self, texts: list[str]) -> list[tuple[float, int]]:
         import torch

@@ -23,16 +23,17 @@ from tasks.platform import REPO_ROOT
 from tasks.quality.gate import GateResult
 from tasks.stages import TrainedStage
 
-_PARENT_ROLE = {
-    "ingested": "raw",
-    "curated": "ingested",
-    "captioned": "curated",
-    "filtered": "captioned",
-    "sft": "raw",
-    "sft-filtered": "sft",
+_PARENT_ROLES = {
+    "ingested": ("raw",),
+    "curated": ("ingested",),
+    "captioned": ("curated",),
+    "filtered": ("captioned",),
+    "sft": ("raw",),
+    "sft-filtered": ("sft",),
+    "sft-mixture": ("sft-filtered", "filtered"),
 }
 """Where each dataset role comes from in the pipeline (captions from the ingested set when there is
-no curation)."""
+no curation); the SFT mixture has two parents: the gated instruction data and the gated captions."""
 
 
 def raw_source_ref(use_demo_source: bool, ingested: DatasetVersion) -> DatasetRef:
@@ -77,19 +78,19 @@ def assemble_lineage(
 ) -> LineageManifest:
     """The lineage manifest of the candidate: raw source -> datasets -> stages -> evaluation.
 
-    ``versions`` maps roles (ingested, curated, captioned, filtered, sft, sft-filtered) to the
-    registered dataset versions; ``derived_from`` follows the pipeline's order.
+    ``versions`` maps roles (ingested, curated, captioned, filtered, sft, sft-filtered, sft-mixture) to
+    the registered dataset versions; ``derived_from`` follows the pipeline's order (two parents for the
+    SFT mixture).
     """
     registry = DatasetRegistry.from_settings()
     hashes = {"raw": raw.dataset_hash, **{role: version.dataset_hash for role, version in versions.items()}}
     datasets = []
     for role, version in versions.items():
-        parent_role = _PARENT_ROLE[role]
-        if parent_role == "curated" and parent_role not in hashes:
-            parent_role = "ingested"
+        parent_roles = ["ingested" if parent == "curated" and parent not in hashes else parent
+                        for parent in _PARENT_ROLES[role]]
         datasets.append(DatasetRef(
             role=role, dataset_hash=version.dataset_hash, location=str(registry.root / version.path_in_repo),
-            num_items=version.num_items, derived_from=[hashes[parent_role]], dvc_md5=version.dvc_md5,
+            num_items=version.num_items, derived_from=[hashes[parent] for parent in parent_roles], dvc_md5=version.dvc_md5,
         ))
     return build_lineage_manifest(
         code_revision=platform_commit(),

@@ -16,3 +16,6 @@ def test_baselines_by_hand(tmp_path):
     assert abs(baselines["uniform_chance"] - 2.5 / 5) < 1e-12
     # majority: colour "red" right 2 of 3, count either answer right 1 of 2 = 3 of 5
     assert abs(baselines["majority_answer"] - 3 / 5) < 1e-12
+    # Per type, printed next to each type's accuracy.
+    assert baselines["by_type"]["colour"] == {"uniform_chance": 1 / 2, "majority_answer": 2 / 3}
+    assert baselines["by_type"]["count"] == {"uniform_chance": 1 / 2, "majority_answer": 1 / 2}

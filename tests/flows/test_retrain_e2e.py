@@ -113,6 +113,11 @@ def test_small_retrain_end_to_end_then_unchanged_rerun_trains_nothing(prefect_se
     for dataset in lineage.datasets:  # every dataset of the chain resolves to verified shards
         assert verify_dataset(dataset.location, dataset.dataset_hash).num_items == dataset.num_items
     assert lineage.quality is not None and lineage.quality.success
+    # Stage 3 trained on the SFT mixture, derived from both the gated instruction data and the gated captions.
+    by_role = {dataset.role: dataset for dataset in lineage.datasets}
+    mixture = by_role["sft-mixture"]
+    assert sorted(mixture.derived_from) == sorted([by_role["sft-filtered"].dataset_hash, by_role["filtered"].dataset_hash])
+    assert lineage.stages[-1].input_dataset_hash == mixture.dataset_hash
 
     second = retrain(_small_params(demo_dir, mode="skip"))
     assert [s.skipped for s in second.stages] == [True, True, True, True]

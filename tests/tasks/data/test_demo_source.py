@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from tasks.data.demo_source import (
     DemoDataConfig,
     DemoDataMismatchError,
+    Scene,
+    SceneShape,
     directory_md5,
     ensure_demo_data,
     generate_demo_data,
@@ -70,3 +73,37 @@ def test_ensure_demo_data_regenerates_what_data_dvc_records(tmp_path: Path) -> N
         ensure_demo_data(data_root, REPO_ROOT / "data.dvc")
     shutil.rmtree(demo_dir)
     assert directory_md5(ensure_demo_data(data_root, REPO_ROOT / "data.dvc").parent)
+
+
+def _caption_content(caption: str) -> tuple[str, frozenset]:
+    """(background, {(colour, kind, position)}) read back from a clean caption (``Scene.describe``)."""
+    head, listing = caption.rstrip(".").split(": ", 1)
+    background = head.split(" on a ", 1)[1].removesuffix(" background")
+    shapes = re.findall(r"a (?:small|medium|large) (\w+) (\w+) (?:at the ([\w ]+?)|in the (center))(?=, | and |$)", listing)
+    assert len(shapes) == len(listing.split(", ")) + listing.count(" and "), caption
+    return background, frozenset((colour, kind, at or center) for colour, kind, at, center in shapes)
+
+
+def test_no_held_out_scene_shows_a_training_scene_again(tmp_path: Path) -> None:
+    """Held out means unseen by the evaluation gate's contamination check too: no held-out scene has a training
+    scene's background and shapes in the same cells, nor that plus or minus one shape (cosine 0.97 under the
+    teacher, a near-duplicate)."""
+    first = Scene(96, 96, "white", (SceneShape("circle", "red", "small", 0, 0),))
+    assert first.repeats(Scene(120, 100, "white", (SceneShape("circle", "red", "large", 0, 0),)))
+    two = Scene(96, 96, "white", first.shapes + (SceneShape("star", "blue", "small", 2, 2),))
+    assert two.repeats(first) and first.repeats(two)
+    three = Scene(96, 96, "white", two.shapes + (SceneShape("square", "green", "small", 1, 1),))
+    assert not three.repeats(first) and three.repeats(two)
+    assert not Scene(96, 96, "beige", first.shapes).repeats(first)
+    assert not Scene(96, 96, "white", (SceneShape("circle", "red", "small", 0, 1),)).repeats(first)
+
+    demo = generate_demo_data(tmp_path, DemoDataConfig())
+    train = [_caption_content(json.loads(line)["true_caption"])
+             for line in (demo / "train" / "captions.jsonl").read_text().splitlines() if "true_caption" in line]
+    held_out = [_caption_content(json.loads(line)["caption"])
+                for line in (demo / "eval" / "captions.jsonl").read_text().splitlines()]
+    assert len(train) == 600 and len(held_out) == 100
+    for background, shapes in held_out:
+        for train_background, train_shapes in train:
+            if background == train_background and (shapes <= train_shapes or train_shapes <= shapes):
+                assert len(shapes ^ train_shapes) > 1, (background, shapes, train_shapes)

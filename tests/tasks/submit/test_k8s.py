@@ -31,10 +31,11 @@ VOLUMES = [
     VolumeClaim(name="data-cache", claim="eve-data-cache", mount_path="/data-cache"),
     VolumeClaim(name="checkpoints", claim="eve-checkpoints", mount_path="/checkpoints"),
 ]
-STAGES_OF_PRESET = {"tiny": ["base-llm", 1, 2, 3], "eve_7b": [1, 2, 3]}
+STAGES_OF_PRESET = {"tiny": ["base-llm", 1, 2, 3], "eve_7b": [1, 2, 3], "eve_7b_hd": [1, 2, 3]}
 RESOURCES_OF_PRESET = {
     "tiny": dict(nodes=1, tasks_per_node=2, cpus_per_task=1, memory_gb=4),
     "eve_7b": dict(nodes=4, gpus_per_node=8, cpus_per_task=8, memory_gb=900),
+    "eve_7b_hd": dict(nodes=4, gpus_per_node=8, cpus_per_task=8, memory_gb=900),
 }
 
 
