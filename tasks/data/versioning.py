@@ -97,6 +97,14 @@ class DatasetVersion(BaseModel):
         return f"{self.path_in_repo}.dvc"
 
 
+class Registration(BaseModel):
+    """The outcome of registering a dataset: the version, and whether this registration created it."""
+
+    version: DatasetVersion
+    created: bool
+    """False when the same content was already registered under the name (nothing was written)."""
+
+
 class RemoteConfig(BaseModel):
     """A DVC remote: a directory or a URL. Credentials are held apart from the URL and never written."""
 
@@ -274,17 +282,21 @@ class DatasetRegistry:
         Raises ``DatasetPushError`` (after ``push_attempts`` tries with exponential backoff) when the
         remote is unreachable; nothing is registered then and ``dataset_dir`` is left untouched.
         """
+        return self.register_version(dataset_dir, name, dataset_hash).version
+
+    def register_version(self, dataset_dir: str | Path, name: str, dataset_hash: str | None = None) -> "Registration":
+        """``register``, also saying whether this call created the version (False: it existed already)."""
         if dataset_hash is not None:
             known = [v for v in self.list_versions(name) if v.dataset_hash == dataset_hash]
             if known:
-                return known[0]
+                return Registration(version=known[0], created=False)
         manifest = verify_dataset(dataset_dir, expected_hash=dataset_hash)
         short = manifest.dataset_hash[:16]
         tag = f"{TAG_PREFIX}/{name}/{short}"
         with self._lock():
             existing = [v for v in self.list_versions(name) if v.dataset_hash == manifest.dataset_hash]
             if existing:
-                return existing[0]
+                return Registration(version=existing[0], created=False)
             relative = f"versions/{name}/{short}"
             target = self.root / relative
             self._discard_unregistered(relative)
@@ -318,7 +330,7 @@ class DatasetRegistry:
             # The tag is the registration: written last, atomically by git.
             _git(self.root, "tag", "-a", tag, "-m", version.model_dump_json())
             logger.info("registered %s -> %s", tag, dvc_md5)
-            return version
+            return Registration(version=version, created=True)
 
     def _push_with_retries(self, pointer: str, what: str) -> None:
         last_error: BaseException | None = None
@@ -424,6 +436,7 @@ __all__ = [
     "DatasetPushError",
     "DatasetRegistry",
     "DatasetVersion",
+    "Registration",
     "RemoteConfig",
     "resolve_dataset",
 ]
