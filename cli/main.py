@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "quality",
     "train",
     "retrain",
+    "deploy",
     "serve",
     "cluster",
     "evaluate",

@@ -31,12 +31,17 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
     """The main thresholds' flags as ``--set`` assignments (one place decides what each flag sets)."""
     import json
 
+    def local(path: str) -> str:  # relative to where the command runs, written down absolute
+        return path if "://" in path else str(Path(path).resolve())
+
     pairs = []
+    if args.eval_questions:
+        args.eval_questions = local(args.eval_questions)
     if args.source:
-        pairs += [f"data.sources={json.dumps([{'location': location} for location in args.source])}",
+        pairs += [f"data.sources={json.dumps([{'location': local(location)} for location in args.source])}",
                   "data.use_demo_source=false", "data.dataset=null"]
     if args.sft_source:
-        pairs += [f"data.sft_sources={json.dumps([{'location': location} for location in args.sft_source])}",
+        pairs += [f"data.sft_sources={json.dumps([{'location': local(location)} for location in args.sft_source])}",
                   "data.sft_dataset=null"]
     for flag, path in (("name", "data.dataset_name"), ("eval_questions", "evaluation.eval_questions_path"),
                        ("caption_profile", "caption_quality.profile"), ("curation_target", "data.curation.target_num_items"),

@@ -264,8 +264,9 @@ def parse_retrain_config(document: Any, origin: str = "config") -> RetrainParame
 
 
 def load_retrain_config(path: str | Path, overrides: list[str] | None = None) -> RetrainParameters:
-    """A retrain's parameters from a YAML or JSON file (``parse_retrain_config``), then ``overrides``
-    (``path.to.field=VALUE``, the CLI's ``--set``) applied and validated again."""
+    """A retrain's parameters from a YAML or JSON file (``parse_retrain_config``; relative paths are
+    relative to the file's folder, ``anchored_paths``), then ``overrides`` (``path.to.field=VALUE``,
+    the CLI's ``--set``) applied and validated again."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -275,7 +276,27 @@ def load_retrain_config(path: str | Path, overrides: list[str] | None = None) ->
         document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as error:
         raise ParameterFileError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
-    return with_overrides(parse_retrain_config(document, str(path)), overrides or [], str(path))
+    params = anchored_paths(parse_retrain_config(document, str(path)), path.resolve().parent)
+    return with_overrides(params, overrides or [], str(path))
+
+
+def _anchored(location: str | None, base: Path) -> str | None:
+    if location is None or "://" in location or Path(location).is_absolute():
+        return location
+    return str((base / location).resolve())
+
+
+def anchored_paths(params: RetrainParameters, base: Path) -> RetrainParameters:
+    """``params`` with relative local paths (source locations, the held-out questions, the base LLM)
+    taken relative to ``base``, the configuration file's folder: the file means the same data
+    wherever it is run from (a deployment's worker runs in the platform checkout)."""
+    data = params.data.model_copy(update={
+        "sources": [s.model_copy(update={"location": _anchored(s.location, base)}) for s in params.data.sources],
+        "sft_sources": [s.model_copy(update={"location": _anchored(s.location, base)}) for s in params.data.sft_sources],
+    })
+    evaluation = params.evaluation.model_copy(update={"eval_questions_path": _anchored(params.evaluation.eval_questions_path, base)})
+    training = params.training.model_copy(update={"base_llm_dir": _anchored(params.training.base_llm_dir, base)})
+    return params.model_copy(update={"data": data, "evaluation": evaluation, "training": training})
 
 
 def with_overrides(params: RetrainParameters, overrides: list[str], origin: str = "--set") -> RetrainParameters:

@@ -108,9 +108,9 @@ def test_s3_outage_retries_then_fails_without_registering(s3_env, tmp_path: Path
     assert _file_digests(tmp_path / "second") == before  # the input is untouched
 
     registry.remote = RemoteConfig(url=f"s3://{s3_env.bucket}/recovered-{uuid.uuid4().hex[:8]}", endpoint_url=s3_env.endpoint_url)
-    from tasks.data.versioning import _write_remote_config
+    from tasks.data.versioning import write_remote_config
 
-    _write_remote_config(registry.root, registry.remote)
+    write_remote_config(registry.root, registry.remote)
     assert registry.register(tmp_path / "second", "outage").dataset_hash == second_hash  # rerun once S3 is back
 
 
