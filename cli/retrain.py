@@ -163,10 +163,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_retrain(params) -> int:
-    from cli.server import start_services
-    from tasks.orchestration import ui_url
+    from tasks.orchestration import ensure_prefect_server, ensure_worker, ui_url
 
-    api_url = start_services()  # a promotion waits on the platform's worker for its reviewer
+    api_url = ensure_prefect_server()
+    if params.promotion.mode == "detached":  # the promotion waits on the platform's worker for its reviewer
+        ensure_worker()
+        from flows.deployments import apply_deployments  # after the server: Prefect reads its URL on import
+
+        apply_deployments(["promote"])
     print(f"Prefect UI {ui_url(api_url)}")
     for line in _rules(params):
         print(line)

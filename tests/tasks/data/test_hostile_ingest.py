@@ -581,7 +581,7 @@ def test_the_cli_refuses_a_location_that_does_not_exist_in_one_line(tmp_path: Pa
         env={**os.environ, "EVE_HOME": str(tmp_path / "home"), "PREFECT_API_URL": "http://127.0.0.1:9/api"},
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stdout.strip() == f"error: image_folder source {tmp_path / 'nope'}: no such folder"
+    assert result.stdout.strip() == f"error: source {tmp_path / 'nope'}: no such file or folder"
     assert "Traceback" not in result.stderr and time.monotonic() - started < 60  # no retries, no service started
 
 
