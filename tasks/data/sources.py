@@ -444,7 +444,9 @@ def _records_from_json_array(
             overlong = True
     if not started:
         raise SourceError(f"{uri}: empty; expected a JSON list of records")
-    if not ended:
+    if not ended:  # a truncated file: what parses of the last element is kept, the rest is one bad record
+        if element.strip().endswith((b"}", b"]", b'"')):
+            yield from finish()
         yield index + 1, None, f"{uri}#{index + 1}: the JSON list ends without its closing ']' (a truncated file); the rest is unreadable"
 
 

@@ -124,7 +124,7 @@ def _registered_events(api_url: str, auth: str) -> list[dict]:
     import httpx
 
     response = httpx.post(f"{api_url}/events/filter", auth=tuple(auth.split(":", 1)), timeout=30,
-                          json={"filter": {"event": {"name": ["eve.dataset.registered"]}}, "limit": 200})
+                          json={"filter": {"event": {"name": ["eve.dataset.registered"]}}, "limit": 50})
     response.raise_for_status()
     return response.json()["events"]
 
@@ -145,10 +145,9 @@ def test_a_newly_ingested_version_triggers_exactly_one_retrain_which_trains_on_i
     from prefect import get_client
 
     from flows.data_flow import DataFlowParams, data_pipeline
-    from flows.deployments import apply_deployments
     from tasks.data.sources import SourceSpec
     from tasks.data.versioning import DatasetRegistry
-    from tasks.orchestration import ensure_work_pool, ensure_worker, stop_local_server
+    from tasks.orchestration import ensure_worker, is_recorded_process, stop_local_server
     from tasks.platform import PlatformSettings
     from tasks.registry import ModelRegistry
 
@@ -164,10 +163,13 @@ def test_a_newly_ingested_version_triggers_exactly_one_retrain_which_trains_on_i
     deployed_config = tmp_path / "deployed.json"
     deployed_config.write_text(params.model_dump_json())
 
-    ensure_work_pool()
+    # One command: the work pool and the deployment, its configuration read first (the worker runs
+    # as a worker account here, started below; `eve deploy` without --no-worker starts its own).
+    code, output = eve("deploy", "--config", str(deployed_config), "--only", "retrain-on-new-data", "--no-worker")
+    assert code == 0, output
+    assert "eve-retrain/retrain-on-new-data" in output and "on eve.dataset.registered" in output
     worker = ensure_worker(PlatformSettings.load(), auth_string=prefect_accounts.auth("eve-worker", kind="worker"))
     try:
-        assert apply_deployments(["retrain-on-new-data"], config=str(deployed_config)) == ["eve-retrain/retrain-on-new-data"]
         with get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name("eve-retrain/retrain-on-new-data")
         assert deployment.parameters == {"config": str(deployed_config)}
@@ -209,4 +211,5 @@ def test_a_newly_ingested_version_triggers_exactly_one_retrain_which_trains_on_i
         time.sleep(20)  # triggers fire within seconds of the event
         assert len(_flow_runs(deployment.id)) == 1
     finally:
-        stop_local_server()
+        stop_local_server()  # the worker this test started, and only it
+    assert not is_recorded_process(worker)
