@@ -604,7 +604,7 @@ def test_in_a_flow_a_missing_location_fails_without_retries_and_nothing_accepted
     started = time.monotonic()
     state = ingest_missing(return_state=True)
     elapsed = time.monotonic() - started
-    assert state.is_failed() and "no such folder" in state.message
+    assert state.is_failed() and "no such file or folder" in state.message
     assert elapsed < 30, elapsed  # the first retry alone would wait 10 s, the run took 85-94 s
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
