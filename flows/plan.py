@@ -149,6 +149,10 @@ def plan_retrain(params: RetrainParameters) -> RetrainPlan:
                  f"{params.evaluation.eval_questions_path or 'the demo held-out set'}; evaluation gate: "
                  f"{len(params.evaluation.gate.thresholds)} minimum(s), {len(params.evaluation.gate.non_regression)} "
                  "non-regression rule(s)")
+    gate = params.evaluation.gate
+    if not (gate.thresholds or gate.non_regression or gate.retention):
+        lines.append("warning: the evaluation gate has no rule: every uncontaminated candidate passes it "
+                     "(set evaluation.gate, e.g. --gate-minimum demo_vqa/accuracy=0.3)")
     lines += [f"missing: {line}" for line in params.missing_for_training()]
     problems += params.missing_for_training()
 
