@@ -188,3 +188,30 @@ def test_every_retrain_deployment_runs_a_named_config_and_the_trigger_passes_the
     assert with_config(specs["weekly-retrain"], "/srv/mine.yaml")["parameters"]["config"] == "/srv/mine.yaml"
     assert with_config(specs["demo-retrain"], "/srv/mine.yaml")["parameters"]["config"] == "demo"
     assert "config" not in (with_config(specs["promote"], "/srv/mine.yaml").get("parameters") or {})
+
+
+def test_the_readme_configuration_blocks_read_as_what_they_say():
+    """A reader pastes the README's YAML: each block must read, and mean what its text says."""
+    import re
+
+    import yaml
+
+    from flows.recipes import parse_retrain_config
+    from tests.fixtures.prefect_server import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+
+    def block(title: str) -> dict:
+        section = readme.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+        return yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+
+    own = parse_retrain_config(block("Retrain on your own data"), "own data")
+    assert own.captions.backend == "source" and own.caption_quality.profile == "short-labels"
+    assert own.training.backend == "local" and not own.missing_for_training()
+    cluster = parse_retrain_config(block("Use your cluster"), "cluster")
+    assert cluster.training.backend == "slurm" and cluster.training.job.account == "vision"
+    assert (cluster.training.job.nodes, cluster.training.job.gpus_per_node) == (4, 8)
+    # the teacher block is added to a configuration of one's own
+    teacher = parse_retrain_config({**block("Retrain on your own data"), **block("Use your teacher")}, "teacher")
+    assert teacher.captions.backend == "openai" and teacher.captions.api_key_env == "TEACHER_API_KEY"
+    assert teacher.caption_quality.profile == "teacher-captions"
