@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -120,11 +121,14 @@ def _flow_runs(deployment_id):
         return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
 
 
-def _registered_events(api_url: str, auth: str) -> list[dict]:
+def _registered_events(api_url: str, auth: str, since: datetime) -> list[dict]:
+    """``eve.dataset.registered`` events since ``since`` (the server is shared by the session's tests:
+    an earlier test's registrations must not count here)."""
     import httpx
 
     response = httpx.post(f"{api_url}/events/filter", auth=tuple(auth.split(":", 1)), timeout=30,
-                          json={"filter": {"event": {"name": ["eve.dataset.registered"]}}, "limit": 50})
+                          json={"filter": {"event": {"name": ["eve.dataset.registered"]},
+                                           "occurred": {"since": since.isoformat()}}, "limit": 50})
     response.raise_for_status()
     return response.json()["events"]
 
@@ -156,6 +160,7 @@ def test_a_newly_ingested_version_triggers_exactly_one_retrain_which_trains_on_i
 
     from cli.retrain import build_parameters, register
 
+    started = datetime.now(timezone.utc)
     config = lay_out_as_the_readme(tuxpaint_sets, tmp_path)
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())  # the CLI's own reading of the same arguments
@@ -200,11 +205,11 @@ def test_a_newly_ingested_version_triggers_exactly_one_retrain_which_trains_on_i
         code, output = eve("data", "ingest", "--location", str(tuxpaint_sets["b"]), "--name", "photos")
         assert code == 0, output
         auth = os.environ["PREFECT_API_AUTH_STRING"]
-        events = _wait(lambda: [e for e in _registered_events(prefect_server, auth)
+        events = _wait(lambda: [e for e in _registered_events(prefect_server, auth, started)
                                 if e["resource"]["prefect.resource.id"] == "eve.dataset.photos-raw"
                                 and e["resource"].get("eve.dataset.registered-by") == "retrain"], 60)
         assert events, "the retrain's own registration was not announced at all"
-        raw_events = [e for e in _registered_events(prefect_server, auth)
+        raw_events = [e for e in _registered_events(prefect_server, auth, started)
                       if e["resource"]["prefect.resource.id"] == "eve.dataset.photos-raw"]
         by = sorted(e["resource"]["eve.dataset.registered-by"] for e in raw_events)
         assert by == ["ingest", "retrain"], by  # the repeated ingest registered nothing new: no event
