@@ -48,7 +48,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from flows.recipes import demo
     from flows.retrain_flow import retrain
+    from tasks.data.demo_source import ensure_demo_data, publish_demo_data
 
+    ensure_demo_data()
+    print(f"[eve demo] data/ (data.dvc) pushed to {publish_demo_data()}: `dvc pull` works in this checkout")
     result = retrain(demo())
 
     from eve_model.training.config import StageId

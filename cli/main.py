@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "train",
     "retrain",
     "convert",
+    "deploy",
     "serve",
     "cluster",
     "evaluate",

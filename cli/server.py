@@ -6,15 +6,16 @@ import argparse
 
 
 def start_services() -> str:
-    """The server (unless PREFECT_API_URL names one), the platform's process worker, and the
-    promotion deployment it runs; returns the API URL."""
+    """The server (unless PREFECT_API_URL names one), the platform's process worker, the promotion
+    deployment it runs and the demo's own deployment (rerun it from the UI; ``eve deploy`` applies
+    the rest); returns the API URL."""
     from tasks.orchestration import ensure_prefect_server, ensure_worker
 
     api_url = ensure_prefect_server()
     ensure_worker()
     from flows.deployments import apply_deployments  # after the server: Prefect reads its URL on import
 
-    apply_deployments(["promote"])
+    apply_deployments(["promote", "demo-retrain"])
     return api_url
 
 

@@ -1,8 +1,12 @@
 """The platform's deployments, defined once in ``prefect.yaml`` and applied from there.
 
 ``prefect deploy --all`` (run from the checkout, ``EVE_PLATFORM_CHECKOUT`` set) applies the same
-file; ``apply_deployments`` does it in-process for the platform's own commands (a second or two
-instead of a CLI start per deployment), with the checkout as the code source of every run.
+file; ``apply_deployments`` does it in-process for the platform's own commands (``eve deploy``, a
+second or two instead of a CLI start per deployment), with the checkout as the code source of every
+run. Every retrain deployment names its configuration in its ``config`` parameter (a recipe or a
+file, ``flows.recipes.named_config``); ``apply_deployments(config=...)`` points them all at another
+file, and ``deployment_configs`` reads each one first, so a configuration that does not validate is
+refused before anything is applied.
 """
 
 from __future__ import annotations
@@ -44,9 +48,38 @@ def _triggers(spec: dict[str, Any]) -> list:
     return triggers
 
 
-def apply_deployments(names: list[str] | None = None, source: Path = REPO_ROOT) -> list[str]:
+def with_config(spec: dict[str, Any], config: str | None) -> dict[str, Any]:
+    """``spec`` with its ``config`` parameter replaced by ``config`` (deployments that name one, except
+    the one meant to run the demo); unchanged when ``config`` is None."""
+    parameters = dict(spec.get("parameters") or {})
+    if config is None or "config" not in parameters or parameters["config"] == "demo":
+        return spec
+    return {**spec, "parameters": {**parameters, "config": config}}
+
+
+def deployment_configs(names: list[str] | None = None, config: str | None = None) -> dict[str, str]:
+    """Deployment name -> the configuration it runs, each read and validated (``ParameterFileError``
+    naming the deployment and every problem). Deployments without a configuration are left out."""
+    from flows.recipes import named_config
+
+    named = {}
+    for name, spec in deployment_specs().items():
+        value = (with_config(spec, config).get("parameters") or {}).get("config")
+        if value is None or (names and name not in names):
+            continue
+        try:
+            named_config(value)
+        except ValueError as error:
+            raise type(error)(f"deployment {name}: {error}") from None
+        named[name] = value
+    return named
+
+
+def apply_deployments(names: list[str] | None = None, source: Path = REPO_ROOT, config: str | None = None) -> list[str]:
     """Create or update the named deployments (all when None) on the configured Prefect server;
-    returns their ``flow/deployment`` names. Their work pools must exist (``ensure_work_pool``)."""
+    returns their ``flow/deployment`` names. ``config``: the configuration file the retrain
+    deployments run instead of the one prefect.yaml names. Their work pools must exist
+    (``ensure_work_pool``)."""
     from prefect import flow
 
     specs = deployment_specs()
@@ -55,7 +88,7 @@ def apply_deployments(names: list[str] | None = None, source: Path = REPO_ROOT) 
         raise ValueError(f"no deployment {unknown} in {PREFECT_YAML}; known: {sorted(specs)}")
     applied = []
     for name in names or list(specs):
-        spec = specs[name]
+        spec = with_config(specs[name], config)
         loaded = flow.from_source(source=str(source), entrypoint=spec["entrypoint"])
         with contextlib.redirect_stdout(io.StringIO()):  # deploy() prints a table meant for the CLI
             loaded.deploy(
@@ -72,4 +105,4 @@ def apply_deployments(names: list[str] | None = None, source: Path = REPO_ROOT) 
     return applied
 
 
-__all__ = ["PREFECT_YAML", "apply_deployments", "deployment_specs"]
+__all__ = ["PREFECT_YAML", "apply_deployments", "deployment_configs", "deployment_specs", "with_config"]

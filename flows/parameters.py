@@ -1,7 +1,10 @@
 """The retrain's parameters: typed pydantic models that Prefect validates and draws as forms.
 
 Named, complete parameter sets (the embedded demo, the paper's recipe on SLURM or Kubernetes) are
-functions in ``flows/recipes.py``; the defaults here are the demo's.
+functions in ``flows/recipes.py``; a configuration file (``eve retrain --config``) is read into these
+same models. The defaults here are production defaults for a team's own data (validation, curation
+and the caption gate's teacher-caption profile); the data itself has no default: a configuration
+names its sources, a registered version, or the demo source.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from eve_model.training.config import StageId
 from flows.data_flow import DataFlowParams
 from tasks.caption.config import CaptionConfig
 from tasks.data.sft_mixture import SftMixtureConfig
@@ -29,7 +33,9 @@ class EvaluationParameters(BaseModel):
     """Absolute minimums, non-regression against production, aggregate rule, contamination."""
 
     eval_questions_path: str | None = None
-    """Held-out VQA JSONL (question_id, image, question, answer, question_type); None: the demo's."""
+    """Held-out VQA JSONL (question_id, image, question, answer, question_type; images relative to
+    it) on images kept out of training; None: the demo's (only with the demo source). A
+    ``captions.jsonl`` (image, caption) next to it is the held-out text for perplexity."""
 
     near_duplicate_threshold: float = Field(default=0.95, gt=0, le=1)
     """Teacher-embedding cosine at or above which an evaluation image counts as seen in training."""
@@ -48,8 +54,8 @@ class PromotionParameters(BaseModel):
 class RetrainParameters(BaseModel):
     """One end-to-end retrain."""
 
-    data: DataFlowParams = Field(default_factory=DataFlowParams.demo)
-    """Sources, validation, curation."""
+    data: DataFlowParams
+    """Sources (or registered versions), validation, curation."""
 
     captions: CaptionConfig = Field(default_factory=CaptionConfig)
     """Teacher captioning backend."""
@@ -71,6 +77,19 @@ class RetrainParameters(BaseModel):
 
     promotion: PromotionParameters = Field(default_factory=PromotionParameters)
     """Approval policy."""
+
+    def missing_for_training(self) -> list[str]:
+        """What a retrain that trains needs and these parameters lack, one line per field (a data-only
+        run needs neither): stage 3's conversations and the held-out evaluation questions."""
+        data, missing = self.data, []
+        if StageId.SFT in self.training.stage_order and not (data.use_demo_source or data.sft_sources or data.sft_dataset):
+            missing.append("data.sft_sources: stage 3 (SFT) trains on conversations; name a LLaVA-style source "
+                           "(image + conversations: a .json list or .jsonl records file) or a registered version "
+                           "(data.sft_dataset)")
+        if not data.use_demo_source and self.evaluation.eval_questions_path is None:
+            missing.append("evaluation.eval_questions_path: held-out questions on images kept out of training are "
+                           "needed to evaluate the candidate (JSONL: question_id, image, question, answer, question_type)")
+        return missing
 
 
 __all__ = ["EvaluationParameters", "PromotionParameters", "RetrainParameters"]

@@ -1,4 +1,4 @@
-"""Named retrain recipes: functions that return complete, typed ``RetrainParameters``.
+"""Named retrain recipes, and the configuration files built on them.
 
 - ``demo``: the embedded default (bundled demo data, tiny EVE, 2 local gloo ranks, minutes on 2 CPU cores);
 - ``paper_slurm`` / ``paper_k8s``: the paper's recipe (EVE-7B, batch 512/512/128, LR 4e-4/4e-5/2e-5,
@@ -6,16 +6,34 @@
 
 ``RECIPES`` maps the names used by the CLI and the deployments to these functions; every recipe
 builds with its defaults (the cluster ones name placeholder paths to replace).
+
+A configuration file (``eve retrain --config FILE``, a deployment's ``config`` parameter) is read by
+``load_retrain_config`` into the flows' own ``RetrainParameters``, unknown keys refused, every
+problem named by its field. ``eve retrain --print-config NAME`` writes a recipe out as such a file,
+every field with its docstring (``recipe_as_yaml``), to start from.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import ValidationError
+
 from flows.data_flow import DataFlowParams
+from flows.parameter_files import (
+    ParameterFileError,
+    commented_yaml,
+    describe_validation_error,
+    document_of,
+    parse_assignment,
+    set_dotted,
+    validate_document,
+)
 from flows.parameters import EvaluationParameters, RetrainParameters
 from eve_model.training.config import StageId, StageOverrides
 from tasks.caption.config import CaptionConfig
@@ -33,6 +51,7 @@ _DEMO_BATCH = {"global_batch_size_samples": 16, "micro_batch_size_samples": 8}
 def demo() -> RetrainParameters:
     """The embedded default: demo data, tiny EVE, 2 local gloo ranks, minutes on 2 CPU cores."""
     return RetrainParameters(
+        data=DataFlowParams.demo(),
         # The demo's "teacher VLM" output is the scene description shipped with the data; the noisy
         # alt-text stays in each sample as source_caption.
         captions=CaptionConfig(backend="source", source_field="true_caption"),
@@ -91,9 +110,19 @@ PLACEHOLDER_IMAGE = "registry.example.com/eve-platform@sha256:" + "0" * 64
 pinned environment with a CUDA build of torch."""
 
 
+def _paper_data(shared_root: str, sources: list[SourceSpec] | None, sft_sources: list[SourceSpec] | None) -> DataFlowParams:
+    """The paper's data rules on the given sources; placeholders under the shared root otherwise:
+    the pre-training images (any recognised layout) and LLaVA's 665k instruction mix."""
+    return DataFlowParams.paper(
+        "eve-cap",
+        sources or [SourceSpec(location=f"{shared_root}/raw/captions")],
+        sft_sources or [SourceSpec(location=f"{shared_root}/raw/llava/llava_v1_5_mix665k.json")],
+    )
+
+
 def _paper(
     backend: str,
-    sources: list[SourceSpec],
+    data: DataFlowParams,
     base_llm_dir: str,
     teacher_dir: str,
     image: str | None,
@@ -111,8 +140,9 @@ def _paper(
     """
     hourly = StageOverrides(checkpoint_interval_minutes=60, data_loader_workers=4)  # the default hour, stated
     return RetrainParameters(
-        data=DataFlowParams.paper("eve-cap", sources),
-        evaluation=EvaluationParameters(gate=paper_gate_policy()),
+        data=data,
+        evaluation=EvaluationParameters(gate=paper_gate_policy(),
+                                        eval_questions_path=f"{shared_root}/eval/vqa/questions.jsonl"),
         training=TrainingParameters(
             preset="eve_7b", backend=backend, base_llm_dir=base_llm_dir,
             backend_options=backend_options or {},
@@ -136,6 +166,7 @@ def _paper(
 
 def paper_slurm(
     sources: list[SourceSpec] | None = None,
+    sft_sources: list[SourceSpec] | None = None,
     base_llm_dir: str = f"{PAPER_MODELS_ROOT}/vicuna-7b-v1.5",
     teacher_dir: str = f"{PAPER_MODELS_ROOT}/clip-vit-large-patch14-336",
     partition: str = "gpu",
@@ -152,7 +183,7 @@ def paper_slurm(
     """
     mounts = [f"--container-mounts={shared_root}:{shared_root},{PAPER_MODELS_ROOT}:{PAPER_MODELS_ROOT}:ro"]
     return _paper(
-        "slurm", sources or [], base_llm_dir, teacher_dir, image, shared_root,
+        "slurm", _paper_data(shared_root, sources, sft_sources), base_llm_dir, teacher_dir, image, shared_root,
         partition=partition, constraint=constraint, time_limit_minutes=48 * 60,
         runtime_environment=runtime_environment, container_options=mounts if image else [],
     )
@@ -160,6 +191,7 @@ def paper_slurm(
 
 def paper_k8s(
     sources: list[SourceSpec] | None = None,
+    sft_sources: list[SourceSpec] | None = None,
     base_llm_dir: str = f"{PAPER_MODELS_ROOT}/vicuna-7b-v1.5",
     teacher_dir: str = f"{PAPER_MODELS_ROOT}/clip-vit-large-patch14-336",
     image: str = PLACEHOLDER_IMAGE,
@@ -183,7 +215,7 @@ def paper_k8s(
         rdma_resources={"rdma/rdma_shared_device_a": "1"},
     )
     return _paper(
-        "k8s", sources or [], base_llm_dir, teacher_dir, image, shared_root,
+        "k8s", _paper_data(shared_root, sources, sft_sources), base_llm_dir, teacher_dir, image, shared_root,
         backend_options=options.model_dump(), time_limit_minutes=None,
     )
 
@@ -195,34 +227,146 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_retrain_config(path: str | Path) -> RetrainParameters:
-    """A retrain's parameters from a JSON or YAML file: either a whole ``RetrainParameters``, or a
-    recipe with changes::
+RECIPE_KEYS = ("recipe", "arguments", "parameters")
+
+
+def parse_retrain_config(document: Any, origin: str = "config") -> RetrainParameters:
+    """``RetrainParameters`` from a parsed configuration: either every field written out (what
+    ``--print-config`` prints), or a recipe with changes::
 
         recipe: paper-slurm            # a name of RECIPES
         arguments: {partition: a100}   # keyword arguments of the recipe function
         parameters:                    # merged into the recipe's parameters, key by key
           training: {job: {env: {NCCL_SOCKET_IFNAME: ib0}}}
 
-    Raises ``ValueError`` naming the problem (unknown recipe, a field that does not exist).
-    """
-    import yaml
-
-    text = Path(path).read_text()
-    document = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+    Raises ``ParameterFileError`` with one line per problem, each naming its field: an unknown key
+    (with the fields that exist), a wrong value (with the allowed ones), a missing required field."""
     if not isinstance(document, dict):
-        raise ValueError(f"{path}: expected a mapping of retrain parameters or a recipe")
+        raise ParameterFileError(f"{origin}: expected a mapping of retrain parameters or a recipe, got {type(document).__name__}")
     if "recipe" not in document:
-        return RetrainParameters.model_validate(document)
-    unknown = set(document) - {"recipe", "arguments", "parameters"}
+        return validate_document(RetrainParameters, document, origin)
+    unknown = sorted(set(document) - set(RECIPE_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)} next to 'recipe' (use arguments / parameters)")
+        raise ParameterFileError(f"{origin}: unknown keys {unknown} next to 'recipe' (allowed: {', '.join(RECIPE_KEYS)})")
     name = document["recipe"]
     if name not in RECIPES:
-        raise ValueError(f"{path}: unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
-    base = RECIPES[name](**(document.get("arguments") or {}))
+        raise ParameterFileError(f"{origin}: recipe: unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")
+    arguments = document.get("arguments") or {}
+    accepted = set(inspect.signature(RECIPES[name]).parameters)
+    if set(arguments) - accepted:
+        raise ParameterFileError(f"{origin}: arguments: {sorted(set(arguments) - accepted)} are not arguments of "
+                                 f"recipe {name!r} (it takes: {', '.join(sorted(accepted)) or 'none'})")
+    try:
+        base = RECIPES[name](**arguments)
+    except ValidationError as error:
+        raise ParameterFileError(f"{origin}: recipe {name!r} with these arguments: "
+                                 + "; ".join(describe_validation_error(error))) from None
     changes = document.get("parameters") or {}
-    return RetrainParameters.model_validate(_merge(json.loads(base.model_dump_json()), changes)) if changes else base
+    if not changes:
+        return base
+    return validate_document(RetrainParameters, _merge(document_of(base), changes), origin)
+
+
+def load_retrain_config(path: str | Path, overrides: list[str] | None = None) -> RetrainParameters:
+    """A retrain's parameters from a YAML or JSON file (``parse_retrain_config``; relative paths are
+    relative to the file's folder, ``anchored_paths``), then ``overrides`` (``path.to.field=VALUE``,
+    the CLI's ``--set``) applied and validated again."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ParameterFileError(f"{path}: cannot read it ({error.strerror or error})") from None
+    try:
+        document = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise ParameterFileError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+    params = anchored_paths(parse_retrain_config(document, str(path)), path.resolve().parent)
+    return with_overrides(params, overrides or [], str(path))
+
+
+def _anchored(location: str | None, base: Path) -> str | None:
+    if location is None or "://" in location or Path(location).is_absolute():
+        return location
+    return str((base / location).resolve())
+
+
+def anchored_paths(params: RetrainParameters, base: Path) -> RetrainParameters:
+    """``params`` with relative local paths (source locations, the held-out questions, the base LLM)
+    taken relative to ``base``, the configuration file's folder: the file means the same data
+    wherever it is run from (a deployment's worker runs in the platform checkout)."""
+    data = params.data.model_copy(update={
+        "sources": [s.model_copy(update={"location": _anchored(s.location, base)}) for s in params.data.sources],
+        "sft_sources": [s.model_copy(update={"location": _anchored(s.location, base)}) for s in params.data.sft_sources],
+    })
+    evaluation = params.evaluation.model_copy(update={"eval_questions_path": _anchored(params.evaluation.eval_questions_path, base)})
+    training = params.training.model_copy(update={"base_llm_dir": _anchored(params.training.base_llm_dir, base)})
+    return params.model_copy(update={"data": data, "evaluation": evaluation, "training": training})
+
+
+def with_overrides(params: RetrainParameters, overrides: list[str], origin: str = "--set") -> RetrainParameters:
+    """``params`` with each ``path.to.field=VALUE`` set (values read as YAML), validated again."""
+    if not overrides:
+        return params
+    document = document_of(params)
+    for assignment in overrides:
+        path, value = parse_assignment(assignment)
+        set_dotted(document, path, value)
+    return validate_document(RetrainParameters, document, f"{origin} with --set {' '.join(overrides)}")
+
+
+def with_dataset(params: RetrainParameters, dataset: str) -> RetrainParameters:
+    """``params`` training on a registered raw version (tag, hash or prefix) instead of its sources."""
+    data = params.data.model_dump()
+    data.update(dataset=dataset, sources=[], use_demo_source=False)
+    if params.data.use_demo_source:
+        data["dataset_name"] = None  # the demo's name does not describe another version: take the tag's
+    return params.model_copy(update={"data": DataFlowParams.model_validate(data)})
+
+
+def named_config(name: str) -> RetrainParameters:
+    """A recipe by name (``demo``, ``paper-slurm``, ...) or a configuration file: an absolute path, or
+    relative to the working directory or to the platform checkout (where deployments run)."""
+    if name in RECIPES:
+        return RECIPES[name]()
+    path = Path(name)
+    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path
+    if not path.exists():
+        raise ParameterFileError(f"config {name!r}: neither a recipe ({', '.join(sorted(RECIPES))}) nor an existing file")
+    return load_retrain_config(path)
+
+
+def resolve_retrain_parameters(
+    params: RetrainParameters, config: str | None = None, dataset: str | None = None, *, training: bool = True
+) -> RetrainParameters:
+    """The parameters a run uses: ``config`` (a recipe name or a configuration file) replaces
+    ``params``; ``dataset`` (a registered raw version) replaces its sources. With ``training``, what a
+    training run needs and the parameters lack is refused here, before any data is read."""
+    if config:
+        params = named_config(config)
+    if dataset:
+        params = with_dataset(params, dataset)
+    missing = params.missing_for_training() if training else []
+    if missing:
+        raise ParameterFileError(f"{config or 'parameters'}: " + "; ".join(missing))
+    return params
+
+
+def recipe_as_yaml(name: str) -> str:
+    """A recipe written out as a configuration file: every field, each with its docstring above it.
+    ``load_retrain_config`` reads it back to the same parameters."""
+    if name not in RECIPES:
+        raise ParameterFileError(f"unknown recipe {name!r}; choose one of {', '.join(sorted(RECIPES))}")
+    header = [
+        f"# Retrain configuration: the {name!r} recipe (flows/recipes.py), every field written out.",
+        "# Edit what you need, check it with  eve retrain --config THIS_FILE --dry-run , run it with",
+        "#   eve retrain --config THIS_FILE   or give it to the deployments with  eve deploy --config THIS_FILE .",
+        "# A shorter file names the recipe and only what changes:",
+        f"#   recipe: {name}",
+        "#   parameters: {data: {dataset_name: mine}}",
+        "# Own data: docs/own-data.md.",
+    ]
+    return "\n".join([*header, *commented_yaml(RECIPES[name]())]) + "\n"
 
 
 RECIPES: dict[str, Callable[..., RetrainParameters]] = {
@@ -233,4 +377,16 @@ RECIPES: dict[str, Callable[..., RetrainParameters]] = {
 """Recipe names (CLI, deployments) -> functions."""
 
 
-__all__ = ["RECIPES", "demo", "load_retrain_config", "paper_k8s", "paper_slurm"]
+__all__ = [
+    "RECIPES",
+    "demo",
+    "load_retrain_config",
+    "named_config",
+    "paper_k8s",
+    "paper_slurm",
+    "parse_retrain_config",
+    "recipe_as_yaml",
+    "resolve_retrain_parameters",
+    "with_dataset",
+    "with_overrides",
+]

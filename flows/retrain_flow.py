@@ -22,7 +22,7 @@ from eve_model.training.config import StageId
 from flows.data_flow import DataFlowResult, data_pipeline
 from flows.parameters import RetrainParameters
 from flows.promotion_flow import promote_eve
-from flows.recipes import demo
+from flows.recipes import demo, resolve_retrain_parameters
 from tasks.caption.prefect_tasks import generate_captions
 from tasks.caption.provenance import BackendIdentity
 from tasks.data.sft_mixture import mixture_input_key
@@ -93,10 +93,17 @@ class RetrainResult(BaseModel):
 
 
 @flow(name="eve-data-only", log_prints=True)
-def data_only(params: RetrainParameters = demo()) -> PreparedData:
+def data_only(params: RetrainParameters = demo(), config: str | None = None, dataset: str | None = None) -> PreparedData:
     """Data pipeline, teacher captions, caption gate, instruction gate, SFT mixture; every version
-    DVC-registered."""
-    data = data_pipeline(params.data)
+    DVC-registered.
+
+    Args:
+        params: the parameters (the demo's unless given); replaced by ``config`` when that is set.
+        config: a recipe name or a configuration file (``flows.recipes.named_config``); deployments name one.
+        dataset: a registered raw version (tag, hash or prefix) to use instead of the sources.
+    """
+    params = resolve_retrain_parameters(params, config, dataset, training=False)
+    data = data_pipeline(params.data, registered_by="retrain")
     name = params.data.dataset_name
     captioned = generate_captions(
         dataset_location_task(data.caption_version),
@@ -215,14 +222,24 @@ def _retrain(params: RetrainParameters, first_stage: StageId | None) -> RetrainR
 
 
 @flow(name="eve-retrain", log_prints=True)
-def retrain(params: RetrainParameters = demo()) -> RetrainResult:
-    """Data -> captions -> quality gates -> stages 1-3 -> evaluation gate -> registration -> promotion."""
-    return _retrain(params, first_stage=None)
+def retrain(params: RetrainParameters = demo(), config: str | None = None, dataset: str | None = None) -> RetrainResult:
+    """Data -> captions -> quality gates -> stages 1-3 -> evaluation gate -> registration -> promotion.
+
+    Args:
+        params: the parameters (the demo's unless given); replaced by ``config`` when that is set.
+        config: a recipe name or a configuration file (``flows.recipes.named_config``); deployments name one.
+        dataset: a registered raw version (tag, hash or prefix) to train on instead of the sources; the
+            retrain-on-new-data deployment passes the version that arrived.
+    """
+    return _retrain(resolve_retrain_parameters(params, config, dataset), first_stage=None)
 
 
 @flow(name="eve-train-from-stage", log_prints=True)
-def train_from_stage(params: RetrainParameters = demo(), first_stage: StageId = StageId.SFT) -> RetrainResult:
+def train_from_stage(
+    params: RetrainParameters = demo(), first_stage: StageId = StageId.SFT, config: str | None = None,
+    dataset: str | None = None,
+) -> RetrainResult:
     """Retrain from ``first_stage`` on; earlier stages come from the stage cache (they must have run
     with the same inputs before), so e.g. a new SFT mixture retrains stage 3 only; a missing one
-    fails instead of silently retraining."""
-    return _retrain(params, first_stage=first_stage)
+    fails instead of silently retraining. ``config`` and ``dataset`` as in ``retrain``."""
+    return _retrain(resolve_retrain_parameters(params, config, dataset), first_stage=first_stage)

@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 
 # System packages for the real-service tests: a SLURM cluster with accounting (slurmdbd on MariaDB),
-# headless Chromium, Graphviz (lineage pictures), and ssh-keygen (openssh-client) for `git tag -v` on
-# the registry's signed tags.
+# headless Chromium, Graphviz (lineage pictures), ssh-keygen (openssh-client) for `git tag -v` on
+# the registry's signed tags, and a real image-caption set (the Tux Paint stamps, photos and
+# drawings with their authors' descriptions) for the own-data retrain.
 need=()
-for pkg in munge slurmctld slurmd slurm-client slurmdbd mariadb-server chromium graphviz openssh-client; do
+for pkg in munge slurmctld slurmd slurm-client slurmdbd mariadb-server chromium graphviz openssh-client tuxpaint-stamps-default; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if (( ${#need[@]} )); then

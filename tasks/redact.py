@@ -42,6 +42,9 @@ _SECRET_WORDS = frozenset({
 })
 _SECRET_WORD_PAIRS = frozenset({("api", "key"), ("access", "key"), ("private", "key"), ("auth", "string"), ("auth", "token")})
 _NAME_WORDS = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])")
+_SHELL_DIRECTORIES = frozenset({"PWD", "OLDPWD"})
+"""The shell's working directories: "pwd" abbreviates a password elsewhere (``DB_PWD``), but these two
+hold the current folder, which would otherwise be masked in every path a log line shows."""
 
 
 def is_secret_name(name: str) -> bool:
@@ -50,6 +53,8 @@ def is_secret_name(name: str) -> bool:
     Whole words only (``AWS_SECRET_ACCESS_KEY``, ``apiKey``, ``auth_token``, ``X-Amz-Signature`` are;
     ``max_tokens``, ``TOKENIZERS_PARALLELISM``, ``author`` are not); a bare ``key`` counts too, as
     in ``?key=`` query strings."""
+    if name in _SHELL_DIRECTORIES:
+        return False
     words = [word.lower() for word in _NAME_WORDS.split(name) if word]
     if words == ["key"] or any(word in _SECRET_WORDS for word in words):
         return True

@@ -493,6 +493,31 @@ def ensure_demo_data(
 
 
 
+def publish_demo_data(data_dvc: str | Path = REPO_ROOT / "data.dvc") -> str:
+    """Push the verified ``data/`` to the platform's DVC remote and make that remote the checkout's
+    (``.dvc/config.local``: this machine's, never committed), so that ``dvc pull`` and
+    ``dvc.api.open("data/demo/...", repo=checkout)`` work at the repository root as in any DVC
+    project. Returns the remote's URL (without credentials).
+
+    data/ is generated, not downloaded (``ensure_demo_data``): the repository names no remote of its
+    own, since a fresh clone has nothing to pull from until some platform home has published it.
+    Call ``ensure_demo_data`` first. A second call pushes nothing (the remote has every file)."""
+    from dvc.repo import Repo
+
+    from tasks.data.versioning import REMOTE_NAME, RemoteConfig, write_remote_config
+    from tasks.platform import PlatformSettings
+    from tasks.redact import url_without_credentials
+
+    checkout = Path(data_dvc).parent
+    remote = RemoteConfig.from_settings(PlatformSettings.load())
+    write_remote_config(checkout, remote)
+    with Repo(str(checkout), config=remote.runtime_config()) as repo:
+        pointer = str(Path(data_dvc).resolve())
+        repo.commit(pointer, force=True)  # data/ into the cache under data.dvc's own md5
+        repo.push([pointer], remote=REMOTE_NAME)
+    return url_without_credentials(remote.url)
+
+
 class DemoSources(BaseModel):
     """The demo's raw sources as ingest specs, plus the held-out evaluation questions."""
 

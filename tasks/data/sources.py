@@ -1,4 +1,19 @@
-"""Readers of raw image-text sources: image folders with a captions file, WebDataset tars, Parquet.
+"""Readers of raw image-text sources: image folders with a records file, WebDataset tars, Parquet.
+
+Layouts (``SourceSpec``; ``kind: auto`` recognises them from the location, ``resolve_layout``):
+
+- a Hugging Face image folder: images plus ``metadata.jsonl`` or ``metadata.csv`` whose records
+  name each image in ``file_name`` (relative to the folder) and usually carry the caption in ``text``;
+- the platform's image folder: ``captions.jsonl`` with ``image`` and ``caption`` (the demo's);
+- any records file you name (``records_file``): JSON Lines, CSV with a header, or one JSON list of
+  records such as LLaVA's instruction data (``{"id", "image", "conversations": [...]}``), read in
+  chunks however large; the field names are options (``image_field``, ``caption_field``, ``id_field``);
+- WebDataset shards (``*.tar``; caption in a ``.txt`` member or a key of the ``.json`` member);
+- Parquet files (one file, or every ``*.parquet`` under a folder as in a Hugging Face dataset's
+  ``data/``; image bytes or ``{bytes, path}`` structs, caption column ``caption`` or ``text``).
+
+A location that holds none of them fails at once with a message naming what was expected and what
+was found, instead of quarantining every item.
 
 Every reader yields ``RawItem``s lazily (one image in memory at a time) from a local path or any
 fsspec URL (``s3://bucket/prefix`` via s3fs). Readers never decide what is good data; they only
@@ -29,10 +44,12 @@ import errno
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import lzma
 import os
 import posixpath
+import re
 import stat
 import tarfile
 import zlib
@@ -349,6 +366,108 @@ def _records_from_csv(handle: BinaryIO, uri: str, max_bytes: int) -> Iterator[tu
         yield reader.line_num, dict(row), ""
 
 
+_JSON_STRUCTURE = re.compile(rb'["\\\[\]{},]')
+
+
+def _records_from_json_array(
+    handle: BinaryIO, uri: str, max_bytes: int, chunk_bytes: int = 1024 * 1024
+) -> Iterator[tuple[int, Any, str]]:
+    """``(index, record, problem)`` of a file holding one JSON list of records (LLaVA's
+    ``llava_v1_5_mix665k.json``), read in chunks: a 1 GB list is never held whole, and an element
+    longer than ``max_bytes`` is one bad record, skipped without being held. A truncated list ends
+    with one bad record standing for the rest. Raises ``SourceError`` when the file is not a JSON list."""
+    index = depth = 0  # depth: nesting inside the list (0 between its elements)
+    in_string = started = ended = overlong = carry_escape = False
+    element = bytearray()
+
+    def finish() -> Iterator[tuple[int, Any, str]]:
+        nonlocal index, overlong
+        text = bytes(element).strip()
+        element.clear()
+        if not text and not overlong:
+            return
+        index += 1
+        if overlong:
+            overlong = False
+            yield index, None, f"{uri}#{index}: record longer than {max_bytes} bytes"
+            return
+        try:
+            yield index, json.loads(text.decode("utf-8", errors="surrogateescape")), ""
+        except json.JSONDecodeError as exc:
+            yield index, None, f"{uri}#{index}: not a JSON value ({exc.msg})"
+        except RecursionError:
+            yield index, None, f"{uri}#{index}: JSON nested too deeply"
+
+    while not ended and (chunk := handle.read(chunk_bytes)):
+        position = 0
+        if not started:
+            stripped = chunk.lstrip(b"\xef\xbb\xbf \t\r\n")
+            if not stripped:
+                continue
+            if not stripped.startswith(b"["):
+                raise SourceError(f"{uri}: expected a JSON list of records ([{{...}}, ...]), found {stripped[:20]!r}")
+            position = len(chunk) - len(stripped) + 1
+            started = True
+        escaped_at = 0 if carry_escape else -1  # a byte escaped by a backslash: never structure
+        carry_escape = False
+        segment_start = position
+        for match in _JSON_STRUCTURE.finditer(chunk, position):
+            if match.start() == escaped_at:
+                continue
+            char = match.group()
+            if in_string:
+                if char == b"\\":
+                    escaped_at = match.end()
+                    carry_escape = escaped_at == len(chunk)
+                elif char == b'"':
+                    in_string = False
+                continue
+            if char == b'"':
+                in_string = True
+            elif char in (b"[", b"{"):
+                depth += 1
+            elif char in (b"]", b"}") and depth > 0:
+                depth -= 1
+            elif depth == 0 and char in (b",", b"]"):
+                if not overlong:
+                    element.extend(chunk[segment_start : match.start()])
+                yield from finish()
+                segment_start = match.end()
+                if char == b"]":
+                    ended = True
+                    break
+        else:
+            if not overlong:
+                element.extend(chunk[segment_start:])
+        if len(element) > max_bytes:
+            element.clear()
+            overlong = True
+    if not started:
+        raise SourceError(f"{uri}: empty; expected a JSON list of records")
+    if not ended:  # a truncated file: what parses of the last element is kept, the rest is one bad record
+        if element.strip().endswith((b"}", b"]", b'"')):
+            yield from finish()
+        yield index + 1, None, f"{uri}#{index + 1}: the JSON list ends without its closing ']' (a truncated file); the rest is unreadable"
+
+
+RecordsFormat = Literal["jsonl", "csv", "json"]
+
+
+def records_format(records_file: str) -> RecordsFormat:
+    """How a records file is read, by its extension: ``.csv`` CSV with a header row, ``.json`` one
+    JSON list of records (LLaVA's layout), anything else JSON Lines."""
+    lowered = records_file.lower()
+    return "csv" if lowered.endswith(".csv") else "json" if lowered.endswith(".json") else "jsonl"
+
+
+_RECORD_PARSERS = {
+    # format -> (parser, anchor of a record's position in its URI: line number or list index)
+    "jsonl": (_records_from_jsonl, "L"),
+    "csv": (_records_from_csv, "L"),
+    "json": (_records_from_json_array, ""),
+}
+
+
 def _decode_text(raw: bytes) -> str | bytes:
     try:
         return raw.decode("utf-8")
@@ -384,7 +503,7 @@ def _rooted(items: Iterator[RawItem], root_uri: str) -> Iterator[RawItem]:
 
 
 def _source_error(kind: str, location: str, what: str) -> SourceNotFoundError:
-    return SourceNotFoundError(f"{kind} source {location}: {what}")
+    return SourceNotFoundError(f"{'' if kind == 'auto' else kind + ' '}source {location}: {what}")
 
 
 def read_image_folder(
@@ -430,10 +549,10 @@ def _read_image_folder(
         handle, _ = files.open_regular(records_path)
     except ReadRefused as refused:  # the records file itself is a symlink out or a FIFO
         raise SourceError(f"image_folder source {location}: records file refused: {refused.detail}") from None
-    parse = _records_from_csv if records_file.endswith(".csv") else _records_from_jsonl
+    parse, anchor = _RECORD_PARSERS[records_format(records_file)]
     with handle:
         for line_number, record, problem in parse(handle, records_uri, files.limits.max_record_bytes):
-            yield _item_from_record(files, location, record_uri=f"{records_uri}#L{line_number}", line_number=line_number,
+            yield _item_from_record(files, location, record_uri=f"{records_uri}#{anchor}{line_number}", line_number=line_number,
                                     record=record, problem=problem, image_field=image_field,
                                     caption_field=caption_field, id_field=id_field)
 
@@ -517,7 +636,7 @@ class _SampleGroup:
         return f"{uri}#{self.key}" if self.occurrence == 1 else f"{uri}#{self.key}~{self.occurrence}"
 
 
-def _item_from_group(group: _SampleGroup, uri: str) -> RawItem:
+def _item_from_group(group: _SampleGroup, uri: str, caption_field: str = "caption") -> RawItem:
     where = group.source_uri(uri)
     item = RawItem(item_id=posixpath.basename(group.key), source_uri=where)
     if group.occurrence > 1:
@@ -537,8 +656,8 @@ def _item_from_group(group: _SampleGroup, uri: str) -> RawItem:
                 item.reader_problem = ("bad_record", f"{where}.json: JSON nested too deeply")
                 continue
             if isinstance(record, dict):
-                if item.caption is None and "caption" in record:
-                    item.caption = _restore_bytes(record.pop("caption"))
+                if item.caption is None and caption_field in record:
+                    item.caption = _restore_bytes(record.pop(caption_field))
                 item.extra.update({k: v for k, v in record.items() if k != "key"})
     if group.problem is not None:
         item.reader_problem = group.problem
@@ -547,12 +666,13 @@ def _item_from_group(group: _SampleGroup, uri: str) -> RawItem:
     return item
 
 
-def read_webdataset(location: str, limits: ReadLimits | None = None) -> Iterator[RawItem]:
+def read_webdataset(location: str, limits: ReadLimits | None = None, caption_field: str = "caption") -> Iterator[RawItem]:
     """Items of one WebDataset tar, or of every ``*.tar`` under a folder/prefix (sorted).
 
     Members are streamed and grouped by key; a member whose name is absolute, contains ``..``,
     or is a link/device becomes its own ``unsafe_member`` item and is never extracted. A key that
     repeats (in one tar, or a suffix twice in one sample) starts a new sample with its own URI.
+    The caption is a ``.txt``/``.caption`` member, else ``caption_field`` of the ``.json`` member.
     Raises ``SourceNotFoundError`` at once if the location does not exist or holds no tar.
     """
     fs, root = _fs_and_path(location)
@@ -560,10 +680,10 @@ def read_webdataset(location: str, limits: ReadLimits | None = None) -> Iterator
     _check_webdataset(fs, root, location)
     if root.endswith(".tar"):
         files = SourceFiles(fs, posixpath.dirname(root), limits)
-        return _rooted(_read_tars(files, [root]), fs.unstrip_protocol(posixpath.dirname(root)))
+        return _rooted(_read_tars(files, [root], caption_field), fs.unstrip_protocol(posixpath.dirname(root)))
     files = SourceFiles(fs, root, limits)
     tar_paths, escapes = _find_tars(files)
-    return _rooted(_chain_items(escapes, _read_tars(files, tar_paths)), fs.unstrip_protocol(root))
+    return _rooted(_chain_items(escapes, _read_tars(files, tar_paths, caption_field)), fs.unstrip_protocol(root))
 
 
 def _check_webdataset(fs, root: str, location: str) -> None:
@@ -709,15 +829,15 @@ def _items_of_file(
             yield _unreadable_rest(uri, produced, exc)
 
 
-def _read_tars(files: SourceFiles, tar_paths: list[str]) -> Iterator[RawItem]:
+def _read_tars(files: SourceFiles, tar_paths: list[str], caption_field: str = "caption") -> Iterator[RawItem]:
     def read(handle: BinaryIO, size: int, uri: str) -> Iterator[RawItem]:
-        return _read_one_tar(_tar_stream(handle, size, uri, files.limits), uri, files.limits)
+        return _read_one_tar(_tar_stream(handle, size, uri, files.limits), uri, files.limits, caption_field)
 
     for tar_path in tar_paths:
         yield from _items_of_file(files, tar_path, read, (tarfile.TarError, EOFError, zlib.error))
 
 
-def _read_one_tar(stream: BinaryIO, uri: str, limits: ReadLimits) -> Iterator[RawItem]:
+def _read_one_tar(stream: BinaryIO, uri: str, limits: ReadLimits, caption_field: str = "caption") -> Iterator[RawItem]:
     occurrences: dict[str, int] = {}
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         group: _SampleGroup | None = None
@@ -725,7 +845,7 @@ def _read_one_tar(stream: BinaryIO, uri: str, limits: ReadLimits) -> Iterator[Ra
             problem = _unsafe_member_reason(member)
             if problem is not None:
                 if group is not None:  # keep source order: the pending sample came first
-                    yield _item_from_group(group, uri)
+                    yield _item_from_group(group, uri, caption_field)
                     group = None
                 yield RawItem(
                     item_id=posixpath.basename(member.name.rstrip("/")) or "member",
@@ -738,7 +858,7 @@ def _read_one_tar(stream: BinaryIO, uri: str, limits: ReadLimits) -> Iterator[Ra
                 continue
             key, suffix = _split_member(member.name)
             if group is not None and (key != group.key or suffix in group.members):
-                yield _item_from_group(group, uri)
+                yield _item_from_group(group, uri, caption_field)
                 group = None
             if group is None:
                 occurrences[key] = occurrences.get(key, 0) + 1
@@ -752,7 +872,7 @@ def _read_one_tar(stream: BinaryIO, uri: str, limits: ReadLimits) -> Iterator[Ra
             extracted = tar.extractfile(member)
             group.members[suffix] = extracted.read() if extracted is not None else b""
         if group is not None:
-            yield _item_from_group(group, uri)
+            yield _item_from_group(group, uri, caption_field)
 
 
 # -------------------------------------------------------------------------------------------- Parquet
@@ -766,23 +886,36 @@ def read_parquet(
     batch_size_rows: int = 64,
     limits: ReadLimits | None = None,
 ) -> Iterator[RawItem]:
-    """Items of a Parquet file (image bytes + caption per row), read in small row batches.
+    """Items of a Parquet file, or of every ``*.parquet`` under a folder/prefix (sorted; the layout of
+    a Hugging Face dataset's ``data/`` folder), read in small row batches.
 
     ``image_column`` may hold raw bytes or a HF-datasets style struct ``{"bytes", "path"}``.
-    Raises ``SourceNotFoundError`` at once if the file does not exist.
+    Raises ``SourceNotFoundError`` at once if the location does not exist or holds no Parquet file.
     """
     fs, path = _fs_and_path(location)
-    _check_parquet(fs, path, location)
-    files = SourceFiles(fs, posixpath.dirname(path), limits or ReadLimits())
-    return _rooted(
-        _read_parquet_rows(files, path, image_column, caption_column, id_column, batch_size_rows),
-        fs.unstrip_protocol(posixpath.dirname(path)),
+    paths = _parquet_paths(fs, path, location)
+    root = posixpath.dirname(path) if fs.isfile(path) else path
+    files = SourceFiles(fs, root, limits or ReadLimits())
+    rows = itertools.chain.from_iterable(
+        _read_parquet_rows(files, file_path, image_column, caption_column, id_column, batch_size_rows) for file_path in paths
     )
+    return _rooted(rows, fs.unstrip_protocol(root))
+
+
+def _parquet_paths(fs, path: str, location: str) -> list[str]:
+    """The Parquet files of a location: the file itself, or every ``*.parquet`` under the folder."""
+    if fs.isfile(path):
+        return [path]
+    if not fs.isdir(path):
+        raise _source_error("parquet", location, "no such file or folder")
+    found = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    if not found:
+        raise _source_error("parquet", location, "no *.parquet files under it")
+    return found
 
 
 def _check_parquet(fs, path: str, location: str) -> None:
-    if not fs.isfile(path):
-        raise _source_error("parquet", location, "no such file")
+    _parquet_paths(fs, path, location)
 
 
 def _read_parquet_rows(
@@ -846,54 +979,227 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- specs
 
 
-class SourceSpec(BaseModel):
-    """One raw source to ingest (a flow parameter: Prefect draws it as a form)."""
+SourceKind = Literal["auto", "image_folder", "webdataset", "parquet"]
 
-    kind: Literal["image_folder", "webdataset", "parquet"] = "image_folder"
-    """Reader to use."""
+HF_METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+"""Records files of a Hugging Face image folder (``datasets``' ``imagefolder`` builder): one record
+per image, ``file_name`` relative to the folder, any other columns (a caption usually in ``text``)."""
+PLATFORM_RECORDS_FILE = "captions.jsonl"
+"""Records file of the platform's own image-folder layout (``image``, ``caption``; the demo's)."""
+RECORD_FILE_SUFFIXES = (".jsonl", ".csv", ".json")
+
+EXPECTED_LAYOUTS = (
+    "a Hugging Face image folder (metadata.jsonl or metadata.csv with file_name and text)",
+    f"an image folder with {PLATFORM_RECORDS_FILE} (image, caption) or a records file named by records_file "
+    "(JSONL, CSV, or a LLaVA-style JSON list of {image, conversations})",
+    "WebDataset shards (*.tar)",
+    "Parquet files (*.parquet)",
+)
+"""What ``kind: auto`` recognises, in the order it looks; named in the error when nothing matches."""
+
+
+class LayoutNotRecognisedError(SourceNotFoundError):
+    """A location holds nothing of a known layout (or not of the kind the source names)."""
+
+
+class SourceSpec(BaseModel):
+    """One raw source to ingest (a flow parameter: Prefect draws it as a form).
+
+    Only ``location`` is needed for the common layouts: ``kind: auto`` recognises a Hugging Face
+    image folder, the platform's ``captions.jsonl`` folder, a LLaVA-style JSON file, WebDataset and
+    Parquet, and the field names default to that layout's (``file_name``/``text`` for Hugging Face,
+    ``image``/``caption`` otherwise). Set the fields when your records name them differently."""
+
+    kind: SourceKind = "auto"
+    """Layout: ``auto`` recognises it from what is at ``location`` (EXPECTED_LAYOUTS, in that order);
+    ``image_folder`` (images + a JSONL, CSV or JSON-list records file), ``webdataset``, ``parquet``."""
 
     location: str
-    """Local path or fsspec URL (``s3://bucket/prefix``)."""
+    """Local path or fsspec URL (``s3://bucket/prefix``): a folder, or one file (a records file such as
+    LLaVA's ``llava_v1_5_mix665k.json`` with images relative to its folder, a ``.tar``, a ``.parquet``)."""
 
-    records_file: str = "captions.jsonl"
-    """image_folder only: the JSONL or CSV file describing the images."""
+    records_file: str | None = None
+    """image_folder: the records file relative to the folder (``.jsonl``, ``.csv``, or ``.json`` holding one
+    list of records). None: ``metadata.jsonl``, ``metadata.csv`` or ``captions.jsonl``, the first present."""
 
-    caption_field: str = "caption"
-    """Field/column holding the caption."""
+    image_field: str | None = None
+    """Record field / Parquet column with the image path (image folder) or bytes (Parquet). None: the
+    layout's (``file_name`` in Hugging Face metadata, else ``image``)."""
+
+    caption_field: str | None = None
+    """Record field / column / WebDataset JSON key holding the caption. None: the layout's (``text`` in
+    Hugging Face metadata; Parquet: ``caption``, else ``text``; otherwise ``caption``)."""
+
+    id_field: str | None = None
+    """Record field / column with an item id. None: ``id`` when present, else the image file's stem
+    (image folder) or the row number (Parquet)."""
 
     limits: ReadLimits = Field(default_factory=ReadLimits)
     """Bounds on what is read (file, member and record sizes, decompression)."""
 
-    def read(self) -> Iterator[RawItem]:
-        """The source's items; raises ``SourceNotFoundError`` at once if the location does not exist."""
+    def resolved(self) -> "SourceSpec":
+        """This spec with the layout recognised and every field name filled in (``resolve_layout``)."""
+        return resolve_layout(self)
+
+    def describe(self) -> str:
+        """One line: the layout and the field mapping in force (after ``resolved()``)."""
         if self.kind == "image_folder":
-            return read_image_folder(self.location, records_file=self.records_file, caption_field=self.caption_field,
-                                     limits=self.limits)
-        if self.kind == "webdataset":
-            return read_webdataset(self.location, limits=self.limits)
-        return read_parquet(self.location, caption_column=self.caption_field, limits=self.limits)
+            hf = posixpath.basename(self.records_file or "") in HF_METADATA_FILES
+            return (f"{'Hugging Face image folder' if hf else 'image folder'} {self.location} "
+                    f"(records {self.records_file}: image <- {self.image_field!r}, caption <- {self.caption_field!r})")
+        if self.kind == "parquet":
+            return (f"Parquet {self.location} (image <- column {self.image_field!r}, "
+                    f"caption <- column {self.caption_field!r})")
+        return f"WebDataset {self.location} (caption <- .txt member, or {self.caption_field!r} of the .json member)"
+
+    def read(self) -> Iterator[RawItem]:
+        """The source's items; raises ``SourceNotFoundError`` at once if the location does not exist
+        or (``kind: auto``) holds no known layout."""
+        spec = self.resolved()
+        if spec.kind == "image_folder":
+            return read_image_folder(spec.location, records_file=spec.records_file, image_field=spec.image_field,
+                                     caption_field=spec.caption_field, id_field=spec.id_field, limits=spec.limits)
+        if spec.kind == "webdataset":
+            return read_webdataset(spec.location, limits=spec.limits, caption_field=spec.caption_field)
+        return read_parquet(spec.location, image_column=spec.image_field, caption_column=spec.caption_field,
+                            id_column=spec.id_field, limits=spec.limits)
+
+
+def _layout_error(spec: SourceSpec, what: str) -> LayoutNotRecognisedError:
+    return LayoutNotRecognisedError(
+        f"{'' if spec.kind == 'auto' else spec.kind + ' '}source {spec.location}: {what}; expected "
+        + "; or ".join(EXPECTED_LAYOUTS)
+    )
+
+
+def _listing_hint(fs, root: str) -> str:
+    """``found: a, b, c`` (the first names in a folder) for an error message."""
+    try:
+        names = sorted(posixpath.basename(p.rstrip("/")) + ("/" if fs.isdir(p) else "") for p in fs.ls(root, detail=False))
+    except OSError:
+        return "found nothing readable"
+    if not names:
+        return "the folder is empty"
+    return "found " + ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
+def resolve_layout(spec: SourceSpec) -> SourceSpec:
+    """The concrete reader and field names of a source (probing its location, reading no image).
+
+    A file location is taken as what it is (``.tar``, ``.parquet``, or a records file whose folder
+    holds the images); a folder is recognised by the first of EXPECTED_LAYOUTS it holds. Raises
+    ``SourceNotFoundError`` when the location does not exist and ``LayoutNotRecognisedError``
+    (naming what was expected and what was found) when it holds no layout of its ``kind``."""
+    fs, root = _fs_and_path(spec.location)
+    kind, location, records_file = spec.kind, spec.location, spec.records_file
+    if fs.isfile(root):
+        name = root.lower()
+        file_kind = ("webdataset" if name.endswith(".tar") else "parquet" if name.endswith(".parquet")
+                     else "image_folder" if name.endswith(RECORD_FILE_SUFFIXES) else None)
+        if file_kind is None or kind not in ("auto", file_kind):
+            raise _layout_error(spec, f"a file that is not a {kind if kind != 'auto' else 'known'} source file")
+        kind = file_kind
+        if kind == "image_folder":  # a records file: the images are relative to its folder
+            location, records_file = posixpath.dirname(location.rstrip("/")) or ".", posixpath.basename(root)
+    elif kind in ("auto", "image_folder") and fs.isdir(root):
+        if records_file is None:
+            records_file = next((candidate for candidate in (*HF_METADATA_FILES, PLATFORM_RECORDS_FILE)
+                                 if fs.isfile(_join(root, candidate))), None)
+        if records_file is not None:
+            kind = "image_folder"
+        elif kind == "image_folder":
+            raise _source_error("image_folder", spec.location, "no records file (metadata.jsonl, metadata.csv or "
+                                f"{PLATFORM_RECORDS_FILE}) in it; name yours with records_file ({_listing_hint(fs, root)})")
+        elif _holds_tars(fs, root):
+            kind = "webdataset"
+        elif any(path.endswith(".parquet") for path in fs.find(root)):
+            kind = "parquet"
+        else:
+            raise _layout_error(spec, f"no known layout ({_listing_hint(fs, root)})")
+    elif kind == "auto":
+        raise _source_error("auto", spec.location, "no such file or folder")
+    hugging_face = kind == "image_folder" and posixpath.basename(records_file or "") in HF_METADATA_FILES
+    image_field = spec.image_field or ("file_name" if hugging_face else "image")
+    caption_field = spec.caption_field or ("text" if hugging_face else "caption")
+    if kind == "parquet" and spec.caption_field is None:
+        caption_field = _parquet_caption_column(fs, root, spec.location)
+    return spec.model_copy(update={"kind": kind, "location": location, "records_file": records_file,
+                                   "image_field": image_field, "caption_field": caption_field,
+                                   "id_field": spec.id_field or "id"})
+
+
+RECORDS_PEEKED = 20
+"""Records read by ``check_source`` to see that the image field exists (text-only records, as in
+LLaVA's mix, may come first: the check fails only when none of these has it)."""
+
+
+def _check_image_field(fs, root: str, spec: SourceSpec) -> None:
+    """Raise ``LayoutNotRecognisedError`` when none of the first records names an image in
+    ``spec.image_field`` (the field names of the records are in the message)."""
+    files = SourceFiles(fs, root, spec.limits)
+    records_path = _join(files.root, spec.records_file)
+    parse, _ = _RECORD_PARSERS[records_format(spec.records_file)]
+    try:
+        handle, _ = files.open_regular(records_path)
+    except ReadRefused:
+        return  # the reader refuses the source with the reason
+    seen: set[str] = set()
+    with handle:
+        records = (record for _, record, _ in parse(handle, files.uri(records_path), spec.limits.max_record_bytes))
+        for record in itertools.islice(records, RECORDS_PEEKED):
+            if isinstance(record, dict):
+                if record.get(spec.image_field) not in (None, ""):
+                    return
+                seen.update(map(str, record))
+    if seen:
+        raise LayoutNotRecognisedError(
+            f"image_folder source {spec.location}: no record of {spec.records_file} names an image in "
+            f"{spec.image_field!r} (the records have {sorted(seen)[:12]}); set image_field (and caption_field) "
+            "to your field names"
+        )
+
+
+def _parquet_caption_column(fs, root: str, location: str) -> str:
+    """``caption`` if the (first) Parquet file has that column, else ``text`` if it has that one."""
+    import pyarrow.parquet as pq
+
+    try:
+        first = _parquet_paths(fs, root, location)[0]
+        with fs.open(first, "rb") as handle:
+            names = set(pq.read_schema(handle).names)
+    except (SourceNotFoundError, OSError, ValueError):
+        return "caption"  # the reader reports what is wrong with the file
+    return "text" if "caption" not in names and "text" in names else "caption"
 
 
 def check_source(spec: SourceSpec) -> None:
-    """Raise ``SourceNotFoundError`` (one line naming the source) if its location does not exist; reads nothing.
+    """Raise ``SourceNotFoundError`` (one line naming the source) if its location does not exist or
+    holds no known layout; reads no image.
 
     Answered in seconds for a local path or an S3 prefix, and never retried: a location that is
     not there does not appear by waiting."""
-    fs, root = _fs_and_path(spec.location)
-    if spec.kind == "image_folder":
-        _check_image_folder(fs, root, spec.location, spec.records_file)
-    elif spec.kind == "webdataset":
-        _check_webdataset(fs, root, spec.location)
+    resolved = spec.resolved()
+    fs, root = _fs_and_path(resolved.location)
+    if resolved.kind == "image_folder":
+        _check_image_folder(fs, root, resolved.location, resolved.records_file)
+        _check_image_field(fs, root, resolved)
+    elif resolved.kind == "webdataset":
+        _check_webdataset(fs, root, resolved.location)
     else:
-        _check_parquet(fs, root, spec.location)
+        _check_parquet(fs, root, resolved.location)
 
 
 def source_fingerprint(spec: SourceSpec) -> str:
     """A cheap content fingerprint of a source: sha256 over (name, size, mtime/ETag) of its files.
 
     Used as a cache key: a changed, added or removed file changes it, without reading the bytes.
+    A records file given as the location stands for its whole folder (the images are there).
     """
-    fs, root = _fs_and_path(spec.location)
+    try:
+        location = spec.resolved().location
+    except SourceError:  # not there: the ingest itself reports it
+        location = spec.location
+    fs, root = _fs_and_path(location)
     if fs.isfile(root):
         listing = {root: fs.info(root)}
     else:
@@ -935,11 +1241,15 @@ def is_transient_read_error(error: BaseException) -> bool:
 
 
 __all__ = [
+    "EXPECTED_LAYOUTS",
+    "HF_METADATA_FILES",
+    "LayoutNotRecognisedError",
     "RawItem",
     "ReadLimits",
     "ReadRefused",
     "SourceError",
     "SourceFiles",
+    "SourceKind",
     "SourceNotFoundError",
     "SourceSpec",
     "check_source",
@@ -947,6 +1257,8 @@ __all__ = [
     "read_image_folder",
     "read_parquet",
     "read_webdataset",
+    "records_format",
+    "resolve_layout",
     "safe_relative_path",
     "source_fingerprint",
     "type_phrase",

@@ -22,6 +22,7 @@ import itertools
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -50,7 +51,7 @@ def ingest_cache_key(sources: list[SourceSpec], validation: ValidationConfig, ma
     return _key(*(source_fingerprint(s) for s in sources), validation.model_dump_json(), str(max_items_per_shard))
 
 
-def _staging_dir(kind: str, key: str) -> Path:
+def staging_dir(kind: str, key: str) -> Path:
     return PlatformSettings.load().path("staging") / f"{kind}-{key[:24]}"
 
 
@@ -98,7 +99,7 @@ def ingest_sources(
     for source in sources:
         check_source(source)
     key = ingest_cache_key(sources, validation, max_items_per_shard)
-    out_dir = _staging_dir("ingest", key)
+    out_dir = staging_dir("ingest", key)
     if _reusable(out_dir):
         report = IngestReport.model_validate_json((out_dir / REPORT_FILE).read_text())
     else:
@@ -156,22 +157,59 @@ def ingest_sources_task(
         description=f"Ingest of {len(sources)} source(s) -> dataset {report.dataset_hash[:16]}; "
         f"quarantine list: {report.quarantine_path}",
     )
+    rules = ingest_rules_in_force(sources, validation)
+    create_markdown_artifact(
+        key=f"ingest-rules-{label}".replace("_", "-").lower(),
+        markdown="### Ingest rules in force\n\n" + "\n".join(f"- {line}" for line in rules),
+        description=f"sources read and the validation rules applied to {label}",
+    )
+    logger.info("ingest rules: %s", "; ".join(rules))
     return require_accepted(report)
 
 
+def ingest_rules_in_force(sources: list[SourceSpec], validation: ValidationConfig) -> list[str]:
+    """What an ingest read and how it judged it, one sentence each: every source's layout and field
+    mapping, then the validation rules."""
+    return [f"source: {source.resolved().describe()}" for source in sources] + validation.rules_in_force()
+
+
+RegisteredBy = Literal["ingest", "retrain"]
+"""Who registers a dataset version: an ingest (``eve data ingest``, the data-pipeline flow on its
+own), whose new raw versions start retrains, or a retrain, whose own versions never do."""
+DATASET_REGISTERED_EVENT = "eve.dataset.registered"
+
+
+def announce_new_version(version: DatasetVersion, registered_by: RegisteredBy) -> None:
+    """Emit ``eve.dataset.registered`` for a version that was just created. The resource carries
+    ``eve.dataset.registered-by``: prefect.yaml's retrain-on-new-data trigger matches only ``ingest``,
+    so a retrain's own registrations can never start another retrain."""
+    emit_event(
+        event=DATASET_REGISTERED_EVENT,
+        resource={
+            "prefect.resource.id": f"eve.dataset.{version.name}",
+            "eve.dataset.hash": version.dataset_hash,
+            "eve.dataset.tag": version.tag,
+            "eve.dataset.registered-by": registered_by,
+        },
+        payload={"tag": version.tag, "dataset_hash": version.dataset_hash, "num_items": version.num_items,
+                 "dvc_md5": version.dvc_md5, "registered_by": registered_by},
+    )
+
+
 @task(name="register-dataset-version", retries=1, retry_delay_seconds=30, timeout_seconds=3 * 3600)
-def register_dataset_version(dataset_dir: str, name: str, dataset_hash: str | None = None) -> DatasetVersion:
+def register_dataset_version(
+    dataset_dir: str, name: str, dataset_hash: str | None = None, registered_by: RegisteredBy = "retrain"
+) -> DatasetVersion:
     """Push the dataset to the DVC remote (with backoff) and tag it in the dataset registry.
 
     Given ``dataset_hash``, an already registered version is returned even if ``dataset_dir`` is gone.
+    Only a version this call created is announced (``announce_new_version``): registering the same
+    content again emits nothing, so it triggers nothing.
     """
-    version = DatasetRegistry.from_settings().register(dataset_dir, name, dataset_hash=dataset_hash)
-    # prefect.yaml's retrain-on-new-data deployment triggers on this event for ``*-raw`` versions.
-    emit_event(
-        event="eve.dataset.registered",
-        resource={"prefect.resource.id": f"eve.dataset.{name}", "eve.dataset.hash": version.dataset_hash},
-        payload={"tag": version.tag, "num_items": version.num_items, "dvc_md5": version.dvc_md5},
-    )
+    registration = DatasetRegistry.from_settings().register_version(dataset_dir, name, dataset_hash=dataset_hash)
+    version = registration.version
+    if registration.created:
+        announce_new_version(version, registered_by)
     create_markdown_artifact(
         key=f"dataset-version-{name}".replace("_", "-").lower(),
         markdown=(
@@ -182,7 +220,17 @@ def register_dataset_version(dataset_dir: str, name: str, dataset_hash: str | No
         ),
         description=f"{version.name} {version.dataset_hash[:16]}",
     )
-    get_run_logger().info("registered %s (%s, %d items)", version.tag, version.dvc_md5, version.num_items)
+    get_run_logger().info("%s %s (%s, %d items)", "registered" if registration.created else "already registered:",
+                          version.tag, version.dvc_md5, version.num_items)
+    return version
+
+
+@task(name="registered-dataset-version", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_if_transient)
+def registered_version_task(key: str) -> DatasetVersion:
+    """A registered version by tag, dataset hash, DVC md5 or unique prefix (``DatasetNotFoundError``
+    naming the registry when there is none: not retried by waiting, see ``retry_if_transient``)."""
+    version = DatasetRegistry.from_settings().find(key)
+    get_run_logger().info("using registered %s (%d items, dataset_hash %s)", version.tag, version.num_items, version.dataset_hash)
     return version
 
 

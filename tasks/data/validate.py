@@ -67,16 +67,22 @@ class QuarantineReason(str, Enum):
 
 
 class ValidationConfig(BaseModel):
-    """Acceptance rules for images and captions."""
+    """Acceptance rules for images and captions. The defaults are production defaults for a team's
+    own data (ordinary photos, drawings, screenshots): they quarantine what cannot be a training
+    image, not what is merely small; which images are good enough to train on is curation's call
+    (``CurationConfig``). ``paper()`` is EVE's pre-training rule, ``demo()`` the embedded demo's."""
 
-    min_width_pixels: int = Field(default=449, ge=1)
-    """Smallest accepted width. The paper keeps images 'higher than 448x448'."""
+    min_width_pixels: int = Field(default=14, ge=1)
+    """Smallest accepted width. 14 px is one patch of EVE's patch embedding: a narrower image does
+    not fill a single patch. (Curation's resolution floor, 32 px by default, decides what is worth
+    training on; the paper keeps images 'higher than 448x448': ``paper()``.)"""
 
-    min_height_pixels: int = Field(default=449, ge=1)
-    """Smallest accepted height."""
+    min_height_pixels: int = Field(default=14, ge=1)
+    """Smallest accepted height (see ``min_width_pixels``)."""
 
-    max_aspect_ratio: float = Field(default=4.0, gt=1.0)
-    """Largest accepted max(w/h, h/w); beyond it the image is a banner or a sliver."""
+    max_aspect_ratio: float = Field(default=10.0, gt=1.0)
+    """Largest accepted max(w/h, h/w). Beyond 10:1 an image is a banner, a separator or a sliver; real
+    objects stay below it (the 802 Tux Paint stamps reach 7.1:1, a bassoon; 5 of them exceed 4:1)."""
 
     max_image_pixels: int = Field(default=200_000_000, ge=1)
     """Width x height above which an image is a decompression bomb (read from the header, before a pixel
@@ -89,13 +95,23 @@ class ValidationConfig(BaseModel):
 
     @classmethod
     def paper(cls) -> "ValidationConfig":
-        return cls()
+        """EVE's pre-training rule: images larger than 448 x 448, at most 4:1."""
+        return cls(min_width_pixels=449, min_height_pixels=449, max_aspect_ratio=4.0)
 
     @classmethod
     def demo(cls) -> "ValidationConfig":
         """The demo's scenes are 96-192 px; keep everything but the deliberately broken items. The
         decompression-bomb limit stays the default: a real photo added to the demo source is no bomb."""
         return cls(min_width_pixels=64, min_height_pixels=64, max_aspect_ratio=3.0)
+
+    def rules_in_force(self) -> list[str]:
+        """The rules as sentences, for every summary of an ingest (CLI, Prefect artifact)."""
+        return [
+            f"image at least {self.min_width_pixels} x {self.min_height_pixels} px (after EXIF orientation)",
+            f"aspect ratio at most {self.max_aspect_ratio:g}:1",
+            f"at most {self.max_image_pixels:,} pixels declared in the header (decompression bomb above)",
+            "caption required" if self.require_caption else "no caption required (conversations)",
+        ]
 
 
 # Modes whose conversion to 8-bit RGB is well defined. Pillow will "convert" LAB or HSV too, but

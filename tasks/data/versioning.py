@@ -11,8 +11,10 @@ Mechanism (docs/architecture.md):
   version exist, so an interrupted copy or a failed push never leaves a registered half version
   (the leftovers are uncommitted files, cleaned on failure and ignored by lookups).
 - The remote is the local directory ``<home>/dvc-remote`` by default, or ``s3://bucket/prefix`` with
-  ``endpointurl`` (or any DVC remote URL, e.g. ``https://``) when configured. It lives in
-  ``.dvc/config.local`` (never committed) and holds no secrets: S3 credentials come from the
+  ``endpointurl`` (or any DVC remote URL, e.g. ``https://``) when configured. It is the default
+  remote of the committed ``.dvc/config`` (so a clone pulls as any DVC repository does: ``git clone
+  <home>/datasets; dvc pull versions/NAME/<hash16>.dvc``, or ``dvc.api.open(path, repo=..., rev=TAG)``),
+  and of ``.dvc/config.local``; it holds no secrets: S3 credentials come from the
   environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), and credentials written into the remote
   URL (``https://user:token@host/path``) are taken out of it when it is read (``tasks.redact``) and
   handed to DVC in memory, as runtime configuration of each ``Repo``: they are never written to a
@@ -20,7 +22,7 @@ Mechanism (docs/architecture.md):
 - Pulling again later works from a clean checkout: ``pull_version`` clones the registry repository
   into a scratch directory, writes the current remote config, ``dvc pull``s the one pointer, checks
   the manifest against the recorded ``dataset_hash``, and moves the result to the destination.
-  Teams can do the same by hand: ``git clone <registry>; dvc remote add ...; dvc pull versions/NAME/<h>.dvc``.
+  Teams do the same by hand: ``git clone <registry>; dvc pull versions/NAME/<h>.dvc`` (the remote is committed).
 """
 
 from __future__ import annotations
@@ -97,6 +99,14 @@ class DatasetVersion(BaseModel):
         return f"{self.path_in_repo}.dvc"
 
 
+class Registration(BaseModel):
+    """The outcome of registering a dataset: the version, and whether this registration created it."""
+
+    version: DatasetVersion
+    created: bool
+    """False when the same content was already registered under the name (nothing was written)."""
+
+
 class RemoteConfig(BaseModel):
     """A DVC remote: a directory or a URL. Credentials are held apart from the URL and never written."""
 
@@ -156,11 +166,28 @@ def _git(repo: Path, *args: str, check: bool = True) -> str:
     return result.stdout
 
 
-def _write_remote_config(repo_root: Path, remote: RemoteConfig) -> None:
-    """Point the repository at ``remote`` through .dvc/config.local (machine-specific, uncommitted)."""
+def write_remote_config(repo_root: Path, remote: RemoteConfig) -> None:
+    """Point the repository at ``remote`` through .dvc/config.local (this machine's, uncommitted)."""
     lines = [f"[core]\n    remote = {REMOTE_NAME}\n", f"['remote \"{REMOTE_NAME}\"']\n"]
     lines += [f"    {key} = {value}\n" for key, value in remote.dvc_options().items()]
     (repo_root / ".dvc" / "config.local").write_text("".join(lines))
+
+
+def commit_remote_config(repo_root: Path, remote: RemoteConfig) -> bool:
+    """Record ``remote`` as the default remote in the committed ``.dvc/config`` (URL, endpoint and
+    timeouts only: credentials are never in ``dvc_options``), so that a clone of the repository
+    (``git clone``; ``dvc pull``; ``dvc.api.open(..., rev=TAG)``) finds the data as any DVC
+    repository does. Commits only when it changed; True then."""
+    from dvc.config import Config
+
+    with Config(dvc_dir=str(repo_root / ".dvc")).edit("repo") as config:
+        if config["core"].get("remote") == REMOTE_NAME and dict(config["remote"].get(REMOTE_NAME, {})) == remote.dvc_options():
+            return False
+        config["core"]["remote"] = REMOTE_NAME
+        config["remote"][REMOTE_NAME] = remote.dvc_options()
+    _git(repo_root, "add", ".dvc/config")
+    _git(repo_root, "commit", "-q", "-m", f"DVC remote: {url_without_credentials(remote.url)}")
+    return True
 
 
 @contextlib.contextmanager
@@ -218,7 +245,9 @@ class DatasetRegistry:
             (self.root / ".gitignore").write_text("/.registry.lock\n")
             _git(self.root, "add", "-A")
             _git(self.root, "commit", "-q", "-m", "Initialise dataset registry")
-        _write_remote_config(self.root, self.remote)
+        write_remote_config(self.root, self.remote)
+        with self._lock():
+            commit_remote_config(self.root, self.remote)
 
     def _dvc_repo(self, root: Path):
         """A DVC ``Repo`` of ``root`` with the remote's credentials in memory (never in a config file)."""
@@ -274,17 +303,21 @@ class DatasetRegistry:
         Raises ``DatasetPushError`` (after ``push_attempts`` tries with exponential backoff) when the
         remote is unreachable; nothing is registered then and ``dataset_dir`` is left untouched.
         """
+        return self.register_version(dataset_dir, name, dataset_hash).version
+
+    def register_version(self, dataset_dir: str | Path, name: str, dataset_hash: str | None = None) -> "Registration":
+        """``register``, also saying whether this call created the version (False: it existed already)."""
         if dataset_hash is not None:
             known = [v for v in self.list_versions(name) if v.dataset_hash == dataset_hash]
             if known:
-                return known[0]
+                return Registration(version=known[0], created=False)
         manifest = verify_dataset(dataset_dir, expected_hash=dataset_hash)
         short = manifest.dataset_hash[:16]
         tag = f"{TAG_PREFIX}/{name}/{short}"
         with self._lock():
             existing = [v for v in self.list_versions(name) if v.dataset_hash == manifest.dataset_hash]
             if existing:
-                return existing[0]
+                return Registration(version=existing[0], created=False)
             relative = f"versions/{name}/{short}"
             target = self.root / relative
             self._discard_unregistered(relative)
@@ -318,7 +351,7 @@ class DatasetRegistry:
             # The tag is the registration: written last, atomically by git.
             _git(self.root, "tag", "-a", tag, "-m", version.model_dump_json())
             logger.info("registered %s -> %s", tag, dvc_md5)
-            return version
+            return Registration(version=version, created=True)
 
     def _push_with_retries(self, pointer: str, what: str) -> None:
         last_error: BaseException | None = None
@@ -389,7 +422,7 @@ class DatasetRegistry:
             clone = Path(scratch) / "registry"
             subprocess.run(["git", "clone", "-q", "--no-checkout", str(self.root), str(clone)], check=True, capture_output=True)
             _git(clone, "checkout", "-q", version.tag)
-            _write_remote_config(clone, self.remote)
+            write_remote_config(clone, self.remote)
             with _quiet_dvc(), self._dvc_repo(clone) as repo:
                 repo.pull(targets=[str(clone / version.pointer_path)], remote=REMOTE_NAME)
             pulled = clone / version.path_in_repo
@@ -424,6 +457,9 @@ __all__ = [
     "DatasetPushError",
     "DatasetRegistry",
     "DatasetVersion",
+    "Registration",
     "RemoteConfig",
+    "commit_remote_config",
     "resolve_dataset",
+    "write_remote_config",
 ]

@@ -41,6 +41,12 @@ def test_values_of_secret_variables_and_registered_secrets_are_scrubbed_anywhere
             if not is_secret_name(name)] == []
     assert [name for name in ("max_tokens", "prompt_tokens", "TOKENIZERS_PARALLELISM", "author", "keys", "monkey")
             if is_secret_name(name)] == []
+    # the shell's working directory is not a password: paths under it stay readable in logs
+    monkeypatch.setenv("PWD", "/home/carol/photos-project")
+    monkeypatch.setenv("OLDPWD", "/home/carol/elsewhere")
+    monkeypatch.setenv("DB_PWD", "a-database-password")
+    assert scrub_text("read /home/carol/photos-project/photos; a-database-password") == (
+        f"read /home/carol/photos-project/photos; {REDACTED}")
 
 
 def test_records_keep_their_shape_with_secrets_replaced() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from tasks.data.curate import CurationConfig
 from tasks.data.demo_source import DemoDataConfig, demo_sources, generate_demo_data
+from tasks.data.validate import ValidationConfig
 from tasks.data.versioning import DatasetRegistry
 
 
@@ -20,7 +21,8 @@ def test_data_flow_registers_versions_and_caches_reruns(prefect_server, eve_home
 
     sources = demo_sources(generate_demo_data(tmp_path / "raw", DemoDataConfig.tiny()))
     params = DataFlowParams(
-        dataset_name="flowtest", use_demo_source=False, sources=sources.captions, sft_sources=sources.sft,
+        dataset_name="flowtest", sources=sources.captions, sft_sources=sources.sft,
+        validation=ValidationConfig.demo(),  # the demo source's broken items are broken under its own rules
         curation=CurationConfig(embedder="thumbnail", num_clusters=4, keep_per_cluster=4), max_items_per_shard=10,
     )
     state = data_pipeline(params, return_state=True)

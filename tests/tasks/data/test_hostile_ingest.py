@@ -581,7 +581,7 @@ def test_the_cli_refuses_a_location_that_does_not_exist_in_one_line(tmp_path: Pa
         env={**os.environ, "EVE_HOME": str(tmp_path / "home"), "PREFECT_API_URL": "http://127.0.0.1:9/api"},
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stdout.strip() == f"error: image_folder source {tmp_path / 'nope'}: no such folder"
+    assert result.stdout.strip() == f"error: source {tmp_path / 'nope'}: no such file or folder"
     assert "Traceback" not in result.stderr and time.monotonic() - started < 60  # no retries, no service started
 
 
@@ -604,7 +604,7 @@ def test_in_a_flow_a_missing_location_fails_without_retries_and_nothing_accepted
     started = time.monotonic()
     state = ingest_missing(return_state=True)
     elapsed = time.monotonic() - started
-    assert state.is_failed() and "no such folder" in state.message
+    assert state.is_failed() and "no such file or folder" in state.message
     assert elapsed < 30, elapsed  # the first retry alone would wait 10 s, the run took 85-94 s
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -108,9 +109,9 @@ def test_s3_outage_retries_then_fails_without_registering(s3_env, tmp_path: Path
     assert _file_digests(tmp_path / "second") == before  # the input is untouched
 
     registry.remote = RemoteConfig(url=f"s3://{s3_env.bucket}/recovered-{uuid.uuid4().hex[:8]}", endpoint_url=s3_env.endpoint_url)
-    from tasks.data.versioning import _write_remote_config
+    from tasks.data.versioning import write_remote_config
 
-    _write_remote_config(registry.root, registry.remote)
+    write_remote_config(registry.root, registry.remote)
     assert registry.register(tmp_path / "second", "outage").dataset_hash == second_hash  # rerun once S3 is back
 
 
@@ -148,3 +149,25 @@ def test_the_same_content_under_two_names_resolves_by_hash(tmp_path: Path) -> No
     other_hash = _make_dataset(tmp_path / "other", salt="x")
     with pytest.raises(DatasetNotFoundError, match="no dataset version"):
         registry.find(other_hash)
+
+
+def test_a_clone_of_the_registry_pulls_like_any_dvc_repository_and_only_new_versions_count(tmp_path: Path) -> None:
+    import subprocess
+
+    import dvc.api
+
+    registry = DatasetRegistry(tmp_path / "registry", RemoteConfig(url=str(tmp_path / "remote")))
+    _make_dataset(tmp_path / "ds")
+    first = registry.register_version(tmp_path / "ds", "unit")
+    again = registry.register_version(tmp_path / "ds", "unit")
+    assert (first.created, again.created, again.version) == (True, False, first.version)  # only the first is announced
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(registry.root), str(clone)], check=True)
+    assert "config.local" not in {p.name for p in (clone / ".dvc").iterdir()}  # nothing machine-specific came along
+    pulled = subprocess.run([sys.executable, "-m", "dvc", "pull", "-q", f"{first.version.path_in_repo}.dvc"],
+                            cwd=clone, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr
+    assert _file_digests(clone / first.version.path_in_repo) == _file_digests(registry.root / first.version.path_in_repo)
+    manifest = dvc.api.read(f"{first.version.path_in_repo}/manifest.json", repo=str(clone), rev=first.version.tag)
+    assert first.version.dataset_hash in manifest
