@@ -55,6 +55,8 @@ CREATOR_DOMAIN = "eve-gateway-creator/1"
 OPEN_API_PATHS = frozenset({"/health", "/ready"})
 AUTH_CACHE_SECONDS = 300.0
 AUTH_CACHE_SIZE = 1024
+INSTANCE_HEADER = "x-eve-server-instance"
+"""Header of the probe answers (``/api/health``, ``/api/ready``) naming the server process."""
 LABEL_ATTEMPTS = 6
 """Tries to label a new run with its creator. Prefect's label update reads then writes in one SQLite
 transaction; a write committed in between makes SQLite refuse at once ("database is locked", no busy
@@ -175,8 +177,10 @@ class AuthGateway:
         keyring: KeyRing,
         internal_auth: str,
         api_prefix: str = "/api",
+        instance_id: str = "",
     ) -> None:
         self.app = app
+        self.instance_id = instance_id
         self.accounts = accounts
         self.keyring = keyring
         self.api_prefix = api_prefix.rstrip("/")
@@ -232,7 +236,7 @@ class AuthGateway:
             return
         method = scope.get("method", "GET").upper()
         if api_path in OPEN_API_PATHS and method == "GET":
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._naming_this_instance(send))
             return
         account = await self._authenticate(self._basic_credentials(scope.get("headers", [])))
         if account is None:
@@ -254,6 +258,20 @@ class AuthGateway:
             await self._guard_labels(scope, receive, send, labels_only=bool(_RUN_LABELS.match(api_path)))
         else:
             await self.app(scope, receive, send)
+
+    def _naming_this_instance(self, send: Any) -> Any:
+        """Probe answers carry this process's instance id, so whoever started it can tell that the
+        server answering on the port is this one (another process may have bound the port first)."""
+        if not self.instance_id:
+            return send
+
+        async def wrapped(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (INSTANCE_HEADER.encode(), self.instance_id.encode())]}
+            await send(message)
+
+        return wrapped
 
     def _authenticating_receive(self, receive: Any) -> Any:
         first = True
@@ -423,7 +441,7 @@ async def _send_json(send: Any, status: int, content: dict,
     await send({"type": "http.response.body", "body": body})
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, instance_id: str = "") -> None:
     """Run Prefect's server app behind the gateway in this process until it is stopped."""
     internal_auth = secrets.token_urlsafe(32)
     # Prefect reads its settings on import: the internal auth string must be in place first. It is
@@ -437,7 +455,8 @@ def serve(host: str, port: int) -> None:
     settings = PlatformSettings.load()
     keyring = KeyRing.default(settings)
     keyring.ensure("gateway")
-    app = AuthGateway(create_app(final=True), AccountStore.default(settings), keyring, internal_auth)
+    app = AuthGateway(create_app(final=True), AccountStore.default(settings), keyring, internal_auth,
+                      instance_id=instance_id)
     logging.basicConfig(level=logging.INFO)
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=5)
 
@@ -448,7 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--instance-id", default="", help="identifies this process to `eve server stop`")
     args = parser.parse_args(argv)
-    serve(args.host, args.port)
+    serve(args.host, args.port, args.instance_id)
 
 
 if __name__ == "__main__":
@@ -458,6 +477,7 @@ if __name__ == "__main__":
 __all__ = [
     "CREATED_BY_LABEL",
     "CREATOR_CLAIM_LABEL",
+    "INSTANCE_HEADER",
     "SUBMISSION_DOMAIN",
     "SUBMISSION_FIELD",
     "AuthGateway",

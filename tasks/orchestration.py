@@ -33,6 +33,7 @@ from pathlib import Path
 
 from eve_model.training.runtime import free_loopback_port
 from tasks.accounts import CLI_ACCOUNT, WORKER_ACCOUNT, AccountStore
+from tasks.gateway import INSTANCE_HEADER
 from tasks.platform import REPO_ROOT, PlatformSettings
 from tasks.signing import KEY_NAMES, KeyRing
 
@@ -44,10 +45,14 @@ class PrefectServerError(RuntimeError):
     """The local Prefect server could not be started or reached."""
 
 
-def _healthy(api_url: str, timeout_seconds: float = 2.0) -> bool:
+def _healthy(api_url: str, timeout_seconds: float = 2.0, instance_id: str | None = None) -> bool:
+    """The server at ``api_url`` answers its health probe (and, given ``instance_id``, is that process:
+    a port found free can be bound by another server before ours, which would then answer)."""
     try:
         with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout_seconds) as response:
-            return response.status == 200
+            return response.status == 200 and (
+                instance_id is None or response.headers.get(INSTANCE_HEADER) == instance_id
+            )
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -105,7 +110,7 @@ def running_local_server(settings: PlatformSettings) -> dict | None:
     if not path.exists():
         return None
     state = json.loads(path.read_text())
-    if is_recorded_process(state) and _healthy(state["api_url"]):
+    if is_recorded_process(state) and _healthy(state["api_url"], instance_id=state.get("instance_id")):
         return state
     return None
 
@@ -199,15 +204,20 @@ def start_local_server(settings: PlatformSettings, port: int, startup_timeout_se
             start_new_session=True,  # outlives this command: a paused promotion waits on it
         )
     deadline = time.monotonic() + startup_timeout_seconds
-    while not _healthy(api_url):
-        if process.poll() is not None:
-            raise PrefectServerError(f"the local Prefect server exited with code {process.returncode}; see {log_path}")
+    # Ours must be the process answering: exited first (the port was taken after it was found
+    # free), then the probe must name this instance, not merely answer.
+    while process.poll() is None and not _healthy(api_url, instance_id=instance_id):
         if time.monotonic() > deadline:
             process.terminate()
             raise PrefectServerError(
                 f"the local Prefect server was not healthy after {startup_timeout_seconds:.0f} s; see {log_path}"
             )
         time.sleep(0.5)
+    if process.poll() is not None:
+        raise PrefectServerError(
+            f"the local Prefect server exited with code {process.returncode} (port {port} taken by another "
+            f"process?); see {log_path}"
+        )
     state = {"pid": process.pid, "start_ticks": process_start_ticks(process.pid), "instance_id": instance_id,
              "api_url": api_url, "ui_url": api_url.removesuffix("/api"), "log": str(log_path)}
     _state_path(settings).write_text(json.dumps(state))
