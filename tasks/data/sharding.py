@@ -58,6 +58,13 @@ class IngestReport(BaseModel):
     quarantine_path: str = ""
     """JSONL, one record per quarantined item: item_id, source_uri, reason, detail."""
 
+    source_content_sha256: str = ""
+    """The raw sources' own content hash, as read: sha256 over one line per item the readers produced
+    (quarantined ones included), in reading order (readers list files sorted): item id, sha256 of the
+    image bytes, the caption and the other record fields as canonical JSON. No path, host or time, so
+    the same source files give the same hash wherever they lie; lineage records it as the raw source's
+    hash where DVC does not track the source. "" in reports written before it existed."""
+
     elapsed_seconds: float = 0.0
 
     @property
@@ -76,6 +83,15 @@ class IngestReport(BaseModel):
         ]
         rows += [{"outcome": f"quarantined: {reason}", "count": count} for reason, count in sorted(self.quarantined_by_reason.items())]
         return rows
+
+
+def source_item_line(item: RawItem) -> bytes:
+    """One item's line of ``IngestReport.source_content_sha256``."""
+    image = hashlib.sha256(item.image_bytes).hexdigest() if item.image_bytes is not None else "-"
+    caption = item.caption.hex() if isinstance(item.caption, bytes) else item.caption
+    fields = json.dumps([item.item_id, image, caption, item.extra, item.reader_problem], sort_keys=True,
+                        ensure_ascii=False, separators=(",", ":"), default=repr)
+    return fields.encode("utf-8", errors="surrogatepass") + b"\n"
 
 
 def _unique_key(key: str, seen: set[str], source_uri: str) -> str:
@@ -115,12 +131,14 @@ def ingest_items(
     reasons: Counter[str] = Counter()
     seen_keys: set[str] = set()
     num_in = num_accepted = num_converted = 0
+    source_content = hashlib.sha256()
     quarantine_path = out_dir / QUARANTINE_FILE
     with open(quarantine_path, "w", encoding="utf-8") as quarantine, ShardWriter(
         out_dir, max_items_per_shard=max_items_per_shard, extra={"validation": config.model_dump(), **(extra or {})}
     ) as writer:
         for item in items:
             num_in += 1
+            source_content.update(source_item_line(item))
             outcome = validate_item(item, config)
             if isinstance(outcome, Quarantined):
                 reasons[outcome.reason.value] += 1
@@ -147,6 +165,7 @@ def ingest_items(
         num_shards=len(manifest.shards),
         shard_bytes=sum(s.num_bytes for s in manifest.shards),
         quarantine_path=str(quarantine_path),
+        source_content_sha256=source_content.hexdigest(),
         elapsed_seconds=round(time.monotonic() - started, 3),
     )
     if not report.reconciles:  # pragma: no cover - a bug in this module, never bad input
