@@ -68,5 +68,10 @@ class RetrainParameters(BaseModel):
     promotion: PromotionParameters = Field(default_factory=PromotionParameters)
     """Approval policy."""
 
+    recipe_name: str = Field(default="custom", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    """The recipe these parameters came from (``flows/recipes.py``: ``demo``, ``paper-slurm``...;
+    ``custom`` for a hand-written set). It names the retrain's flow run (``retrain-<recipe>-<time>``)
+    and tags its W&B runs; it changes nothing that is computed."""
+
 
 __all__ = ["EvaluationParameters", "PromotionParameters", "RetrainParameters"]

@@ -32,6 +32,7 @@ _DEMO_BATCH = {"global_batch_size_samples": 16, "micro_batch_size_samples": 8}
 def demo() -> RetrainParameters:
     """The embedded default: demo data, tiny EVE, 2 local gloo ranks, minutes on 2 CPU cores."""
     return RetrainParameters(
+        recipe_name="demo",
         # The demo's "teacher VLM" output is the scene description shipped with the data; the noisy
         # alt-text stays in each sample as source_caption.
         captions=CaptionConfig(backend="source", source_field="true_caption"),
@@ -107,6 +108,7 @@ def _paper(
     """
     hourly = StageOverrides(checkpoint_interval_minutes=60, data_loader_workers=4)  # the default hour, stated
     return RetrainParameters(
+        recipe_name=f"paper-{backend}",
         data=DataFlowParams.paper("eve-cap", sources),
         evaluation=EvaluationParameters(gate=paper_gate_policy()),
         training=TrainingParameters(
