@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,9 +86,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from flows.data_flow import DataFlowParams, data_pipeline
     from tasks.data.sources import SourceSpec
 
+    if "://" not in args.location and not Path(args.location).exists():
+        print(f"eve data ingest: {args.location} does not exist (a local path or an s3:// URL)", file=sys.stderr)
+        return 2
     _use_prefect_server()
     source = SourceSpec(kind=args.kind, location=args.location, records_file=args.records_file)
     if args.paper:

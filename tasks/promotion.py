@@ -343,19 +343,24 @@ def publish_verdict(verdict: ReviewVerdict, keyring: KeyRing) -> None:
         _warn(f"verdict on the decision to {verdict.pause_key} not published: {type(error).__name__}: {error}")
 
 
-def read_verdict(flow_run_id: str | UUID, pause_key: str, keyring: KeyRing | None = None) -> ReviewVerdict | None:
-    """The platform's verdict on the decision submitted to ``pause_key``, once published; raises
-    ``ValueError`` for one whose signature does not verify (someone else wrote that key)."""
+def read_verdict(flow_run_id: str | UUID, pause_key: str) -> ReviewVerdict | None:
+    """The platform's verdict on the decision submitted to ``pause_key``, once published (check it with
+    :func:`verdict_signed`)."""
     from prefect.input import read_flow_run_input
 
     raw = read_flow_run_input(key=verdict_key(pause_key), flow_run_id=UUID(str(flow_run_id)))
     if raw is None:
         return None
-    verdict = ReviewVerdict.model_validate(json.loads(raw) if isinstance(raw, str) else raw)
-    if not verdict.verify_with(keyring or KeyRing.default(), "platform", VERDICT_DOMAIN):
-        raise ValueError(f"the verdict published on run {flow_run_id} is not signed by the platform; "
-                         "see `eve audit show` for the decision's outcome")
-    return verdict
+    return ReviewVerdict.model_validate(json.loads(raw) if isinstance(raw, str) else raw)
+
+
+def verdict_signed(verdict: ReviewVerdict, keyring: KeyRing | None = None) -> bool | None:
+    """Whether the platform signed ``verdict``; None where its public key is not at hand (a reviewer's
+    own machine without the keys directory)."""
+    keyring = keyring or KeyRing.default()
+    if not keyring.trusted_keys("platform"):
+        return None
+    return verdict.verify_with(keyring, "platform", VERDICT_DOMAIN)
 
 
 # ---------------------------------------------------------------- evidence
@@ -859,6 +864,67 @@ def production_evidence(production_version: str | None) -> ProductionEvidence:
     )
 
 
+class DecisionSummary(BaseModel):
+    """One accepted decision of a promotion, as the audit log holds it."""
+
+    reviewer: str
+    decision: Literal["approve", "reject"]
+    decided_at: str
+    comment: str
+
+
+class PromotionStatus(BaseModel):
+    """Where the latest promotion request of a version stands, read from the audit log."""
+
+    version: str
+    request_id: str
+    flow_run_id: str
+    requested_by: str
+    requested_at: str
+    decide_by: str | None = None
+    decisions: list[DecisionSummary] = Field(default_factory=list)
+    """Accepted decisions, oldest first."""
+    outcome: Literal["waiting", "approved", "rejected", "timed_out"] = "waiting"
+    """``approved`` once production moved to the version."""
+    outcome_at: str | None = None
+    """When the outcome was recorded."""
+
+    def decided_by(self, account: str) -> DecisionSummary | None:
+        """The accepted decision of ``account`` (its latest), if any."""
+        return next((d for d in reversed(self.decisions) if d.reviewer == account), None)
+
+
+def promotion_status(version: str, audit_log: audit.AuditLog | None = None) -> PromotionStatus | None:
+    """The latest promotion request of ``version`` and what became of it; None when none was requested."""
+    records = (audit_log or audit.AuditLog.default()).records()
+    requested = [index for index, r in enumerate(records) if r.event == audit.PROMOTION_REQUESTED
+                 and (r.payload.get("request") or {}).get("version") == version]
+    if not requested:
+        return None
+    asked = records[requested[-1]]
+    request = asked.payload["request"]
+    request_id = request["request_id"]
+    status = PromotionStatus(
+        version=version, request_id=request_id, flow_run_id=str(request.get("flow_run_id")),
+        requested_by=str(request.get("requested_by") or asked.actor), requested_at=asked.recorded_at,
+        decide_by=request.get("decide_by"),
+    )
+    for record in records[requested[-1] + 1:]:
+        payload = record.payload
+        if record.event == audit.REVIEW_DECISION_ACCEPTED and (payload.get("decision") or {}).get("request_id") == request_id:
+            decision = payload["decision"]
+            status.decisions.append(DecisionSummary(reviewer=decision["reviewer"], decision=decision["decision"],
+                                                    decided_at=decision["decided_at"], comment=decision["comment"]))
+        elif record.event == audit.PRODUCTION_ASSIGNED and payload.get("request_id") == request_id:
+            status.outcome, status.outcome_at = "approved", record.recorded_at
+        elif record.event == audit.REVIEW_TIMED_OUT and payload.get("request_id") == request_id:
+            status.outcome, status.outcome_at = "timed_out", record.recorded_at
+        elif record.event == audit.PROMOTION_REJECTED and payload.get("request_id") == request_id:
+            if status.outcome == "waiting":
+                status.outcome, status.outcome_at = "rejected", record.recorded_at
+    return status
+
+
 def complete_promotion(version: str, registry: ModelRegistry | None = None) -> str:
     """Finish an approved promotion of ``version`` whose flow run died before or during its assignment:
     complete or roll back an interrupted step, then assign with the latest request's accepted approvals
@@ -1065,6 +1131,9 @@ def anchor_audit_head() -> str | None:
 
 __all__ = [
     "VERDICT_DOMAIN",
+    "DecisionSummary",
+    "PromotionStatus",
+    "promotion_status",
     "ApprovalPolicy",
     "ContaminationSummary",
     "OriginRun",
@@ -1081,6 +1150,7 @@ __all__ = [
     "publish_verdict",
     "read_verdict",
     "verdict_key",
+    "verdict_signed",
     "EvidenceInputs",
     "EvidenceReport",
     "PROMOTION_DEPLOYMENT",
