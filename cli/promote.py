@@ -52,8 +52,16 @@ def _paused_promotions(version: str | None = None) -> list:
             ),
         )
     if version is not None:
-        runs = [run for run in runs if run.name == f"promote-eve@{version}"]
+        runs = [run for run in runs if _candidate_version(run) == version]
     return runs
+
+
+def _candidate_version(run) -> str | None:
+    """The version a promotion run is about (its parameters; its name when they are not readable)."""
+    request = (run.parameters or {}).get("request")
+    if isinstance(request, dict) and request.get("candidate_version"):
+        return str(request["candidate_version"])
+    return run.name.removeprefix("promote-eve@") if run.name.startswith("promote-eve@") else None
 
 
 def _pending(args: argparse.Namespace) -> int:

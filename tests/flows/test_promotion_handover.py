@@ -11,7 +11,13 @@ import time
 import pytest
 
 from tests.fixtures.prefect_server import acting_as
-from tests.fixtures.promotion_runs import promotion_request, registry_with_production, submit_decision, use_policy
+from tests.fixtures.promotion_runs import (
+    eve_as,
+    promotion_request,
+    registry_with_production,
+    submit_decision,
+    use_policy,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -82,25 +88,10 @@ def _hand_over_as_worker(alice: str, worker: str):
 
 
 def _eve_as(monkeypatch, auth: str, *argv: str) -> str:
-    """Run ``eve *argv`` in this process with ``auth``'s password on stdin (``--user`` reads it there)."""
-    import contextlib
-    import io
-    import os
-
-    from cli.main import main as eve
-
-    saved = os.environ.get("PREFECT_API_AUTH_STRING")
-    monkeypatch.setattr("sys.stdin", io.StringIO(auth.partition(":")[2] + "\n"))
-    output = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(output):
-            assert eve(list(argv)) == 0, output.getvalue()
-    finally:
-        os.environ["PREFECT_API_AUTH_STRING"] = saved or ""
-        from prefect.context import refresh_global_settings_context
-
-        refresh_global_settings_context()
-    return output.getvalue()
+    """``eve *argv`` as ``auth``; it must succeed; its output."""
+    code, out, err = eve_as(monkeypatch, auth, *argv)
+    assert code == 0, out + err
+    return out
 
 
 def test_detached_promotion_runs_on_the_worker_and_its_requester_is_who_started_the_retrain(
