@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,22 +85,27 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from flows.data_flow import DataFlowParams, data_pipeline
-    from tasks.data.sources import SourceSpec
+    from tasks.data.sources import SourceError, SourceSpec, check_source
+    from tasks.data.steps import NothingAcceptedError
 
-    if "://" not in args.location and not Path(args.location).exists():
-        print(f"eve data ingest: {args.location} does not exist (a local path or an s3:// URL)", file=sys.stderr)
+    source = SourceSpec(kind=args.kind, location=args.location, records_file=args.records_file)
+    try:
+        check_source(source)  # a location that is not there: one line, before any service starts
+    except SourceError as exc:
+        print(f"error: {exc}")
         return 2
     _use_prefect_server()
-    source = SourceSpec(kind=args.kind, location=args.location, records_file=args.records_file)
     if args.paper:
         params = DataFlowParams.paper(args.name, [source])
     else:
         params = DataFlowParams(dataset_name=args.name, use_demo_source=False, sources=[source])
     params.curate = not args.no_curate
-    _summarise(data_pipeline(params))
+    try:
+        _summarise(data_pipeline(params))
+    except (SourceError, NothingAcceptedError) as exc:
+        print(f"error: {exc}")
+        return 1
     return 0
 
 

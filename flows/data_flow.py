@@ -2,6 +2,9 @@
 
 Run the embedded default: ``eve data demo`` (or ``python -m flows.data_flow``). Other sources:
 ``eve data ingest --kind image_folder --location s3://bucket/raw --name laion-part1``.
+
+A source location that does not exist fails the run in seconds, and an ingest that accepts nothing
+fails it with the counts; in both cases nothing is registered (``tasks.data.steps``).
 """
 
 from __future__ import annotations

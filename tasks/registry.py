@@ -57,6 +57,7 @@ from pydantic import BaseModel, Field
 from eve_model.identity import weights_sha256
 from tasks import audit
 from tasks.approvals import assignment_problems
+from tasks.data.versioning import RemoteConfig
 from tasks.evaluate.gates import GateDecision
 from tasks.lineage.schema import ApprovalRecord, LineageManifest, WeightsRef
 from tasks.lineage.store import read_lineage, write_lineage
@@ -236,8 +237,9 @@ class ModelRegistry:
         now = time.time()
         time.sleep(max(0.0, int(now) + 1.02 - now))
 
-    def _dvc_remote_url(self) -> str:
-        return self.settings.dvc_remote_url or str(self.settings.local_dvc_remote)
+    def _dvc_remote(self) -> RemoteConfig:
+        """The DVC remote, credentials held apart from the URL (they never reach a committed file)."""
+        return RemoteConfig.from_settings(self.settings)
 
     def ensure_initialized(self) -> None:
         """Create (or clone) the registry repository with the artifact declaration and the DVC remote."""
@@ -259,10 +261,7 @@ class ModelRegistry:
         with contextlib.redirect_stdout(io.StringIO()):  # DVC prints a welcome text
             DvcRepo.init(str(self.repo_dir), no_scm=False, force=True).close()
         with DvcRepo(str(self.repo_dir)) as dvc_repo, dvc_repo.config.edit() as config:
-            remote = {"url": self._dvc_remote_url()}
-            if self.settings.s3_endpoint_url and remote["url"].startswith("s3://"):
-                remote["endpointurl"] = self.settings.s3_endpoint_url
-            config["remote"][DVC_REMOTE_NAME] = remote
+            config["remote"][DVC_REMOTE_NAME] = self._dvc_remote().dvc_options()
             config["core"]["remote"] = DVC_REMOTE_NAME
             config["core"]["autostage"] = True
         artifacts = {
@@ -412,7 +411,7 @@ class ModelRegistry:
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(model_dir, target)
-            with DvcRepo(str(self.repo_dir)) as dvc_repo:
+            with DvcRepo(str(self.repo_dir), config=self._dvc_remote().runtime_config(DVC_REMOTE_NAME)) as dvc_repo:
                 # DVC resolves relative targets against the process cwd, not the repository.
                 dvc_repo.add(str(target))
                 dvc_repo.push(targets=[str(target)])
@@ -700,7 +699,8 @@ class ModelRegistry:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if dest.exists():
             dest.rmdir()
-        DvcRepo.get(str(self.repo_dir), WEIGHTS_PATH, out=str(dest), rev=f"{MODEL_NAME}@{version}")
+        DvcRepo.get(str(self.repo_dir), WEIGHTS_PATH, out=str(dest), rev=f"{MODEL_NAME}@{version}",
+                    config=self._dvc_remote().runtime_config(DVC_REMOTE_NAME))
         expected = self.lineage(version).weights
         actual = weights_sha256(dest)
         if expected is None or actual != expected.sha256:

@@ -9,6 +9,8 @@ list, so they document the version without changing its ``dataset_hash``.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import time
 from collections import Counter
@@ -77,12 +79,20 @@ class IngestReport(BaseModel):
 
 
 def _unique_key(key: str, seen: set[str], source_uri: str) -> str:
+    """``key``, or a deterministic variant of it that is not in ``seen`` yet.
+
+    Two sources may reuse an id, and one tar may repeat a WebDataset key: the item's source URI
+    (which readers make unique: a repeated tar key carries its occurrence) disambiguates, so the
+    same input always gets the same keys and nothing is dropped."""
     if key not in seen:
         return key
-    import hashlib
-
-    # Two sources may reuse an id; the source URI disambiguates deterministically.
-    return f"{key[:100]}-{hashlib.sha256(source_uri.encode()).hexdigest()[:12]}"
+    uri_bytes = source_uri.encode("utf-8", errors="surrogatepass")
+    for attempt in itertools.count():
+        salt = b"" if attempt == 0 else f"\0{attempt}".encode()
+        candidate = f"{key[:100]}-{hashlib.sha256(uri_bytes + salt).hexdigest()[:12]}"
+        if candidate not in seen:
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def ingest_items(

@@ -6,25 +6,81 @@ report what they found. Anything a reader cannot turn into an item (a record tha
 member name that tries to leave the folder, an image file that is missing) still comes out as a
 ``RawItem`` with ``reader_problem`` set, so validation quarantines it with a reason and the counts
 reconcile. Nothing is ever extracted to disk, so a hostile member name cannot write anywhere.
+
+What a reader reads is bounded, whatever the source holds (``ReadLimits``):
+
+- only regular files are read. On a local source every path is resolved to its real path first,
+  and a file or directory whose real path is outside the source folder (a symlink to /etc/passwd,
+  to /dev/zero, to another tree) is never opened: its item is quarantined naming the symlink and
+  its target. A FIFO, socket or device is never opened for reading either (opened non-blocking
+  and checked with ``fstat``, so a FIFO named ``.png`` cannot hang the ingest);
+- an image file, a tar member and a Parquet cell are read only up to ``max_file_bytes``; a records
+  line up to ``max_record_bytes``; a compressed tar is decompressed only up to
+  ``max_compression_ratio`` times its size on disk (a gzip bomb named ``.tar`` stops there and the
+  rest of that archive is quarantined);
+- a location that does not exist raises ``SourceNotFoundError`` before anything is read.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import errno
+import gzip
 import hashlib
 import io
 import json
+import lzma
+import os
 import posixpath
+import stat
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CAPTION_SUFFIXES = ("txt", "caption")
+MEBIBYTE = 1024 * 1024
+
+
+class SourceError(Exception):
+    """A source that cannot be read at all (its records file is a symlink out, a FIFO, ...); never retried."""
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """The location of a source does not exist (or holds nothing of its kind); never retried."""
+
+
+class ReadLimits(BaseModel):
+    """Bounds on what a reader reads, so that no source can exhaust memory or hang the ingest."""
+
+    max_file_bytes: int = Field(default=256 * MEBIBYTE, ge=1)
+    """Largest image file, tar member or Parquet cell that is read (larger ones are quarantined
+    unread). 256 MiB is far above any photo: a 48-megapixel JPEG is ~15 MB, a 48-megapixel PNG ~100 MB."""
+
+    max_record_bytes: int = Field(default=16 * MEBIBYTE, ge=1)
+    """Longest line (JSONL) or row (CSV) of a records file; a longer one is one ``bad_record``."""
+
+    max_compression_ratio: float = Field(default=100.0, gt=1.0)
+    """A compressed tar is decompressed up to this many times its size on disk (and never less than
+    ``max_file_bytes``). Shards of images barely compress (~1x) and text-heavy ones reach ~10x;
+    a gzip of zeros reaches 1000x."""
+
+
+class ReadRefused(Exception):
+    """A file the reader will not read; ``reason`` is a ``QuarantineReason`` value."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+class StreamLimitExceeded(Exception):
+    """A decompressed stream grew past its limit (a decompression bomb)."""
 
 
 @dataclass
@@ -43,8 +99,9 @@ class RawItem:
     image_name: str | None = None
     """Original file or member name, for the extension."""
 
-    caption: str | bytes | None = None
-    """Caption text; ``bytes`` when the reader could not decode it as UTF-8 (validation decides)."""
+    caption: Any = None
+    """Caption as found: ``str``; ``bytes`` when the reader could not decode it as UTF-8; any other
+    type when the record held one (a list, a number): validation decides."""
 
     extra: dict[str, Any] = field(default_factory=dict)
     """Other record fields (e.g. ``true_caption``, ``conversations``), carried into the sample metadata."""
@@ -79,6 +136,12 @@ def _fs_and_path(location: str):
     return url_to_fs(location, **options)
 
 
+def _is_local(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
 def _join(root: str, relative: str) -> str:
     """Join inside an fsspec filesystem (paths there are always '/'-separated, without protocol)."""
     return f"{root.rstrip('/')}/{relative}"
@@ -97,6 +160,195 @@ def safe_relative_path(name: str) -> str | None:
     return normalised
 
 
+# ------------------------------------------------------------------------------------- safe file access
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _kind_of(mode: int) -> str:
+    return next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+class SourceFiles:
+    """Reads files of one source location: regular files inside the location only, size-capped.
+
+    On a local filesystem, paths are resolved with ``os.path.realpath`` and must stay under the real
+    path of the location; a file is opened with ``O_NONBLOCK`` and checked with ``fstat`` before a
+    byte is read. Object stores (S3) have neither symlinks nor special files: there the size from
+    the listing is checked before reading, and the read itself is capped too.
+    """
+
+    def __init__(self, fs, root: str, limits: ReadLimits) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/") or "/"
+        self.limits = limits
+        self.local = _is_local(fs)
+        self.real_root = os.path.realpath(self.root) if self.local else self.root
+
+    def uri(self, path: str) -> str:
+        return self.fs.unstrip_protocol(path)
+
+    def _describe_escape(self, path: str, real: str) -> str:
+        relative = os.path.relpath(path, self.root)
+        links = []
+        current = self.root
+        for part in relative.split(os.sep):
+            current = os.path.join(current, part)
+            if os.path.islink(current):
+                links.append(f"{os.path.relpath(current, self.root)} -> {os.readlink(current)}")
+        via = f" through the symlink {', '.join(links)}" if links else ""
+        return f"{relative} resolves to {real}{via}, outside the source folder {self.real_root}"
+
+    def check_inside(self, path: str) -> str:
+        """The real path of ``path`` if it lies under the source folder; raises ``ReadRefused`` if not."""
+        if not self.local:
+            return path
+        real = os.path.realpath(path)
+        if real != self.real_root and not real.startswith(self.real_root.rstrip(os.sep) + os.sep):
+            raise ReadRefused("unsafe_path", self._describe_escape(path, real))
+        return real
+
+    def open_regular(self, path: str) -> tuple[BinaryIO, int]:
+        """``(binary handle, size)`` of a regular file under the source folder; raises ``ReadRefused``
+        (outside, not a regular file, missing) without reading anything."""
+        name = self.uri(path)
+        if not self.local:
+            try:
+                info = self.fs.info(path)
+            except FileNotFoundError as exc:
+                raise ReadRefused("missing_image", f"{name}: not found") from exc
+            if info.get("type") != "file":
+                raise ReadRefused("not_regular_file", f"{name} is a {info.get('type')}, not a file")
+            return self.fs.open(path, "rb"), int(info.get("size") or 0)
+        real = self.check_inside(path)
+        try:
+            # O_NONBLOCK: opening a FIFO for reading returns at once instead of waiting for a writer.
+            descriptor = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError as exc:
+            raise ReadRefused("missing_image", f"{name}: not found") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # swapped for a symlink after the check
+                raise ReadRefused("unsafe_path", f"{name} became a symlink while being read") from exc
+            if exc.errno in (errno.ENXIO, errno.EISDIR):
+                raise ReadRefused("not_regular_file", f"{name} is not a regular file ({exc.strerror})") from exc
+            raise
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            os.close(descriptor)
+            raise ReadRefused("not_regular_file", f"{name} is {_kind_of(status.st_mode)}, not a regular file; it is never read")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb"), status.st_size
+
+    def read_capped(self, path: str) -> bytes:
+        """All bytes of a regular file under the source folder, at most ``max_file_bytes``."""
+        cap = self.limits.max_file_bytes
+        handle, size = self.open_regular(path)
+        with handle:
+            if size > cap:
+                raise ReadRefused("file_too_large", f"{self.uri(path)} is {size} bytes, over the limit of {cap} bytes per file; not read")
+            data = handle.read(cap + 1)
+        if len(data) > cap:  # grew while being read, or the listing's size was wrong
+            raise ReadRefused("file_too_large", f"{self.uri(path)} holds more than {cap} bytes (the limit per file); not read")
+        return data
+
+
+def _refused_item(files: SourceFiles, path: str, refused: ReadRefused) -> RawItem:
+    """The quarantine item standing for a whole file (a tar, a Parquet file, a folder) that was not read."""
+    return RawItem(item_id=posixpath.basename(path.rstrip("/")), source_uri=files.uri(path),
+                   reader_problem=(refused.reason, refused.detail))
+
+
+def _bounded_lines(handle: BinaryIO, max_bytes: int, chunk_bytes: int = 1024 * 1024) -> Iterator[tuple[int, bytes | None]]:
+    """``(line number, line)`` of a binary stream (any file-like with ``read``); a line longer than
+    ``max_bytes`` comes as None and is skipped without ever holding more than ``max_bytes`` of it."""
+    line_number = 0
+    buffer = bytearray()
+    skipping = False  # inside an over-long line: drop bytes up to its newline
+    while chunk := handle.read(chunk_bytes):
+        buffer += chunk
+        start = 0
+        while (newline := buffer.find(b"\n", start)) >= 0:
+            line, start = bytes(buffer[start : newline + 1]), newline + 1
+            if skipping:  # the end of an over-long line, already reported
+                skipping = False
+                continue
+            line_number += 1
+            yield (line_number, None) if len(line) > max_bytes else (line_number, line)
+        del buffer[:start]
+        if len(buffer) > max_bytes and not skipping:
+            line_number += 1
+            skipping = True
+            yield line_number, None
+        if skipping:
+            buffer.clear()
+    if buffer and not skipping:
+        yield line_number + 1, bytes(buffer)
+
+
+# ------------------------------------------------------------------------------------------ records
+
+
+def _records_from_jsonl(handle: BinaryIO, uri: str, max_bytes: int) -> Iterator[tuple[int, Any, str]]:
+    for line_number, line in _bounded_lines(handle, max_bytes):
+        if line is None:
+            yield line_number, None, f"{uri}:{line_number}: line longer than {max_bytes} bytes"
+            continue
+        if not line.strip():
+            continue
+        try:
+            # surrogateescape keeps non-UTF-8 bytes recoverable instead of failing the record;
+            # validation then names the field that holds them
+            yield line_number, json.loads(line.decode("utf-8", errors="surrogateescape")), ""
+        except json.JSONDecodeError as exc:
+            yield line_number, None, f"{uri}:{line_number}: not a JSON object ({exc.msg})"
+        except RecursionError:
+            yield line_number, None, f"{uri}:{line_number}: JSON nested too deeply"
+
+
+class _BoundedTextLines:
+    """Decoded lines of a binary stream for ``csv``; an over-long line is never held: it reaches ``csv``
+    as an empty line and is remembered, so that its row is reported as a bad record."""
+
+    def __init__(self, handle: BinaryIO, max_bytes: int) -> None:
+        self._lines = _bounded_lines(handle, max_bytes)
+        self.overlong_line: int | None = None
+
+    def __iter__(self) -> "_BoundedTextLines":
+        return self
+
+    def __next__(self) -> str:
+        line_number, line = next(self._lines)
+        if line is None:
+            self.overlong_line = line_number
+            return "\n"
+        return line.decode("utf-8", errors="surrogateescape")
+
+
+def _records_from_csv(handle: BinaryIO, uri: str, max_bytes: int) -> Iterator[tuple[int, Any, str]]:
+    lines = _BoundedTextLines(handle, max_bytes)
+    reader = csv.DictReader(lines)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            row = None
+        except csv.Error as exc:  # a field over csv's size limit, a NUL byte, ...
+            yield reader.line_num, None, f"{uri}:{reader.line_num}: not a CSV row ({exc})"
+            continue
+        if lines.overlong_line is not None:  # csv skipped it as an empty line
+            yield lines.overlong_line, None, f"{uri}:{lines.overlong_line}: line longer than {max_bytes} bytes"
+            lines.overlong_line = None
+        if row is None:
+            return
+        yield reader.line_num, dict(row), ""
+
+
 def _decode_text(raw: bytes) -> str | bytes:
     try:
         return raw.decode("utf-8")
@@ -104,32 +356,25 @@ def _decode_text(raw: bytes) -> str | bytes:
         return raw
 
 
-def _records_from_jsonl(data: bytes, uri: str) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    for line_number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            # surrogateescape keeps non-UTF-8 caption bytes recoverable instead of failing the record
-            yield line_number, json.loads(line.decode("utf-8", errors="surrogateescape")), ""
-        except json.JSONDecodeError as exc:
-            yield line_number, None, f"{uri}:{line_number}: not a JSON object ({exc.msg})"
-
-
-def _records_from_csv(data: bytes, uri: str) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-    text = data.decode("utf-8", errors="surrogateescape")
-    for line_number, row in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
-        yield line_number, dict(row), ""
-
-
-def _restore_bytes(value: Any) -> str | bytes | None:
-    """Undo surrogateescape: a caption that was not UTF-8 comes back as its original bytes."""
-    if value is None or not isinstance(value, str):
-        return value if value is None else str(value)
+def _restore_bytes(value: Any) -> Any:
+    """Undo surrogateescape on a string: one that was not UTF-8 comes back as its original bytes.
+    Anything that is not a string (a list, a number) is returned as it is, for validation to judge."""
+    if not isinstance(value, str):
+        return value
     try:
         value.encode("utf-8")
         return value
     except UnicodeEncodeError:
-        return value.encode("utf-8", errors="surrogateescape")
+        try:
+            return value.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate from a JSON \\ud800 escape: not bytes, not text
+            return value
+
+
+def type_phrase(value: Any) -> str:
+    """``a list``, ``an int``: the type of ``value`` for a reason's detail."""
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 def _rooted(items: Iterator[RawItem], root_uri: str) -> Iterator[RawItem]:
@@ -138,68 +383,106 @@ def _rooted(items: Iterator[RawItem], root_uri: str) -> Iterator[RawItem]:
         yield item
 
 
+def _source_error(kind: str, location: str, what: str) -> SourceNotFoundError:
+    return SourceNotFoundError(f"{kind} source {location}: {what}")
+
+
 def read_image_folder(
     location: str,
     records_file: str = "captions.jsonl",
     image_field: str = "image",
     caption_field: str = "caption",
     id_field: str = "id",
+    limits: ReadLimits | None = None,
 ) -> Iterator[RawItem]:
     """Items of an image folder described by a records file (JSONL or CSV, by extension).
 
     Each record names its image relative to the folder (``image_field``); a name that would leave
-    the folder is reported as ``unsafe_path``, a missing file as ``missing_image``. Extra record
-    fields (e.g. ``conversations``, ``true_caption``) are carried along in ``RawItem.extra``.
+    the folder (by ``..``, an absolute path or a symlink) is reported as ``unsafe_path``, a record
+    without the field or a missing file as ``missing_image``. Extra record fields (e.g.
+    ``conversations``, ``true_caption``) are carried along in ``RawItem.extra``. Raises
+    ``SourceNotFoundError`` at once if the folder or its records file does not exist.
     """
     fs, root = _fs_and_path(location)
-    return _rooted(_read_image_folder(fs, root, location, records_file, image_field, caption_field, id_field), fs.unstrip_protocol(root))
+    _check_image_folder(fs, root, location, records_file)
+    files = SourceFiles(fs, root, limits or ReadLimits())
+    return _rooted(_read_image_folder(files, location, records_file, image_field, caption_field, id_field), fs.unstrip_protocol(root))
+
+
+def _check_image_folder(fs, root: str, location: str, records_file: str) -> None:
+    if not fs.isdir(root):
+        raise _source_error("image_folder", location, "no such folder")
+    if not fs.exists(_join(root, records_file)):
+        raise _source_error("image_folder", location, f"no records file {records_file!r} in it")
 
 
 def _read_image_folder(
-    fs,
-    root: str,
+    files: SourceFiles,
     location: str,
-    records_file: str = "captions.jsonl",
-    image_field: str = "image",
-    caption_field: str = "caption",
-    id_field: str = "id",
+    records_file: str,
+    image_field: str,
+    caption_field: str,
+    id_field: str,
 ) -> Iterator[RawItem]:
-    records_uri = _join(root, records_file)
-    with fs.open(records_uri, "rb") as handle:
-        data = handle.read()
+    records_path = _join(files.root, records_file)
+    records_uri = files.uri(records_path)
+    try:
+        handle, _ = files.open_regular(records_path)
+    except ReadRefused as refused:  # the records file itself is a symlink out or a FIFO
+        raise SourceError(f"image_folder source {location}: records file refused: {refused.detail}") from None
     parse = _records_from_csv if records_file.endswith(".csv") else _records_from_jsonl
-    for line_number, record, problem in parse(data, records_uri):
-        record_uri = f"{fs.unstrip_protocol(records_uri)}#L{line_number}"
-        if record is None or not isinstance(record, dict):
-            yield RawItem(
-                item_id=f"line-{line_number}",
-                source_uri=record_uri,
-                reader_problem=("bad_record", problem or f"{record_uri}: record is not an object"),
-            )
-            continue
-        image_name = str(record.get(image_field) or "")
-        item_id = str(record.get(id_field) or posixpath.splitext(posixpath.basename(image_name))[0] or f"line-{line_number}")
-        extra = {k: v for k, v in record.items() if k not in (image_field, caption_field, id_field)}
-        item = RawItem(
-            item_id=item_id,
+    with handle:
+        for line_number, record, problem in parse(handle, records_uri, files.limits.max_record_bytes):
+            yield _item_from_record(files, location, record_uri=f"{records_uri}#L{line_number}", line_number=line_number,
+                                    record=record, problem=problem, image_field=image_field,
+                                    caption_field=caption_field, id_field=id_field)
+
+
+def _item_from_record(
+    files: SourceFiles, location: str, *, record_uri: str, line_number: int, record: Any, problem: str,
+    image_field: str, caption_field: str, id_field: str,
+) -> RawItem:
+    if record is None or not isinstance(record, dict):
+        return RawItem(
+            item_id=f"line-{line_number}",
             source_uri=record_uri,
-            image_name=image_name,
-            caption=_restore_bytes(record.get(caption_field)),
-            extra=extra,
+            reader_problem=("bad_record", problem or f"{record_uri}: record is {type_phrase(record)}, not an object"),
         )
-        relative = safe_relative_path(image_name)
-        if relative is None:
-            item.reader_problem = ("unsafe_path", f"image path {image_name!r} leaves the folder {location}")
-            yield item
-            continue
-        image_uri = _join(root, relative)
-        try:
-            with fs.open(image_uri, "rb") as image_handle:
-                item.image_bytes = image_handle.read()
-        except (FileNotFoundError, IsADirectoryError) as exc:
-            item.reader_problem = ("missing_image", f"{image_uri}: {exc.__class__.__name__}")
-        item.source_uri = f"{fs.unstrip_protocol(image_uri)} ({record_uri})"
-        yield item
+    image_value = record.get(image_field)
+    image_name = image_value if isinstance(image_value, str) else ""
+    raw_id = record.get(id_field)
+    item_id = str(raw_id) if raw_id not in (None, "") else (
+        posixpath.splitext(posixpath.basename(image_name))[0] or f"line-{line_number}"
+    )
+    item = RawItem(
+        item_id=item_id,
+        source_uri=record_uri,
+        image_name=image_name or None,
+        caption=_restore_bytes(record.get(caption_field)),
+        extra={k: v for k, v in record.items() if k not in (image_field, caption_field, id_field)},
+    )
+    if image_value is None or image_value == "":
+        item.reader_problem = ("missing_image", f"{record_uri}: the record has no {image_field!r} field")
+        return item
+    if not isinstance(image_value, str):
+        item.reader_problem = ("bad_record", f"{record_uri}: field {image_field!r} is {type_phrase(image_value)}, not a path")
+        return item
+    relative = safe_relative_path(image_name)
+    if relative is None:
+        item.reader_problem = ("unsafe_path", f"image path {image_name!r} leaves the folder {location}")
+        return item
+    image_path = _join(files.root, relative)
+    item.source_uri = f"{files.uri(image_path)} ({record_uri})"
+    try:
+        item.image_bytes = files.read_capped(image_path)
+    except ReadRefused as refused:
+        item.reader_problem = (refused.reason, refused.detail)
+    except IsADirectoryError:
+        item.reader_problem = ("not_regular_file", f"{files.uri(image_path)} is a directory")
+    return item
+
+
+# ----------------------------------------------------------------------------------------- WebDataset
 
 
 def _split_member(name: str) -> tuple[str, str]:
@@ -219,77 +502,231 @@ def _unsafe_member_reason(member: tarfile.TarInfo) -> str | None:
     return None
 
 
-def _item_from_group(key: str, members: dict[str, bytes], uri: str) -> RawItem:
-    item = RawItem(item_id=posixpath.basename(key), source_uri=f"{uri}#{key}")
-    for suffix, payload in members.items():
+@dataclass
+class _SampleGroup:
+    """The members of one WebDataset sample (consecutive members sharing a key)."""
+
+    key: str
+    occurrence: int
+    """1 for the first sample with this key in the archive, 2 for a repeated key, ..."""
+    members: dict[str, bytes] = field(default_factory=dict)
+    problem: tuple[str, str] | None = None
+
+    def source_uri(self, uri: str) -> str:
+        # A repeated key gets its occurrence, so every item has its own URI (and shard key).
+        return f"{uri}#{self.key}" if self.occurrence == 1 else f"{uri}#{self.key}~{self.occurrence}"
+
+
+def _item_from_group(group: _SampleGroup, uri: str) -> RawItem:
+    where = group.source_uri(uri)
+    item = RawItem(item_id=posixpath.basename(group.key), source_uri=where)
+    if group.occurrence > 1:
+        item.extra["duplicate_key_occurrence"] = group.occurrence
+    for suffix, payload in group.members.items():
         if suffix in IMAGE_SUFFIXES and item.image_bytes is None:
-            item.image_bytes, item.image_name = payload, f"{key}.{suffix}"
+            item.image_bytes, item.image_name = payload, f"{group.key}.{suffix}"
         elif suffix in CAPTION_SUFFIXES:
             item.caption = _decode_text(payload)
         elif suffix == "json":
             try:
                 record = json.loads(payload.decode("utf-8", errors="surrogateescape"))
             except json.JSONDecodeError as exc:
-                item.reader_problem = ("bad_record", f"{uri}#{key}.json: not JSON ({exc.msg})")
+                item.reader_problem = ("bad_record", f"{where}.json: not JSON ({exc.msg})")
+                continue
+            except RecursionError:
+                item.reader_problem = ("bad_record", f"{where}.json: JSON nested too deeply")
                 continue
             if isinstance(record, dict):
                 if item.caption is None and "caption" in record:
                     item.caption = _restore_bytes(record.pop("caption"))
                 item.extra.update({k: v for k, v in record.items() if k != "key"})
-    if item.image_bytes is None and item.reader_problem is None:
-        item.reader_problem = ("missing_image", f"{uri}#{key}: no image member ({sorted(members)})")
+    if group.problem is not None:
+        item.reader_problem = group.problem
+    elif item.image_bytes is None and item.reader_problem is None:
+        item.reader_problem = ("missing_image", f"{where}: no image member ({sorted(group.members)})")
     return item
 
 
-def read_webdataset(location: str) -> Iterator[RawItem]:
+def read_webdataset(location: str, limits: ReadLimits | None = None) -> Iterator[RawItem]:
     """Items of one WebDataset tar, or of every ``*.tar`` under a folder/prefix (sorted).
 
     Members are streamed and grouped by key; a member whose name is absolute, contains ``..``,
-    or is a link/device becomes its own ``unsafe_member`` item and is never extracted.
+    or is a link/device becomes its own ``unsafe_member`` item and is never extracted. A key that
+    repeats (in one tar, or a suffix twice in one sample) starts a new sample with its own URI.
+    Raises ``SourceNotFoundError`` at once if the location does not exist or holds no tar.
     """
     fs, root = _fs_and_path(location)
+    limits = limits or ReadLimits()
+    _check_webdataset(fs, root, location)
     if root.endswith(".tar"):
-        tar_paths, root_uri = [root], fs.unstrip_protocol(posixpath.dirname(root))
-    else:
-        tar_paths, root_uri = sorted(p for p in fs.find(root) if p.endswith(".tar")), fs.unstrip_protocol(root)
-    return _rooted(_read_tars(fs, tar_paths), root_uri)
+        files = SourceFiles(fs, posixpath.dirname(root), limits)
+        return _rooted(_read_tars(files, [root]), fs.unstrip_protocol(posixpath.dirname(root)))
+    files = SourceFiles(fs, root, limits)
+    tar_paths, escapes = _find_tars(files)
+    return _rooted(_chain_items(escapes, _read_tars(files, tar_paths)), fs.unstrip_protocol(root))
 
 
-def _unreadable_rest(uri: str, produced: int, exc: BaseException) -> RawItem:
+def _check_webdataset(fs, root: str, location: str) -> None:
+    if root.endswith(".tar"):
+        if not fs.exists(root):
+            raise _source_error("webdataset", location, "no such file")
+        return
+    if not fs.isdir(root):
+        raise _source_error("webdataset", location, "no such folder or prefix")
+    if not _holds_tars(fs, root):
+        raise _source_error("webdataset", location, "no *.tar files under it")
+
+
+def _holds_tars(fs, root: str) -> bool:
+    """Whether anything under ``root`` is a ``*.tar`` or (locally) a directory symlink to report."""
+    if not _is_local(fs):
+        return any(path.endswith(".tar") for path in fs.find(root))
+    for directory, folders, names in os.walk(root, followlinks=False):
+        if any(name.endswith(".tar") for name in names):
+            return True
+        if any(os.path.islink(os.path.join(directory, name)) for name in folders):
+            return True
+    return False
+
+
+def _chain_items(first: list[RawItem], rest: Iterator[RawItem]) -> Iterator[RawItem]:
+    yield from first
+    yield from rest
+
+
+def _find_tars(files: SourceFiles) -> tuple[list[str], list[RawItem]]:
+    """Sorted ``*.tar`` paths under the source folder, and one quarantine item per symlink that leads out."""
+    if not files.local:
+        return sorted(p for p in files.fs.find(files.root) if p.endswith(".tar")), []
+    found, escapes = [], []
+    for directory, subdirectories, names in os.walk(files.root, followlinks=False):
+        for name in sorted(subdirectories):  # symlinked directories: never walked into
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                try:
+                    files.check_inside(path)  # one inside is walked under its real name anyway
+                except ReadRefused as refused:
+                    escapes.append(_refused_item(files, path, refused))
+        found += [os.path.join(directory, name) for name in names if name.endswith(".tar")]
+    unique, seen = [], set()
+    # A symlink to another tar of the folder would read its samples twice: the real file is read once.
+    for path in sorted(found, key=lambda candidate: (os.path.islink(candidate), candidate)):
+        real = os.path.realpath(path)
+        if real not in seen:
+            unique.append(path)
+            seen.add(real)
+    return sorted(unique), escapes
+
+
+def _unreadable_rest(uri: str, produced: int, exc: BaseException, reason: str = "unreadable_source") -> RawItem:
     """One quarantine item standing for the unreadable remainder of a corrupt or truncated file."""
     return RawItem(
         item_id=posixpath.basename(uri.split("://", 1)[-1]) or "source",
         source_uri=f"{uri}#after-item-{produced}",
         reader_problem=(
-            "unreadable_source",
+            reason,
             f"{uri}: unreadable after {produced} item(s) ({exc.__class__.__name__}: {exc}); the rest of the file is quarantined",
         ),
     )
 
 
-def _read_tars(fs, tar_paths: list[str]) -> Iterator[RawItem]:
-    for tar_path in tar_paths:
-        uri = fs.unstrip_protocol(tar_path)
-        produced = 0
+_CORRUPT_STREAM_ERRORS = (EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+
+
+class _CappedStream(io.RawIOBase):
+    """A decompressed stream that raises ``StreamLimitExceeded`` once more than ``limit`` bytes came out,
+    and ``tarfile.ReadError`` for corrupt compressed data (network errors pass through, to be retried)."""
+
+    def __init__(self, inner: BinaryIO, limit: int, what: str) -> None:
+        self.inner, self.limit, self.what, self.produced = inner, limit, what, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
         try:
-            for item in _read_one_tar(fs, tar_path, uri):
+            data = self.inner.read(size if size is not None and size >= 0 else self.limit + 1 - self.produced)
+        except _CORRUPT_STREAM_ERRORS as exc:
+            raise tarfile.ReadError(f"{self.what}: corrupt compressed data ({exc.__class__.__name__}: {exc})") from exc
+        except OSError as exc:
+            if str(exc) == "Invalid data stream":  # what bz2 raises for corrupt data
+                raise tarfile.ReadError(f"{self.what}: corrupt bzip2 data") from exc
+            raise
+        self.produced += len(data)
+        if self.produced > self.limit:
+            raise StreamLimitExceeded(f"{self.what} decompressed past {self.limit} bytes")
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+_DECOMPRESSORS = (
+    (b"\x1f\x8b", "gzip", lambda handle: gzip.GzipFile(fileobj=handle, mode="rb")),
+    (b"BZh", "bzip2", lambda handle: bz2.BZ2File(handle, mode="rb")),
+    (b"\xfd7zXZ\x00", "xz", lambda handle: lzma.LZMAFile(handle, mode="rb")),
+)
+
+
+def _tar_stream(handle: BinaryIO, size_on_disk: int, uri: str, limits: ReadLimits) -> BinaryIO:
+    """The uncompressed tar stream of ``handle``; a compressed one is capped (decompression bombs)."""
+    magic = handle.read(6)
+    handle.seek(0)
+    for prefix, name, opener in _DECOMPRESSORS:
+        if magic.startswith(prefix):
+            limit = max(limits.max_file_bytes, int(limits.max_compression_ratio * max(size_on_disk, 1)))
+            return _CappedStream(opener(handle), limit, f"{uri} ({name}, {size_on_disk} bytes on disk)")
+    return handle
+
+
+def _items_of_file(
+    files: SourceFiles,
+    path: str,
+    read: Callable[[BinaryIO, int, str], Iterator[RawItem]],
+    corrupt_errors: tuple[type[BaseException], ...],
+) -> Iterator[RawItem]:
+    """The items ``read(handle, size, uri)`` finds in one container file (a tar, a Parquet file): a
+    file that is refused is one quarantine item, and a container that turns out corrupt (one of
+    ``corrupt_errors``) or a decompression bomb ends with one item standing for the rest of it.
+    Network errors (OSError) propagate, so that the task retries."""
+    uri = files.uri(path)
+    try:
+        handle, size = files.open_regular(path)
+    except ReadRefused as refused:
+        yield _refused_item(files, path, refused)
+        return
+    produced = 0
+    with handle:
+        try:
+            for item in read(handle, size, uri):
                 produced += 1
                 yield item
-        except (tarfile.TarError, EOFError, zlib.error) as exc:
-            # a corrupt or truncated archive; network errors (OSError) propagate so the task retries
+        except StreamLimitExceeded as exc:
+            yield _unreadable_rest(uri, produced, exc, reason="decompression_bomb")
+        except corrupt_errors as exc:
             yield _unreadable_rest(uri, produced, exc)
 
 
-def _read_one_tar(fs, tar_path: str, uri: str) -> Iterator[RawItem]:
-    with fs.open(tar_path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
-        current_key: str | None = None
-        group: dict[str, bytes] = {}
+def _read_tars(files: SourceFiles, tar_paths: list[str]) -> Iterator[RawItem]:
+    def read(handle: BinaryIO, size: int, uri: str) -> Iterator[RawItem]:
+        return _read_one_tar(_tar_stream(handle, size, uri, files.limits), uri, files.limits)
+
+    for tar_path in tar_paths:
+        yield from _items_of_file(files, tar_path, read, (tarfile.TarError, EOFError, zlib.error))
+
+
+def _read_one_tar(stream: BinaryIO, uri: str, limits: ReadLimits) -> Iterator[RawItem]:
+    occurrences: dict[str, int] = {}
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        group: _SampleGroup | None = None
         for member in tar:
             problem = _unsafe_member_reason(member)
             if problem is not None:
-                if group:  # keep source order: the pending sample came first
-                    yield _item_from_group(current_key, group, uri)
-                    group, current_key = {}, None
+                if group is not None:  # keep source order: the pending sample came first
+                    yield _item_from_group(group, uri)
+                    group = None
                 yield RawItem(
                     item_id=posixpath.basename(member.name.rstrip("/")) or "member",
                     source_uri=f"{uri}#{member.name}",
@@ -300,14 +737,25 @@ def _read_one_tar(fs, tar_path: str, uri: str) -> Iterator[RawItem]:
             if member.isdir():
                 continue
             key, suffix = _split_member(member.name)
-            if key != current_key and group:
-                yield _item_from_group(current_key, group, uri)
-                group = {}
-            current_key = key
+            if group is not None and (key != group.key or suffix in group.members):
+                yield _item_from_group(group, uri)
+                group = None
+            if group is None:
+                occurrences[key] = occurrences.get(key, 0) + 1
+                group = _SampleGroup(key, occurrences[key])
+            if member.size > limits.max_file_bytes:
+                # never read: in stream mode tarfile skips the member's data on the next step
+                group.members[suffix] = b""
+                group.problem = ("file_too_large", f"{uri}#{member.name} is {member.size} bytes, over the limit of "
+                                 f"{limits.max_file_bytes} bytes per member; not read")
+                continue
             extracted = tar.extractfile(member)
-            group[suffix] = extracted.read() if extracted is not None else b""
-        if group and current_key is not None:
-            yield _item_from_group(current_key, group, uri)
+            group.members[suffix] = extracted.read() if extracted is not None else b""
+        if group is not None:
+            yield _item_from_group(group, uri)
+
+
+# -------------------------------------------------------------------------------------------- Parquet
 
 
 def read_parquet(
@@ -316,61 +764,72 @@ def read_parquet(
     caption_column: str = "caption",
     id_column: str | None = "id",
     batch_size_rows: int = 64,
+    limits: ReadLimits | None = None,
 ) -> Iterator[RawItem]:
     """Items of a Parquet file (image bytes + caption per row), read in small row batches.
 
     ``image_column`` may hold raw bytes or a HF-datasets style struct ``{"bytes", "path"}``.
+    Raises ``SourceNotFoundError`` at once if the file does not exist.
     """
     fs, path = _fs_and_path(location)
+    _check_parquet(fs, path, location)
+    files = SourceFiles(fs, posixpath.dirname(path), limits or ReadLimits())
     return _rooted(
-        _read_parquet_rows(fs, path, image_column, caption_column, id_column, batch_size_rows),
+        _read_parquet_rows(files, path, image_column, caption_column, id_column, batch_size_rows),
         fs.unstrip_protocol(posixpath.dirname(path)),
     )
 
 
-def _read_parquet_rows(
-    fs, path: str, image_column: str, caption_column: str, id_column: str | None, batch_size_rows: int
-) -> Iterator[RawItem]:
+def _check_parquet(fs, path: str, location: str) -> None:
+    if not fs.isfile(path):
+        raise _source_error("parquet", location, "no such file")
 
+
+def _read_parquet_rows(
+    files: SourceFiles, path: str, image_column: str, caption_column: str, id_column: str | None, batch_size_rows: int
+) -> Iterator[RawItem]:
     import pyarrow as pa
 
-    uri = fs.unstrip_protocol(path)
-    produced = 0
-    try:
-        for item in _parquet_items(fs, path, uri, image_column, caption_column, id_column, batch_size_rows):
-            produced += 1
-            yield item
-    except pa.ArrowException as exc:  # not a Parquet file, or a corrupt page
-        yield _unreadable_rest(uri, produced, exc)
+    def read(handle: BinaryIO, _size: int, uri: str) -> Iterator[RawItem]:
+        return _parquet_items(handle, uri, image_column, caption_column, id_column, batch_size_rows, files.limits)
+
+    # ArrowException: not a Parquet file, or a corrupt page
+    yield from _items_of_file(files, path, read, (pa.ArrowException,))
 
 
 def _parquet_items(
-    fs, path: str, uri: str, image_column: str, caption_column: str, id_column: str | None, batch_size_rows: int
+    handle: BinaryIO, uri: str, image_column: str, caption_column: str, id_column: str | None, batch_size_rows: int,
+    limits: ReadLimits,
 ) -> Iterator[RawItem]:
     import pyarrow.parquet as pq
 
-    with fs.open(path, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
-        row_index = 0
-        for batch in parquet.iter_batches(batch_size=batch_size_rows):
-            for row in batch.to_pylist():
-                image = row.get(image_column)
-                if isinstance(image, dict):
-                    image = image.get("bytes")
-                item_id = str(row.get(id_column)) if id_column and row.get(id_column) is not None else f"row-{row_index:09d}"
-                caption = row.get(caption_column)
-                extra = {k: v for k, v in row.items() if k not in (image_column, caption_column, id_column)}
-                item = RawItem(
-                    item_id=item_id,
-                    source_uri=f"{uri}#row={row_index}",
-                    image_bytes=image,
-                    caption=_decode_text(caption) if isinstance(caption, bytes) else caption,
-                    extra=_jsonable(extra),
-                )
-                if image is None:
-                    item.reader_problem = ("missing_image", f"{uri}#row={row_index}: column {image_column!r} is null")
-                yield item
-                row_index += 1
+    parquet = pq.ParquetFile(handle)
+    row_index = 0
+    for batch in parquet.iter_batches(batch_size=batch_size_rows):
+        for row in batch.to_pylist():
+            image = row.get(image_column)
+            if isinstance(image, dict):
+                image = image.get("bytes")
+            item_id = str(row.get(id_column)) if id_column and row.get(id_column) is not None else f"row-{row_index:09d}"
+            caption = row.get(caption_column)
+            extra = {k: v for k, v in row.items() if k not in (image_column, caption_column, id_column)}
+            item = RawItem(
+                item_id=item_id,
+                source_uri=f"{uri}#row={row_index}",
+                image_bytes=image if isinstance(image, bytes) else None,
+                caption=_decode_text(caption) if isinstance(caption, bytes) else caption,
+                extra=_jsonable(extra),
+            )
+            if image is None:
+                item.reader_problem = ("missing_image", f"{uri}#row={row_index}: column {image_column!r} is null")
+            elif not isinstance(image, bytes):
+                item.reader_problem = ("bad_record", f"{uri}#row={row_index}: column {image_column!r} holds {type_phrase(image)}, not bytes")
+            elif len(image) > limits.max_file_bytes:
+                item.image_bytes = None
+                item.reader_problem = ("file_too_large", f"{uri}#row={row_index}: the image is {len(image)} bytes, over the "
+                                       f"limit of {limits.max_file_bytes} bytes per file")
+            yield item
+            row_index += 1
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
@@ -379,9 +838,12 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
         try:
             json.dumps(value)
             out[key] = value
-        except TypeError:
+        except (TypeError, ValueError):
             out[key] = repr(value)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- specs
 
 
 class SourceSpec(BaseModel):
@@ -399,12 +861,31 @@ class SourceSpec(BaseModel):
     caption_field: str = "caption"
     """Field/column holding the caption."""
 
+    limits: ReadLimits = Field(default_factory=ReadLimits)
+    """Bounds on what is read (file, member and record sizes, decompression)."""
+
     def read(self) -> Iterator[RawItem]:
+        """The source's items; raises ``SourceNotFoundError`` at once if the location does not exist."""
         if self.kind == "image_folder":
-            return read_image_folder(self.location, records_file=self.records_file, caption_field=self.caption_field)
+            return read_image_folder(self.location, records_file=self.records_file, caption_field=self.caption_field,
+                                     limits=self.limits)
         if self.kind == "webdataset":
-            return read_webdataset(self.location)
-        return read_parquet(self.location, caption_column=self.caption_field)
+            return read_webdataset(self.location, limits=self.limits)
+        return read_parquet(self.location, caption_column=self.caption_field, limits=self.limits)
+
+
+def check_source(spec: SourceSpec) -> None:
+    """Raise ``SourceNotFoundError`` (one line naming the source) if its location does not exist; reads nothing.
+
+    Answered in seconds for a local path or an S3 prefix, and never retried: a location that is
+    not there does not appear by waiting."""
+    fs, root = _fs_and_path(spec.location)
+    if spec.kind == "image_folder":
+        _check_image_folder(fs, root, spec.location, spec.records_file)
+    elif spec.kind == "webdataset":
+        _check_webdataset(fs, root, spec.location)
+    else:
+        _check_parquet(fs, root, spec.location)
 
 
 def source_fingerprint(spec: SourceSpec) -> str:
@@ -423,3 +904,50 @@ def source_fingerprint(spec: SourceSpec) -> str:
         stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
         digest.update(f"{name}\0{info.get('size')}\0{stamp}\n".encode())
     return digest.hexdigest()
+
+
+_NOT_TRANSIENT = (SourceError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)
+_TRANSIENT_NAMES = frozenset({
+    # botocore / aiohttp / httpx connection and timeout errors (not all of them are OSErrors)
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ServerTimeoutError",
+    "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError",
+})
+
+
+def is_transient_read_error(error: BaseException) -> bool:
+    """Whether reading a source failed in a way that can pass (network, timeout, a 5xx), so that a
+    retry may succeed. A location that does not exist, denied access and bad data are not."""
+    for current in (error, error.__cause__, error.__context__):
+        if current is None:
+            continue
+        if isinstance(current, _NOT_TRANSIENT):
+            return False
+        if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(current).__mro__):
+            return True
+        if isinstance(current, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(current, OSError) and current.errno in (errno.EIO, errno.EAGAIN, errno.ECONNRESET,
+                                                            errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+                                                            errno.ENETUNREACH, None):
+            return True
+    return False
+
+
+__all__ = [
+    "RawItem",
+    "ReadLimits",
+    "ReadRefused",
+    "SourceError",
+    "SourceFiles",
+    "SourceNotFoundError",
+    "SourceSpec",
+    "check_source",
+    "is_transient_read_error",
+    "read_image_folder",
+    "read_parquet",
+    "read_webdataset",
+    "safe_relative_path",
+    "source_fingerprint",
+    "type_phrase",
+]

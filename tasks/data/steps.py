@@ -8,6 +8,11 @@ ingested again and an unchanged dataset is not curated again.
 Where outputs go: ingest and curation write into ``<home>/staging/<content key>/``; a directory
 there is reused only if its manifest verifies, and it becomes a registered version only through
 ``register_dataset_version`` (DVC push, then git tag).
+
+Failures that waiting cannot fix are not retried: a source location that does not exist fails the
+ingest in seconds with one line (``SourceNotFoundError``), and an ingest that accepts nothing fails
+with its counts (``NothingAcceptedError``) before anything is registered. Only errors that can pass
+(network, timeouts: ``is_transient_read_error``) are retried.
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ from pydantic import BaseModel
 from eve_model.shards import DatasetIntegrityError, verify_dataset
 from tasks.data.demo_source import DemoSources, demo_sources, ensure_demo_data
 from tasks.data.sharding import REPORT_FILE, IngestReport, ingest_items
-from tasks.data.sources import SourceSpec, source_fingerprint
+from tasks.data.sources import SourceSpec, check_source, is_transient_read_error, source_fingerprint
 from tasks.data.validate import ValidationConfig
 from tasks.data.versioning import DatasetRegistry, DatasetVersion
 from tasks.platform import PlatformSettings
 
 # Bump when the ingest/curation logic changes what it writes: it is part of every cache key.
-PIPELINE_CODE_VERSION = "data-1"
+PIPELINE_CODE_VERSION = "data-2"
 CACHE_EXPIRATION = timedelta(days=30)
 
 
@@ -66,29 +71,68 @@ def prepare_demo_source() -> DemoSources:
     return demo_sources(ensure_demo_data())
 
 
+class NothingAcceptedError(RuntimeError):
+    """An ingest quarantined every item: it fails with the counts, and no version is registered."""
+
+
+def nothing_accepted_summary(report: IngestReport) -> str:
+    """One line saying that an ingest accepted nothing, why, and where the quarantine list is."""
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(report.quarantined_by_reason.items()))
+    return (
+        f"ingest accepted nothing: {report.num_in} item(s) in, {report.num_quarantined} quarantined"
+        f"{' (' + reasons + ')' if reasons else ''}; no dataset version was registered; "
+        f"quarantine list: {report.quarantine_path}"
+    )
+
+
 def ingest_sources(
     sources: list[SourceSpec],
     validation: ValidationConfig,
     max_items_per_shard: int = 500,
     progress=None,
 ) -> IngestReport:
-    """Ingest every source into one staged dataset; reuses an identical earlier ingest."""
+    """Ingest every source into one staged dataset; reuses an identical earlier ingest.
+
+    Raises ``SourceNotFoundError`` before reading anything if a source location does not exist.
+    The report may say that nothing was accepted: ``require_accepted`` turns that into the failure."""
+    for source in sources:
+        check_source(source)
     key = ingest_cache_key(sources, validation, max_items_per_shard)
     out_dir = _staging_dir("ingest", key)
     if _reusable(out_dir):
-        return IngestReport.model_validate_json((out_dir / REPORT_FILE).read_text())
-    shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted ingest
-    items = itertools.chain.from_iterable(source.read() for source in sources)
-    return ingest_items(
-        items, out_dir, validation, max_items_per_shard=max_items_per_shard,
-        extra={"sources": [s.model_dump() for s in sources]}, progress=progress,
-    )
+        report = IngestReport.model_validate_json((out_dir / REPORT_FILE).read_text())
+    else:
+        shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted ingest
+        items = itertools.chain.from_iterable(source.read() for source in sources)
+        report = ingest_items(
+            items, out_dir, validation, max_items_per_shard=max_items_per_shard,
+            extra={"sources": [s.model_dump() for s in sources]}, progress=progress,
+        )
+    return report
+
+
+def require_accepted(report: IngestReport) -> IngestReport:
+    """``report``, or ``NothingAcceptedError`` with its counts if no item was accepted (the quarantine
+    list stays in staging for inspection; nothing may be registered from it)."""
+    if report.num_accepted == 0:
+        raise NothingAcceptedError(nothing_accepted_summary(report))
+    return report
+
+
+def retry_if_transient(_task, _task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed ingest only when its error can pass."""
+    try:
+        state.result()
+    except Exception as error:  # noqa: BLE001 - the failure being judged
+        return is_transient_read_error(error)
+    return False
 
 
 @task(
     name="ingest-sources",
     retries=2,
     retry_delay_seconds=[10, 60],
+    retry_condition_fn=retry_if_transient,
     cache_key_fn=lambda context, parameters: "ingest-" + ingest_cache_key(
         parameters["sources"], parameters["validation"], parameters.get("max_items_per_shard", 500)
     ),
@@ -98,7 +142,9 @@ def ingest_sources(
 def ingest_sources_task(
     sources: list[SourceSpec], validation: ValidationConfig, max_items_per_shard: int = 500, label: str = "dataset"
 ) -> IngestReport:
-    """Read, validate and shard the sources; counts go to a table artifact, bad items to quarantine."""
+    """Read, validate and shard the sources; counts go to a table artifact, bad items to quarantine.
+
+    Fails without retrying when a source does not exist or nothing is accepted."""
     logger = get_run_logger()
     report = ingest_sources(
         sources, validation, max_items_per_shard,
@@ -110,7 +156,7 @@ def ingest_sources_task(
         description=f"Ingest of {len(sources)} source(s) -> dataset {report.dataset_hash[:16]}; "
         f"quarantine list: {report.quarantine_path}",
     )
-    return report
+    return require_accepted(report)
 
 
 @task(name="register-dataset-version", retries=1, retry_delay_seconds=30, timeout_seconds=3 * 3600)

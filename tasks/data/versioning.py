@@ -11,8 +11,12 @@ Mechanism (docs/architecture.md):
   version exist, so an interrupted copy or a failed push never leaves a registered half version
   (the leftovers are uncommitted files, cleaned on failure and ignored by lookups).
 - The remote is the local directory ``<home>/dvc-remote`` by default, or ``s3://bucket/prefix`` with
-  ``endpointurl`` when configured. It lives in ``.dvc/config.local`` (never committed) and holds no
-  secrets: S3 credentials come from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+  ``endpointurl`` (or any DVC remote URL, e.g. ``https://``) when configured. It lives in
+  ``.dvc/config.local`` (never committed) and holds no secrets: S3 credentials come from the
+  environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), and credentials written into the remote
+  URL (``https://user:token@host/path``) are taken out of it when it is read (``tasks.redact``) and
+  handed to DVC in memory, as runtime configuration of each ``Repo``: they are never written to a
+  file, a tag, a version record, an artifact or a log line.
 - Pulling again later works from a clean checkout: ``pull_version`` clones the registry repository
   into a scratch directory, writes the current remote config, ``dvc pull``s the one pointer, checks
   the manifest against the recorded ``dataset_hash``, and moves the result to the destination.
@@ -31,10 +35,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from eve_model.shards import DatasetIntegrityError, verify_dataset
 from tasks.platform import PlatformSettings
+from tasks.redact import scrub_text, split_url_credentials, url_without_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +83,14 @@ class DatasetVersion(BaseModel):
     """Registry repository commit holding the pointer file."""
 
     remote_url: str
-    """Where the data was pushed (no credentials)."""
+    """Where the data was pushed (no credentials: they are stripped on the way in, also from older records)."""
 
     registered_at_unix: float = 0.0
+
+    @field_validator("remote_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return url_without_credentials(value) if "://" in value else value
 
     @property
     def pointer_path(self) -> str:
@@ -88,10 +98,16 @@ class DatasetVersion(BaseModel):
 
 
 class RemoteConfig(BaseModel):
-    """A DVC remote: a directory or an S3 URL. Credentials are never part of it."""
+    """A DVC remote: a directory or a URL. Credentials are held apart from the URL and never written."""
 
     url: str
-    """Directory path or ``s3://bucket/prefix``."""
+    """Directory path or remote URL (``s3://bucket/prefix``, ``https://host/path``), without credentials."""
+
+    user: str | None = Field(default=None, exclude=True, repr=False)
+    """User (or S3 access key id) taken out of the configured URL; None when it had none."""
+
+    password: SecretStr | None = Field(default=None, exclude=True, repr=False)
+    """Password (or S3 secret key) taken out of the configured URL; in memory only."""
 
     endpoint_url: str | None = None
     """S3 endpoint (SeaweedFS, MinIO, ...); None for AWS or a directory remote."""
@@ -108,10 +124,28 @@ class RemoteConfig(BaseModel):
                 options["endpointurl"] = self.endpoint_url
         return options
 
+    def runtime_config(self, remote_name: str = REMOTE_NAME) -> dict | None:
+        """DVC configuration given to each ``Repo`` in memory (``Repo(root, config=...)``, also
+        ``Repo.get``): the credentials of remote ``remote_name``, if the URL had any."""
+        if self.user is None and self.password is None:
+            return None
+        password = self.password.get_secret_value() if self.password else None
+        if self.url.startswith("s3://"):
+            options = {"access_key_id": self.user, "secret_access_key": password}
+        else:  # http(s), webdav: basic authentication
+            options = {"auth": "basic", "user": self.user or "", "password": password or ""}
+        return {"remote": {remote_name: {key: value for key, value in options.items() if value is not None}}}
+
+    @classmethod
+    def from_url(cls, url: str, endpoint_url: str | None = None) -> "RemoteConfig":
+        """A remote from a configured URL, credentials (``scheme://user:password@...``) split off."""
+        clean, user, password = split_url_credentials(url)
+        return cls(url=clean, endpoint_url=endpoint_url, user=user, password=SecretStr(password) if password else None)
+
     @classmethod
     def from_settings(cls, settings: PlatformSettings) -> "RemoteConfig":
         if settings.dvc_remote_url:
-            return cls(url=settings.dvc_remote_url, endpoint_url=settings.s3_endpoint_url)
+            return cls.from_url(settings.dvc_remote_url, settings.s3_endpoint_url)
         return cls(url=str(settings.local_dvc_remote))
 
 
@@ -186,6 +220,12 @@ class DatasetRegistry:
             _git(self.root, "commit", "-q", "-m", "Initialise dataset registry")
         _write_remote_config(self.root, self.remote)
 
+    def _dvc_repo(self, root: Path):
+        """A DVC ``Repo`` of ``root`` with the remote's credentials in memory (never in a config file)."""
+        from dvc.repo import Repo
+
+        return Repo(str(root), config=self.remote.runtime_config())
+
     def _lock(self):
         from filelock import FileLock
 
@@ -234,8 +274,6 @@ class DatasetRegistry:
         Raises ``DatasetPushError`` (after ``push_attempts`` tries with exponential backoff) when the
         remote is unreachable; nothing is registered then and ``dataset_dir`` is left untouched.
         """
-        from dvc.repo import Repo
-
         if dataset_hash is not None:
             known = [v for v in self.list_versions(name) if v.dataset_hash == dataset_hash]
             if known:
@@ -255,7 +293,7 @@ class DatasetRegistry:
             shutil.copytree(dataset_dir, staging)
             staging.rename(target)
             try:
-                with _quiet_dvc(), Repo(str(self.root)) as repo:
+                with _quiet_dvc(), self._dvc_repo(self.root) as repo:
                     repo.add([str(target)])
                 self._push_with_retries(f"{relative}.dvc", what=f"dataset {name} ({manifest.dataset_hash})")
             except BaseException:
@@ -271,7 +309,7 @@ class DatasetRegistry:
                 num_bytes=_dir_size(target),
                 path_in_repo=relative,
                 tag=tag,
-                remote_url=self.remote.url,
+                remote_url=url_without_credentials(self.remote.url),
                 registered_at_unix=round(time.time(), 3),
             )
             _git(self.root, "add", f"{relative}.dvc", str(Path(relative).parent / ".gitignore"))
@@ -283,12 +321,10 @@ class DatasetRegistry:
             return version
 
     def _push_with_retries(self, pointer: str, what: str) -> None:
-        from dvc.repo import Repo
-
         last_error: BaseException | None = None
         for attempt in range(1, self.push_attempts + 1):
             try:
-                with _quiet_dvc(), Repo(str(self.root)) as repo:
+                with _quiet_dvc(), self._dvc_repo(self.root) as repo:
                     repo.push(targets=[str(self.root / pointer)], remote=REMOTE_NAME)
                 return
             except Exception as exc:  # DVC wraps network failures in several exception types
@@ -297,14 +333,17 @@ class DatasetRegistry:
                     break
                 delay = self.retry_backoff_seconds * 2 ** (attempt - 1)
                 logger.warning("push of %s to %s failed (attempt %d/%d: %s); retrying in %.1fs",
-                               what, self.remote.url, attempt, self.push_attempts, exc, delay)
+                               what, url_without_credentials(self.remote.url), attempt, self.push_attempts,
+                               scrub_text(f"{exc.__class__.__name__}: {exc}"), delay)
                 self._sleep(delay)
-        raise DatasetPushError(
-            f"could not push {what} to the DVC remote {self.remote.url}"
-            f"{' at ' + self.remote.endpoint_url if self.remote.endpoint_url else ''} after "
+        # Built from scrubbed parts and not chained: Prefect stores this message and the exception
+        # outside the log, and the cause's text is not ours to trust (tasks.redact).
+        raise DatasetPushError(scrub_text(
+            f"could not push {what} to the DVC remote {url_without_credentials(self.remote.url)}"
+            f"{' at ' + url_without_credentials(self.remote.endpoint_url) if self.remote.endpoint_url else ''} after "
             f"{self.push_attempts} attempts ({last_error.__class__.__name__}: {last_error}). "
             "Nothing was registered; check that the remote is reachable and credentials are set, then rerun."
-        ) from last_error
+        )) from None
 
     def _discard_unregistered(self, relative: str) -> None:
         """Remove leftovers of an attempt that never got its tag (workspace copy, pointer, staging)."""
@@ -335,17 +374,13 @@ class DatasetRegistry:
             return target
         except DatasetIntegrityError:
             pass
-        from dvc.repo import Repo
-
-        with self._lock(), _quiet_dvc(), Repo(str(self.root)) as repo:
+        with self._lock(), _quiet_dvc(), self._dvc_repo(self.root) as repo:
             repo.pull(targets=[str(self.root / version.pointer_path)], remote=REMOTE_NAME)
         verify_dataset(target, expected_hash=version.dataset_hash)
         return target
 
     def pull_version(self, key: str, destination: str | Path) -> Path:
         """Fetch a version from the remote through a clean clone of the registry; returns ``destination``."""
-        from dvc.repo import Repo
-
         version = self.find(key)
         destination = Path(destination)
         if destination.exists():
@@ -355,7 +390,7 @@ class DatasetRegistry:
             subprocess.run(["git", "clone", "-q", "--no-checkout", str(self.root), str(clone)], check=True, capture_output=True)
             _git(clone, "checkout", "-q", version.tag)
             _write_remote_config(clone, self.remote)
-            with _quiet_dvc(), Repo(str(clone)) as repo:
+            with _quiet_dvc(), self._dvc_repo(clone) as repo:
                 repo.pull(targets=[str(clone / version.pointer_path)], remote=REMOTE_NAME)
             pulled = clone / version.path_in_repo
             verify_dataset(pulled, expected_hash=version.dataset_hash)

@@ -30,7 +30,7 @@ BAD_VALUES: dict[str, list[tuple[list[str], int, str]]] = {
     "server restart": [([], 1, "no local Prefect server of this platform home to restart")],
     "server status": [([], 1, "no local Prefect server is running")],
     "data demo": [(["--embedder", "clip"], 2, "invalid choice: 'clip'")],
-    "data ingest": [(["--location", "/nonexistent/raw", "--name", "x"], 2, "/nonexistent/raw does not exist"),
+    "data ingest": [(["--location", "/nonexistent/raw", "--name", "x"], 2, "source /nonexistent/raw: no such folder"),
                     (["--location", "/tmp", "--name", "x", "--kind", "zip"], 2, "invalid choice: 'zip'")],
     "data versions": [(["laion"], 2, "unrecognized arguments: laion")],
     "data pull": [(["zzzz9999", "/tmp/eve-walk-dest"], 1, "no dataset version 'zzzz9999'")],

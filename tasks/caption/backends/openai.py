@@ -2,9 +2,11 @@
 
 Images go as base64 data URLs. At most ``concurrency`` requests are in flight; a connection
 error, timeout, 429 or 5xx is retried with capped exponential backoff and jitter (so a restarted
-server is waited for); other 4xx answers are the image's fault and become a per-image error. The
-API key is read from the environment variable named in the config and is sent only in the
-Authorization header: it never enters logs, errors, provenance or the cache.
+server is waited for), waiting at least what a ``Retry-After`` header asks (up to the backoff cap);
+401 and 403 stop the run (the key is missing or wrong: every image would fail the same way); other
+4xx answers are the image's fault and become a per-image error. The API key is read from the
+environment variable named in the config and is sent only in the Authorization header: it never
+enters logs, errors, provenance or the cache (it is registered with ``tasks.redact`` as well).
 """
 
 from __future__ import annotations
@@ -17,25 +19,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
 import httpx
 
 from tasks.caption.backends.base import CaptionBackend, CaptionBackendError, CaptionInput, CaptionOutput
 from tasks.caption.provenance import BackendIdentity, PromptTemplate
+from tasks.redact import register_secret, url_without_credentials
 
 logger = logging.getLogger(__name__)
 
 _MIME = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-
-
-def _without_credentials(url: str) -> str:
-    """The URL without user:password@ or a query string (where some gateways put keys)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class OpenAICaptionBackend(CaptionBackend):
@@ -54,6 +47,7 @@ class OpenAICaptionBackend(CaptionBackend):
         backoff_max_seconds: float = 30.0,
     ) -> None:
         self.endpoint_url = endpoint_url.rstrip("/")
+        self.api_key_env = api_key_env
         self.model = model
         self.template = template
         self.decoding = decoding
@@ -63,6 +57,7 @@ class OpenAICaptionBackend(CaptionBackend):
         headers = {"content-type": "application/json"}
         api_key = os.environ.get(api_key_env)
         if api_key:
+            register_secret(api_key)  # scrubbed by value from any log line or message (tasks.redact)
             headers["authorization"] = f"Bearer {api_key}"
         self._client = httpx.Client(
             headers=headers,
@@ -82,7 +77,7 @@ class OpenAICaptionBackend(CaptionBackend):
             prompt_template=template.ref,
             prompt_text=template.text,
             decoding=decoding,
-            endpoint=_without_credentials(self.endpoint_url),
+            endpoint=url_without_credentials(self.endpoint_url),
         )
 
     @property
@@ -110,11 +105,12 @@ class OpenAICaptionBackend(CaptionBackend):
     def _request(self, method: str, url: str, payload: dict | None = None) -> httpx.Response:
         """One request with retries; returns the final response (2xx or a non-retryable 4xx)."""
         last_problem = ""
-        safe_url = _without_credentials(url)  # logs and errors never carry credentials
+        retry_after_seconds = 0.0
+        safe_url = url_without_credentials(url)  # logs and errors never carry credentials
         for attempt in range(self.max_retries + 1):
             if attempt:
                 delay = min(self.backoff_max_seconds, self.backoff_initial_seconds * 2 ** (attempt - 1))
-                time.sleep(delay * random.uniform(0.5, 1.0))
+                time.sleep(max(delay * random.uniform(0.5, 1.0), min(retry_after_seconds, self.backoff_max_seconds)))
                 with self._stats_lock:
                     self.retries += 1
             with self._stats_lock:
@@ -126,8 +122,15 @@ class OpenAICaptionBackend(CaptionBackend):
                 logger.warning("caption request to %s failed (%s), attempt %d/%d",
                                safe_url, last_problem, attempt + 1, self.max_retries + 1)
                 continue
+            if response.status_code in (401, 403):
+                raise CaptionBackendError(
+                    f"{safe_url} refused the request (HTTP {response.status_code}): check the API key in "
+                    f"${self.api_key_env}"
+                )
             if response.status_code in _RETRY_STATUS:
                 last_problem = f"HTTP {response.status_code}"
+                header = response.headers.get("retry-after", "")
+                retry_after_seconds = float(header) if header.isdigit() else 0.0
                 logger.warning("caption request to %s got %s, attempt %d/%d",
                                safe_url, last_problem, attempt + 1, self.max_retries + 1)
                 continue

@@ -107,7 +107,8 @@ def test_openai_backend_through_eve_serve_survives_restart_and_reruns_from_cache
 ) -> None:
     monkeypatch.setenv("EVE_TEST_API_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
-    server = eve_server_factory(tiny_eve_checkpoint, "--model-id", "tiny-eve")
+    # The server requires the key (eve serve's EVE_SERVE_API_KEY), so the backend's header is checked for real.
+    server = eve_server_factory(tiny_eve_checkpoint, "--model-id", "tiny-eve", env={"EVE_SERVE_API_KEY": SECRET})
     source = write_images(tmp_path / "in", 10, per_shard=2)
     with ShardWriter(tmp_path / "with-bad", max_items_per_shard=2) as writer:  # + one undecodable image
         writer.write_all(iter_samples(source))
@@ -158,6 +159,12 @@ def test_openai_backend_through_eve_serve_survives_restart_and_reruns_from_cache
         return {sample.key: sample.caption for sample in iter_samples(location)}
 
     assert captions(tmp_path / "rerun") == captions(tmp_path / "out")
+
+    # Without the key the backend stops at once instead of failing every image with a 401.
+    monkeypatch.delenv("EVE_TEST_API_KEY")
+    with pytest.raises(CaptionBackendError, match=r"HTTP 401.*\$EVE_TEST_API_KEY"):
+        build_backend(config)
+    assert server.health()["requests"]["unauthorized"] == 1
 
     # The API key went only into the Authorization header.
     assert SECRET not in caplog.text
