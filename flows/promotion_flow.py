@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from tasks.lineage.openlineage import lineage_run
 from tasks.log_filters import quiet_library_chatter
 from tasks.promotion import (
     PromotionRequest,
@@ -24,9 +25,11 @@ from tasks.promotion import (
     link_origin_run,
     load_lineage,
     prepare_promotion,
+    production_model,
     publish_evidence_report,
     publish_lineage,
     record_promotion_request,
+    registered_model,
 )
 
 
@@ -39,10 +42,13 @@ def promote_eve(request: PromotionRequest) -> ReviewOutcome:
     lineage = load_lineage(request.candidate_version)
     publish_lineage(lineage)
     report = publish_evidence_report(context, request.evidence, lineage)
-    recorded = record_promotion_request(context, report)
-    outcome = collect_review_decisions(recorded, report, context.poll_interval_seconds)
-    if outcome.status == "approved":
-        assign_production(request.candidate_version, outcome.approvals)
-    else:
-        anchor_audit_head()
+    # One OpenLineage run for the whole review: the version in; production out when it moved.
+    with lineage_run("promote", [registered_model(lineage)]) as moved:
+        recorded = record_promotion_request(context, report)
+        outcome = collect_review_decisions(recorded, report, context.poll_interval_seconds)
+        if outcome.status == "approved":
+            assign_production(request.candidate_version, outcome.approvals)
+            moved.append(production_model(lineage))
+        else:
+            anchor_audit_head()
     return outcome

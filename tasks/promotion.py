@@ -1082,6 +1082,21 @@ def link_promotion_run(promotion_flow_run_id: str, version: str) -> str:
     return url
 
 
+def registered_model(lineage: LineageManifest):
+    """A registered version as an OpenLineage dataset (``eve@vX``, its weights hash)."""
+    from tasks.lineage.openlineage_refs import model_ref
+
+    return model_ref(lineage.ref, lineage.weights.sha256 if lineage.weights else "unknown")
+
+
+def production_model(lineage: LineageManifest):
+    """The production stage once it holds ``lineage``'s version (``eve@production``)."""
+    from tasks.lineage.openlineage_refs import model_ref
+
+    return model_ref(f"{lineage.model_name}@production", lineage.weights.sha256 if lineage.weights else "unknown",
+                     version=lineage.version)
+
+
 PROMOTION_DEPLOYMENT = "promote-eve/promote"
 """The deployment (``prefect.yaml``) that runs a promotion on the platform's worker."""
 
@@ -1147,6 +1162,8 @@ __all__ = [
     "link_promotion_run",
     "origin_run",
     "production_evidence",
+    "production_model",
+    "registered_model",
     "publish_verdict",
     "read_verdict",
     "verdict_key",

@@ -713,8 +713,16 @@ class ModelRegistry:
 
 @task(name="register-candidate")
 def register_candidate(model_dir: str, lineage_manifest: LineageManifest, gate: GateDecision) -> str:
-    """Register a model that passed the evaluation gate (refused otherwise); returns its version."""
-    return ModelRegistry.default().register_candidate(Path(model_dir), lineage_manifest, gate)
+    """Register a model that passed the evaluation gate (refused otherwise); returns its version. An
+    OpenLineage run (``register-model``): the candidate's weights in, ``eve@<version>`` out."""
+    from tasks.lineage.openlineage import lineage_run
+    from tasks.lineage.openlineage_refs import model_ref
+
+    weights = lineage_manifest.stages[-1].weights_sha256 if lineage_manifest.stages else weights_sha256(model_dir)
+    with lineage_run("register-model", [model_ref(model_dir, weights, role="candidate")]) as written:
+        version = ModelRegistry.default().register_candidate(Path(model_dir), lineage_manifest, gate)
+        written.append(model_ref(f"{MODEL_NAME}@{version}", weights))
+    return version
 
 
 @task(name="checkout-production", retries=1, retry_delay_seconds=10)

@@ -15,7 +15,8 @@ later reads it from there.
 
 While a job runs, ``train_stage`` streams its log into the task run's log (library chatter left out,
 ``tasks.log_filters``) and turns the job's throttled progress lines (``eve_model.training.progress``:
-step, loss, samples/s, ETA) into the stage's Prefect progress artifact (``stage-<id>-progress``). Outputs are referenced by path and hash, never pickled into Prefect
+step, loss, samples/s, ETA) into the stage's Prefect progress artifact (``stage-<id>-progress``). Each
+stage is an OpenLineage run (``stage-<id>``): its dataset and parent model in, its model out. Outputs are referenced by path and hash, never pickled into Prefect
 results: a 7B checkpoint is many GB and lives on shared storage.
 """
 
@@ -40,6 +41,8 @@ from eve_model.training.checkpointing import CheckpointManager
 from eve_model.training.engine import SAVE_TIMINGS_PATH
 from eve_model.training.progress import ProgressReport, format_duration, parse_progress_line
 from eve_model.training.config import StageConfig, StageId, StageOverrides, overrides_as_kwargs, preset_stage_config
+from tasks.lineage.openlineage import lineage_run
+from tasks.lineage.openlineage_refs import dataset_ref, model_ref
 from tasks.log_filters import is_job_log_chatter
 from tasks.platform import REPO_ROOT, PlatformSettings
 from tasks.submit.run import JobFailed, retry_only_unreachable_scheduler, run_job_to_end
@@ -454,6 +457,15 @@ def plan_dry_run(training: TrainingParameters, home: Path) -> list[tuple[Planned
     return planned_jobs
 
 
+def stage_inputs(planned: PlannedStage) -> list:
+    """What a stage reads, as OpenLineage datasets: its training data and (after the first) its parent model."""
+    config = planned.config
+    inputs = [dataset_ref(config.dataset_location, "training data", config.dataset_hash)]
+    if config.init_checkpoint and planned.parent_weights_sha256:
+        inputs.append(model_ref(config.init_checkpoint, planned.parent_weights_sha256, role="parent"))
+    return inputs
+
+
 def progress_artifact_key(stage: StageId) -> str:
     """Key of a stage's Prefect progress artifact (lowercase letters, digits and dashes)."""
     return f"stage-{stage}-progress"
@@ -538,8 +550,11 @@ def train_stage(planned: PlannedStage, training: TrainingParameters) -> StageRes
     """
     logger = get_run_logger()
     progress = StageProgressArtifact(planned, warn=logger.warning)
-    result = run_stage(planned, training, on_log=stage_log_handler(logger.info, progress),
-                       on_event=lambda line: logger.info("[scheduler] stage %s: %s", planned.stage, line))
+    with lineage_run(f"stage-{planned.stage}", stage_inputs(planned)) as written:
+        result = run_stage(planned, training, on_log=stage_log_handler(logger.info, progress),
+                           on_event=lambda line: logger.info("[scheduler] stage %s: %s", planned.stage, line))
+        written.append(model_ref(result.model_dir, result.weights_sha256, stage=str(result.stage),
+                                 config_sha256=result.config_hash, cache_hit=result.skipped))
     progress.finish(result)
     if result.skipped:
         logger.info("stage %s unchanged (cache key %s): reusing %s", planned.stage, planned.cache_key[:16], result.model_dir)

@@ -36,6 +36,8 @@ from tasks.evaluate.report import EvaluationReport, plot_metrics, publish_artifa
 from tasks.evaluate.review_samples import review_samples
 from tasks.evaluate.suites import SUITE_VERSIONS, LlavaVqaSuite, SuiteSpec, VqaSuite, demo_evaluation_suites, load_benchmark
 from tasks.evaluate.tracking import TrackedDataset, WandbTarget, log_evaluation_run
+from tasks.lineage.openlineage import LineageDataset, lineage_run
+from tasks.lineage.openlineage_refs import model_ref
 from tasks.platform import PlatformSettings
 
 
@@ -185,7 +187,14 @@ def evaluation_gate_task(
     The failure message names every failing rule and metric with its reason; warnings (e.g. an
     evaluation set too small to decide a rule) go to the run log and the markdown.
     """
-    decision = decide_gate(candidate, policy, production=production, contamination=contamination)
+    read = [model_ref(candidate.model_dir, candidate.weights_sha256, role="candidate")]
+    if production is not None:
+        read.append(model_ref(production.model_dir, production.weights_sha256, role="production"))
+    read += [LineageDataset(name=f"evaluation/{suite.name}", content_hash=suite.eval_set_hash, num_items=suite.num_items,
+                            extra={"role": "evaluation set", "suite_version": suite.suite_version})
+             for suite in candidate.suites.values()]
+    with lineage_run("evaluation-gate", read):
+        decision = decide_gate(candidate, policy, production=production, contamination=contamination)
     create_markdown_artifact(
         decision.to_markdown(), key="evaluation-gate",
         description=f"evaluation gate for model {candidate.weights_sha256[:12]}",
