@@ -241,9 +241,9 @@ def evaluate_candidate(
 @flow(name="eve-register-and-request-promotion", flow_run_name=_named("register"), log_prints=True)
 def register_and_request_promotion(
     params: RetrainParameters, prepared: PreparedData, trained: list[TrainedStage], evaluation: CandidateEvaluation
-) -> tuple[str, str]:
+) -> tuple[str, str, str | None]:
     """Lineage manifest, registration (gate passed), and the promotion request with the whole evidence;
-    (version, hand-over). The retrain links to the promotion run."""
+    (version, hand-over, the promotion's flow run id or None when skipped)."""
     lineage = assemble_lineage(
         raw_source_ref(params.data.use_demo_source, prepared.versions["ingested"]), prepared.versions,
         prepared.caption_identity, prepared.caption_gate, trained, evaluation.summary,
@@ -269,13 +269,11 @@ def register_and_request_promotion(
     request = PromotionRequest(candidate_version=version, evidence=evidence)
     if params.promotion.mode == "wait":
         state = promote_eve(request, return_state=True)
-        link_promotion_run(str(state.state_details.flow_run_id), version)
-        return version, state.result().status
+        return version, state.result().status, str(state.state_details.flow_run_id)
     if params.promotion.mode == "detached":
         promotion_run_id = start_promotion(request)
-        link_promotion_run(promotion_run_id, version)
-        return version, promotion_run_id
-    return version, "skipped"
+        return version, promotion_run_id, promotion_run_id
+    return version, "skipped", None
 
 
 def _retrain(params: RetrainParameters, first_stage: StageId | None) -> RetrainResult:
@@ -289,7 +287,9 @@ def _retrain(params: RetrainParameters, first_stage: StageId | None) -> RetrainR
         tracking=WandbTarget(mode=final.wandb_mode, project=final.wandb_project, group=labels.group,
                              tags=[f"recipe:{params.recipe_name}"]),
     )
-    version, handover = register_and_request_promotion(params, prepared, trained, evaluation)
+    version, handover, promotion_run_id = register_and_request_promotion(params, prepared, trained, evaluation)
+    if promotion_run_id is not None:
+        link_promotion_run(promotion_run_id, version)  # on the retrain's own page
     return RetrainResult(
         candidate_version=version, stages=[t.result for t in trained], evaluation=evaluation.summary,
         promotion=handover, run_name=labels.group, baselines=evaluation.baselines,

@@ -39,7 +39,7 @@ def generate_captions(input_location: str, output_dir: str, config: CaptionConfi
         # The teacher is known once the run resolved its backend: it joins the inputs of the COMPLETE event,
         # named by its identity fingerprint (model, weights, prompt, decoding).
         read.append(model_ref(identity.model_id, identity.fingerprint(), role="teacher", backend=identity.backend,
-                              weights_sha256=identity.weights_sha256, prompt_sha256=identity.prompt_sha256))
+                              teacher_weights_sha256=identity.weights_sha256, prompt_sha256=identity.prompt_sha256))
         written.append(dataset_ref(output_dir, "captioned", result.output_dataset_hash))
     create_markdown_artifact(_summary_markdown(result), key="caption-run",
                              description=f"caption run {result.run_id}")

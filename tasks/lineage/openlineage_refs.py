@@ -19,12 +19,17 @@ from tasks.lineage.openlineage import LineageDataset
 
 def dataset_ref(location: str, role: str | None = None, dataset_hash: str | None = None,
                 num_items: int | None = None) -> LineageDataset:
-    """An eve-wds/1 dataset at ``location``; hash and size from its manifest unless given."""
+    """An eve-wds/1 dataset at ``location``; hash and size from its manifest unless given. Describing a step
+    never fails it: an unreadable manifest leaves the hash ``unknown`` (the step itself says why)."""
     if dataset_hash is None or num_items is None:
         from eve_model.shards import read_manifest
 
-        manifest = read_manifest(location)
-        dataset_hash, num_items = dataset_hash or manifest.dataset_hash, num_items if num_items is not None else manifest.num_items
+        try:
+            manifest = read_manifest(location)
+            dataset_hash = dataset_hash or manifest.dataset_hash
+            num_items = num_items if num_items is not None else manifest.num_items
+        except Exception:  # noqa: BLE001 - lineage describes; the step reports its own errors
+            dataset_hash = dataset_hash or "unknown"
     return LineageDataset(name=str(location), content_hash=dataset_hash, num_items=num_items,
                           extra={"role": role} if role else {})
 
