@@ -1066,7 +1066,7 @@ def link_origin_run(context: PromotionContext) -> str | None:
     url = flow_run_url(context.origin.flow_run_id)
     create_link_artifact(
         url, link_text=context.origin.name, key="requested-by-run",
-        description=f"The {context.origin.flow_name} run that requested the promotion of eve@{context.version}",
+        description=f"The {context.origin.flow_name} run that requested the promotion of `eve@{context.version}`",
     )
     return url
 
@@ -1077,7 +1077,7 @@ def link_promotion_run(promotion_flow_run_id: str, version: str) -> str:
     url = flow_run_url(promotion_flow_run_id)
     create_link_artifact(
         url, link_text=f"promote-eve@{version}", key="promotion-run",
-        description=f"The promotion of eve@{version} this run requested: the evidence and the reviewer's form",
+        description=f"The promotion of `eve@{version}` this run requested: the evidence and the reviewer's form",
     )
     return url
 
