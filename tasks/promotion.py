@@ -433,8 +433,9 @@ def _score_rows(evidence: EvidenceInputs) -> list[str]:
     lower = set(evidence.lower_is_better)
     baseline_names = sorted({name for values in evidence.baselines.values() for name in values})
     limits = _limits_by_metric(evidence.gate)
-    header = ["metric", "candidate", f"production {evidence.production_version or ''}".strip(), "delta",
-              "before SFT", *baseline_names, "gate"]
+    # The gate's verdict right after the value: the form is narrow, the first columns are always in view.
+    header = ["metric", "candidate", "gate", f"production {evidence.production_version or ''}".strip(), "delta",
+              "before SFT", *baseline_names]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in sorted(evidence.candidate_metrics):
         value = evidence.candidate_metrics[name]
@@ -445,10 +446,9 @@ def _score_rows(evidence: EvidenceInputs) -> list[str]:
             change = value - previous
             better = change < 0 if name in lower else change > 0
             delta = f"{change:+.4g}" + ("" if change == 0 else " (better)" if better else " (**worse**)")
-        cells = [f"`{name}`", f"**{value:.4g}**", _number(previous), delta,
+        cells = [f"`{name}`", f"**{value:.4g}**", "; ".join(limits.get(name, [])) or "–", _number(previous), delta,
                  _number(evidence.before_sft_metrics.get(name)),
-                 *[_number(evidence.baselines.get(name, {}).get(b)) for b in baseline_names],
-                 "; ".join(limits.get(name, [])) or "–"]
+                 *[_number(evidence.baselines.get(name, {}).get(b)) for b in baseline_names]]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -471,7 +471,8 @@ def _contamination_text(summary: ContaminationSummary | None) -> str:
 
 
 def _sample_rows(samples: list[SampleGeneration]) -> list[str]:
-    rows = ["| image | question | right answer | candidate | production |", "|---|---|---|---|---|"]
+    """Two columns (the form is narrow): the image, and the question with the right answer and both models'."""
+    rows = ["| image | question and answers |", "|---|---|"]
     for sample in samples:
         image = f"![{_cell(sample.image_key)}]({sample.image_data_uri})" if sample.image_data_uri else f"`{_cell(sample.image_key)}`"
         mark = "" if sample.candidate_score is None else (" ✓" if sample.candidate_score >= 1 else " ✗")
@@ -479,8 +480,8 @@ def _sample_rows(samples: list[SampleGeneration]) -> list[str]:
         production_mark = ("" if production is None or sample.reference is None
                            else " ✓" if production.strip().lower() == sample.reference.strip().lower() else " ✗")
         question = _cell(sample.prompt) + (f" _({sample.question_type})_" if sample.question_type else "")
-        rows.append(f"| {image} | {question} | {_cell(sample.reference or '–')} | {_cell(sample.candidate_output)}{mark} | "
-                    f"{_cell(production or '–')}{production_mark} |")
+        rows.append(f"| {image} | {question} · right answer: **{_cell(sample.reference or '–')}** · candidate: "
+                    f"{_cell(sample.candidate_output)}{mark} · production: {_cell(production or '–')}{production_mark} |")
     return rows
 
 

@@ -45,7 +45,7 @@ class OfflineRun:
     tags: list[str] = field(default_factory=list)
     name: str = ""
     artifacts: list[dict] = field(default_factory=list)
-    """name, type, metadata (JSON text), references (the URIs)."""
+    """name, type, metadata (JSON text), references (the URIs), files (path in the artifact -> staged copy)."""
     history_keys: set[str] = field(default_factory=set)
     tables: list[str] = field(default_factory=list)
     """History keys whose value is a W&B table."""
@@ -65,16 +65,20 @@ def read_offline_run(run_dir: Path) -> OfflineRun:
         if kind == "run":
             run.group, run.tags, run.name = record.run.run_group, list(record.run.tags), record.run.display_name
         elif kind == "artifact":
+            contents = record.artifact.manifest.contents
             run.artifacts.append({
                 "name": record.artifact.name, "type": record.artifact.type, "metadata": record.artifact.metadata,
-                "references": [entry.ref for entry in record.artifact.manifest.contents],
+                "references": [entry.ref for entry in contents if entry.ref],
+                # Files the artifact carries (a logged table: its JSON and its images), staged for `wandb sync`.
+                "files": {entry.path: entry.local_path for entry in contents if not entry.ref},
             })
         elif kind == "history":
             for item in record.history.item:
                 key = item.key or "/".join(item.nested_key)
                 run.history_keys.add(key)
-                if '"_type": "table-file"' in item.value_json or '"_type":"table-file"' in item.value_json:
-                    run.tables.append(key)
+                # A logged table is recorded as its fields: "<name>/_type" = "table-file", "<name>/nrows", ...
+                if key.endswith("/_type") and "table-file" in item.value_json:
+                    run.tables.append(key.removesuffix("/_type"))
         elif kind == "summary":
             for item in record.summary.update:
                 run.summary[item.key or "/".join(item.nested_key)] = item.value_json

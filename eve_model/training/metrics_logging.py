@@ -242,7 +242,9 @@ def log_reference_artifact(run, reference: ArtifactReference) -> None:
         run.log_artifact(artifact, aliases=[reference.content_hash[:16]])
 
 
-def _start_wandb(run_name, mode, project, wandb_dir: Path, run_id: str, run_config, labels: WandbRunLabels | None = None):
+def use_wandb_dir(wandb_dir: Path) -> None:
+    """Keep every directory W&B writes (runs, cache, config, data, artifacts) under ``wandb_dir``, unless
+    the environment already names them; W&B prints nothing unless asked."""
     wandb_dir.mkdir(parents=True, exist_ok=True)
     for variable, sub in (
         ("WANDB_DIR", ""),
@@ -252,8 +254,12 @@ def _start_wandb(run_name, mode, project, wandb_dir: Path, run_id: str, run_conf
         ("WANDB_ARTIFACT_DIR", "artifacts"),
     ):
         os.environ.setdefault(variable, str(wandb_dir / sub) if sub else str(wandb_dir))
-    os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _start_wandb(run_name, mode, project, wandb_dir: Path, run_id: str, run_config, labels: WandbRunLabels | None = None):
+    use_wandb_dir(wandb_dir)
+    os.environ["WANDB_MODE"] = mode
     import wandb
 
     labels = labels or WandbRunLabels()
@@ -279,4 +285,5 @@ __all__ = [
     "log_reference_artifact",
     "reference_uri",
     "truncate_jsonl_after",
+    "use_wandb_dir",
 ]

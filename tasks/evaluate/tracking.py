@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from eve_model.training.metrics_logging import ArtifactReference, log_reference_artifact, reference_uri
+from eve_model.training.metrics_logging import ArtifactReference, log_reference_artifact, reference_uri, use_wandb_dir
 from tasks.evaluate.gates import GateDecision
 from tasks.evaluate.report import EvaluationReport
 from tasks.platform import PlatformSettings
@@ -72,10 +71,7 @@ def log_evaluation_run(
     import wandb
 
     wandb_dir = (settings or PlatformSettings.load()).path("wandb")
-    for variable, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_CONFIG_DIR", "config"),
-                          ("WANDB_DATA_DIR", "data"), ("WANDB_ARTIFACT_DIR", "artifacts")):
-        os.environ.setdefault(variable, str(wandb_dir / sub) if sub else str(wandb_dir))
-    os.environ.setdefault("WANDB_SILENT", "true")
+    use_wandb_dir(wandb_dir)
     weights = candidate.weights_sha256
     run = wandb.init(
         project=target.project, name=f"evaluate-{weights[:12]}", group=target.group, job_type="evaluation",

@@ -181,8 +181,11 @@ def _check_wandb(first, home: Path) -> None:
     assert names == ["tiny-stage-1", "tiny-stage-2", "tiny-stage-3", "tiny-stage-base-llm"], names
     evaluation = next(run for run in grouped if run.name.startswith("evaluate-"))
     assert "sample_answers" in evaluation.tables and "recipe:demo" in evaluation.tags
-    kinds = {a["type"] for a in evaluation.artifacts}
-    assert kinds == {"model", "dataset"}
+    assert int(evaluation.summary["sample_answers/nrows"]) > 0
+    (table,) = [a for a in evaluation.artifacts if a["type"] == "run_table"]
+    images = [path for path in table["files"] if path.startswith("media/images/") and path.endswith(".png")]
+    assert images and all(Path(table["files"][path]).exists() for path in images)  # staged for `wandb sync`
+    assert {a["type"] for a in evaluation.artifacts} == {"run_table", "model", "dataset"}
     stage3 = next(run for run in grouped if run.name == "tiny-stage-3")
     assert "recipe:demo" in stage3.tags and "stage:3" in stage3.tags
     assert any(json.loads(a["metadata"])["content_hash"] == first.stages[-1].weights_sha256 for a in stage3.artifacts)
@@ -279,8 +282,12 @@ def test_a_small_retrain_watched_linked_and_approved_in_the_browser_then_an_unch
             assert widths and all(width > 0 for width in widths), widths
             expect(dialog.get_by_text("(Optional)")).to_have_count(0)
             shots.take(page, "4-review-form")
+            dialog.get_by_text("Gate rules v").first.scroll_into_view_if_needed()
+            shots.take(page, "5-review-form-gate-rules-and-thresholds")
+            dialog.get_by_text("Baselines answer without looking").first.scroll_into_view_if_needed()
+            shots.take(page, "6-review-form-scores-and-baselines")
             images.first.scroll_into_view_if_needed()
-            shots.take(page, "5-review-form-sample-images")
+            shots.take(page, "7-review-form-sample-images")
             decide_in_form(page, dialog, "approve", "Approved in the browser: above the baselines, no contamination")
             _wait(lambda: _flow_run(promotion_id).state.is_completed(), "the approved promotion to finish", 300)
     finally:

@@ -143,9 +143,9 @@ def test_evidence_report_puts_every_fact_of_the_decision_in_the_form_and_hashes_
     report = build_evidence_report("v0.2.0", "alice", evidence, lineage, RULE.model_copy(update={"decision_timeout_seconds": 3 * 86400}))
     text = report.markdown
     # Each metric with production, delta, the model before SFT, both baselines and the gate's limits and verdicts.
-    assert ("| `demo_vqa/accuracy` | **0.62** | 0.6 | +0.02 (better) | 0 | 0.285 | 0.226 | "
-            "pass ≥ 0.3; pass Δ vs production ≥ -0.05 |") in text
-    assert "| `heldout_text/perplexity` | **1.9** | 2.1 | -0.2 (better) | – | – | – | – |" in text
+    assert ("| `demo_vqa/accuracy` | **0.62** | pass ≥ 0.3; pass Δ vs production ≥ -0.05 | 0.6 | +0.02 (better) | "
+            "0 | 0.285 | 0.226 |") in text
+    assert "| `heldout_text/perplexity` | **1.9** | – | 2.1 | -0.2 (better) | – | – | – |" in text
     # The gate's own table: CI and sample size per rule.
     assert "[-0.031, +0.071]" in text and "200 / 150" in text and "The evaluation gate passed" in text
     assert 'Production: eve@v0.1.0, approved by carol at 2026-12-01 10:00 UTC: "fine".' in text
@@ -153,7 +153,7 @@ def test_evidence_report_puts_every_fact_of_the_decision_in_the_form_and_hashes_
     assert f"{0.02 - 0.01:+.4g} | **worse** |" in text and f"{11.0 - 12.5:+.4g} | **worse** |" in text
     # The sample's image is inline, with the question, the right answer and both models' answers marked.
     assert "| ![demo_vqa/eval-1-colour](data:image/png;base64," in text
-    assert "What is \\| this? _(colour)_ | red | red ✓ | blue ✗ |" in text
+    assert "What is \\| this? _(colour)_ · right answer: **red** · candidate: red ✓ · production: blue ✗ |" in text
     assert "within **3 days** of the request" in text and "259200" not in text
     assert "Requested by **alice**" in text and "Allowed reviewers: bob, carol" in text
     assert lineage.raw_sources[0].dataset_hash[:12] in text
