@@ -391,18 +391,19 @@ def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
-def _delta_rows(current: dict[str, float], previous: dict[str, float], lower_is_better: set[str]) -> list[str]:
-    rows = []
+def _delta_lines(current: dict[str, float], previous: dict[str, float], lower_is_better: set[str]) -> list[str]:
+    """One line per statistic: its value, the previous version's, the change and whether it is better."""
+    lines = []
     for name in sorted(current):
         value = current[name]
         if name not in previous:
-            rows.append(f"| {name} | {value:.4g} | – | – | new |")
+            lines.append(f"- `{name}` {value:.4g} (new)")
             continue
         delta = value - previous[name]
         improved = delta < 0 if name in lower_is_better else delta > 0
         verdict = "same" if delta == 0 else ("better" if improved else "**worse**")
-        rows.append(f"| {name} | {value:.4g} | {previous[name]:.4g} | {delta:+.4g} | {verdict} |")
-    return rows
+        lines.append(f"- `{name}` {value:.4g} (previous {previous[name]:.4g}, {delta:+.4g}, {verdict})")
+    return lines
 
 
 def _bound(check: GateCheck, gate: GateDecision) -> str:
@@ -428,29 +429,62 @@ def _limits_by_metric(gate: GateDecision | None) -> dict[str, list[str]]:
     return limits
 
 
-def _score_rows(evidence: EvidenceInputs) -> list[str]:
-    """One row per candidate metric: production, delta, before SFT, the baselines, the gate's limits."""
+def _score_lines(evidence: EvidenceInputs) -> list[str]:
+    """One line per candidate metric (the form is a narrow dialog: lists wrap, wide tables do not): the value,
+    the gate's verdicts on it, production and the delta, the model before SFT, the answer baselines."""
     lower = set(evidence.lower_is_better)
-    baseline_names = sorted({name for values in evidence.baselines.values() for name in values})
     limits = _limits_by_metric(evidence.gate)
-    # The gate's verdict right after the value: the form is narrow, the first columns are always in view.
-    header = ["metric", "candidate", "gate", f"production {evidence.production_version or ''}".strip(), "delta",
-              "before SFT", *baseline_names]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = []
     for name in sorted(evidence.candidate_metrics):
         value = evidence.candidate_metrics[name]
+        parts = [f"`{name}` **{value:.4g}**"]
+        if name in limits:
+            parts.append("gate: " + "; ".join(limits[name]))
         previous = evidence.production_metrics.get(name)
-        if previous is None:
-            delta = "–"
-        else:
+        if previous is not None:
             change = value - previous
             better = change < 0 if name in lower else change > 0
-            delta = f"{change:+.4g}" + ("" if change == 0 else " (better)" if better else " (**worse**)")
-        cells = [f"`{name}`", f"**{value:.4g}**", "; ".join(limits.get(name, [])) or "–", _number(previous), delta,
-                 _number(evidence.before_sft_metrics.get(name)),
-                 *[_number(evidence.baselines.get(name, {}).get(b)) for b in baseline_names]]
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
+            verdict = "same" if change == 0 else "better" if better else "**worse**"
+            parts.append(f"production {evidence.production_version or ''}: {previous:.4g} ({change:+.4g}, {verdict})")
+        if name in evidence.before_sft_metrics:
+            parts.append(f"before SFT: {evidence.before_sft_metrics[name]:.4g}")
+        parts += [f"{baseline}: {score:.4g}" for baseline, score in sorted(evidence.baselines.get(name, {}).items())]
+        lines.append("- " + " · ".join(parts))
+    return lines
+
+
+def _gate_check_line(check: GateCheck, gate: GateDecision) -> str:
+    """One check of the gate with every number that decided it."""
+    numbers = []
+    if check.candidate is not None:
+        numbers.append(f"candidate {check.candidate:.4g}")
+    if check.production is not None:
+        numbers.append(f"production {check.production:.4g}")
+    if check.delta is not None:
+        interval = (f" [{check.ci_low:+.3g}, {check.ci_high:+.3g}]" if check.ci_low is not None and check.ci_high is not None
+                    else "")
+        numbers.append(("ratio ×" if check.rule == "retention" else "Δ ") + f"{check.delta:+.3g}{interval}"
+                       .replace("×+", "×"))
+    if check.limit is not None:
+        numbers.append(f"limit {_bound(check, gate)}")
+    if check.num_samples is not None:
+        numbers.append(f"n {check.num_samples}" + (f" ({check.required_samples} needed)" if check.required_samples else ""))
+    warning = f" ⚠ {check.warning}" if check.warning else ""
+    return (f"- {'**pass**' if check.passed else '**FAIL**'} {check.rule.replace('_', '-')} `{check.metric}`: "
+            f"{', '.join(numbers) or '–'}; {check.reason}{warning}")
+
+
+def _gate_lines(gate: GateDecision) -> list[str]:
+    policy = gate.policy
+    verdict = "passed" if gate.passed else f"**failed** ({len(gate.failures)} check(s))"
+    against = (f"production `{gate.production_weights_sha256[:12]}`" if gate.production_weights_sha256
+               else "no production model")
+    return [
+        f"The evaluation gate {verdict} (rules v{gate.rules_version}, candidate `{gate.candidate_weights_sha256[:12]}` "
+        f"vs {against}). Each rule with its limit, the measured values, the {policy.confidence_level:.0%} paired-bootstrap "
+        "confidence interval of the difference (positive = candidate better), the sample size, the verdict:",
+        *[_gate_check_line(check, gate) for check in gate.checks],
+    ]
 
 
 def _contamination_text(summary: ContaminationSummary | None) -> str:
@@ -505,9 +539,7 @@ def build_evidence_report(
     if origin is not None:
         asked += f" from the run [{origin.name}]({flow_run_url(origin.flow_run_id)})"
     if gate is not None:
-        verdict = "passed" if gate.passed else f"**failed** ({len(gate.failures)} check(s))"
-        gate_section = [f"The evaluation gate {verdict}: each rule below with its limit, the candidate's value, the "
-                        "confidence interval, the sample size and the verdict.", gate.to_markdown().strip()]
+        gate_section = _gate_lines(gate)
     elif evidence.evaluation_gate_markdown:
         gate_section = [evidence.evaluation_gate_markdown.strip()]
     else:
@@ -523,17 +555,15 @@ def build_evidence_report(
         *gate_section,
         f"## Scores against production ({against}), the model before SFT and the answer baselines",
         *([f"Production: {evidence.production_approval}."] if evidence.production_approval else []),
-        *_score_rows(evidence),
         "Baselines answer without looking at the image: uniform chance guesses among a question type's answers, "
         "most common answer always gives the type's most frequent one.",
+        *_score_lines(evidence),
         "## Contamination",
         _contamination_text(evidence.contamination),
         "## Caption quality against the previous data version",
         f"Data `{(evidence.caption_dataset_hash or _quality_dataset(lineage) or '?')[:12]}` vs previous "
         f"`{(evidence.previous_caption_dataset_hash or '?')[:12]}`.",
-        "| statistic | current | previous | delta | |",
-        "|---|---|---|---|---|",
-        *_delta_rows(evidence.caption_quality, evidence.previous_caption_quality, set(evidence.lower_is_better)),
+        *_delta_lines(evidence.caption_quality, evidence.previous_caption_quality, set(evidence.lower_is_better)),
         "## Lineage",
         summarize_lineage_markdown(lineage) if lineage else "_no lineage manifest found_",
         "## Sample answers",
@@ -552,10 +582,10 @@ def _cell(text: str) -> str:
 
 
 def _join_sections(parts: list[str]) -> str:
-    # Table rows stay on consecutive lines; everything else is its own paragraph.
+    # Table rows and list items stay on consecutive lines; everything else is its own paragraph.
     out: list[str] = []
     for part in parts:
-        if out and part.startswith("|") and out[-1].startswith("|"):
+        if out and any(part.startswith(mark) and out[-1].startswith(mark) for mark in ("|", "- ")):
             out[-1] += "\n" + part
         else:
             out.append(part)

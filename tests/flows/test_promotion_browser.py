@@ -27,7 +27,7 @@ def _decide_in_ui(page, ui_url: str, flow_run_id, comment: str) -> None:
 
     dialog = open_review_form(page, ui_url, flow_run_id)
     expect(dialog.get_by_role("heading", name="Promote eve@v0.2.0 to production?")).to_be_visible()
-    expect(dialog.locator("td", has_text="vqa_accuracy")).to_be_visible()
+    expect(dialog.locator("li", has_text="vqa_accuracy").first).to_be_visible()
     expect(dialog.get_by_text("a red cube")).to_be_attached()
     expect(dialog.locator(".schema-form-property").filter(has_text="Reviewer")).to_have_count(0)  # no typed names
     decide_in_form(page, dialog, "approve", comment)

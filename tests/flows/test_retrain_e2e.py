@@ -275,16 +275,17 @@ def test_a_small_retrain_watched_linked_and_approved_in_the_browser_then_an_unch
             for text in ("uniform chance", "most common answer", "before SFT", "pass ≥ 0", "Evaluation images in the "
                          "training data", "15 minutes", "Decide by"):
                 expect(dialog.get_by_text(text).first).to_be_attached()
-            expect(dialog.locator("td", has_text="demo_vqa/accuracy").first).to_be_visible()
+            expect(dialog.locator("li", has_text="threshold demo_vqa/accuracy").first).to_be_visible()
+            expect(dialog.locator("li", has_text="most common answer").first).to_be_visible()
             images = dialog.locator("img[src^='data:image/png;base64,']")
             expect(images.first).to_be_visible()
             widths = images.evaluate_all("(images) => images.map((image) => image.naturalWidth)")
             assert widths and all(width > 0 for width in widths), widths
             expect(dialog.get_by_text("(Optional)")).to_have_count(0)
             shots.take(page, "4-review-form")
-            dialog.get_by_text("Gate rules v").first.scroll_into_view_if_needed()
+            dialog.get_by_role("heading", name="Evaluation gate").first.scroll_into_view_if_needed()
             shots.take(page, "5-review-form-gate-rules-and-thresholds")
-            dialog.get_by_text("Baselines answer without looking").first.scroll_into_view_if_needed()
+            dialog.get_by_role("heading", name="Scores against production").scroll_into_view_if_needed()
             shots.take(page, "6-review-form-scores-and-baselines")
             images.first.scroll_into_view_if_needed()
             shots.take(page, "7-review-form-sample-images")

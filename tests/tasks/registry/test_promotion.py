@@ -142,15 +142,19 @@ def test_evidence_report_puts_every_fact_of_the_decision_in_the_form_and_hashes_
     evidence = _evidence()
     report = build_evidence_report("v0.2.0", "alice", evidence, lineage, RULE.model_copy(update={"decision_timeout_seconds": 3 * 86400}))
     text = report.markdown
-    # Each metric with production, delta, the model before SFT, both baselines and the gate's limits and verdicts.
-    assert ("| `demo_vqa/accuracy` | **0.62** | pass ≥ 0.3; pass Δ vs production ≥ -0.05 | 0.6 | +0.02 (better) | "
-            "0 | 0.285 | 0.226 |") in text
-    assert "| `heldout_text/perplexity` | **1.9** | – | 2.1 | -0.2 (better) | – | – | – |" in text
-    # The gate's own table: CI and sample size per rule.
-    assert "[-0.031, +0.071]" in text and "200 / 150" in text and "The evaluation gate passed" in text
+    # Each metric with the gate's limits and verdicts, production and the delta, the model before SFT, both baselines.
+    assert ("- `demo_vqa/accuracy` **0.62** · gate: pass ≥ 0.3; pass Δ vs production ≥ -0.05 · production v0.1.0: "
+            "0.6 (+0.02, better) · before SFT: 0 · most common answer: 0.285 · uniform chance: 0.226\n") in text
+    assert "- `heldout_text/perplexity` **1.9** · production v0.1.0: 2.1 (-0.2, better)\n" in text
+    # Every rule of the gate with its numbers: values, CI, limit, sample size, verdict.
+    assert ("- **pass** non-regression `demo_vqa/accuracy`: candidate 0.62, production 0.6, Δ +0.02 [-0.031, +0.071], "
+            "limit Δ vs production ≥ -0.05, n 200 (150 needed); non-inferior") in text
+    assert "- **pass** threshold `demo_vqa/accuracy`: candidate 0.62, limit ≥ 0.3; within bounds" in text
+    assert "The evaluation gate passed" in text
     assert 'Production: eve@v0.1.0, approved by carol at 2026-12-01 10:00 UTC: "fine".' in text
     assert "**none found** among 100 evaluation and 412 training images" in text and "cosine 0.912" in text
-    assert f"{0.02 - 0.01:+.4g} | **worse** |" in text and f"{11.0 - 12.5:+.4g} | **worse** |" in text
+    assert "- `duplicate_rate` 0.02 (previous 0.01, +0.01, **worse**)" in text
+    assert "- `mean_words` 11 (previous 12.5, -1.5, **worse**)" in text
     # The sample's image is inline, with the question, the right answer and both models' answers marked.
     assert "| ![demo_vqa/eval-1-colour](data:image/png;base64," in text
     assert "What is \\| this? _(colour)_ · right answer: **red** · candidate: red ✓ · production: blue ✗ |" in text
@@ -162,7 +166,7 @@ def test_evidence_report_puts_every_fact_of_the_decision_in_the_form_and_hashes_
     assert other.sha256 != report.sha256
     failing = build_evidence_report("v0.2.0", "alice", _evidence(gate=_gate(passed_threshold=False)), lineage, RULE)
     assert "The evaluation gate **failed** (1 check(s))" in failing.markdown
-    assert "**FAIL** ≥ 0.3" in failing.markdown
+    assert "- **FAIL** threshold `demo_vqa/accuracy`: candidate 0.62, limit ≥ 0.3; 0.62 < minimum 0.3" in failing.markdown
     rollback = build_evidence_report("v0.1.0", "alice", _evidence(), lineage, RULE, kind="rollback")
     assert rollback.markdown.startswith("# Roll production back to eve@v0.1.0") and "**rollback**" in rollback.markdown
 
