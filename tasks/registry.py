@@ -686,6 +686,13 @@ class ModelRegistry:
             )
         return events
 
+    def model_card(self, version: str) -> str | None:
+        """The current model card (markdown with its YAML header) of a registered version, or None."""
+        from tasks.registry_card import card_dir
+
+        path = card_dir(self.repo_dir, MODEL_NAME, version.split("@")[-1]) / "README.md"
+        return path.read_text(encoding="utf-8") if path.exists() else None
+
     def lineage(self, version: str) -> LineageManifest:
         return read_lineage(self.repo_dir, f"{MODEL_NAME}@{version.split('@')[-1]}")
 

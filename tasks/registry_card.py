@@ -28,7 +28,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from eve_model.model_card import markdown_table, read_model_card_sections, write_model_card
 from tasks.evaluate.gates import GateDecision
 from tasks.lineage.schema import ApprovalRecord, LineageManifest
 
@@ -83,6 +82,8 @@ def _training_data(manifest: LineageManifest) -> str:
 
 
 def _training_procedure(manifest: LineageManifest, facts: ModelCardFacts) -> str:
+    from eve_model.model_card import markdown_table
+
     head = markdown_table([
         ("recipe", facts.recipe_name or "–"),
         ("retrain run", facts.run_name or "–"),
@@ -145,6 +146,8 @@ def approval_section(approvals: list[ApprovalRecord], production_since: str | No
 
 def write_registration_card(directory: Path, manifest: LineageManifest, facts: ModelCardFacts | None) -> Path:
     """The card of a version being registered, written into ``directory`` (its checkpoint or its card folder)."""
+    from eve_model.model_card import read_model_card_sections, write_model_card
+
     facts = facts or ModelCardFacts()
     existing = read_model_card_sections(directory)
     sections = {
@@ -168,6 +171,8 @@ def write_registration_card(directory: Path, manifest: LineageManifest, facts: M
 
 def write_approval_card(directory: Path, approvals: list[ApprovalRecord]) -> Path:
     """Update a version's card with its approvals (the version now holds production)."""
+    from eve_model.model_card import write_model_card
+
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return write_model_card(directory, {"Approval": approval_section(approvals, now)},
                             {"production_since": now})

@@ -283,11 +283,12 @@ def test_a_small_retrain_watched_linked_and_approved_in_the_browser_then_an_unch
             assert widths and all(width > 0 for width in widths), widths
             expect(dialog.get_by_text("(Optional)")).to_have_count(0)
             shots.take(page, "4-review-form")
-            dialog.get_by_role("heading", name="Evaluation gate").first.scroll_into_view_if_needed()
+            to_top = "(element) => element.scrollIntoView({block: 'start'})"  # the section first in the dialog
+            dialog.get_by_role("heading", name="Evaluation gate").first.evaluate(to_top)
             shots.take(page, "5-review-form-gate-rules-and-thresholds")
-            dialog.get_by_role("heading", name="Scores against production").scroll_into_view_if_needed()
+            dialog.get_by_role("heading", name="Scores against production").evaluate(to_top)
             shots.take(page, "6-review-form-scores-and-baselines")
-            images.first.scroll_into_view_if_needed()
+            dialog.get_by_role("heading", name="Sample answers").evaluate(to_top)
             shots.take(page, "7-review-form-sample-images")
             decide_in_form(page, dialog, "approve", "Approved in the browser: above the baselines, no contamination")
             _wait(lambda: _flow_run(promotion_id).state.is_completed(), "the approved promotion to finish", 300)
