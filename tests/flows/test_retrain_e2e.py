@@ -172,6 +172,33 @@ def _check_openlineage_chain(first, lineage) -> None:
     assert (promotion["outputs"][0]["name"], _hashes(promotion["outputs"])) == ("eve@production", [previous])
 
 
+def _check_logs(first) -> None:
+    """The retrain's logs (its run and its parts): stage progress as lines, no progress bar, no library hints."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        (root,) = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[first.run_name])))
+        parts = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[root.id])))
+        names = sorted(run.name.rsplit("-", 2)[0] for run in parts)
+        assert names == ["data-demo", "evaluate-demo", "register-demo", "train-stages-demo"], names
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[root.id, *[r.id for r in parts]])))
+    messages = [log.message for log in logs]
+    stage2 = [m for m in messages if m.startswith("[eve.progress] stage 2 ")]
+    assert len(stage2) >= 3 and stage2[-1].startswith(f"[eve.progress] stage 2 step {PROGRESS_STAGE_STEPS}/")
+    assert not [m for m in messages if "%|" in m or "it/s]" in m], "a progress bar reached the run's log"
+    assert not [m for m in messages if "You can now commit the changes to git" in m or "OMP_NUM_THREADS" in m]
+
+
 def _check_wandb(first, home: Path) -> None:
     from tests.wandb_records import offline_runs, read_offline_run
 
@@ -319,6 +346,7 @@ def test_a_small_retrain_watched_linked_and_approved_in_the_browser_then_an_unch
     assert lineage.quality is not None and lineage.quality.success
     _check_openlineage_chain(first, lineage)
     _check_wandb(first, eve_home)
+    _check_logs(first)
 
     second = retrain(_small_params(demo_dir, mode="skip"))
     assert [s.skipped for s in second.stages] == [True, True, True, True]
