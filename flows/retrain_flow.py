@@ -64,6 +64,7 @@ from tasks.promotion import (
 from tasks.quality.gate import GateResult
 from tasks.quality.prefect_tasks import gate_captions, gate_instruction_data
 from tasks.registry import checkout_production, register_candidate
+from tasks.registry_card import ModelCardFacts, contamination_sentence
 from tasks.stages import RunLabels, StageResult, TrainedStage, cached_stage, plan_stage, train_stage
 
 
@@ -240,15 +241,25 @@ def evaluate_candidate(
 
 @flow(name="eve-register-and-request-promotion", flow_run_name=_named("register"), log_prints=True)
 def register_and_request_promotion(
-    params: RetrainParameters, prepared: PreparedData, trained: list[TrainedStage], evaluation: CandidateEvaluation
+    params: RetrainParameters, prepared: PreparedData, trained: list[TrainedStage], evaluation: CandidateEvaluation,
+    labels: RunLabels | None = None,
 ) -> tuple[str, str, str | None]:
-    """Lineage manifest, registration (gate passed), and the promotion request with the whole evidence;
+    """Lineage manifest, registration (gate passed) with the version's model card, and the promotion
+    request with the whole evidence (``labels``: the retrain's run name, for the card);
     (version, hand-over, the promotion's flow run id or None when skipped)."""
     lineage = assemble_lineage(
         raw_source_ref(params.data.use_demo_source, prepared.versions["ingested"]), prepared.versions,
         prepared.caption_identity, prepared.caption_gate, trained, evaluation.summary,
     )
-    version = register_candidate(trained[-1].result.model_dir, lineage, evaluation.gate)
+    card_facts = ModelCardFacts(
+        recipe_name=params.recipe_name, run_name=labels.group if labels else None,
+        production_version=evaluation.production_version,
+        production_metrics=evaluation.production.flat_metrics() if evaluation.production else {},
+        before_sft_metrics=evaluation.before_sft.flat_metrics() if evaluation.before_sft else {},
+        baselines=evaluation.baselines,
+        contamination=contamination_sentence(evaluation.contamination) if evaluation.contamination else None,
+    )
+    version = register_candidate(trained[-1].result.model_dir, lineage, evaluation.gate, card_facts)
     production = production_evidence(evaluation.production_version)
     evidence = EvidenceInputs(
         candidate_metrics=evaluation.report.flat_metrics(),
@@ -287,7 +298,7 @@ def _retrain(params: RetrainParameters, first_stage: StageId | None) -> RetrainR
         tracking=WandbTarget(mode=final.wandb_mode, project=final.wandb_project, group=labels.group,
                              tags=[f"recipe:{params.recipe_name}"]),
     )
-    version, handover, promotion_run_id = register_and_request_promotion(params, prepared, trained, evaluation)
+    version, handover, promotion_run_id = register_and_request_promotion(params, prepared, trained, evaluation, labels)
     if promotion_run_id is not None:
         link_promotion_run(promotion_run_id, version)  # on the retrain's own page
     return RetrainResult(

@@ -23,13 +23,19 @@ checkpoint.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
+from tasks.evaluate.contamination import ContaminationReport
 from tasks.evaluate.gates import GateDecision
 from tasks.lineage.schema import ApprovalRecord, LineageManifest
+
+MODEL_CARD_FILE = "README.md"
+"""The card's file name in a checkpoint (the Hugging Face convention)."""
 
 CARDS_DIR = "cards"
 """Folder of the current cards in the registry repository: ``cards/<model>/<version>/README.md``."""
@@ -63,6 +69,92 @@ class ModelCardFacts(BaseModel):
     """The contamination check in one sentence."""
 
 
+# --------------------------------------------------------------- card file (stand-in for eve_model.model_card)
+# Issue 18 brings ``eve_model.model_card`` (read_model_card_sections, write_model_card, markdown_table; the
+# training job fills its own sections with them). Until it lands on this branch these three do the same with
+# huggingface_hub's ModelCard and the same signatures: at the merge, delete them and import those instead.
+
+SECTION_ORDER: tuple[str, ...] = (
+    "Model", "Intended use", "Training data", "Training procedure", "Training metrics", "Source", "Evaluation",
+    "Limitations", "Approval",
+)
+"""Where the known sections go, top to bottom; any other section follows them."""
+
+_SECTION_HEADING = re.compile(r"^## (.+?)\s*$", re.MULTILINE)
+
+
+def _split_sections(body: str) -> tuple[str, dict[str, str]]:
+    """The text before the first ``## `` heading and the sections by title."""
+    matches = list(_SECTION_HEADING.finditer(body))
+    if not matches:
+        return body.strip(), {}
+    sections = {
+        match.group(1): body[match.end() : (matches[i + 1].start() if i + 1 < len(matches) else len(body))].strip()
+        for i, match in enumerate(matches)
+    }
+    return body[: matches[0].start()].strip(), sections
+
+
+def read_model_card_sections(directory: str | Path) -> dict[str, str]:
+    """The sections of ``directory``'s card by title ({} when it has none)."""
+    from huggingface_hub import ModelCard
+
+    path = Path(directory) / MODEL_CARD_FILE
+    return _split_sections(ModelCard(path.read_text(encoding="utf-8")).text)[1] if path.exists() else {}
+
+
+def write_model_card(
+    directory: str | Path, sections: dict[str, str], metadata: dict[str, Any] | None = None, title: str | None = None
+) -> Path:
+    """Create or update ``directory/README.md``: ``sections`` replace or add sections (others are kept),
+    ``metadata`` is merged into the YAML header (None removes a key), ``title`` sets the ``# `` line."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    path = Path(directory) / MODEL_CARD_FILE
+    if path.exists():
+        card = ModelCard(path.read_text(encoding="utf-8"))
+        data = card.data.to_dict()
+        preamble, existing = _split_sections(card.text)
+    else:
+        data, preamble, existing = {}, "", {}
+    for key, value in (metadata or {}).items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    merged = {**existing, **{name: text.strip() for name, text in sections.items()}}
+    ordered = [name for name in SECTION_ORDER if name in merged] + [name for name in merged if name not in SECTION_ORDER]
+    if title is not None or not preamble:
+        preamble = f"# {title or Path(directory).resolve().name}"
+    body = preamble + "\n\n" + "\n\n".join(f"## {name}\n\n{merged[name]}" for name in ordered) + "\n"
+    header = ModelCardData(**data).to_yaml() if data else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ModelCard(f"---\n{header}\n---\n\n{body}" if header else body).save(str(path))
+    return path
+
+
+def markdown_table(rows: list[tuple[str, Any]], header: tuple[str, str] = ("field", "value")) -> str:
+    """A two-column markdown table; values as inline code (dicts and lists as compact JSON)."""
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    for name, value in rows:
+        shown = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
+        lines.append(f"| {name} | `{str(shown).replace('|', chr(92) + '|')}` |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- the registry's sections
+
+
+def contamination_sentence(report: ContaminationReport) -> str:
+    """The contamination check in one sentence, for the card's evaluation section."""
+    overlap = "" if report.ngram_overlap_rate is None else (
+        f"; {report.ngram_overlap_rate:.1%} of {report.eval_texts_checked} references share a "
+        f"{report.ngram_n}-word sequence with the training text")
+    return (f"{report.num_contaminated_images} of {report.num_eval_images} evaluation images found among "
+            f"{report.num_train_images} training images ({len(report.exact_byte_matches) + len(report.exact_pixel_matches)} "
+            f"exact, {len(report.near_duplicates)} near duplicates){overlap}.")
+
+
 def card_dir(repo_dir: Path, model: str, version: str) -> Path:
     """Where the registry repository keeps a version's current card."""
     return Path(repo_dir) / CARDS_DIR / model / version
@@ -82,8 +174,6 @@ def _training_data(manifest: LineageManifest) -> str:
 
 
 def _training_procedure(manifest: LineageManifest, facts: ModelCardFacts) -> str:
-    from eve_model.model_card import markdown_table
-
     head = markdown_table([
         ("recipe", facts.recipe_name or "–"),
         ("retrain run", facts.run_name or "–"),
@@ -144,10 +234,11 @@ def approval_section(approvals: list[ApprovalRecord], production_since: str | No
     return "\n".join(rows) + ("\n\n" + since if since else "")
 
 
-def write_registration_card(directory: Path, manifest: LineageManifest, facts: ModelCardFacts | None) -> Path:
-    """The card of a version being registered, written into ``directory`` (its checkpoint or its card folder)."""
-    from eve_model.model_card import read_model_card_sections, write_model_card
-
+def write_registration_card(
+    directory: Path, manifest: LineageManifest, facts: ModelCardFacts | None, weights_sha256: str
+) -> Path:
+    """The card of a version being registered, written into ``directory`` (its checkpoint or its card
+    folder): the sections the training job wrote are kept, the version's sections replaced."""
     facts = facts or ModelCardFacts()
     existing = read_model_card_sections(directory)
     sections = {
@@ -164,25 +255,28 @@ def write_registration_card(directory: Path, manifest: LineageManifest, facts: M
         "pipeline_tag": "image-text-to-text",
         "tags": ["eve", "vision-language", "encoder-free"],
         "eve_version": manifest.ref,
-        "weights_sha256": manifest.weights.sha256 if manifest.weights else None,
+        "weights_sha256": weights_sha256,
     }
     return write_model_card(directory, sections, metadata, title=manifest.ref)
 
 
 def write_approval_card(directory: Path, approvals: list[ApprovalRecord]) -> Path:
-    """Update a version's card with its approvals (the version now holds production)."""
-    from eve_model.model_card import write_model_card
-
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return write_model_card(directory, {"Approval": approval_section(approvals, now)},
-                            {"production_since": now})
+    """Update a version's card with its approvals when it moves to production. "Since" is the last
+    approval's decision time, so writing the card again (a recovered assignment) changes nothing."""
+    since = max((a.decided_at for a in approvals), default=None)
+    return write_model_card(directory, {"Approval": approval_section(approvals, since)}, {"production_since": since})
 
 
 __all__ = [
     "CARDS_DIR",
+    "MODEL_CARD_FILE",
     "ModelCardFacts",
     "approval_section",
     "card_dir",
+    "contamination_sentence",
+    "markdown_table",
+    "read_model_card_sections",
     "write_approval_card",
+    "write_model_card",
     "write_registration_card",
 ]
