@@ -172,6 +172,29 @@ def _check_openlineage_chain(first, lineage) -> None:
     assert (promotion["outputs"][0]["name"], _hashes(promotion["outputs"])) == ("eve@production", [previous])
 
 
+def _check_model_card(registry, first, lineage) -> None:
+    """The registered checkpoint carries the version's card (written at registration, DVC-tracked with the
+    weights); the registry's current copy also holds the browser approval, and `eve registry show` prints it."""
+    import contextlib
+    import io
+
+    from cli.main import main as eve
+    from tasks.registry_card import read_model_card_sections
+
+    version = first.candidate_version
+    registered = read_model_card_sections(registry.repo_dir / "models" / "eve")
+    assert {"Intended use", "Training data", "Training procedure", "Evaluation", "Limitations", "Approval"} <= set(registered)
+    assert all(d.dataset_hash in registered["Training data"] for d in lineage.datasets)
+    assert first.run_name in registered["Training procedure"] and "| recipe | `demo` |" in registered["Training procedure"]
+    assert "most common answer" in registered["Evaluation"] and "before SFT" in registered["Evaluation"]
+    assert "not approved" in registered["Approval"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert eve(["registry", "show", version]) == 0
+    approved = out.getvalue().split("## Approval", 1)[1]
+    assert "carol" in approved and "browser" in approved and "Holds production since" in approved
+
+
 def _check_logs(first) -> None:
     """The retrain's logs (its run and its parts): stage progress as lines, no progress bar, no library hints."""
     from prefect import get_client
@@ -345,6 +368,7 @@ def test_a_small_retrain_watched_linked_and_approved_in_the_browser_then_an_unch
         assert verify_dataset(dataset.location, dataset.dataset_hash).num_items == dataset.num_items
     assert lineage.quality is not None and lineage.quality.success
     _check_openlineage_chain(first, lineage)
+    _check_model_card(registry, first, lineage)
     _check_wandb(first, eve_home)
     _check_logs(first)
 
