@@ -31,12 +31,38 @@ _JOB_LOG_CHATTER = (
 )
 
 
+SELF_LEVELLED_LOGGERS: tuple[str, ...] = ("great_expectations.data_context.types.base",)
+"""Loggers under ``CHATTY_LIBRARY_LOGGERS`` that their library sets to INFO itself when imported, which
+overrides their parent's level whenever the import comes after ``quiet_library_chatter``."""
+
+
+class _BelowLevelDropped(logging.Filter):
+    """Drops records under ``level`` logged by the logger it is attached to (its own level notwithstanding)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
 def quiet_library_chatter() -> None:
-    """Raise the chatty libraries' loggers to ``CHATTY_LIBRARY_LOGGERS`` (idempotent)."""
+    """Raise the chatty libraries' loggers to ``CHATTY_LIBRARY_LOGGERS`` and keep their hints out of the
+    descendants that set a level of their own, now or when imported later (a filter outlasts a library's
+    ``setLevel``); idempotent."""
     for name, level in CHATTY_LIBRARY_LOGGERS.items():
         logger = logging.getLogger(name)
         if logger.level < level:
             logger.setLevel(level)
+        levelled = [
+            child for child, existing in logging.root.manager.loggerDict.items()
+            if child.startswith(name + ".") and isinstance(existing, logging.Logger) and existing.level
+        ]
+        for child in {*levelled, *(n for n in SELF_LEVELLED_LOGGERS if n.startswith(name + "."))}:
+            descendant = logging.getLogger(child)
+            if not any(isinstance(f, _BelowLevelDropped) for f in descendant.filters):
+                descendant.addFilter(_BelowLevelDropped(level))
 
 
 def is_job_log_chatter(line: str) -> bool:
@@ -44,4 +70,4 @@ def is_job_log_chatter(line: str) -> bool:
     return any(pattern.search(line) for pattern in _JOB_LOG_CHATTER)
 
 
-__all__ = ["CHATTY_LIBRARY_LOGGERS", "is_job_log_chatter", "quiet_library_chatter"]
+__all__ = ["CHATTY_LIBRARY_LOGGERS", "SELF_LEVELLED_LOGGERS", "is_job_log_chatter", "quiet_library_chatter"]
