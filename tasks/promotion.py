@@ -1139,14 +1139,20 @@ def start_promotion(request: PromotionRequest) -> str:
     The run waits days for a reviewer; a worker owns it (the local default: the process worker
     ``eve server`` starts), so the retrain that asked for it can finish. Linked to the calling run
     in the UI as its child, so its requester is whoever started that run.
+
+    A retry of this task (the server answered 500 after it had created the run) gets the run the first
+    attempt created, not a second promotion of the same version waiting for reviewers forever: the
+    idempotency key is this task run's id, the same for all its attempts.
     """
     from prefect.deployments import run_deployment
+    from prefect.runtime import task_run
 
     flow_run = run_deployment(
         PROMOTION_DEPLOYMENT,
         parameters={"request": request.model_dump(mode="json", exclude_none=True)},
         flow_run_name=f"promote-eve@{request.candidate_version}",  # the flow's own name template, set at once
         timeout=0,
+        idempotency_key=f"start-promotion/{task_run.id}" if task_run.id else None,
     )
     return str(flow_run.id)
 
