@@ -1,7 +1,7 @@
 """``eve audit verify|show|repair``: the audit log of promotions, checked against the registry.
 
 eve audit verify            # exit 1 and name the first broken link: the log, its anchors, the tags, the lineage
-eve audit show [--last N] [--json]
+eve audit show [--last N] [--json]   # whole payloads; N >= 1
 eve audit repair            # set a torn last line aside as evidence (an append that did not finish)
 """
 
@@ -19,12 +19,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     verify.set_defaults(func=verify_log)
     show = commands.add_parser("show", help="print the records")
-    show.add_argument("--last", type=int, default=0, help="only the last N records")
+    show.add_argument("--last", type=_positive_count, default=None, metavar="N", help="only the last N records")
     show.add_argument("--json", action="store_true", help="one JSON record per line")
     show.set_defaults(func=show_log)
     repair = commands.add_parser("repair", help="set a torn last line aside (kept as evidence) and record it")
     repair.add_argument("--by", default="operator", help="who repairs (recorded)")
     repair.set_defaults(func=repair_log)
+
+
+def _positive_count(text: str) -> int:
+    """``--last N``: a whole number of at least 1 (``--last 0`` or ``-1`` would silently show something else)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def verify_log(args: argparse.Namespace) -> int:
@@ -59,9 +70,10 @@ def show_log(args: argparse.Namespace) -> int:
         elif args.json:
             print(json.dumps(record.model_dump(mode="json"), sort_keys=True))
         else:
+            # The whole payload: an auditor reads it, nothing is cut.
             print(
                 f"{record.seq:>5} {record.recorded_at} {record.event:<28} {record.actor or '-':<12} "
-                f"{record.subject or '-':<12} {json.dumps(record.payload, sort_keys=True)[:120]}"
+                f"{record.subject or '-':<12} {json.dumps(record.payload, sort_keys=True)}"
             )
     if scan.torn_bytes:
         print(f"  torn last line: {scan.torn_bytes} bytes without a newline (`eve audit repair`)")

@@ -12,26 +12,26 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 
 def answer_baselines(questions_path: str | Path) -> dict:
     """Accuracy of uniform guessing among each type's answers, and of always giving its most common answer:
-    overall (``uniform_chance``, ``majority_answer``) and per question type (``by_type``)."""
-    by_type: dict[str, list[str]] = defaultdict(list)
-    for line in Path(questions_path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_type[row["question_type"]].append(str(row["answer"]).strip().lower())
-    total = sum(len(answers) for answers in by_type.values())
-    uniform = sum(len(a) / len(set(a)) for a in by_type.values()) / total
-    majority = sum(Counter(a).most_common(1)[0][1] for a in by_type.values()) / total
-    per_type = {
-        kind: {"uniform_chance": 1 / len(set(answers)), "majority_answer": Counter(answers).most_common(1)[0][1] / len(answers)}
-        for kind, answers in sorted(by_type.items())
+    overall (``uniform_chance``, ``majority_answer``) and per question type (``by_type``), from
+    ``tasks.evaluate.baselines`` (the numbers the review form shows)."""
+    from tasks.evaluate.baselines import answer_baselines as suite_baselines
+    from tasks.evaluate.readers import EvalItem
+
+    rows = [json.loads(line) for line in Path(questions_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    items = [EvalItem(item_id=str(index), source=f"{questions_path}:{index + 1}", references=(str(row["answer"]),),
+                      group=row["question_type"]) for index, row in enumerate(rows)]
+    baselines = suite_baselines("demo_vqa", items)
+    return {
+        "uniform_chance": baselines.overall.uniform_chance,
+        "majority_answer": baselines.overall.majority_answer,
+        "by_type": {kind: {"uniform_chance": group.uniform_chance, "majority_answer": group.majority_answer}
+                    for kind, group in sorted(baselines.by_type.items())},
     }
-    return {"uniform_chance": uniform, "majority_answer": majority, "by_type": per_type}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -56,15 +56,12 @@ def _run(args: argparse.Namespace) -> int:
 
     from eve_model.training.config import StageId
     from tasks.evaluate.harness import HarnessConfig, evaluate_model_dir
-    from tasks.evaluate.suites import PerplexitySuite, VqaSuite
+    from tasks.evaluate.suites import PerplexitySuite
     from tasks.evaluate.suites import demo_evaluation_suites
 
     suites_path = _eval_questions_path()
     harness = HarnessConfig(batch_size=16, max_new_tokens=16, show_progress=False)
-    stage2 = next(s for s in result.stages if s.stage == StageId.PRETRAIN)
-    before_sft = evaluate_model_dir(
-        stage2.model_dir, [VqaSuite(name="demo_vqa", path=Path(suites_path), max_new_tokens=8)], harness
-    ).flat_metrics()
+    before_sft = result.before_sft_metrics  # the retrain evaluated stage 2 for the review form
     # Stage 1 trains only the PEL and PAL: its LLM is the base LLM, bit for bit.
     stage1 = next(s for s in result.stages if s.stage == StageId.PREALIGN)
     text_suites = [spec for spec in demo_evaluation_suites(suites_path) if isinstance(spec, PerplexitySuite)]

@@ -43,8 +43,10 @@ def _set(args: argparse.Namespace) -> int:
             decision_validity_seconds=int(args.validity_hours * 3600),
         )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        from cli.main import describe_error
+
+        print(f"eve policy set: {describe_error(error)}", file=sys.stderr)
+        return 2
     policy = current.model_copy(update={"models": {**current.models, args.model: rule}})
     if args.poll_seconds:
         policy.poll_interval_seconds = args.poll_seconds

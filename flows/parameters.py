@@ -91,5 +91,10 @@ class RetrainParameters(BaseModel):
                            "needed to evaluate the candidate (JSONL: question_id, image, question, answer, question_type)")
         return missing
 
+    recipe_name: str = Field(default="custom", pattern=r"^[a-z0-9][a-z0-9-]*$")
+    """The recipe these parameters came from (``flows/recipes.py``: ``demo``, ``paper-slurm``...;
+    ``custom`` for a hand-written set). It names the retrain's flow run (``retrain-<recipe>-<time>``)
+    and tags its W&B runs; it changes nothing that is computed."""
+
 
 __all__ = ["EvaluationParameters", "PromotionParameters", "RetrainParameters"]

@@ -51,6 +51,7 @@ _DEMO_BATCH = {"global_batch_size_samples": 16, "micro_batch_size_samples": 8}
 def demo() -> RetrainParameters:
     """The embedded default: demo data, tiny EVE, 2 local gloo ranks, minutes on 2 CPU cores."""
     return RetrainParameters(
+        recipe_name="demo",
         data=DataFlowParams.demo(),
         # The demo's "teacher VLM" output is the scene description shipped with the data; the noisy
         # alt-text stays in each sample as source_caption.
@@ -140,6 +141,7 @@ def _paper(
     """
     hourly = StageOverrides(checkpoint_interval_minutes=60, data_loader_workers=4)  # the default hour, stated
     return RetrainParameters(
+        recipe_name=f"paper-{backend}",
         data=data,
         evaluation=EvaluationParameters(gate=paper_gate_policy(),
                                         eval_questions_path=f"{shared_root}/eval/vqa/questions.jsonl"),

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,26 +42,30 @@ from tasks.approvals import (
     used_nonces,
 )
 from tasks.gateway import verify_creator
+from tasks.evaluate.gates import GateCheck, GateDecision
 from tasks.lineage.render import summarize_lineage_markdown
 from tasks.lineage.schema import ApprovalRecord, LineageManifest
 from tasks.platform import PlatformSettings
 from tasks.policy import ReviewRule, load_policy
 from tasks.registry import MODEL_NAME, ApprovalRequiredError, ModelRegistry, RegistryError
-from tasks.signing import KeyRing
+from tasks.signing import KeyRing, SignedModel
 
 logger = logging.getLogger("eve.promotion")
 
 
 class ReviewDecision(RunInput):
     """The form a reviewer fills in the Prefect UI (or sends with ``eve promote approve``). Who decides
-    is not a field: it is the account you logged in with."""
+    is not a field: it is the account you logged in with. Both fields are required in the form's schema
+    (no default is filled in: a reviewer chooses); a blank comment still reaches the platform, which
+    refuses it with its reason (``tasks.approvals.judge_submission``)."""
 
     model_config = ConfigDict(extra="ignore")  # the server's identity claim rides along; see tasks/gateway.py
 
-    decision: Literal["approve", "reject"]
+    decision: Literal["approve", "reject"] = Field(
+        title="Decision", description="Approve the candidate for production, or reject it.")
     """Approve the candidate for production, or reject it."""
 
-    comment: str = ""
+    comment: str = Field(title="Comment", description="Why: required for approval and rejection.")
     """Why; required for both outcomes."""
 
 
@@ -80,7 +84,7 @@ class ApprovalPolicy(BaseModel):
 
 
 class SampleGeneration(BaseModel):
-    """One generation shown to the reviewer, candidate next to production."""
+    """One generation shown to the reviewer, candidate next to production (``tasks.evaluate.review_samples``)."""
 
     image_key: str
     """Key of the image in the evaluation set."""
@@ -93,6 +97,64 @@ class SampleGeneration(BaseModel):
 
     production_output: str | None = None
     """The production model's answer, when there is one."""
+
+    reference: str | None = None
+    """The right answer."""
+
+    question_type: str | None = None
+    """The question's type (colour, count...)."""
+
+    candidate_score: float | None = None
+    """The candidate's score on it (1 = right)."""
+
+    image_data_uri: str | None = None
+    """The image as a small PNG ``data:`` URI, rendered in the review form."""
+
+
+class ContaminationSummary(BaseModel):
+    """What the contamination check (``tasks.evaluate.contamination``) found, for the review form."""
+
+    num_eval_images: int
+    """Evaluation images checked."""
+
+    num_train_images: int
+    """Training images they were compared with."""
+
+    num_contaminated_images: int
+    """Evaluation images found in the training data (exactly or nearly)."""
+
+    exact_matches: int = 0
+    """Byte- or pixel-identical pairs."""
+
+    near_duplicates: int = 0
+    """Pairs at or above the teacher-embedding cosine threshold."""
+
+    near_duplicate_threshold: float | None = None
+    """That threshold (None: near duplicates not checked)."""
+
+    max_cosine: float | None = None
+    """The closest evaluation-training pair's cosine."""
+
+    ngram_n: int = 8
+    """Word n-gram length of the reference-text overlap check."""
+
+    eval_texts_checked: int = 0
+    """References long enough for it."""
+
+    ngram_overlap_rate: float | None = None
+    """Share of them that overlap training text."""
+
+    @classmethod
+    def from_report(cls, report: Any) -> "ContaminationSummary":
+        """From a ``tasks.evaluate.contamination.ContaminationReport``."""
+        return cls(
+            num_eval_images=report.num_eval_images, num_train_images=report.num_train_images,
+            num_contaminated_images=report.num_contaminated_images,
+            exact_matches=len(report.exact_byte_matches) + len(report.exact_pixel_matches),
+            near_duplicates=len(report.near_duplicates), near_duplicate_threshold=report.near_duplicate_threshold,
+            max_cosine=report.max_cosine, ngram_n=report.ngram_n, eval_texts_checked=report.eval_texts_checked,
+            ngram_overlap_rate=report.ngram_overlap_rate,
+        )
 
 
 class EvidenceInputs(BaseModel):
@@ -111,7 +173,24 @@ class EvidenceInputs(BaseModel):
     """Metrics where a decrease is an improvement (losses, error rates)."""
 
     evaluation_gate_markdown: str | None = None
-    """The evaluation gate's own table (``GateDecision.to_markdown()``), with CIs, shown as is."""
+    """The evaluation gate's own table (``GateDecision.to_markdown()``), with CIs, shown as is (used
+    when ``gate`` is not given)."""
+
+    gate: GateDecision | None = None
+    """The evaluation gate's decision: every rule's threshold or limit, the candidate's value, CI,
+    sample size and verdict."""
+
+    baselines: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Metric -> {baseline name -> score} (``tasks.evaluate.baselines``: uniform chance, most common answer)."""
+
+    before_sft_metrics: dict[str, float] = Field(default_factory=dict)
+    """The same metrics of the model before SFT (the stage-2 checkpoint): what SFT added."""
+
+    production_approval: str | None = None
+    """How the production model got there: who approved it, when, why."""
+
+    contamination: ContaminationSummary | None = None
+    """The contamination check of the evaluation set against the training data."""
 
     caption_quality: dict[str, float] = Field(default_factory=dict)
     """Caption-quality statistics of the candidate's training data."""
@@ -166,6 +245,16 @@ class Requester(BaseModel):
     """How it was found: the runs walked up from the promotion to the one a non-worker account created."""
 
 
+class OriginRun(BaseModel):
+    """The flow run a promotion came from (the retrain that requested it)."""
+
+    flow_run_id: str
+    name: str
+    """E.g. ``retrain-demo-20261203-101500``."""
+    flow_name: str
+    """E.g. ``eve-retrain``."""
+
+
 class PromotionContext(BaseModel):
     """What the platform, not the caller, decides about a promotion before anyone reviews it."""
 
@@ -180,6 +269,8 @@ class PromotionContext(BaseModel):
 
     policy_sha256: str
     poll_interval_seconds: int
+    origin: OriginRun | None = None
+    """The run that requested the promotion (None: requested from the terminal or the API)."""
 
 
 class ReviewOutcome(BaseModel):
@@ -204,20 +295,227 @@ class ReviewOutcome(BaseModel):
     """The authenticated requester."""
 
 
+VERDICT_DOMAIN = "eve-review-verdict/1"
+"""Signature domain of a published ``ReviewVerdict``."""
+
+
+class ReviewVerdict(SignedModel):
+    """What the platform made of one submitted decision, published on the run (flow run input
+    ``<pause key>-verdict``) and signed with the platform key, so whoever sent it learns the outcome:
+    ``eve promote approve`` waits for it and exits non-zero with the reasons of a refusal. The audit
+    log stays the record; this is its answer to the sender."""
+
+    flow_run_id: str
+    """The promotion run."""
+    pause_key: str
+    """The pause (form) the decision was submitted to."""
+    account: str | None = None
+    """The authenticated account that submitted it (None when the claim did not verify)."""
+    accepted: bool
+    """Whether the platform accepted the decision."""
+    decision: str | None = None
+    """``approve`` or ``reject`` as submitted."""
+    reasons: list[str] = Field(default_factory=list)
+    """Why it was refused (empty when accepted)."""
+    status: str
+    """Where the promotion stands after it: ``approved``, ``rejected`` or ``waiting`` (for more approvals,
+    or for a valid decision after a refusal)."""
+    judged_at: str
+    """UTC time of the judgement, ISO 8601."""
+    audit_record_hash: str | None = None
+    """The accepted decision's audit record (None for a refusal)."""
+
+
+def verdict_key(pause_key: str) -> str:
+    """The flow run input key a verdict on the decision submitted to ``pause_key`` is published under."""
+    return f"{pause_key}-verdict"
+
+
+def publish_verdict(verdict: ReviewVerdict, keyring: KeyRing) -> None:
+    """Sign ``verdict`` and store it on its run; a failure is logged (the audit log has the outcome)."""
+    from prefect.input import create_flow_run_input
+
+    verdict.sign_with(keyring, "platform", VERDICT_DOMAIN)
+    try:
+        create_flow_run_input(key=verdict_key(verdict.pause_key), value=verdict.model_dump(mode="json"),
+                              flow_run_id=UUID(verdict.flow_run_id))
+    except Exception as error:  # noqa: BLE001 - the sender then reads the audit log instead
+        _warn(f"verdict on the decision to {verdict.pause_key} not published: {type(error).__name__}: {error}")
+
+
+def read_verdict(flow_run_id: str | UUID, pause_key: str) -> ReviewVerdict | None:
+    """The platform's verdict on the decision submitted to ``pause_key``, once published (check it with
+    :func:`verdict_signed`)."""
+    from prefect.input import read_flow_run_input
+
+    raw = read_flow_run_input(key=verdict_key(pause_key), flow_run_id=UUID(str(flow_run_id)))
+    if raw is None:
+        return None
+    return ReviewVerdict.model_validate(json.loads(raw) if isinstance(raw, str) else raw)
+
+
+def verdict_signed(verdict: ReviewVerdict, keyring: KeyRing | None = None) -> bool | None:
+    """Whether the platform signed ``verdict``; None where its public key is not at hand (a reviewer's
+    own machine without the keys directory)."""
+    keyring = keyring or KeyRing.default()
+    if not keyring.trusted_keys("platform"):
+        return None
+    return verdict.verify_with(keyring, "platform", VERDICT_DOMAIN)
+
+
 # ---------------------------------------------------------------- evidence
 
 
-def _delta_rows(current: dict[str, float], previous: dict[str, float], lower_is_better: set[str]) -> list[str]:
-    rows = []
+def describe_duration(seconds: float) -> str:
+    """A duration as a reviewer reads it: ``3 days``, ``1 day 12 hours``, ``2 hours``, ``45 minutes``."""
+    seconds = max(0, int(seconds))
+    units = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+    parts = []
+    for name, size in units:
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount} {name}{'s' if amount != 1 else ''}")
+        if len(parts) == 2 or (parts and not seconds):
+            break
+    return " ".join(parts) or "0 seconds"
+
+
+def flow_run_url(flow_run_id: str | UUID) -> str:
+    """The Prefect UI page of a flow run."""
+    from prefect.settings import get_current_settings
+
+    return f"{(get_current_settings().ui_url or '').rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def _delta_lines(current: dict[str, float], previous: dict[str, float], lower_is_better: set[str]) -> list[str]:
+    """One line per statistic: its value, the previous version's, the change and whether it is better."""
+    lines = []
     for name in sorted(current):
         value = current[name]
         if name not in previous:
-            rows.append(f"| {name} | {value:.4g} | – | – | new |")
+            lines.append(f"- `{name}` {value:.4g} (new)")
             continue
         delta = value - previous[name]
         improved = delta < 0 if name in lower_is_better else delta > 0
         verdict = "same" if delta == 0 else ("better" if improved else "**worse**")
-        rows.append(f"| {name} | {value:.4g} | {previous[name]:.4g} | {delta:+.4g} | {verdict} |")
+        lines.append(f"- `{name}` {value:.4g} (previous {previous[name]:.4g}, {delta:+.4g}, {verdict})")
+    return lines
+
+
+def _bound(check: GateCheck, gate: GateDecision) -> str:
+    """The limit a check compared with, in words."""
+    if check.rule == "threshold":
+        rule = next((t for t in gate.policy.thresholds if t.metric == check.metric), None)
+        bounds = ([f"≥ {rule.minimum:.4g}"] if rule and rule.minimum is not None else []) + (
+            [f"≤ {rule.maximum:.4g}"] if rule and rule.maximum is not None else [])
+        return " and ".join(bounds) or f"{check.limit:.4g}"
+    if check.rule == "non_regression":
+        return f"Δ vs production ≥ {check.limit:+.4g}"
+    if check.rule == "retention":
+        return f"perplexity ratio ≤ {check.limit:.3g}"
+    return f"{check.limit:.4g}"
+
+
+def _limits_by_metric(gate: GateDecision | None) -> dict[str, list[str]]:
+    """Metric -> the gate's verdicts on it, e.g. ``pass ≥ 0.3`` or ``**FAIL** Δ vs production ≥ -0.05``."""
+    limits: dict[str, list[str]] = {}
+    for check in gate.checks if gate else []:
+        if check.limit is not None:
+            limits.setdefault(check.metric, []).append(f"{'pass' if check.passed else '**FAIL**'} {_bound(check, gate)}")
+    return limits
+
+
+def _score_lines(evidence: EvidenceInputs) -> list[str]:
+    """One line per candidate metric (the form is a narrow dialog: lists wrap, wide tables do not): the value,
+    the gate's verdicts on it, production and the delta, the model before SFT, the answer baselines."""
+    lower = set(evidence.lower_is_better)
+    limits = _limits_by_metric(evidence.gate)
+    lines = []
+    for name in sorted(evidence.candidate_metrics):
+        value = evidence.candidate_metrics[name]
+        parts = [f"`{name}` **{value:.4g}**"]
+        if name in limits:
+            parts.append("gate: " + "; ".join(limits[name]))
+        previous = evidence.production_metrics.get(name)
+        if previous is not None:
+            change = value - previous
+            better = change < 0 if name in lower else change > 0
+            verdict = "same" if change == 0 else "better" if better else "**worse**"
+            parts.append(f"production {evidence.production_version or ''}: {previous:.4g} ({change:+.4g}, {verdict})")
+        if name in evidence.before_sft_metrics:
+            parts.append(f"before SFT: {evidence.before_sft_metrics[name]:.4g}")
+        parts += [f"{baseline}: {score:.4g}" for baseline, score in sorted(evidence.baselines.get(name, {}).items())]
+        lines.append("- " + " · ".join(parts))
+    return lines
+
+
+def _gate_check_line(check: GateCheck, gate: GateDecision) -> str:
+    """One check of the gate with every number that decided it."""
+    numbers = []
+    if check.candidate is not None:
+        numbers.append(f"candidate {check.candidate:.4g}")
+    if check.production is not None:
+        numbers.append(f"production {check.production:.4g}")
+    if check.delta is not None:
+        interval = (f" [{check.ci_low:+.3g}, {check.ci_high:+.3g}]" if check.ci_low is not None and check.ci_high is not None
+                    else "")
+        numbers.append(("ratio ×" if check.rule == "retention" else "Δ ") + f"{check.delta:+.3g}{interval}"
+                       .replace("×+", "×"))
+    if check.limit is not None:
+        numbers.append(f"limit {_bound(check, gate)}")
+    if check.num_samples is not None:
+        numbers.append(f"n {check.num_samples}" + (f" ({check.required_samples} needed)" if check.required_samples else ""))
+    warning = f" ⚠ {check.warning}" if check.warning else ""
+    return (f"- {'**pass**' if check.passed else '**FAIL**'} {check.rule.replace('_', '-')} `{check.metric}`: "
+            f"{', '.join(numbers) or '–'}; {check.reason}{warning}")
+
+
+def _gate_lines(gate: GateDecision) -> list[str]:
+    policy = gate.policy
+    verdict = "passed" if gate.passed else f"**failed** ({len(gate.failures)} check(s))"
+    against = (f"production `{gate.production_weights_sha256[:12]}`" if gate.production_weights_sha256
+               else "no production model")
+    return [
+        f"The evaluation gate {verdict} (rules v{gate.rules_version}, candidate `{gate.candidate_weights_sha256[:12]}` "
+        f"vs {against}). Each rule with its limit, the measured values, the {policy.confidence_level:.0%} paired-bootstrap "
+        "confidence interval of the difference (positive = candidate better), the sample size, the verdict:",
+        *[_gate_check_line(check, gate) for check in gate.checks],
+    ]
+
+
+def _contamination_text(summary: ContaminationSummary | None) -> str:
+    if summary is None:
+        return "_The contamination check did not run for this version._"
+    near = (f"teacher-embedding cosine ≥ {summary.near_duplicate_threshold:.2f}" if summary.near_duplicate_threshold
+            is not None else "near duplicates not checked")
+    closest = f"; the closest pair reached cosine {summary.max_cosine:.3f}" if summary.max_cosine is not None else ""
+    verdict = ("**none found**" if summary.num_contaminated_images == 0
+               else f"**{summary.num_contaminated_images} found** ({summary.exact_matches} exact, "
+                    f"{summary.near_duplicates} near duplicates)")
+    text = (f"Evaluation images in the training data: {verdict} among {summary.num_eval_images} evaluation and "
+            f"{summary.num_train_images} training images (exact bytes, exact pixels, {near}{closest}).")
+    if summary.ngram_overlap_rate is not None:
+        text += (f" Reference answers sharing a {summary.ngram_n}-word sequence with training text: "
+                 f"{summary.ngram_overlap_rate:.1%} of {summary.eval_texts_checked}.")
+    return text
+
+
+def _sample_rows(samples: list[SampleGeneration]) -> list[str]:
+    """Two columns (the form is narrow): the image, and the question with the right answer and both models'."""
+    rows = ["| image | question and answers |", "|---|---|"]
+    for sample in samples:
+        image = f"![{_cell(sample.image_key)}]({sample.image_data_uri})" if sample.image_data_uri else f"`{_cell(sample.image_key)}`"
+        mark = "" if sample.candidate_score is None else (" ✓" if sample.candidate_score >= 1 else " ✗")
+        production = sample.production_output
+        production_mark = ("" if production is None or sample.reference is None
+                           else " ✓" if production.strip().lower() == sample.reference.strip().lower() else " ✗")
+        question = _cell(sample.prompt) + (f" _({sample.question_type})_" if sample.question_type else "")
+        rows.append(f"| {image} | {question} · right answer: **{_cell(sample.reference or '–')}** · candidate: "
+                    f"{_cell(sample.candidate_output)}{mark} · production: {_cell(production or '–')}{production_mark} |")
     return rows
 
 
@@ -228,40 +526,48 @@ def build_evidence_report(
     lineage: LineageManifest | None,
     rule: ReviewRule,
     kind: Literal["promotion", "rollback"] = "promotion",
+    origin: OriginRun | None = None,
 ) -> EvidenceReport:
-    """One markdown page: who asked and under which rule, evaluation deltas, caption-quality deltas,
-    lineage summary, sample generations."""
-    lower = set(evidence.lower_is_better)
+    """One markdown page with everything a reviewer decides on: who asked and under which rule, the
+    evaluation gate (every rule's limit, the candidate's value with its CI and sample size, the verdict),
+    the scores next to production, the model before SFT and the answer baselines, contamination,
+    caption-quality deltas, the lineage summary and sample answers with their images."""
+    gate = evidence.gate
     against = evidence.production_version or "no production model yet"
     title = "Roll production back to" if kind == "rollback" else "Promote"
+    asked = f"Requested by **{requested_by}** (the authenticated account that started it)"
+    if origin is not None:
+        asked += f" from the run [{origin.name}]({flow_run_url(origin.flow_run_id)})"
+    if gate is not None:
+        gate_section = _gate_lines(gate)
+    elif evidence.evaluation_gate_markdown:
+        gate_section = [evidence.evaluation_gate_markdown.strip()]
+    else:
+        gate_section = ["_No evaluation gate decision was recorded with this request._"]
     sections = [
         f"# {title} eve@{candidate_version} to production?",
         *(["This version held production before: approving it is a **rollback**."] if kind == "rollback" else []),
-        f"Requested by **{requested_by}** (the authenticated account that started it). Allowed reviewers: "
-        f"{', '.join(rule.allowed_reviewers)}, never the requester; {rule.approvals_needed} distinct "
-        f"approval(s) needed. Decide while logged in as yourself: the platform records your account, not a "
-        f"typed name. A comment is required for approval and rejection; no decision within "
-        f"{rule.decision_timeout_seconds} s rejects the promotion.",
-        f"## Evaluation against production ({against})",
-        "| metric | candidate | production | delta | |",
-        "|---|---|---|---|---|",
-        *_delta_rows(evidence.candidate_metrics, evidence.production_metrics, lower),
-        *([evidence.evaluation_gate_markdown] if evidence.evaluation_gate_markdown else []),
+        f"{asked}. Allowed reviewers: {', '.join(rule.allowed_reviewers)}, never the requester; "
+        f"{rule.approvals_needed} distinct approval(s) needed. Decide while logged in as yourself: the platform "
+        f"records your account, not a typed name. A comment is required for approval and rejection; no valid "
+        f"decision within **{describe_duration(rule.decision_timeout_seconds)}** of the request rejects the promotion.",
+        "## Evaluation gate",
+        *gate_section,
+        f"## Scores against production ({against}), the model before SFT and the answer baselines",
+        *([f"Production: {evidence.production_approval}."] if evidence.production_approval else []),
+        "Baselines answer without looking at the image: uniform chance guesses among a question type's answers, "
+        "most common answer always gives the type's most frequent one.",
+        *_score_lines(evidence),
+        "## Contamination",
+        _contamination_text(evidence.contamination),
         "## Caption quality against the previous data version",
         f"Data `{(evidence.caption_dataset_hash or _quality_dataset(lineage) or '?')[:12]}` vs previous "
         f"`{(evidence.previous_caption_dataset_hash or '?')[:12]}`.",
-        "| statistic | current | previous | delta | |",
-        "|---|---|---|---|---|",
-        *_delta_rows(evidence.caption_quality, evidence.previous_caption_quality, lower),
+        *_delta_lines(evidence.caption_quality, evidence.previous_caption_quality, set(evidence.lower_is_better)),
         "## Lineage",
         summarize_lineage_markdown(lineage) if lineage else "_no lineage manifest found_",
-        "## Sample generations",
-        "| image | prompt | candidate | production |",
-        "|---|---|---|---|",
-        *[
-            f"| {s.image_key} | {_cell(s.prompt)} | {_cell(s.candidate_output)} | {_cell(s.production_output or '–')} |"
-            for s in evidence.sample_generations
-        ],
+        "## Sample answers",
+        *_sample_rows(evidence.sample_generations),
     ]
     markdown = _join_sections(sections)
     return EvidenceReport(markdown=markdown, sha256=hashlib.sha256(markdown.encode("utf-8")).hexdigest())
@@ -276,10 +582,10 @@ def _cell(text: str) -> str:
 
 
 def _join_sections(parts: list[str]) -> str:
-    # Table rows stay on consecutive lines; everything else is its own paragraph.
+    # Table rows and list items stay on consecutive lines; everything else is its own paragraph.
     out: list[str] = []
     for part in parts:
-        if out and part.startswith("|") and out[-1].startswith("|"):
+        if out and any(part.startswith(mark) and out[-1].startswith(mark) for mark in ("|", "- ")):
             out[-1] += "\n" + part
         else:
             out.append(part)
@@ -455,16 +761,24 @@ def collect_review_decisions(
     refused = 0
     notice = ""
     attempt = 0
+    def answer(key: str, submitted: dict[str, Any], accepted: bool, status: str, reasons: list[str],
+               account: str | None, record_hash: str | None = None) -> None:
+        publish_verdict(ReviewVerdict(
+            flow_run_id=request.flow_run_id, pause_key=key, account=account, accepted=accepted,
+            decision=submitted.get("decision") if isinstance(submitted.get("decision"), str) else None,
+            reasons=reasons, status=status, judged_at=datetime.now(timezone.utc).isoformat(),
+            audit_record_hash=record_hash,
+        ), keyring)
+
     while datetime.now(timezone.utc) < deadline:
         attempt += 1
         needed = request.rule.approvals_needed
         progress = f"> {len(approvals)} of {needed} approvals so far.\n\n" if needed > 1 else ""
-        form = ReviewDecision.with_initial_data(
-            description=notice + progress + report.markdown, decision="reject", comment=""
-        )
-        submitted = wait_for_review_input(
-            form, f"review-{request.request_id[:12]}-{attempt}", deadline, poll_interval_seconds
-        )
+        left = describe_duration((deadline - datetime.now(timezone.utc)).total_seconds())
+        due = f"> Decide by **{deadline:%Y-%m-%d %H:%M} UTC** ({left} from now).\n\n"
+        form = ReviewDecision.with_initial_data(description=notice + progress + due + report.markdown)
+        key = f"review-{request.request_id[:12]}-{attempt}"
+        submitted = wait_for_review_input(form, key, deadline, poll_interval_seconds)
         if submitted is None:
             break
         verdict = judge_submission(
@@ -476,9 +790,13 @@ def collect_review_decisions(
             who = verdict.submitted_by or "unauthenticated"
             notice = f"> **Decision by {who!r} refused:** {'; '.join(verdict.reasons)}. Submit a valid one.\n\n"
             run_logger.warning("decision by %r refused: %s", who, "; ".join(verdict.reasons))
+            answer(key, submitted, False, "waiting", verdict.reasons, verdict.submitted_by)
             continue
         decision: SignedDecision = verdict.decision
         run_logger.info("decision %s by %s accepted", decision.decision, decision.reviewer)
+        status = ("rejected" if decision.decision == "reject"
+                  else "approved" if len({a.reviewer for a in approvals} | {decision.reviewer}) >= needed else "waiting")
+        answer(key, submitted, True, status, [], decision.reviewer, approval.audit_record_hash)
         if decision.decision == "reject":
             audit_log.append(
                 audit.PROMOTION_REJECTED,
@@ -524,10 +842,118 @@ def evidence_from_registry(version: str, registry: ModelRegistry | None = None) 
         production_version=production,
         production_metrics=dict(production_lineage.evaluation.metrics)
         if production_lineage and production_lineage.evaluation else {},
-        caption_quality={k: v for k, v in (lineage.quality.statistics if lineage.quality else {}).items()
-                         if isinstance(v, (int, float))},
+        caption_quality=caption_statistics(lineage),
         caption_dataset_hash=lineage.quality.dataset_hash if lineage.quality else None,
+        gate=lineage.evaluation.gate if lineage.evaluation else None,
+        production_approval=approval_summary(production_lineage),
     )
+
+
+def caption_statistics(lineage: LineageManifest | None) -> dict[str, float]:
+    """The numeric caption-quality statistics a version's lineage recorded (its gate's summary)."""
+    if lineage is None or lineage.quality is None:
+        return {}
+    statistics = lineage.quality.statistics
+    summary = statistics.get("summary", statistics)
+    return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def approval_summary(lineage: LineageManifest | None) -> str | None:
+    """``eve@v0.1.0, approved by carol at 2026-12-01 10:00 UTC: "why"`` from a version's lineage."""
+    if lineage is None:
+        return None
+    approved = [a for a in lineage.approvals if a.decision == "approve"]
+    if not approved:
+        return f"{lineage.ref}, no recorded approval"
+    last = approved[-1]
+    when = datetime.fromisoformat(last.decided_at).astimezone(timezone.utc)
+    reviewers = ", ".join(dict.fromkeys(a.reviewer for a in approved))
+    return f"{lineage.ref}, approved by {reviewers} at {when:%Y-%m-%d %H:%M} UTC: \"{last.comment}\""
+
+
+class ProductionEvidence(BaseModel):
+    """What the evidence says about the model in production now (the one the candidate would replace)."""
+
+    caption_quality: dict[str, float] = Field(default_factory=dict)
+    """Its caption-quality statistics (the previous data version)."""
+    caption_dataset_hash: str | None = None
+    """Its caption dataset."""
+    approval: str | None = None
+    """Who approved it, when, why."""
+
+
+@task(name="production-evidence")
+def production_evidence(production_version: str | None) -> ProductionEvidence:
+    """The production model's caption statistics and approval, for the candidate's evidence."""
+    if production_version is None:
+        return ProductionEvidence()
+    lineage = ModelRegistry(PlatformSettings.load()).lineage(production_version)
+    return ProductionEvidence(
+        caption_quality=caption_statistics(lineage),
+        caption_dataset_hash=lineage.quality.dataset_hash if lineage.quality else None,
+        approval=approval_summary(lineage),
+    )
+
+
+class DecisionSummary(BaseModel):
+    """One accepted decision of a promotion, as the audit log holds it."""
+
+    reviewer: str
+    decision: Literal["approve", "reject"]
+    decided_at: str
+    comment: str
+
+
+class PromotionStatus(BaseModel):
+    """Where the latest promotion request of a version stands, read from the audit log."""
+
+    version: str
+    request_id: str
+    flow_run_id: str
+    requested_by: str
+    requested_at: str
+    decide_by: str | None = None
+    decisions: list[DecisionSummary] = Field(default_factory=list)
+    """Accepted decisions, oldest first."""
+    outcome: Literal["waiting", "approved", "rejected", "timed_out"] = "waiting"
+    """``approved`` once production moved to the version."""
+    outcome_at: str | None = None
+    """When the outcome was recorded."""
+
+    def decided_by(self, account: str) -> DecisionSummary | None:
+        """The accepted decision of ``account`` (its latest), if any."""
+        return next((d for d in reversed(self.decisions) if d.reviewer == account), None)
+
+
+def promotion_status(version: str, audit_log: audit.AuditLog | None = None) -> PromotionStatus | None:
+    """The latest promotion request of ``version`` and what became of it; None when none was requested."""
+    records = (audit_log or audit.AuditLog.default()).records()
+    requested = [index for index, r in enumerate(records) if r.event == audit.PROMOTION_REQUESTED
+                 and (r.payload.get("request") or {}).get("version") == version]
+    if not requested:
+        return None
+    asked = records[requested[-1]]
+    request = asked.payload["request"]
+    request_id = request["request_id"]
+    status = PromotionStatus(
+        version=version, request_id=request_id, flow_run_id=str(request.get("flow_run_id")),
+        requested_by=str(request.get("requested_by") or asked.actor), requested_at=asked.recorded_at,
+        decide_by=request.get("decide_by"),
+    )
+    for record in records[requested[-1] + 1:]:
+        payload = record.payload
+        if record.event == audit.REVIEW_DECISION_ACCEPTED and (payload.get("decision") or {}).get("request_id") == request_id:
+            decision = payload["decision"]
+            status.decisions.append(DecisionSummary(reviewer=decision["reviewer"], decision=decision["decision"],
+                                                    decided_at=decision["decided_at"], comment=decision["comment"]))
+        elif record.event == audit.PRODUCTION_ASSIGNED and payload.get("request_id") == request_id:
+            status.outcome, status.outcome_at = "approved", record.recorded_at
+        elif record.event == audit.REVIEW_TIMED_OUT and payload.get("request_id") == request_id:
+            status.outcome, status.outcome_at = "timed_out", record.recorded_at
+        elif record.event == audit.PROMOTION_REJECTED and payload.get("request_id") == request_id:
+            if status.outcome == "waiting":
+                status.outcome, status.outcome_at = "rejected", record.recorded_at
+    return status
 
 
 def complete_promotion(version: str, registry: ModelRegistry | None = None) -> str:
@@ -583,7 +1009,31 @@ def prepare_promotion(request: PromotionRequest) -> PromotionContext:
         rule=policy.rule_for(MODEL_NAME),
         policy_sha256=policy.sha256(),
         poll_interval_seconds=policy.poll_interval_seconds,
+        origin=origin_run(flow_run.id),
     )
+
+
+def origin_run(flow_run_id: str | UUID, max_depth: int = 16) -> OriginRun | None:
+    """The top of the chain of runs that started ``flow_run_id`` (the retrain), or None when nothing
+    started it (``eve promote request``, the API). For display and links only: who asked is
+    :func:`resolve_requester`'s to say."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(str(flow_run_id)))
+        origin = None
+        for _ in range(max_depth):
+            if not run.parent_task_run_id:
+                break
+            parent_task = client.read_task_run(run.parent_task_run_id)
+            if parent_task.flow_run_id is None:
+                break
+            run = client.read_flow_run(parent_task.flow_run_id)
+            origin = run
+        if origin is None:
+            return None
+        flow = client.read_flow(origin.flow_id)
+    return OriginRun(flow_run_id=str(origin.id), name=origin.name, flow_name=flow.name)
 
 
 @task(name="record-promotion-request")
@@ -620,7 +1070,7 @@ def publish_evidence_report(
 ) -> EvidenceReport:
     """Build the evidence report and publish it as a markdown artifact (key ``evidence-eve-<version>``)."""
     report = build_evidence_report(context.version, context.requester.name, evidence, lineage, context.rule,
-                                   context.kind)
+                                   context.kind, context.origin)
     create_markdown_artifact(
         key=f"evidence-eve-{context.version.replace('.', '-')}",
         markdown=report.markdown + f"\n\n_evidence sha256 `{report.sha256}`_\n",
@@ -639,6 +1089,45 @@ def publish_lineage(lineage: LineageManifest) -> None:
     )
 
 
+@task(name="link-origin-run")
+def link_origin_run(context: PromotionContext) -> str | None:
+    """In the promotion run: a link artifact (key ``requested-by-run``) back to the run that requested it."""
+    if context.origin is None:
+        return None
+    url = flow_run_url(context.origin.flow_run_id)
+    create_link_artifact(
+        url, link_text=context.origin.name, key="requested-by-run",
+        description=f"The {context.origin.flow_name} run that requested the promotion of `eve@{context.version}`",
+    )
+    return url
+
+
+@task(name="link-promotion-run")
+def link_promotion_run(promotion_flow_run_id: str, version: str) -> str:
+    """In the retrain: a link artifact (key ``promotion-run``) to the promotion it started."""
+    url = flow_run_url(promotion_flow_run_id)
+    create_link_artifact(
+        url, link_text=f"promote-eve@{version}", key="promotion-run",
+        description=f"The promotion of `eve@{version}` this run requested: the evidence and the reviewer's form",
+    )
+    return url
+
+
+def registered_model(lineage: LineageManifest):
+    """A registered version as an OpenLineage dataset (``eve@vX``, its weights hash)."""
+    from tasks.lineage.openlineage_refs import model_ref
+
+    return model_ref(lineage.ref, lineage.weights.sha256 if lineage.weights else "unknown")
+
+
+def production_model(lineage: LineageManifest):
+    """The production stage once it holds ``lineage``'s version (``eve@production``)."""
+    from tasks.lineage.openlineage_refs import model_ref
+
+    return model_ref(f"{lineage.model_name}@production", lineage.weights.sha256 if lineage.weights else "unknown",
+                     version=lineage.version)
+
+
 PROMOTION_DEPLOYMENT = "promote-eve/promote"
 """The deployment (``prefect.yaml``) that runs a promotion on the platform's worker."""
 
@@ -650,14 +1139,20 @@ def start_promotion(request: PromotionRequest) -> str:
     The run waits days for a reviewer; a worker owns it (the local default: the process worker
     ``eve server`` starts), so the retrain that asked for it can finish. Linked to the calling run
     in the UI as its child, so its requester is whoever started that run.
+
+    A retry of this task (the server answered 500 after it had created the run) gets the run the first
+    attempt created, not a second promotion of the same version waiting for reviewers forever: the
+    idempotency key is this task run's id, the same for all its attempts.
     """
     from prefect.deployments import run_deployment
+    from prefect.runtime import task_run
 
     flow_run = run_deployment(
         PROMOTION_DEPLOYMENT,
         parameters={"request": request.model_dump(mode="json", exclude_none=True)},
         flow_run_name=f"promote-eve@{request.candidate_version}",  # the flow's own name template, set at once
         timeout=0,
+        idempotency_key=f"start-promotion/{task_run.id}" if task_run.id else None,
     )
     return str(flow_run.id)
 
@@ -687,7 +1182,29 @@ def anchor_audit_head() -> str | None:
 
 
 __all__ = [
+    "VERDICT_DOMAIN",
+    "DecisionSummary",
+    "PromotionStatus",
+    "promotion_status",
     "ApprovalPolicy",
+    "ContaminationSummary",
+    "OriginRun",
+    "ProductionEvidence",
+    "ReviewVerdict",
+    "approval_summary",
+    "caption_statistics",
+    "describe_duration",
+    "flow_run_url",
+    "link_origin_run",
+    "link_promotion_run",
+    "origin_run",
+    "production_evidence",
+    "production_model",
+    "registered_model",
+    "publish_verdict",
+    "read_verdict",
+    "verdict_key",
+    "verdict_signed",
     "EvidenceInputs",
     "EvidenceReport",
     "PROMOTION_DEPLOYMENT",

@@ -62,6 +62,13 @@ from tasks.evaluate.gates import GateDecision
 from tasks.lineage.schema import ApprovalRecord, LineageManifest, WeightsRef
 from tasks.lineage.store import read_lineage, write_lineage
 from tasks.platform import PlatformSettings
+from tasks.registry_card import (
+    MODEL_CARD_FILE,
+    ModelCardFacts,
+    card_dir,
+    write_approval_card,
+    write_registration_card,
+)
 from tasks.signing import KeyRing, canonical_json, split_signed_tag
 
 MODEL_NAME = "eve"
@@ -379,13 +386,19 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ writes
 
-    def register_candidate(self, model_dir: Path, lineage_manifest: LineageManifest, gate: GateDecision) -> str:
+    def register_candidate(
+        self, model_dir: Path, lineage_manifest: LineageManifest, gate: GateDecision,
+        card_facts: ModelCardFacts | None = None,
+    ) -> str:
         """Register ``model_dir`` as the next version, with its lineage; only after the evaluation gate passed.
 
         Weights already registered (same directory hash) return their existing version.
-        Copies the weights to ``models/eve``, DVC-adds and pushes them, commits the lineage manifest
-        (with version and weight hashes filled in), audits the registration, writes the signed version
-        tag ``eve@vX``, anchors the audit head, and pushes.
+        Copies the weights to ``models/eve`` and writes the version's model card into them
+        (``tasks.registry_card``: training data, procedure, evaluation with ``card_facts``, approval
+        pending; outside the weights hash), DVC-adds and pushes them, commits the lineage manifest
+        (with version and weight hashes filled in) and the card's current copy
+        (``cards/eve/<version>/README.md``), audits the registration, writes the signed version tag
+        ``eve@vX``, anchors the audit head, and pushes.
         """
         if not gate.passed:
             raise GateNotPassedError(
@@ -407,22 +420,25 @@ class ModelRegistry:
                 if known is not None and known.sha256 == candidate_sha256:
                     return existing["version"]
             version = self._next_version()
+            manifest = lineage_manifest.model_copy(deep=True)
+            manifest.version = version
+            manifest.model_name = MODEL_NAME
+            manifest.created_at = datetime.now(timezone.utc).isoformat()
             target = self.repo_dir / WEIGHTS_PATH
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(model_dir, target)
+            write_registration_card(target, manifest, card_facts, candidate_sha256)
             with DvcRepo(str(self.repo_dir), config=self._dvc_remote().runtime_config(DVC_REMOTE_NAME)) as dvc_repo:
                 # DVC resolves relative targets against the process cwd, not the repository.
                 dvc_repo.add(str(target))
                 dvc_repo.push(targets=[str(target)])
             dvc_md5 = yaml.safe_load((self.repo_dir / f"{WEIGHTS_PATH}.dvc").read_text())["outs"][0]["md5"]
-            manifest = lineage_manifest.model_copy(deep=True)
-            manifest.version = version
-            manifest.model_name = MODEL_NAME
-            manifest.created_at = datetime.now(timezone.utc).isoformat()
             manifest.weights = WeightsRef(path=WEIGHTS_PATH, sha256=candidate_sha256, dvc_md5=dvc_md5)
             lineage_file = write_lineage(self.repo_dir, manifest)
-            self._git("add", "-A", f"{WEIGHTS_PATH}.dvc", "models/.gitignore", str(lineage_file), ".dvc/config")
+            card_file = self._copy_card(target, version)
+            self._git("add", "-A", f"{WEIGHTS_PATH}.dvc", "models/.gitignore", str(lineage_file), str(card_file),
+                      ".dvc/config")
             self._git("commit", "--quiet", "-m", f"Register {MODEL_NAME} {version}")
             commit = self._git("rev-parse", "HEAD")
             tag = f"{MODEL_NAME}@{version}"
@@ -538,9 +554,14 @@ class ModelRegistry:
         manifest = read_lineage(self.repo_dir, f"{MODEL_NAME}@{version}")
         known = {a.audit_record_hash for a in manifest.approvals}
         missing = [a for a in approvals if a.audit_record_hash not in known]
-        lineage_file = write_lineage(self.repo_dir, manifest.model_copy(update={"approvals": [*manifest.approvals, *missing]}))
-        if self._git("status", "--porcelain", "--", str(lineage_file)):
-            self._git("add", str(lineage_file))
+        approved = [*manifest.approvals, *missing]
+        lineage_file = write_lineage(self.repo_dir, manifest.model_copy(update={"approvals": approved}))
+        changed = [str(lineage_file)]
+        card = card_dir(self.repo_dir, MODEL_NAME, version)
+        if (card / MODEL_CARD_FILE).exists():  # versions registered before the registry kept cards have none
+            changed.append(str(write_approval_card(card, approved)))
+        if self._git("status", "--porcelain", "--", *changed):
+            self._git("add", *changed)
             reviewers = ", ".join(a.reviewer for a in approvals)
             self._git("commit", "--quiet", "-m", f"Record approval of {MODEL_NAME} {version} by {reviewers}")
         return self._git("rev-parse", "HEAD")
@@ -686,6 +707,17 @@ class ModelRegistry:
             )
         return events
 
+    def model_card(self, version: str) -> str | None:
+        """The current model card (markdown with its YAML header) of a registered version, or None."""
+        path = card_dir(self.repo_dir, MODEL_NAME, version.split("@")[-1]) / MODEL_CARD_FILE
+        return path.read_text(encoding="utf-8") if path.exists() else None
+
+    def _copy_card(self, checkpoint: Path, version: str) -> Path:
+        """The registry repository's copy of a checkpoint's card (the one approvals update); its path."""
+        folder = card_dir(self.repo_dir, MODEL_NAME, version)
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy2(checkpoint / MODEL_CARD_FILE, folder / MODEL_CARD_FILE))
+
     def lineage(self, version: str) -> LineageManifest:
         return read_lineage(self.repo_dir, f"{MODEL_NAME}@{version.split('@')[-1]}")
 
@@ -705,6 +737,9 @@ class ModelRegistry:
         actual = weights_sha256(dest)
         if expected is None or actual != expected.sha256:
             raise RegistryError(f"pulled weights of {version} hash to {actual}, lineage says {expected}")
+        current_card = self.model_card(version)
+        if current_card is not None:  # the card as approvals left it (the checkpoint's is from registration)
+            (dest / MODEL_CARD_FILE).write_text(current_card, encoding="utf-8")
         return dest
 
 
@@ -712,9 +747,20 @@ class ModelRegistry:
 
 
 @task(name="register-candidate")
-def register_candidate(model_dir: str, lineage_manifest: LineageManifest, gate: GateDecision) -> str:
-    """Register a model that passed the evaluation gate (refused otherwise); returns its version."""
-    return ModelRegistry.default().register_candidate(Path(model_dir), lineage_manifest, gate)
+def register_candidate(
+    model_dir: str, lineage_manifest: LineageManifest, gate: GateDecision, card_facts: ModelCardFacts | None = None
+) -> str:
+    """Register a model that passed the evaluation gate (refused otherwise) with its model card
+    (``card_facts``: what the retrain knows beyond the lineage); returns its version. An OpenLineage run
+    (``register-model``): the candidate's weights in, ``eve@<version>`` out."""
+    from tasks.lineage.openlineage import lineage_run
+    from tasks.lineage.openlineage_refs import model_ref
+
+    weights = lineage_manifest.stages[-1].weights_sha256 if lineage_manifest.stages else weights_sha256(model_dir)
+    with lineage_run("register-model", [model_ref(model_dir, weights, role="candidate")]) as written:
+        version = ModelRegistry.default().register_candidate(Path(model_dir), lineage_manifest, gate, card_facts)
+        written.append(model_ref(f"{MODEL_NAME}@{version}", weights))
+    return version
 
 
 @task(name="checkout-production", retries=1, retry_delay_seconds=10)

@@ -11,7 +11,12 @@ checkpoint's weights hash, the stage config's content hash and the code-tree rev
 - a changed input gets a new folder, and old results stay addressable for lineage.
 
 ``plan_stage`` computes the key once and returns it with the config (``PlannedStage``); everything
-later reads it from there. Outputs are referenced by path and hash, never pickled into Prefect
+later reads it from there.
+
+While a job runs, ``train_stage`` streams its log into the task run's log (library chatter left out,
+``tasks.log_filters``) and turns the job's throttled progress lines (``eve_model.training.progress``:
+step, loss, samples/s, ETA) into the stage's Prefect progress artifact (``stage-<id>-progress``). Each
+stage is an OpenLineage run (``stage-<id>``): its dataset and parent model in, its model out. Outputs are referenced by path and hash, never pickled into Prefect
 results: a 7B checkpoint is many GB and lives on shared storage.
 """
 
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
@@ -41,6 +47,10 @@ from eve_model.training.config import (
     overrides_as_kwargs,
     preset_stage_config,
 )
+from eve_model.training.progress import ProgressReport, format_duration, parse_progress_line
+from tasks.lineage.openlineage import lineage_run
+from tasks.lineage.openlineage_refs import dataset_ref, model_ref
+from tasks.log_filters import is_job_log_chatter
 from tasks.platform import REPO_ROOT, PlatformSettings
 from tasks.submit.run import JobFailed, retry_only_unreachable_scheduler, run_job_to_end
 from tasks.submit.spec import JobAttempt, JobSpec, JobState
@@ -96,6 +106,21 @@ class TrainingParameters(BaseModel):
         """The stages a retrain runs, in order (the bootstrap only without a base LLM)."""
         stages = list(StageId)
         return stages if self.base_llm_dir is None else stages[1:]
+
+
+class RunLabels(BaseModel):
+    """How one retrain's runs are labelled in W&B: one group per retrain, tagged with its recipe."""
+
+    group: str | None = None
+    """W&B group: the retrain's flow run name (e.g. ``retrain-demo-20261203-101500``)."""
+
+    recipe: str | None = None
+    """The recipe the parameters came from (``RetrainParameters.recipe``)."""
+
+    def wandb_tags(self, stage: StageId, dataset_hash: str) -> list[str]:
+        """Tags of one stage's W&B run: recipe, stage, and the first 12 hex digits of its dataset hash."""
+        tags = [f"stage:{stage}", f"dataset:{dataset_hash[:12]}"]
+        return ([f"recipe:{self.recipe}"] if self.recipe else []) + tags
 
 
 class StageResult(BaseModel):
@@ -220,8 +245,11 @@ def stage_config_for(
     dataset_hash: str,
     init_checkpoint: str | None,
     settings: PlatformSettings,
+    labels: RunLabels | None = None,
 ) -> StageConfig:
-    """A stage's config from the training parameters' preset and overrides (not yet placed)."""
+    """A stage's config from the training parameters' preset and overrides (not yet placed), with the
+    retrain's W&B group and tags (outside the content hash)."""
+    labels = labels or RunLabels()
     config = preset_stage_config(
         training.preset,
         stage,
@@ -231,6 +259,7 @@ def stage_config_for(
         init_checkpoint=init_checkpoint,
         **overrides_as_kwargs(training.stage_overrides.get(stage)),
     )
+    config = config.model_copy(update={"wandb_group": labels.group, "wandb_tags": labels.wandb_tags(stage, dataset_hash)})
     if training.cache_teacher_features and stage != StageId.BASE_LLM and config.teacher_feature_cache_dir is None:
         config = config.model_copy(update={"teacher_feature_cache_dir": str(settings.teacher_feature_cache_dir)})
     return config
@@ -243,13 +272,15 @@ def plan_stage(
     dataset_location: str,
     dataset_hash: str,
     parent: StageResult | None,
+    labels: RunLabels | None = None,
 ) -> PlannedStage:
-    """The stage's config from its preset and overrides, placed in its cache-key folder."""
+    """The stage's config from its preset and overrides, placed in its cache-key folder; ``labels``
+    name the retrain's W&B group and recipe."""
     init_checkpoint = parent.model_dir if parent is not None else (
         training.base_llm_dir if stage == StageId.PREALIGN else None
     )
     settings = PlatformSettings.load()
-    config = stage_config_for(stage, training, dataset_location, dataset_hash, init_checkpoint, settings)
+    config = stage_config_for(stage, training, dataset_location, dataset_hash, init_checkpoint, settings, labels)
     parent_weights = parent.weights_sha256 if parent is not None else (
         weights_sha256(init_checkpoint) if init_checkpoint else None
     )
@@ -434,6 +465,83 @@ def plan_dry_run(training: TrainingParameters, home: Path) -> list[tuple[Planned
     return planned_jobs
 
 
+def stage_inputs(planned: PlannedStage) -> list:
+    """What a stage reads, as OpenLineage datasets: its training data and (after the first) its parent model."""
+    config = planned.config
+    inputs = [dataset_ref(config.dataset_location, "training data", config.dataset_hash)]
+    if config.init_checkpoint and planned.parent_weights_sha256:
+        inputs.append(model_ref(config.init_checkpoint, planned.parent_weights_sha256, role="parent"))
+    return inputs
+
+
+def progress_artifact_key(stage: StageId) -> str:
+    """Key of a stage's Prefect progress artifact (lowercase letters, digits and dashes)."""
+    return f"stage-{stage}-progress"
+
+
+def _progress_markdown(stage: StageId, report: ProgressReport) -> str:
+    loss = f"{report.loss:.4f}" if report.loss is not None else "?"
+    rate = f"{report.samples_per_second:.1f}" if report.samples_per_second is not None else "?"
+    return (
+        f"**Stage {stage}**: step {report.step} of {report.total_steps}, loss {loss}, {rate} samples/s, "
+        f"running for {format_duration(report.elapsed_seconds)}, about {format_duration(report.eta_seconds)} to go"
+    )
+
+
+class StageProgressArtifact:
+    """A stage's Prefect progress artifact (``progress_artifact_key``): 0 % when the stage starts, each
+    progress line of the job moves it on, 100 % at the end. It only reports: a failed update is logged
+    once and never fails the stage."""
+
+    def __init__(self, planned: PlannedStage, warn: Callable[[str], None]) -> None:
+        self.stage = planned.stage
+        self._warn = warn
+        self._failed = False
+        self.last: ProgressReport | None = None
+        self.artifact_id = self._call(lambda: create_progress_artifact(
+            0.0, key=progress_artifact_key(self.stage),
+            description=f"**Stage {self.stage}**: starting (cache key `{planned.cache_key[:16]}`)",
+        ))
+
+    def _call(self, action: Callable[[], Any]) -> Any:
+        if self._failed:
+            return None
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - progress display must not fail training
+            self._failed = True
+            self._warn(f"stage {self.stage}: progress artifact not updated any more ({type(error).__name__}: {error})")
+            return None
+
+    def update(self, report: ProgressReport) -> None:
+        self.last = report
+        if self.artifact_id is not None:
+            self._call(lambda: update_progress_artifact(
+                self.artifact_id, min(100.0, report.percent), description=_progress_markdown(self.stage, report)))
+
+    def finish(self, result: StageResult) -> None:
+        how = (f"unchanged, reused from the stage cache ({result.model_dir})" if result.skipped
+               else f"trained in {format_duration(result.wall_seconds)} -> `{result.weights_sha256[:16]}`")
+        if self.artifact_id is not None:
+            self._call(lambda: update_progress_artifact(
+                self.artifact_id, 100.0, description=f"**Stage {self.stage}**: done, {how}"))
+
+
+def stage_log_handler(emit: Callable[[str], None], progress: StageProgressArtifact | None = None) -> Callable[[str], None]:
+    """An ``on_log`` for ``run_stage``: each job log line to ``emit`` except chatter
+    (``tasks.log_filters.is_job_log_chatter``); progress lines also move ``progress``."""
+
+    def handle(text: str) -> None:
+        for line in text.splitlines():
+            if not line.strip() or is_job_log_chatter(line):
+                continue
+            if progress is not None and (report := parse_progress_line(line)) is not None:
+                progress.update(report)
+            emit(line)
+
+    return handle
+
+
 @task(
     name="train-stage",
     task_run_name="stage-{planned.config.stage}",
@@ -449,8 +557,13 @@ def train_stage(planned: PlannedStage, training: TrainingParameters) -> StageRes
     from its checkpoint.
     """
     logger = get_run_logger()
-    result = run_stage(planned, training, on_log=lambda text: [logger.info(line) for line in text.splitlines() if line.strip()],
-                       on_event=lambda line: logger.info("[scheduler] stage %s: %s", planned.stage, line))
+    progress = StageProgressArtifact(planned, warn=logger.warning)
+    with lineage_run(f"stage-{planned.stage}", stage_inputs(planned)) as written:
+        result = run_stage(planned, training, on_log=stage_log_handler(logger.info, progress),
+                           on_event=lambda line: logger.info("[scheduler] stage %s: %s", planned.stage, line))
+        written.append(model_ref(result.model_dir, result.weights_sha256, stage=str(result.stage),
+                                 config_sha256=result.config_hash, cache_hit=result.skipped))
+    progress.finish(result)
     if result.skipped:
         logger.info("stage %s unchanged (cache key %s): reusing %s", planned.stage, planned.cache_key[:16], result.model_dir)
     else:

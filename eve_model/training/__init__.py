@@ -7,7 +7,8 @@ Entry point: ``python -m eve_model.train <stage_config.json>`` (see ``eve_model/
 - ``engine``: DeepSpeed set-up, the step loop, the final HF directory (after ``eve_model.preflight``).
 - ``checkpointing``: step checkpoints (DeepSpeed + JSON trainer state + per-rank RNG).
 - ``signals``: SIGTERM/SIGUSR1 -> checkpoint -> ``ExitCode.REQUEUE`` ("requeue me").
-- ``metrics_logging``: metrics.jsonl, W&B (offline by default), tqdm.
+- ``metrics_logging``: metrics.jsonl, W&B (offline by default; grouped per retrain, artifacts by reference).
+- ``progress``: the throttled progress lines a job prints and the platform parses.
 - ``stage_model`` / ``base_llm``: the model adapters (EVE stages 1-3; plain Llama bootstrap).
 - ``runtime``: launcher discovery (torchrun / srun / none), accelerator env, process group.
 """

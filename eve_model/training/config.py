@@ -79,6 +79,9 @@ _NON_SEMANTIC_FIELDS = frozenset(
         "wandb_mode",
         "wandb_project",
         "wandb_dir",
+        "wandb_group",
+        "wandb_tags",
+        "progress_interval_seconds",
         "record_data_order",
         "log_interval_steps",
         "deepspeed_config_path",
@@ -215,6 +218,17 @@ class StageConfig(BaseModel):
 
     wandb_dir: str | None = None
     """Where W&B writes its runs; None means ``<EVE_HOME>/wandb``."""
+
+    wandb_group: str | None = None
+    """W&B group of the run: the retrain's flow run name, so every stage (and the evaluation) of one
+    retrain is one group; None outside a retrain."""
+
+    wandb_tags: list[str] = Field(default_factory=list)
+    """W&B tags, e.g. ``recipe:demo``, ``stage:2``, ``dataset:<first 12 hex of its hash>``."""
+
+    progress_interval_seconds: float = Field(default=10.0, gt=0)
+    """Rank 0 prints a progress line (step, loss, samples/s, ETA; ``eve_model.training.progress``) at the
+    first and last step and at most this often in between."""
 
     record_data_order: bool = False
     """Write the sample keys each rank consumed per step to ``data_order.rank<R>.jsonl`` (audits, tests)."""

@@ -244,9 +244,10 @@ class StageTrainer:
         import torch.distributed as dist
 
         from eve_model.training.data import prepared_steps
-        from eve_model.training.metrics_logging import MetricsLogger
+        from eve_model.training.metrics_logging import ArtifactReference, MetricsLogger, WandbRunLabels, reference_uri
         from eve_model.training.signals import PreemptionWatcher
 
+        _no_progress_bars()
         watcher = PreemptionWatcher().install()
         pre = self.checked
         if self.is_main:
@@ -268,7 +269,15 @@ class StageTrainer:
             wandb_project=self.config.wandb_project,
             wandb_dir=Path(self.config.wandb_dir) if self.config.wandb_dir else platform_home() / "wandb",
             run_config={**self.config.to_json_dict(), "deepspeed": self.ds_config, "world_size": self.env.world_size},
+            stage=str(self.config.stage),
+            progress_interval_seconds=self.config.progress_interval_seconds,
+            wandb_labels=WandbRunLabels(group=self.config.wandb_group, tags=list(self.config.wandb_tags)),
         )
+        self.logger.reference_artifact(ArtifactReference(
+            name=f"dataset-{pre.manifest.dataset_hash[:16]}", kind="dataset", role="input",
+            uri=reference_uri(self.config.dataset_location), content_hash=pre.manifest.dataset_hash,
+            metadata={"num_items": pre.manifest.num_items},
+        ))
         order_log = self.output_dir / f"data_order.rank{self.env.rank}.jsonl"
         if self.config.record_data_order:
             from eve_model.training.metrics_logging import truncate_jsonl_after
@@ -301,7 +310,7 @@ class StageTrainer:
                     handle.write(json.dumps({"step": step, "keys": [k for mb in prepared.micro_batches for k in mb.keys]}) + "\n")
             if step % self.config.log_interval_steps == 0 or step == pre.total_steps:
                 self.logger.log(metrics)
-            self.logger.advance(1, {"loss": metrics["loss"], "samples/s": metrics["samples_per_second"]})
+            self.logger.step_done(step, metrics["loss"], metrics["samples_per_second"])
             if step % self.config.checkpoint_interval_steps == 0 and step < pre.total_steps:
                 self._save(step, prepared.position_after)
                 last_saved, last_saved_at = step, time.monotonic()
@@ -417,6 +426,8 @@ class StageTrainer:
         return self.engine.module.state_dict() if self.is_main else None
 
     def _finalize(self, step: int, history: list[dict[str, Any]]) -> None:
+        from eve_model.training.metrics_logging import ArtifactReference, reference_uri
+
         state_dict = self._full_state_dict()
         if self.is_main:
             final_dir = self.output_dir / FINAL_DIR_NAME
@@ -461,10 +472,27 @@ class StageTrainer:
             (partial / FINAL_METRICS_NAME).write_text(json.dumps(summary, indent=2, sort_keys=True))
             shutil.rmtree(final_dir, ignore_errors=True)
             partial.rename(final_dir)
+            self.logger.reference_artifact(ArtifactReference(
+                name=f"eve-stage-{self.config.stage}", kind="model", role="output", uri=reference_uri(str(final_dir)),
+                content_hash=summary["weights_sha256"],
+                metadata={"stage": str(self.config.stage), "stage_config_hash": summary["inputs"]["stage_config_hash"],
+                          "dataset_hash": summary["inputs"]["dataset_hash"],
+                          "init_weights_sha256": summary["inputs"]["init_weights_sha256"]},
+            ))
             self.logger.close(summary["final"])
             print(f"[eve.train] stage {self.config.stage} complete after {step} steps: {final_dir}")
         else:
             self.logger.close()
+
+
+def _no_progress_bars() -> None:
+    """Library progress bars (transformers' "Writing model shards", the hub's downloads) off: in a job's log
+    every redraw is a line; the job reports its own progress (``eve_model.training.progress``)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def _peak_flops(precision: str) -> float | None:

@@ -1,4 +1,4 @@
-"""Per-step metrics: ``metrics.jsonl`` in the output dir (other tasks read it), W&B, a tqdm bar.
+"""Per-step metrics: ``metrics.jsonl`` in the output dir (other tasks read it), W&B, live progress lines.
 
 One line per logged step::
 
@@ -10,8 +10,15 @@ Only rank 0 writes. On resume the file is cut back to the resumed step, so it al
 history that produced the current weights (a step that ran before a kill -9 and was re-run after
 the resume appears once).
 
+Progress goes to the job's log as throttled lines (``eve_model.training.progress``), never as a
+progress bar: a log file or a Prefect log turns every redraw of a bar into a line.
+
 W&B runs offline by default and keeps every directory under the platform home; nothing secret is
-logged (the config holds no credentials; the API key stays in the environment).
+logged (the config holds no credentials; the API key stays in the environment). A retrain puts all
+its stages in one W&B group with tags (recipe, stage, dataset hash); the input dataset and the final
+model are W&B artifacts by reference (a URI plus the content hash in the metadata; nothing is
+uploaded). Offline, W&B cannot mark an artifact as a run's input (``use_artifact`` needs the
+server), so the dataset is logged by the run instead; ``wandb sync`` uploads both later.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, Field
+
+from eve_model.training.progress import ProgressPrinter
 
 # bf16 dense peak FLOP/s per device; MFU is reported only where the peak is known.
 PEAK_BF16_FLOPS_BY_DEVICE = {
@@ -58,6 +69,37 @@ def truncate_jsonl_after(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
+class WandbRunLabels(BaseModel):
+    """Where a run sits in W&B besides its name."""
+
+    group: str | None = None
+    """The retrain's run name (one group per retrain)."""
+    tags: list[str] = Field(default_factory=list)
+    """Recipe, stage, dataset hash."""
+
+
+class ArtifactReference(BaseModel):
+    """A W&B artifact that points at data instead of holding it: the URI plus its content hash."""
+
+    name: str
+    """Artifact name (letters, digits, ``-``, ``_``, ``.``), e.g. ``dataset-<hash[:16]>``."""
+    kind: str
+    """W&B artifact type: ``dataset`` or ``model``."""
+    uri: str
+    """``file:///...`` or ``s3://...``; W&B stores the reference, never the bytes."""
+    content_hash: str
+    """The platform's identity of the content (dataset hash, weights hash)."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """More identity (stage config hash, parent weights hash...)."""
+    role: str = "output"
+    """``input`` (the run read it) or ``output`` (the run wrote it)."""
+
+
+def reference_uri(location: str) -> str:
+    """A W&B reference URI for a local path or an ``s3://`` URL."""
+    return location if "://" in location else Path(location).resolve().as_uri()
+
+
 class MetricsLogger:
     """Writes step metrics on rank 0; a no-op elsewhere.
 
@@ -79,19 +121,20 @@ class MetricsLogger:
         wandb_project: str,
         wandb_dir: Path,
         run_config: dict[str, Any],
+        stage: str = "?",
+        progress_interval_seconds: float = 10.0,
+        wandb_labels: WandbRunLabels | None = None,
     ) -> None:
         self.enabled = rank == 0
         self.path = output_dir / "metrics.jsonl"
-        self._progress = None
+        self.progress = ProgressPrinter(stage, total_steps, start_step, progress_interval_seconds, enabled=self.enabled)
         self._wandb: WandbWriter | None = None
         if not self.enabled:
             return
         truncate_jsonl_after(self.path, start_step)
-        from tqdm import tqdm
-
-        self._progress = tqdm(total=total_steps, initial=start_step, desc=run_name, unit="step", dynamic_ncols=True)
         if wandb_mode != "disabled":
-            self._wandb = WandbWriter(run_name, wandb_mode, wandb_project, wandb_dir, output_dir, run_config)
+            self._wandb = WandbWriter(run_name, wandb_mode, wandb_project, wandb_dir, output_dir, run_config,
+                                      wandb_labels or WandbRunLabels())
 
     @property
     def wandb_run_id(self) -> str | None:
@@ -108,18 +151,19 @@ class MetricsLogger:
                 flat[f"learning_rate/{group}"] = lr
             self._wandb.submit("log", flat, metrics["step"])
 
-    def advance(self, steps: int, postfix: dict[str, Any]) -> None:
-        if self._progress is not None:
-            self._progress.update(steps)
-            self._progress.set_postfix({k: f"{v:.4g}" for k, v in postfix.items() if isinstance(v, float)})
+    def step_done(self, step: int, loss: float | None, samples_per_second: float | None) -> None:
+        """Report a finished step: a progress line when one is due (throttled)."""
+        self.progress.step_done(step, loss, samples_per_second)
+
+    def reference_artifact(self, reference: ArtifactReference) -> None:
+        """Record a dataset or model in W&B by reference (no upload)."""
+        if self._wandb is not None:
+            self._wandb.submit("artifact", reference)
 
     def close(self, summary: dict[str, Any] | None = None, abandon_after_seconds: float | None = None) -> None:
         """Finish the W&B run. ``abandon_after_seconds``: give up waiting for W&B after this long
         (after a stop signal; the process then exits without it, and ``wandb sync`` still finds
         what the offline run wrote). None waits until W&B is done (the normal end of a stage)."""
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
         if self._wandb is not None:
             if summary:
                 self._wandb.submit("summary", {k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
@@ -131,7 +175,8 @@ class WandbWriter:
     """W&B on a daemon thread: ``submit`` only enqueues; the first W&B error disables it (one
     warning on stderr) instead of reaching the training loop."""
 
-    def __init__(self, run_name: str, mode: str, project: str, wandb_dir: Path, output_dir: Path, run_config: dict[str, Any]) -> None:
+    def __init__(self, run_name: str, mode: str, project: str, wandb_dir: Path, output_dir: Path, run_config: dict[str, Any],
+                 labels: WandbRunLabels | None = None) -> None:
         # The id is stored next to the run's outputs so that a resumed job continues the same W&B run.
         id_file = output_dir / "wandb_run_id"
         self.run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
@@ -140,7 +185,8 @@ class WandbWriter:
         self._queue: queue.Queue = queue.Queue()
         self._failed = False
         self._thread = threading.Thread(
-            target=self._work, args=(run_name, mode, project, wandb_dir, run_config), name="wandb-writer", daemon=True
+            target=self._work, args=(run_name, mode, project, wandb_dir, run_config, labels or WandbRunLabels()),
+            name="wandb-writer", daemon=True,
         )
         self._thread.start()
 
@@ -155,10 +201,11 @@ class WandbWriter:
             print(f"[eve.train] W&B did not finish within {abandon_after_seconds} s; exiting without it "
                   "(its offline run keeps what it wrote)", file=sys.stderr, flush=True)
 
-    def _work(self, run_name: str, mode: str, project: str, wandb_dir: Path, run_config: dict[str, Any]) -> None:
+    def _work(self, run_name: str, mode: str, project: str, wandb_dir: Path, run_config: dict[str, Any],
+              labels: WandbRunLabels) -> None:
         run = None
         try:
-            run = _start_wandb(run_name, mode, project, wandb_dir, self.run_id, run_config)
+            run = _start_wandb(run_name, mode, project, wandb_dir, self.run_id, run_config, labels)
             while True:
                 kind, payload = self._queue.get()
                 if kind == "log":
@@ -166,6 +213,8 @@ class WandbWriter:
                 elif kind == "summary":
                     for key, value in payload[0].items():
                         run.summary[key] = value
+                elif kind == "artifact":
+                    log_reference_artifact(run, payload[0])
                 elif kind == "finish":
                     run.finish()
                     return
@@ -175,7 +224,27 @@ class WandbWriter:
                   file=sys.stderr, flush=True)
 
 
-def _start_wandb(run_name, mode, project, wandb_dir: Path, run_id: str, run_config):
+def log_reference_artifact(run, reference: ArtifactReference) -> None:
+    """Log ``reference`` to ``run``: an input through ``use_artifact`` when the run is online, else
+    (offline, or an output) through ``log_artifact``; the content hash goes into the metadata."""
+    import wandb
+
+    artifact = wandb.Artifact(
+        reference.name, type=reference.kind,
+        metadata={"content_hash": reference.content_hash, "uri": reference.uri, **reference.metadata},
+    )
+    # checksum=False: W&B records the URI only; the content hash in the metadata is the identity
+    # (hashing a multi-terabyte dataset again, or listing a bucket, is not W&B's job here).
+    artifact.add_reference(reference.uri, checksum=False)
+    if reference.role == "input" and not run.offline:
+        run.use_artifact(artifact)
+    else:
+        run.log_artifact(artifact, aliases=[reference.content_hash[:16]])
+
+
+def use_wandb_dir(wandb_dir: Path) -> None:
+    """Keep every directory W&B writes (runs, cache, config, data, artifacts) under ``wandb_dir``, unless
+    the environment already names them; W&B prints nothing unless asked."""
     wandb_dir.mkdir(parents=True, exist_ok=True)
     for variable, sub in (
         ("WANDB_DIR", ""),
@@ -185,13 +254,20 @@ def _start_wandb(run_name, mode, project, wandb_dir: Path, run_id: str, run_conf
         ("WANDB_ARTIFACT_DIR", "artifacts"),
     ):
         os.environ.setdefault(variable, str(wandb_dir / sub) if sub else str(wandb_dir))
-    os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _start_wandb(run_name, mode, project, wandb_dir: Path, run_id: str, run_config, labels: WandbRunLabels | None = None):
+    use_wandb_dir(wandb_dir)
+    os.environ["WANDB_MODE"] = mode
     import wandb
 
+    labels = labels or WandbRunLabels()
     return wandb.init(
         project=project,
         name=run_name,
+        group=labels.group,
+        tags=labels.tags or None,
         id=run_id,
         resume="allow",
         dir=str(wandb_dir),
@@ -200,4 +276,14 @@ def _start_wandb(run_name, mode, project, wandb_dir: Path, run_id: str, run_conf
     )
 
 
-__all__ = ["MetricsLogger", "PEAK_BF16_FLOPS_BY_DEVICE", "device_peak_flops", "truncate_jsonl_after"]
+__all__ = [
+    "ArtifactReference",
+    "MetricsLogger",
+    "PEAK_BF16_FLOPS_BY_DEVICE",
+    "WandbRunLabels",
+    "device_peak_flops",
+    "log_reference_artifact",
+    "reference_uri",
+    "truncate_jsonl_after",
+    "use_wandb_dir",
+]

@@ -10,6 +10,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks.caption.config import CaptionConfig
 from tasks.caption.run import CaptionRunResult, caption_dataset
+from tasks.lineage.openlineage import lineage_run
+from tasks.lineage.openlineage_refs import dataset_ref, model_ref
 
 
 def _summary_markdown(result: CaptionRunResult) -> str:
@@ -28,8 +30,17 @@ def _summary_markdown(result: CaptionRunResult) -> str:
 
 @task(name="generate-captions", retries=2, retry_delay_seconds=30, timeout_seconds=48 * 3600)
 def generate_captions(input_location: str, output_dir: str, config: CaptionConfig) -> CaptionRunResult:
-    """Caption a dataset version; publishes a summary artifact."""
-    result = caption_dataset(input_location, output_dir, config)
+    """Caption a dataset version; publishes a summary artifact and an OpenLineage run (the input version
+    and the teacher in, the captioned version out)."""
+    read = [dataset_ref(input_location, "curated")]
+    with lineage_run("caption", read) as written:
+        result = caption_dataset(input_location, output_dir, config)
+        identity = result.identity
+        # The teacher is known once the run resolved its backend: it joins the inputs of the COMPLETE event,
+        # named by its identity fingerprint (model, weights, prompt, decoding).
+        read.append(model_ref(identity.model_id, identity.fingerprint(), role="teacher", backend=identity.backend,
+                              teacher_weights_sha256=identity.weights_sha256, prompt_sha256=identity.prompt_sha256))
+        written.append(dataset_ref(output_dir, "captioned", result.output_dataset_hash))
     create_markdown_artifact(_summary_markdown(result), key="caption-run",
                              description=f"caption run {result.run_id}")
     return result

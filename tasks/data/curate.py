@@ -532,10 +532,16 @@ def curate_dataset_task(input_dir: str, input_dataset_hash: str, config: Curatio
     from prefect import get_run_logger
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    from tasks.lineage.openlineage import lineage_run
+    from tasks.lineage.openlineage_refs import dataset_ref
+
     run_logger = get_run_logger()
-    report = curate_staged(
-        input_dir, input_dataset_hash, config, progress=lambda done, total: run_logger.info("curation: embedded %d/%d", done, total)
-    )
+    with lineage_run("curate", [dataset_ref(input_dir, "ingested", input_dataset_hash)]) as written:
+        report = curate_staged(
+            input_dir, input_dataset_hash, config,
+            progress=lambda done, total: run_logger.info("curation: embedded %d/%d", done, total),
+        )
+        written.append(dataset_ref(report.dataset_dir, "curated", report.dataset_hash, report.num_kept))
     create_table_artifact(
         key="curation-counts", table=report.table_rows(),
         description=f"Curation of {report.input_dataset_hash[:16]} -> {report.dataset_hash[:16]} ({report.embedder})",

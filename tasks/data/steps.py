@@ -2,8 +2,9 @@
 
 The logic lives in plain functions (``sources``, ``sharding``, ``versioning``, ``demo_source``,
 ``tasks.data.curate``); these wrappers add what only an orchestrated run needs: progress in the run log,
-table artifacts with the counts, and content-based cache keys, so an unchanged source is not
-ingested again and an unchanged dataset is not curated again.
+table artifacts with the counts, content-based cache keys (an unchanged source is not ingested again
+and an unchanged dataset is not curated again), and an OpenLineage run (``tasks.lineage.openlineage``)
+per ingest and registration naming what it read and wrote by content hash.
 
 Where outputs go: ingest and curation write into ``<home>/staging/<content key>/``; a directory
 there is reused only if its manifest verifies, and it becomes a registered version only through
@@ -35,6 +36,8 @@ from tasks.data.sharding import REPORT_FILE, IngestReport, ingest_items
 from tasks.data.sources import SourceSpec, check_source, is_transient_read_error, source_fingerprint
 from tasks.data.validate import ValidationConfig
 from tasks.data.versioning import DatasetRegistry, DatasetVersion
+from tasks.lineage.openlineage import LineageDataset, lineage_run
+from tasks.lineage.openlineage_refs import dataset_ref, version_ref
 from tasks.platform import PlatformSettings
 
 # Bump when the ingest/curation logic changes what it writes: it is part of every cache key.
@@ -147,24 +150,28 @@ def ingest_sources_task(
 
     Fails without retrying when a source does not exist or nothing is accepted."""
     logger = get_run_logger()
-    report = ingest_sources(
-        sources, validation, max_items_per_shard,
-        progress=lambda n, ok, bad: logger.info("ingest: %d items read, %d accepted, %d quarantined", n, ok, bad),
-    )
-    create_table_artifact(
-        key=f"ingest-counts-{label}".replace("_", "-").lower(),
-        table=report.table_rows(),
-        description=f"Ingest of {len(sources)} source(s) -> dataset {report.dataset_hash[:16]}; "
-        f"quarantine list: {report.quarantine_path}",
-    )
-    rules = ingest_rules_in_force(sources, validation)
-    create_markdown_artifact(
-        key=f"ingest-rules-{label}".replace("_", "-").lower(),
-        markdown="### Ingest rules in force\n\n" + "\n".join(f"- {line}" for line in rules),
-        description=f"sources read and the validation rules applied to {label}",
-    )
-    logger.info("ingest rules: %s", "; ".join(rules))
-    return require_accepted(report)
+    read = [LineageDataset(name=s.location, content_hash=source_fingerprint(s), extra={"kind": s.kind}) for s in sources]
+    with lineage_run("ingest", read) as written:
+        report = ingest_sources(
+            sources, validation, max_items_per_shard,
+            progress=lambda n, ok, bad: logger.info("ingest: %d items read, %d accepted, %d quarantined", n, ok, bad),
+        )
+        create_table_artifact(
+            key=f"ingest-counts-{label}".replace("_", "-").lower(),
+            table=report.table_rows(),
+            description=f"Ingest of {len(sources)} source(s) -> dataset {report.dataset_hash[:16]}; "
+            f"quarantine list: {report.quarantine_path}",
+        )
+        rules = ingest_rules_in_force(sources, validation)
+        create_markdown_artifact(
+            key=f"ingest-rules-{label}".replace("_", "-").lower(),
+            markdown="### Ingest rules in force\n\n" + "\n".join(f"- {line}" for line in rules),
+            description=f"sources read and the validation rules applied to {label}",
+        )
+        logger.info("ingest rules: %s", "; ".join(rules))
+        require_accepted(report)
+        written.append(dataset_ref(report.dataset_dir, label, report.dataset_hash, report.num_accepted))
+    return report
 
 
 def ingest_rules_in_force(sources: list[SourceSpec], validation: ValidationConfig) -> list[str]:
@@ -206,8 +213,11 @@ def register_dataset_version(
     Only a version this call created is announced (``announce_new_version``): registering the same
     content again emits nothing, so it triggers nothing.
     """
-    registration = DatasetRegistry.from_settings().register_version(dataset_dir, name, dataset_hash=dataset_hash)
-    version = registration.version
+    staged = [dataset_ref(dataset_dir, name, dataset_hash)] if dataset_hash is None or Path(dataset_dir).exists() else []
+    with lineage_run("register-dataset", staged) as written:
+        registration = DatasetRegistry.from_settings().register_version(dataset_dir, name, dataset_hash=dataset_hash)
+        version = registration.version
+        written.append(version_ref(version, name))
     if registration.created:
         announce_new_version(version, registered_by)
     create_markdown_artifact(

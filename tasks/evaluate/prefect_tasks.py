@@ -29,10 +29,15 @@ from tasks.evaluate.contamination import (
     iter_training_samples,
     teacher_embedder,
 )
+from tasks.evaluate.baselines import answer_baselines
 from tasks.evaluate.gates import GateDecision, GatePolicy, decide_gate
 from tasks.evaluate.harness import HarnessConfig, evaluate_model_dir
 from tasks.evaluate.report import EvaluationReport, plot_metrics, publish_artifacts
-from tasks.evaluate.suites import SUITE_VERSIONS, SuiteSpec, demo_evaluation_suites, load_benchmark
+from tasks.evaluate.review_samples import review_samples
+from tasks.evaluate.suites import SUITE_VERSIONS, LlavaVqaSuite, SuiteSpec, VqaSuite, demo_evaluation_suites, load_benchmark
+from tasks.evaluate.tracking import TrackedDataset, WandbTarget, log_evaluation_run
+from tasks.lineage.openlineage import LineageDataset, lineage_run
+from tasks.lineage.openlineage_refs import model_ref
 from tasks.platform import PlatformSettings
 
 
@@ -93,6 +98,47 @@ evaluation_suites = task(name="evaluation-suites")(demo_evaluation_suites)
 """The demo's held-out suites as a task (the derived held-out text is written under the platform home)."""
 
 
+def answer_suites(suites: list[SuiteSpec]) -> list[SuiteSpec]:
+    """The suites that ask questions with reference answers about images (VQA), of ``suites``."""
+    return [spec for spec in suites if isinstance(spec, (VqaSuite, LlavaVqaSuite))]
+
+
+@task(name="answer-baselines")
+def answer_baselines_task(suites: list[SuiteSpec]) -> dict[str, dict[str, float]]:
+    """Metric -> {baseline -> score} for every VQA suite: uniform chance and most common answer, over
+    and per question type (``tasks.evaluate.baselines``)."""
+    baselines: dict[str, dict[str, float]] = {}
+    for spec in answer_suites(suites):
+        baselines.update(answer_baselines(spec.name, load_benchmark(spec).items).by_metric())
+    return baselines
+
+
+@task(name="review-samples")
+def review_samples_task(
+    candidate: EvaluationReport, production: EvaluationReport | None, suites: list[SuiteSpec]
+) -> list[dict[str, Any]]:
+    """Sample answers with their images for the review form (``tasks.evaluate.review_samples``)."""
+    return review_samples(candidate, production, suites)
+
+
+@task(name="track-evaluation")
+def track_evaluation_task(
+    candidate: EvaluationReport,
+    production: EvaluationReport | None,
+    gate: GateDecision,
+    samples: list[dict[str, Any]],
+    datasets: list[TrackedDataset],
+    target: WandbTarget,
+) -> str | None:
+    """The evaluation as a W&B run in the retrain's group (``tasks.evaluate.tracking``); a W&B failure
+    is a warning, never the retrain's failure."""
+    try:
+        return log_evaluation_run(candidate, production, gate, samples, datasets, target)
+    except Exception as error:  # noqa: BLE001 - W&B is an observer
+        get_run_logger().warning("evaluation not recorded in W&B: %s: %s", type(error).__name__, error)
+        return None
+
+
 @task(name="check-contamination", retries=0, timeout_seconds=6 * 3600)
 def check_contamination_task(
     suites: list[SuiteSpec],
@@ -141,7 +187,14 @@ def evaluation_gate_task(
     The failure message names every failing rule and metric with its reason; warnings (e.g. an
     evaluation set too small to decide a rule) go to the run log and the markdown.
     """
-    decision = decide_gate(candidate, policy, production=production, contamination=contamination)
+    read = [model_ref(candidate.model_dir, candidate.weights_sha256, role="candidate")]
+    if production is not None:
+        read.append(model_ref(production.model_dir, production.weights_sha256, role="production"))
+    read += [LineageDataset(name=f"evaluation/{suite.name}", content_hash=suite.eval_set_hash, num_items=suite.num_items,
+                            extra={"role": "evaluation set", "suite_version": suite.suite_version})
+             for suite in candidate.suites.values()]
+    with lineage_run("evaluation-gate", read):
+        decision = decide_gate(candidate, policy, production=production, contamination=contamination)
     create_markdown_artifact(
         decision.to_markdown(), key="evaluation-gate",
         description=f"evaluation gate for model {candidate.weights_sha256[:12]}",
@@ -159,6 +212,10 @@ def evaluation_gate_task(
 
 __all__ = [
     "EvaluationGateFailed",
+    "answer_baselines_task",
+    "answer_suites",
+    "review_samples_task",
+    "track_evaluation_task",
     "check_contamination_task",
     "evaluate_model_task",
     "evaluation_cache_key",

@@ -3,7 +3,8 @@
 The work is done by ``tasks.quality.gate``; these wrappers only add what Prefect gives: retries
 and timeouts on the decorator, and the markdown + table artifacts reviewers see in the UI. A
 failing gate raises ``QualityGateFailed`` after its artifacts are published, so downstream
-training never starts on a rejected version and the evidence is still there.
+training never starts on a rejected version and the evidence is still there. Each gate is an
+OpenLineage run: the gated version in, the filtered version out (FAIL when it rejects).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from tasks.lineage.openlineage import LineageDataset, lineage_run
+from tasks.lineage.openlineage_refs import dataset_ref
 from tasks.quality.config import CaptionGateThresholds, InstructionGateThresholds
 from tasks.quality.gate import GateResult, QualityGateFailed, gate_caption_dataset, gate_instruction_dataset
 from tasks.quality.report import delta_table_rows, render_markdown
@@ -45,8 +48,13 @@ def publish_gate_artifacts(result: GateResult) -> None:
         )
 
 
-def _finish(result: GateResult, fail_on_reject: bool) -> GateResult:
+def _finish(result: GateResult, fail_on_reject: bool, written: list[LineageDataset]) -> GateResult:
+    """Publish the artifacts; name the filtered version in the step's OpenLineage output (a gate that
+    rejects writes none); raise on a rejection when asked (the lineage run then ends in FAIL)."""
     publish_gate_artifacts(result)
+    if result.output_location and result.output_dataset_hash:
+        written.append(dataset_ref(result.output_location, "filtered", result.output_dataset_hash,
+                                   result.counts.num_kept))
     if fail_on_reject and not result.passed:
         raise QualityGateFailed(
             f"{result.suite_name} rejected dataset {result.input_dataset_hash[:12]}: "
@@ -64,10 +72,11 @@ def gate_captions(
     fail_on_reject: bool = True,
 ) -> GateResult:
     """Caption quality gate; raises ``QualityGateFailed`` on a rejected version when ``fail_on_reject``."""
-    result = gate_caption_dataset(
-        input_location, output_dir, thresholds, previous_dataset_hash=previous_dataset_hash
-    )
-    return _finish(result, fail_on_reject)
+    with lineage_run("caption-gate", [dataset_ref(input_location, "captioned")]) as written:
+        result = gate_caption_dataset(
+            input_location, output_dir, thresholds, previous_dataset_hash=previous_dataset_hash
+        )
+        return _finish(result, fail_on_reject, written)
 
 
 @task(name="gate-instruction-data", retries=0, timeout_seconds=6 * 3600)
@@ -79,10 +88,11 @@ def gate_instruction_data(
     fail_on_reject: bool = True,
 ) -> GateResult:
     """Instruction-data (stage 3) gate; raises ``QualityGateFailed`` on a rejected version."""
-    result = gate_instruction_dataset(
-        input_location, output_dir, thresholds, previous_dataset_hash=previous_dataset_hash
-    )
-    return _finish(result, fail_on_reject)
+    with lineage_run("instruction-gate", [dataset_ref(input_location, "sft")]) as written:
+        result = gate_instruction_dataset(
+            input_location, output_dir, thresholds, previous_dataset_hash=previous_dataset_hash
+        )
+        return _finish(result, fail_on_reject, written)
 
 
 __all__ = ["gate_captions", "gate_instruction_data", "publish_gate_artifacts"]

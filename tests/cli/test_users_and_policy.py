@@ -36,7 +36,7 @@ def test_policy_set_is_signed_audited_and_shown(eve_home, capsys):
     assert eve(["policy", "set", "--reviewers", "bob,carol", "--approvals", "2", "--by", "ops"]) == 0
     rule = load_policy().rule_for("eve")
     assert rule.allowed_reviewers == ["bob", "carol"] and rule.approvals_needed == 2
-    assert eve(["policy", "set", "--reviewers", "bob", "--two-person", "--by", "ops"]) == 1  # 2 needed, 1 allowed
+    assert eve(["policy", "set", "--reviewers", "bob", "--two-person", "--by", "ops"]) == 2  # 2 needed, 1 allowed
     assert audit.AuditLog.default().records()[-1].event == audit.POLICY_UPDATED
     assert eve(["policy", "show"]) == 0 and '"bob"' in capsys.readouterr().out
 

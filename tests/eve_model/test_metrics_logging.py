@@ -49,3 +49,44 @@ def test_a_killed_wandb_service_stops_the_mirror_not_the_run(tmp_path, monkeypat
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert "W&B disabled for the rest of this job" in capsys.readouterr().err
+
+
+def test_a_stage_run_is_grouped_tagged_and_references_its_dataset_and_model_by_hash(tmp_path, monkeypatch):
+    """What `wandb sync` uploads later: the run in its retrain's group with recipe/stage/dataset tags, the
+    step metrics, and the input dataset and final model as artifacts that point at the data (URI) and carry
+    its content hash, never a copy of it."""
+    from eve_model.training.metrics_logging import ArtifactReference, WandbRunLabels, reference_uri
+    from tests.wandb_records import offline_runs, read_offline_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    dataset, model = tmp_path / "dataset", tmp_path / "final"
+    for folder, name in ((dataset, "manifest.json"), (model, "model.safetensors")):
+        folder.mkdir()
+        (folder / name).write_text("{}")
+    logger = MetricsLogger(
+        tmp_path, rank=0, run_name="tiny-stage-2", total_steps=2, start_step=0, wandb_mode="offline",
+        wandb_project="tests", wandb_dir=tmp_path / "wandb", run_config={"stage": "2"}, stage="2",
+        wandb_labels=WandbRunLabels(group="retrain-demo-20261203-101500",
+                                    tags=["recipe:demo", "stage:2", "dataset:0123456789ab"]),
+    )
+    logger.reference_artifact(ArtifactReference(name="dataset-0123456789abcdef", kind="dataset", role="input",
+                                                uri=reference_uri(str(dataset)), content_hash="0123456789abcdef" * 4))
+    for step in (1, 2):
+        logger.log({"step": step, "loss": 1.0 / step, "learning_rate": {"llm": 0.1}})
+    logger.reference_artifact(ArtifactReference(name="eve-stage-2", kind="model", uri=reference_uri(str(model)),
+                                                content_hash="f" * 64, metadata={"stage": "2"}))
+    logger.close({"loss": 0.5})
+
+    (run_dir,) = offline_runs(tmp_path / "wandb")
+    run = read_offline_run(run_dir)
+    assert (run.group, run.name) == ("retrain-demo-20261203-101500", "tiny-stage-2")
+    assert run.tags == ["recipe:demo", "stage:2", "dataset:0123456789ab"]
+    assert {"loss", "learning_rate/llm"} <= run.history_keys
+    by_name = {a["name"]: a for a in run.artifacts}
+    assert by_name["dataset-0123456789abcdef"]["type"] == "dataset"
+    assert json.loads(by_name["dataset-0123456789abcdef"]["metadata"])["content_hash"] == "0123456789abcdef" * 4
+    assert by_name["dataset-0123456789abcdef"]["references"] == [(dataset / "manifest.json").as_uri()]
+    assert json.loads(by_name["eve-stage-2"]["metadata"])["content_hash"] == "f" * 64
+    assert by_name["eve-stage-2"]["references"] == [(model / "model.safetensors").as_uri()]

@@ -14,6 +14,7 @@ import pytest
 
 from tasks import audit
 from tests.fixtures.promotion_runs import (
+    eve_as,
     promotion_request,
     registry_with_production,
     start_promotion,
@@ -171,3 +172,33 @@ def test_two_person_rule_needs_two_distinct_reviewers(prefect_server, prefect_ac
     assert outcome.status == "approved" and [a.reviewer for a in outcome.approvals] == ["bob", "carol"]
     assert registry.production_version() == "v0.2.0"
     assert [a.reviewer for a in registry.lineage("v0.2.0").approvals] == ["bob", "carol"]
+
+
+def test_eve_promote_answers_with_the_platforms_verdict_and_repeats_are_idempotent(
+    prefect_server, prefect_accounts, eve_home, registry_inputs, monkeypatch
+):
+    """From the terminal: a refused decision exits 1 with the policy's reason, an accepted one 0 with what
+    happens next; approving again what one approved already answers who and when, sends nothing, exits 0."""
+    use_policy(reviewers=("bob", "carol"), two_person_rule=True)
+    registry = registry_with_production(registry_inputs)
+    alice, bob, carol = (prefect_accounts.auth(name) for name in ("alice", "bob", "carol"))
+    run = start_promotion(promotion_request(), requested_as=alice)
+    wait_for_pause(run)
+
+    code, out, err = eve_as(monkeypatch, alice, "promote", "approve", "v0.2.0", "--user", "alice", "--comment", "mine")
+    assert code == 1 and "refused" in err and "'alice' requested this promotion and cannot review it" in err
+    code, out, err = eve_as(monkeypatch, bob, "promote", "approve", "v0.2.0", "--user", "bob", "--comment", "fine")
+    assert code == 0 and "approve by bob accepted" in out and "needs another reviewer" in out, out + err
+    wait_for_pause(run)
+    seen = len(registry.audit_log.records())
+    code, out, err = eve_as(monkeypatch, bob, "promote", "approve", "v0.2.0", "--user", "bob", "--comment", "again")
+    assert code == 0 and "already approved by bob at" in out, out + err
+    assert len(registry.audit_log.records()) == seen  # nothing was sent
+    code, out, err = eve_as(monkeypatch, carol, "promote", "approve", "v0.2.0", "--user", "carol", "--comment", "agreed")
+    assert code == 0 and "production moves to eve@v0.2.0" in out, out + err
+    assert run.join().status == "approved" and registry.production_version() == "v0.2.0"
+
+    code, out, err = eve_as(monkeypatch, carol, "promote", "approve", "v0.2.0", "--user", "carol", "--comment", "again")
+    assert code == 0 and "was already approved by bob at" in out and "carol at" in out and "production moved" in out
+    code, out, err = eve_as(monkeypatch, carol, "promote", "reject", "v0.2.0", "--user", "carol", "--comment", "oops")
+    assert code == 1 and "eve promote request <earlier version>" in err

@@ -11,7 +11,13 @@ import time
 import pytest
 
 from tests.fixtures.prefect_server import acting_as
-from tests.fixtures.promotion_runs import promotion_request, registry_with_production, submit_decision, use_policy
+from tests.fixtures.promotion_runs import (
+    eve_as,
+    promotion_request,
+    registry_with_production,
+    submit_decision,
+    use_policy,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -82,25 +88,10 @@ def _hand_over_as_worker(alice: str, worker: str):
 
 
 def _eve_as(monkeypatch, auth: str, *argv: str) -> str:
-    """Run ``eve *argv`` in this process with ``auth``'s password on stdin (``--user`` reads it there)."""
-    import contextlib
-    import io
-    import os
-
-    from cli.main import main as eve
-
-    saved = os.environ.get("PREFECT_API_AUTH_STRING")
-    monkeypatch.setattr("sys.stdin", io.StringIO(auth.partition(":")[2] + "\n"))
-    output = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(output):
-            assert eve(list(argv)) == 0, output.getvalue()
-    finally:
-        os.environ["PREFECT_API_AUTH_STRING"] = saved or ""
-        from prefect.context import refresh_global_settings_context
-
-        refresh_global_settings_context()
-    return output.getvalue()
+    """``eve *argv`` as ``auth``; it must succeed; its output."""
+    code, out, err = eve_as(monkeypatch, auth, *argv)
+    assert code == 0, out + err
+    return out
 
 
 def test_detached_promotion_runs_on_the_worker_and_its_requester_is_who_started_the_retrain(
@@ -203,3 +194,37 @@ def test_the_wait_for_a_reviewer_survives_a_restart_of_the_prefect_server(
         stop_local_server(settings)
         monkeypatch.undo()
         refresh_global_settings_context()
+
+
+def test_a_retried_hand_over_creates_one_promotion_run(prefect_server, prefect_accounts, eve_home):
+    """The server may answer 500 after it created the run; the task's retry must get that run back, not
+    start a second promotion of the same version that would wait for reviewers forever."""
+    from prefect import flow, get_client, task
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    from flows.deployments import apply_deployments
+    from tasks.orchestration import ensure_work_pool
+    from tasks.promotion import start_promotion
+
+    attempts: list[str] = []
+
+    @task(retries=3, retry_delay_seconds=1)  # the server's own 500s (seen here) are retried the same way
+    def hand_over_answered_500_once() -> str:
+        run_id = start_promotion.fn(promotion_request("v0.3.0"))
+        attempts.append(run_id)
+        if len(attempts) == 1:
+            raise RuntimeError("Server error '500 Internal Server Error' (after the run was created)")
+        return run_id
+
+    @flow(name="retrain-stand-in")
+    def retrain_stand_in() -> str:
+        return hand_over_answered_500_once()
+
+    with acting_as(prefect_accounts.auth("alice")):
+        ensure_work_pool()  # no worker: the promotion's run only has to exist
+        apply_deployments(["promote"])
+        run_id = retrain_stand_in()
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["promote"])))
+    assert len(attempts) == 2 and attempts[0] == attempts[1] == run_id
+    assert [str(r.id) for r in runs if r.name == "promote-eve@v0.3.0"] == [run_id]

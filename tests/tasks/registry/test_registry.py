@@ -253,3 +253,52 @@ def test_an_unreachable_registry_remote_fails_clearly_without_leaking_credential
     with pytest.raises(RegistryError, match="git clone") as failure:
         ModelRegistry(PlatformSettings.load()).ensure_initialized()
     assert "s3cr3t-token" not in str(failure.value)
+
+
+def test_the_model_card_is_in_the_registered_checkpoint_and_follows_the_approval(eve_home, registry_inputs, tmp_path):
+    from cli.main import main as eve
+    from tasks.registry_card import ModelCardFacts, read_model_card_sections
+
+    registry = ModelRegistry(PlatformSettings.load())
+    weights, lineage = registry_inputs(1)
+    facts = ModelCardFacts(recipe_name="demo", run_name="retrain-demo-x", production_metrics={"vqa_accuracy": 0.4},
+                           baselines={"vqa_accuracy": {"chance": 0.1, "most common answer": 0.3}})
+    version = registry.register_candidate(weights, lineage, passing_gate(), facts)
+    stored = registry.lineage(version)
+
+    # In the checkpoint itself, DVC-tracked with the weights, and outside their hash.
+    pulled = registry.pull_version(version, tmp_path / "pulled")
+    for checkpoint in (registry.repo_dir / "models" / "eve", pulled):
+        sections = read_model_card_sections(checkpoint)
+        assert {"Intended use", "Training data", "Training procedure", "Evaluation", "Limitations", "Approval"} <= set(sections)
+        assert all(d.dataset_hash in sections["Training data"] for d in stored.all_datasets())
+        assert "demo" in sections["Training procedure"] and "retrain-demo-x" in sections["Training procedure"]
+        assert "0.3" in sections["Evaluation"] and "most common answer" in sections["Evaluation"]
+        assert "not approved" in sections["Approval"]
+        assert weights_sha256(checkpoint) == stored.weights.sha256
+    assert not (weights / "README.md").exists()  # the candidate's own directory is left as it was
+
+    approval = _audited_approval(registry, version)
+    registry.assign_production(version, approval)
+    card = registry.model_card(version)
+    approved = card.split("## Approval", 1)[1]
+    assert "bob" in approved and approval.comment in approved and approval.decided_at in approved
+    assert f"production_since: '{approval.decided_at}'" in card or f"production_since: {approval.decided_at}" in card
+    committed = subprocess.run(["git", "show", f"HEAD:cards/eve/{version}/README.md"], cwd=registry.repo_dir,
+                               capture_output=True, text=True, check=True).stdout
+    assert committed == card
+    # Pulled later, a checkpoint carries the card as the approval left it.
+    assert "bob" in (registry.pull_version(version, tmp_path / "again") / "README.md").read_text()
+
+    # ``eve registry show VERSION`` prints it; an unknown version is one line, exit 1.
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert eve(["registry", "show", f"eve@{version}"]) == 0
+    assert out.getvalue() == card
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert eve(["registry", "show", "v9.9.9"]) == 1
+    assert "not registered" in err.getvalue() and "Traceback" not in err.getvalue()
