@@ -12,7 +12,6 @@ so a production model's stored report can be compared with a candidate's without
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from eve_model.identity import weights_sha256
+from tasks.publish import atomic_write_text
 
 REPORT_SCHEMA_VERSION = 2
 """v2: ``weights_sha256`` (the platform's weights identity) replaces ``model_dir_hash``."""
@@ -112,12 +112,7 @@ class EvaluationReport(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file + rename), so a reader never sees half a report."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(path.suffix + ".partial")
-        temporary.write_text(self.model_dump_json(indent=2))
-        os.replace(temporary, path)
-        return path
+        return atomic_write_text(Path(path), self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "EvaluationReport":
