@@ -124,9 +124,9 @@ def produce_once(final: Path, produce: Callable[[Path], None], is_published: Cal
     Returns True when this call produced and published the output, False when it reused one that
     was already published (before it started, or by a concurrent producer while it worked)."""
     final = Path(final)
+    remove_dead_private_dirs(final)  # what killed producers left, whether or not this call produces
     if is_published(final):
         return False
-    remove_dead_private_dirs(final)
     private = private_path(final)
     private.mkdir(parents=True)
     try:

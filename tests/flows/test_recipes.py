@@ -53,3 +53,18 @@ def test_every_deployment_names_a_flow_and_valid_parameters(name):
     flow.validate_parameters({**_caller_supplied(name), **(spec.get("parameters") or {})})
     for trigger in spec.get("triggers") or []:
         flow.validate_parameters({**_caller_supplied(name), **(trigger.get("parameters") or {})})
+
+
+def test_retrain_deployments_declare_their_concurrency_and_promotions_are_not_limited():
+    """docs/operations.md, "Concurrency": one run per retrain deployment at a time, the next queued
+    (never dropped); a promotion waits for its own decision, so promotions are never serialised."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from flows.deployments import _concurrency_limit
+
+    specs = deployment_specs()
+    for name in ("weekly-retrain", "retrain-on-new-data", "data-only", "train-from-stage"):
+        limit = _concurrency_limit(specs[name])
+        assert isinstance(limit, ConcurrencyLimitConfig) and limit.limit == 1
+        assert limit.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
+    assert _concurrency_limit(specs["promote"]) is None
