@@ -12,6 +12,7 @@ so a production model's stored report can be compared with a candidate's without
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from eve_model.identity import weights_sha256
-from tasks.publish import atomic_write_text
+from tasks.publish import atomic_write_text, private_path
 
 REPORT_SCHEMA_VERSION = 2
 """v2: ``weights_sha256`` (the platform's weights identity) replaces ``model_dir_hash``."""
@@ -230,6 +231,11 @@ def plot_metrics(
             axis.text(value, y, f" {value:.4g}", va="center", fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    temporary = private_path(path)  # two runs evaluating the same weights write the same file at once
+    try:
+        fig.savefig(temporary, dpi=100, format=path.suffix.lstrip(".") or "png")
+        os.replace(temporary, path)
+    finally:
+        plt.close(fig)
+        temporary.unlink(missing_ok=True)
     return path
