@@ -1,7 +1,7 @@
 """Two candidates whose promotions are requested at once (docs/operations.md, "Concurrency"): each
 flow run waits for its own reviewers' decision (a decision on one resumes only that one), assignments
 serialise on the registry's write lock, and their order is recorded in the registry's history and
-the signed audit log."""
+the signed audit log. And prefect.yaml's declared concurrency reaches the real server."""
 
 from __future__ import annotations
 
@@ -80,3 +80,20 @@ def _decide_in_turn(prefect_server, prefect_accounts, registry, runs, paused) ->
     assert registry.production_version() == "v0.2.0"
     report = verify_platform()
     assert report.ok, report.problems
+
+
+def test_retrain_deployments_apply_with_their_declared_concurrency(prefect_server, eve_home):
+    """prefect.yaml's concurrency_limit reaches the server: one run per retrain deployment, the next queued."""
+    from prefect import get_client
+
+    from flows.deployments import apply_deployments
+    from tasks.orchestration import ensure_work_pool
+
+    ensure_work_pool()
+    applied = apply_deployments(["weekly-retrain", "promote"])
+    with get_client(sync_client=True) as client:
+        weekly = client.read_deployment_by_name(applied[0])
+        promote = client.read_deployment_by_name(applied[1])
+    assert weekly.global_concurrency_limit is not None and weekly.global_concurrency_limit.limit == 1
+    assert weekly.concurrency_options.collision_strategy.value == "ENQUEUE"
+    assert promote.global_concurrency_limit is None
