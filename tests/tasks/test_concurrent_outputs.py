@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from pathlib import Path
 
 from eve_model.shards import verify_dataset
@@ -64,7 +65,9 @@ def test_two_ingests_of_the_same_sources_at_once_share_one_staged_dataset(eve_ho
     from tasks.data.validate import ValidationConfig
 
     sources = demo_sources(generate_demo_data(tmp_path / "raw", DemoDataConfig.tiny())).captions
-    first, second = _at_once(ingest_sources, sources, ValidationConfig.demo(), 8)
+    # The final progress call comes after the shards and before the report: a pause there lets the
+    # other ingest reach the same folder while this one is between the two (where the old code lost).
+    first, second = _at_once(ingest_sources, sources, ValidationConfig.demo(), 8, lambda *counts: time.sleep(0.5))
     assert not isinstance(first, BaseException) and not isinstance(second, BaseException), (first, second)
     assert first.dataset_hash == second.dataset_hash and first.dataset_dir == second.dataset_dir
     assert verify_dataset(first.dataset_dir).dataset_hash == first.dataset_hash
