@@ -75,6 +75,14 @@ def deployment_configs(names: list[str] | None = None, config: str | None = None
     return named
 
 
+def _concurrency_limit(spec: dict[str, Any]):
+    """The deployment's ``concurrency_limit`` (limit + collision strategy), as ``prefect deploy`` reads it."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    declared = spec.get("concurrency_limit")
+    return ConcurrencyLimitConfig.model_validate(declared) if isinstance(declared, dict) else declared
+
+
 def apply_deployments(names: list[str] | None = None, source: Path = REPO_ROOT, config: str | None = None) -> list[str]:
     """Create or update the named deployments (all when None) on the configured Prefect server;
     returns their ``flow/deployment`` names. ``config``: the configuration file the retrain
@@ -98,6 +106,7 @@ def apply_deployments(names: list[str] | None = None, source: Path = REPO_ROOT, 
                 parameters=spec.get("parameters") or {},
                 schedules=_schedules(spec),
                 triggers=_triggers(spec),
+                concurrency_limit=_concurrency_limit(spec),
                 print_next_steps=False,
                 ignore_warnings=True,
             )

@@ -51,6 +51,7 @@ from eve_model.training.progress import ProgressReport, format_duration, parse_p
 from tasks.lineage.openlineage import lineage_run
 from tasks.lineage.openlineage_refs import dataset_ref, model_ref
 from tasks.log_filters import is_job_log_chatter
+from tasks.locks import work_folder_lock
 from tasks.platform import REPO_ROOT, PlatformSettings
 from tasks.submit.run import JobFailed, retry_only_unreachable_scheduler, run_job_to_end
 from tasks.submit.spec import JobAttempt, JobSpec, JobState
@@ -95,6 +96,11 @@ class TrainingParameters(BaseModel):
 
     stage_overrides: dict[StageId, StageOverrides] = Field(default_factory=dict)
     """Per-stage changes to the preset, e.g. ``{"3": {"max_steps": 80}}``."""
+
+    stage_lock_timeout_seconds: float = 48 * 3600
+    """How long a run waits for another run training the same stage key (``tasks.locks``) before it
+    fails with the holder's identity. Longer than a stage's job normally runs: waiting is cheaper than
+    failing, since the wait ends by reusing the other run's result."""
 
     cache_teacher_features: bool = False
     """Memoise the frozen teacher's features under the platform home (shared with curation and the
@@ -414,8 +420,17 @@ def run_stage(
 
     The job goes through ``run_job_to_end``, the one submission path (submit, stream the log, wait,
     resubmit resumable ends, map the end state). A cached result that fails verification is set
-    aside and trained again.
+    aside and trained again. One job per stage key: a run that finds another training the same key
+    waits for it (``tasks.locks.work_folder_lock``) and then reuses its result.
     """
+    purpose = f"train stage {planned.stage} (key {planned.cache_key[:16]})"
+    with work_folder_lock(planned.output_dir, purpose, training.stage_lock_timeout_seconds, on_log):
+        return _run_stage_locked(planned, training, on_log, poll_seconds, timeout_seconds, on_event)
+
+
+def _run_stage_locked(planned: PlannedStage, training: TrainingParameters, on_log: Callable[[str], None] | None,
+                      poll_seconds: float, timeout_seconds: float | None,
+                      on_event: Callable[[str], None] | None) -> StageResult:
     try:
         cached = find_cached_result(planned)
     except CachedStageInvalid as problem:

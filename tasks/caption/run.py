@@ -31,12 +31,13 @@ from typing import Any
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from eve_model.shards import DatasetIntegrityError, ShardSample, ShardWriter, read_manifest, read_shard
+from eve_model.shards import DatasetIntegrityError, ShardSample, ShardWriter, read_manifest, read_shard, verify_dataset
 from tasks.caption.backends import CaptionBackend, CaptionInput, build_backend
 from tasks.caption.cache import CaptionCache, cache_key
 from tasks.caption.config import CaptionConfig
 from tasks.caption.provenance import BackendIdentity, CaptionProvenance
 from tasks.platform import PlatformSettings
+from tasks.publish import private_path, produce_once
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,10 @@ def _caption_shard(
 
 
 def _write_part(path: Path, shard_sha256: str, records: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
+    # A concurrent run of the same caption run may be writing the same part or have removed the
+    # finished work folder: its own temporary name, and the folder made again if it is gone.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = private_path(path)
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(json.dumps({"shard_sha256": shard_sha256, "num_records": len(records)}) + "\n")
         for record in records:
@@ -237,7 +241,14 @@ def caption_dataset(
             work_dir=str(work_dir),
             started_at=started_at,
         )
-        result.output_dataset_hash = _write_output(input_location, manifest, output_dir, parts, result)
+
+        def produce(private: Path) -> None:
+            _write_output(input_location, manifest, private, parts, result)
+
+        # Produced privately and renamed into place (tasks.publish): a concurrent identical run
+        # either publishes first (this one reuses its verified output) or finds this one's.
+        produce_once(output_dir, produce, lambda directory: _finished_run(directory, run_id))
+        result.output_dataset_hash = read_manifest(output_dir).dataset_hash
         # The parts only serve crash recovery; once the version exists, the cache serves reruns.
         shutil.rmtree(work_dir, ignore_errors=True)
         result.duration_seconds = time.perf_counter() - started
@@ -245,6 +256,17 @@ def caption_dataset(
     finally:
         if owns_backend:
             backend.close()
+
+
+def _finished_run(directory: Path, run_id: str) -> bool:
+    """Whether ``directory`` holds the verified output of caption run ``run_id``."""
+    if not (directory / "manifest.json").exists():
+        return False
+    try:
+        manifest = verify_dataset(directory)
+    except DatasetIntegrityError:
+        return False
+    return manifest.extra.get("caption_run", {}).get("run_id") == run_id
 
 
 def _write_output(input_location, manifest, output_dir: Path, parts, result: CaptionRunResult) -> str:

@@ -32,7 +32,6 @@ import io
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -504,19 +503,26 @@ def curate_staged(
     from eve_model.shards import DatasetIntegrityError, verify_dataset
     from tasks.data.versioning import resolve_dataset
     from tasks.platform import PlatformSettings
+    from tasks.publish import produce_once
 
     out_dir = PlatformSettings.load().path("staging") / f"curate-{curation_key(input_dataset_hash, config)[:24]}"
-    report_path = out_dir / CURATION_REPORT
-    if report_path.exists():
+
+    def finished(directory: Path) -> bool:
+        if not (directory / CURATION_REPORT).exists():
+            return False
         try:
-            verify_dataset(out_dir)
-            return CurationReport.model_validate_json(report_path.read_text())
+            verify_dataset(directory)
+            return True
         except DatasetIntegrityError:
-            pass
-    shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted curation
-    report = curate_dataset(resolve_dataset(input_dir, input_dataset_hash), out_dir, config, progress=progress)
-    report_path.write_text(report.model_dump_json(indent=2, exclude={"elapsed_seconds"}))
-    return report
+            return False
+
+    def produce(private: Path) -> None:
+        report = curate_dataset(resolve_dataset(input_dir, input_dataset_hash), private, config, progress=progress)
+        located = report.model_copy(update={"dataset_dir": str(out_dir)})  # where it is published
+        (private / CURATION_REPORT).write_text(located.model_dump_json(indent=2, exclude={"elapsed_seconds"}))
+
+    produce_once(out_dir, produce, finished)  # private folder, then one atomic rename (tasks.publish)
+    return CurationReport.model_validate_json((out_dir / CURATION_REPORT).read_text())
 
 
 @task(

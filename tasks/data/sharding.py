@@ -119,11 +119,13 @@ def ingest_items(
     extra: dict | None = None,
     progress: Callable[[int, int, int], None] | None = None,
     progress_every_items: int = 500,
+    published_dir: str | Path | None = None,
 ) -> IngestReport:
     """Validate ``items`` and write accepted ones as shards under ``out_dir``.
 
     ``progress(num_in, num_accepted, num_quarantined)`` is called every ``progress_every_items``
-    items and at the end. ``out_dir`` must not already hold a dataset.
+    items and at the end. ``out_dir`` must not already hold a dataset. ``published_dir``: where
+    ``out_dir`` (a private folder, ``tasks.publish``) will be renamed to; the report names that place.
     """
     started = time.monotonic()
     out_dir = Path(out_dir)
@@ -154,8 +156,9 @@ def ingest_items(
     manifest = writer.manifest
     if progress is not None:
         progress(num_in, num_accepted, sum(reasons.values()))
+    recorded_dir = Path(published_dir) if published_dir is not None else out_dir
     report = IngestReport(
-        dataset_dir=str(out_dir),
+        dataset_dir=str(recorded_dir),
         dataset_hash=manifest.dataset_hash,
         num_in=num_in,
         num_accepted=num_accepted,
@@ -164,7 +167,7 @@ def ingest_items(
         num_converted_to_rgb=num_converted,
         num_shards=len(manifest.shards),
         shard_bytes=sum(s.num_bytes for s in manifest.shards),
-        quarantine_path=str(quarantine_path),
+        quarantine_path=str(recorded_dir / QUARANTINE_FILE),
         source_content_sha256=source_content.hexdigest(),
         elapsed_seconds=round(time.monotonic() - started, 3),
     )

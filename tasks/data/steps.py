@@ -6,8 +6,9 @@ table artifacts with the counts, content-based cache keys (an unchanged source i
 and an unchanged dataset is not curated again), and an OpenLineage run (``tasks.lineage.openlineage``)
 per ingest and registration naming what it read and wrote by content hash.
 
-Where outputs go: ingest and curation write into ``<home>/staging/<content key>/``; a directory
-there is reused only if its manifest verifies, and it becomes a registered version only through
+Where outputs go: ingest and curation write into ``<home>/staging/<content key>/``, produced in a
+private folder and published with one atomic rename (``tasks.publish``); a directory there is
+reused only if its manifest verifies, and it becomes a registered version only through
 ``register_dataset_version`` (DVC push, then git tag).
 
 Failures that waiting cannot fix are not retried: a source location that does not exist fails the
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -39,6 +39,7 @@ from tasks.data.versioning import DatasetRegistry, DatasetVersion
 from tasks.lineage.openlineage import LineageDataset, lineage_run
 from tasks.lineage.openlineage_refs import dataset_ref, version_ref
 from tasks.platform import PlatformSettings
+from tasks.publish import produce_once
 
 # Bump when the ingest/curation logic changes what it writes: it is part of every cache key.
 PIPELINE_CODE_VERSION = "data-2"
@@ -103,16 +104,16 @@ def ingest_sources(
         check_source(source)
     key = ingest_cache_key(sources, validation, max_items_per_shard)
     out_dir = staging_dir("ingest", key)
-    if _reusable(out_dir):
-        report = IngestReport.model_validate_json((out_dir / REPORT_FILE).read_text())
-    else:
-        shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an interrupted ingest
+
+    def produce(private: Path) -> None:
         items = itertools.chain.from_iterable(source.read() for source in sources)
-        report = ingest_items(
-            items, out_dir, validation, max_items_per_shard=max_items_per_shard,
-            extra={"sources": [s.model_dump() for s in sources]}, progress=progress,
+        ingest_items(
+            items, private, validation, max_items_per_shard=max_items_per_shard,
+            extra={"sources": [s.model_dump() for s in sources]}, progress=progress, published_dir=out_dir,
         )
-    return report
+
+    produce_once(out_dir, produce, _reusable)  # private folder, then one atomic rename (tasks.publish)
+    return IngestReport.model_validate_json((out_dir / REPORT_FILE).read_text())
 
 
 def require_accepted(report: IngestReport) -> IngestReport:

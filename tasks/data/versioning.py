@@ -231,6 +231,16 @@ class DatasetRegistry:
 
     def _ensure_repo(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.root / ".git").exists() or not (self.root / ".dvc").exists():
+            # Two first runs at once: one initialises, the other waits (its `git add -A` would
+            # otherwise commit the first one's version folder into git, where DVC cannot track it).
+            with self._lock():
+                self._initialise_repo()
+        write_remote_config(self.root, self.remote)
+        with self._lock():
+            commit_remote_config(self.root, self.remote)
+
+    def _initialise_repo(self) -> None:
         if not (self.root / ".git").exists():
             _git(self.root, "init", "-q", "-b", "main")
         if not (self.root / ".dvc").exists():
@@ -245,9 +255,6 @@ class DatasetRegistry:
             (self.root / ".gitignore").write_text("/.registry.lock\n")
             _git(self.root, "add", "-A")
             _git(self.root, "commit", "-q", "-m", "Initialise dataset registry")
-        write_remote_config(self.root, self.remote)
-        with self._lock():
-            commit_remote_config(self.root, self.remote)
 
     def _dvc_repo(self, root: Path):
         """A DVC ``Repo`` of ``root`` with the remote's credentials in memory (never in a config file)."""

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from eve_model.identity import weights_sha256
+from tasks.publish import atomic_write_text, private_path
 
 REPORT_SCHEMA_VERSION = 2
 """v2: ``weights_sha256`` (the platform's weights identity) replaces ``model_dir_hash``."""
@@ -112,12 +113,7 @@ class EvaluationReport(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file + rename), so a reader never sees half a report."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(path.suffix + ".partial")
-        temporary.write_text(self.model_dump_json(indent=2))
-        os.replace(temporary, path)
-        return path
+        return atomic_write_text(Path(path), self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "EvaluationReport":
@@ -235,6 +231,11 @@ def plot_metrics(
             axis.text(value, y, f" {value:.4g}", va="center", fontsize=7)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    temporary = private_path(path)  # two runs evaluating the same weights write the same file at once
+    try:
+        fig.savefig(temporary, dpi=100, format=path.suffix.lstrip(".") or "png")
+        os.replace(temporary, path)
+    finally:
+        plt.close(fig)
+        temporary.unlink(missing_ok=True)
     return path

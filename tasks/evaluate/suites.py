@@ -24,6 +24,7 @@ from tasks.evaluate import metrics as M
 from tasks.evaluate import readers
 from tasks.evaluate.report import SampleRecord, SkippedRecord, SuiteResult
 from tasks.platform import PlatformSettings
+from tasks.publish import atomic_write_text
 
 SUITE_VERSIONS = {
     "vqa": "vqa/1",
@@ -322,9 +323,7 @@ def demo_evaluation_suites(eval_questions_path: str) -> list[SuiteSpec]:
                 row = json.loads(raw)
                 text = row["caption"] if source is captions_path else f"{row['question']} {row['answer']}."
                 lines.append(json.dumps({"text": text}))
-        tmp = text_path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tmp.replace(text_path)
+        atomic_write_text(text_path, "\n".join(lines) + "\n")  # two runs may derive it at once
     return [
         VqaSuite(name="demo_vqa", path=questions_path, max_new_tokens=8),
         PerplexitySuite(name="heldout_text", path=text_path),

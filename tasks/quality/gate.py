@@ -22,8 +22,9 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from eve_model.shards import DatasetIntegrityError, iter_samples, read_manifest, write_subset
+from eve_model.shards import DatasetIntegrityError, iter_samples, read_manifest, verify_dataset, write_subset
 from tasks.platform import PlatformSettings
+from tasks.publish import atomic_write_text, produce_once
 from tasks.quality.config import CaptionGateThresholds, InstructionGateThresholds
 from tasks.quality.instruction_metrics import compute_instruction_metrics, summarize_instruction_metrics
 from tasks.quality.metrics import compute_caption_metrics, summarize_caption_metrics
@@ -221,7 +222,7 @@ def _run_gate(
         index_entry={**gate_record, "passed": decision.passed, "output_dataset_hash": output_hash},
     )
     result.result_dir = str(result_dir)
-    (result_dir / "gate_result.json").write_text(result.model_dump_json(indent=2), encoding="utf-8")
+    atomic_write_text(result_dir / "gate_result.json", result.model_dump_json(indent=2))  # a concurrent run may republish it
     return result
 
 
@@ -240,10 +241,24 @@ def _write_kept(
     gate_record: dict[str, Any],
     max_items_per_shard: int,
 ) -> str:
-    if (output_dir / "manifest.json").exists():
-        return read_manifest(output_dir).dataset_hash  # checked above to be this gate's own output
     extra = {**manifest.extra, "quality_gate": gate_record}
-    return write_subset(input_location, manifest, output_dir, kept_keys.__contains__, extra, max_items_per_shard).dataset_hash
+
+    def produce(private: Path) -> None:
+        write_subset(input_location, manifest, private, kept_keys.__contains__, extra, max_items_per_shard)
+
+    def published(directory: Path) -> bool:  # this gate's own verified output (another run's is refused above)
+        if not (directory / "manifest.json").exists():
+            return False
+        try:
+            recorded = verify_dataset(directory).extra.get("quality_gate", {})
+            return recorded | {"result_key": None} == gate_record | {"result_key": None}
+        except DatasetIntegrityError:
+            return False
+
+    # Produced privately and renamed into place (tasks.publish): two runs gating the same version at
+    # once both end with the same verified output.
+    produce_once(output_dir, produce, published)
+    return read_manifest(output_dir).dataset_hash
 
 
 def gate_caption_dataset(

@@ -20,7 +20,6 @@ leaves a half-written result that a later run would read as the previous version
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from tasks.platform import PlatformSettings
+from tasks.publish import private_path, publish_dir
 
 
 def result_key(dataset_hash: str, suite_name: str, suite_version: str, thresholds_fingerprint: str) -> str:
@@ -67,19 +67,19 @@ class QualityStore:
     ) -> Path:
         """Write one result atomically (replacing an older result under the same key) and index it."""
         final = self.root / key
-        staging = final.parent / f".{final.name}.staging-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = private_path(final)  # its own folder per call: two runs may store the same key at once
         staging.mkdir(parents=True)
-        _write_json(staging / "gate_result.json", gate_result)
-        _write_json(staging / "gx_validation_result.json", gx_result)
-        _write_json(staging / "summary.json", summary)
-        with open(staging / "filtered.jsonl", "w", encoding="utf-8") as handle:
-            for record in filtered_records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        metrics_table.to_parquet(staging / "metrics.parquet", index=False)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        try:
+            _write_json(staging / "gate_result.json", gate_result)
+            _write_json(staging / "gx_validation_result.json", gx_result)
+            _write_json(staging / "summary.json", summary)
+            with open(staging / "filtered.jsonl", "w", encoding="utf-8") as handle:
+                for record in filtered_records:
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            metrics_table.to_parquet(staging / "metrics.parquet", index=False)
+            publish_dir(staging, final, is_published=lambda _: False, replace=True)  # a newer result replaces the old
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         entry = {**index_entry, "key": key, "stored_at_unix": time.time()}
         with open(self.index_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, sort_keys=True) + "\n")

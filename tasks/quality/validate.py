@@ -91,7 +91,19 @@ def run_suite_with_data_docs(
     table: pd.DataFrame, suite: gx.ExpectationSuite, data_docs_root: Path, run_name: str
 ) -> tuple[dict[str, Any], str | None]:
     """Validate through a checkpoint whose GX stores live under ``data_docs_root`` and update its
-    Data Docs site. Returns (GX's result JSON, file:// URL of this validation's page)."""
+    Data Docs site. Returns (GX's result JSON, file:// URL of this validation's page).
+
+    The stores and the site are shared by every run that gates this version: two runs at once take
+    turns (``tasks.locks``), else one's ``add_or_update`` collides with the other's save."""
+    from tasks.locks import exclusive
+
+    with exclusive(data_docs_root / ".gx.lock", f"quality gate Data Docs of {run_name}", timeout_seconds=600):
+        return _run_checkpoint(table, suite, data_docs_root, run_name)
+
+
+def _run_checkpoint(
+    table: pd.DataFrame, suite: gx.ExpectationSuite, data_docs_root: Path, run_name: str
+) -> tuple[dict[str, Any], str | None]:
     data_docs_root.mkdir(parents=True, exist_ok=True)
     config = DataContextConfig(
         store_backend_defaults=FilesystemStoreBackendDefaults(root_directory=str(data_docs_root)),

@@ -215,3 +215,16 @@ def test_the_readme_configuration_blocks_read_as_what_they_say():
     teacher = parse_retrain_config({**block("Retrain on your own data"), **block("Use your teacher")}, "teacher")
     assert teacher.captions.backend == "openai" and teacher.captions.api_key_env == "TEACHER_API_KEY"
     assert teacher.caption_quality.profile == "teacher-captions"
+def test_retrain_deployments_declare_their_concurrency_and_promotions_are_not_limited():
+    """docs/operations.md, "Concurrency": one run per retrain deployment at a time, the next queued
+    (never dropped); a promotion waits for its own decision, so promotions are never serialised."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from flows.deployments import _concurrency_limit
+
+    specs = deployment_specs()
+    for name in ("weekly-retrain", "retrain-on-new-data", "data-only", "train-from-stage"):
+        limit = _concurrency_limit(specs[name])
+        assert isinstance(limit, ConcurrencyLimitConfig) and limit.limit == 1
+        assert limit.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
+    assert _concurrency_limit(specs["promote"]) is None
