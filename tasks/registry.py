@@ -62,6 +62,7 @@ from tasks.evaluate.gates import GateDecision
 from tasks.lineage.schema import ApprovalRecord, LineageManifest, WeightsRef
 from tasks.lineage.store import read_lineage, write_lineage
 from tasks.platform import PlatformSettings
+from tasks.provenance import provenance_for_registration
 from tasks.signing import KeyRing, canonical_json, split_signed_tag
 
 MODEL_NAME = "eve"
@@ -422,7 +423,11 @@ class ModelRegistry:
             manifest.created_at = datetime.now(timezone.utc).isoformat()
             manifest.weights = WeightsRef(path=WEIGHTS_PATH, sha256=candidate_sha256, dvc_md5=dvc_md5)
             lineage_file = write_lineage(self.repo_dir, manifest)
-            self._git("add", "-A", f"{WEIGHTS_PATH}.dvc", "models/.gitignore", str(lineage_file), ".dvc/config")
+            provenance_file = provenance_for_registration(self.repo_dir, manifest, self.keyring, WEIGHTS_PATH)
+            self._git(
+                "add", "-A", f"{WEIGHTS_PATH}.dvc", "models/.gitignore", str(lineage_file), str(provenance_file),
+                ".dvc/config",
+            )
             self._git("commit", "--quiet", "-m", f"Register {MODEL_NAME} {version}")
             commit = self._git("rev-parse", "HEAD")
             tag = f"{MODEL_NAME}@{version}"
