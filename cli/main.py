@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "promote",
     "registry",
     "lineage",
+    "reproduce",
     "audit",
     "users",
     "policy",
