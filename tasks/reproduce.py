@@ -364,6 +364,11 @@ class _Run:
             "dataset_location": str(dataset),
             "init_checkpoint": str(init) if init else None,
             "wandb_mode": "disabled",
+            # A memo of the frozen teacher's features (content-keyed, left out of the config hash): this
+            # home's own, never the recorded home's folder.
+            "teacher_feature_cache_dir": (
+                str(self.settings.teacher_feature_cache_dir) if config.teacher_feature_cache_dir else None
+            ),
         })
         planned = PlannedStage(
             config=placed,
