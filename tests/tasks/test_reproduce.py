@@ -41,20 +41,25 @@ def test_levels_and_the_code_revision_plan():
     assert code_revision_plan("abc+dirty", "abc+dirty")[0] == "dirty"
 
 
-def _register_tiny_run(tmp_path: Path) -> ModelRegistry:
-    """curated -> source captions -> caption gate -> base-llm -> stage 1, registered as eve@v0.1.0."""
+def _local_training(tmp_path: Path) -> TrainingParameters:
+    return TrainingParameters(
+        job=JobSpec(name="reproduce", command=["eve_model.train"], workdir=REPO_ROOT, tasks_per_node=1,
+                    time_limit_minutes=10, log_dir=tmp_path / "logs", pre_timeout_signal_seconds=0),
+        stage_overrides={StageId.BASE_LLM: StageOverrides(max_steps=2, **_TINY),
+                         StageId.PREALIGN: StageOverrides(max_steps=1, **_TINY)},
+    )
+
+
+def _register_tiny_run(tmp_path: Path, training: TrainingParameters | None = None) -> ModelRegistry:
+    """curated -> source captions -> caption gate -> base-llm -> stage 1, registered as eve@v0.1.0;
+    the stages run on ``training``'s backend (local by default)."""
     curated = tmp_path / "curated"
     curated_hash = write_tiny_dataset(curated, num_samples=8, items_per_shard=4).dataset_hash
     captioned = caption_dataset(curated, tmp_path / "captioned", CaptionConfig(backend="source"), progress=False)
     thresholds = CaptionGateThresholds(max_duplicate_rate=1.0, max_filtered_fraction=1.0)
     gate = gate_caption_dataset(captioned.output_location, tmp_path / "filtered", thresholds, compare_with_latest=False)
     assert gate.passed, gate.reasons
-    training = TrainingParameters(
-        job=JobSpec(name="reproduce", command=["eve_model.train"], workdir=REPO_ROOT, tasks_per_node=1,
-                    time_limit_minutes=10, log_dir=tmp_path / "logs", pre_timeout_signal_seconds=0),
-        stage_overrides={StageId.BASE_LLM: StageOverrides(max_steps=2, **_TINY),
-                         StageId.PREALIGN: StageOverrides(max_steps=1, **_TINY)},
-    )
+    training = training or _local_training(tmp_path)
     trained, parent = [], None
     for stage in (StageId.BASE_LLM, StageId.PREALIGN):
         planned = plan_stage.fn(stage, training, gate.output_location, gate.output_dataset_hash, parent)
@@ -111,3 +116,32 @@ def test_a_registered_run_reproduces_bit_exactly_and_tampering_is_named(eve_home
     shard.write_bytes(bytes(data))
     assert eve(["reproduce", "eve@v0.1.0", "--through", "data"]) == 1
     assert "MISMATCH: dataset/captioned of eve@v0.1.0" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_run_trained_through_slurm_reproduces_on_the_local_backend(slurm_cluster, eve_home, tmp_path, monkeypatch,
+                                                                      capsys):
+    """The same stages through sbatch on the real test cluster and re-run locally: identical weights."""
+    from tests.eve_model.training_datasets import subprocess_env
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    local = _local_training(tmp_path)
+    environment = subprocess_env(eve_home, WANDB_MODE="disabled")
+    job = local.job.model_copy(update={
+        "env": {key: environment[key] for key in ("EVE_HOME", "WANDB_MODE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                                                  "PYTHONPATH", "TORCH_EXTENSIONS_DIR")},
+        "checkpoint_save_seconds": 10, "max_step_seconds": 30,
+    })
+    slurm = local.model_copy(update={"backend": "slurm", "job": job,
+                                     "backend_options": {"slurm_conf": str(slurm_cluster.slurm_conf)}})
+    registry = _register_tiny_run(tmp_path, slurm)
+    manifest = registry.lineage("v0.1.0")
+    assert [s.scheduler for s in manifest.stages] == ["slurm", "slurm"]
+    assert all(job_id.isdigit() for s in manifest.stages for job_id in s.job_ids)
+    capsys.readouterr()
+
+    assert eve(["reproduce", "eve@v0.1.0", "--through", "stage-1"]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    for stage in manifest.stages:
+        line = next(row for row in out.splitlines() if row.startswith(f"  IDENTICAL        {stage.name} weights"))
+        assert stage.weights_sha256[:20] in line and "local backend" in line, out
