@@ -64,9 +64,19 @@ def run(args: argparse.Namespace) -> int:
                                on_row=lambda row: print(f"  {row.verdict.value:<16} {row.artifact}", flush=True))
     print(format_report(report))
     try:
+        _connect_to_a_running_server(settings)
         key = publish_report(report)
         if key:
             print(f"published as Prefect artifact {key}")
     except Exception as error:  # the report is printed either way; the server may be down
         print(f"note: could not publish the report to Prefect: {error}", file=sys.stderr)
     return int(ExitCode.FAILED if report.first_mismatch else ExitCode.COMPLETED)
+
+
+def _connect_to_a_running_server(settings) -> None:
+    """Use ``PREFECT_API_URL`` when set, else this home's local server when it is running; never start one
+    (without a server the report is printed only)."""
+    from tasks.orchestration import ensure_prefect_server, running_local_server
+
+    if os.environ.get("PREFECT_API_URL") or running_local_server(settings) is not None:
+        ensure_prefect_server(settings)
