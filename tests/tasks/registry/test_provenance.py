@@ -27,7 +27,7 @@ from tasks.provenance import (
 )
 from tasks.registry import WEIGHTS_PATH, ModelRegistry
 from tasks.signing import KeyRing
-from tests.fixtures.model_registry import authorised_approvals, passing_gate
+from tests.fixtures.model_registry import authorised_approvals, passing_gate, verify_fails
 
 
 @pytest.fixture
@@ -35,14 +35,6 @@ def registry(eve_home, registry_inputs) -> ModelRegistry:
     registry = ModelRegistry(PlatformSettings.load())
     registry.register_candidate(*registry_inputs(1), passing_gate())
     return registry
-
-
-def _verify_fails(capsys, *expected: str) -> str:
-    assert eve(["audit", "verify"]) == 1
-    out = capsys.readouterr().out
-    first = next(line for line in out.splitlines() if line.startswith("FAILED"))
-    assert all(text in first for text in expected), out
-    return first
 
 
 def test_registration_writes_a_signed_statement_naming_products_and_materials(registry, capsys):
@@ -93,7 +85,7 @@ def test_an_edited_provenance_signature_fails_verify_naming_the_version(registry
     statement["subject"][0]["digest"]["sha256"] = "0" * 64  # claim other weights, keep the old signature
     envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
     path.write_text(json.dumps(envelope) + "\n")
-    _verify_fails(capsys, "provenance of eve@v0.1.0", "signature")
+    verify_fails(capsys, "provenance of eve@v0.1.0", "signature")
 
 
 def test_a_weights_byte_changed_in_the_dvc_cache_fails_verify_naming_the_file(registry, capsys):
@@ -105,7 +97,7 @@ def test_a_weights_byte_changed_in_the_dvc_cache_fails_verify_naming_the_file(re
     data = bytearray(cached.read_bytes())
     data[100] ^= 0x01
     cached.write_bytes(bytes(data))
-    _verify_fails(capsys, "provenance of eve@v0.1.0", "models/eve/model.safetensors")
+    verify_fails(capsys, "provenance of eve@v0.1.0", "models/eve/model.safetensors")
 
 
 def test_an_edited_recorded_config_fails_verify_naming_the_version(registry, capsys):
@@ -116,4 +108,4 @@ def test_an_edited_recorded_config_fails_verify_naming_the_version(registry, cap
     subprocess.run(["git", "commit", "-qam", "tweak"], cwd=registry.repo_dir, check=True,
                    env={"GIT_AUTHOR_NAME": "x", "GIT_AUTHOR_EMAIL": "x@x", "GIT_COMMITTER_NAME": "x",
                         "GIT_COMMITTER_EMAIL": "x@x", "PATH": "/usr/bin:/bin"})
-    _verify_fails(capsys, "eve@v0.1.0", "stages")
+    verify_fails(capsys, "eve@v0.1.0", "stages")
