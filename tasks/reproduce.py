@@ -42,6 +42,7 @@ _NOT_RE_EXECUTED = {
     "ingested": "the ingest step is not re-executed: the lineage records its output by hash but not the ingest "
                 "parameters (raw-source lineage, issue 23); the version is fetched by hash below",
     "curated": "the curation step is not re-executed (its parameters are not in the lineage); fetched by hash below",
+    "sft": "the instruction-data ingest is not re-executed (its parameters are not in the lineage); fetched by hash below",
     "sft-filtered": "the instruction gate is not re-executed (its thresholds are not in the lineage); fetched by hash below",
 }
 """Data steps whose outputs are checked by hash only, and why."""
