@@ -50,10 +50,15 @@ def run(args: argparse.Namespace) -> int:
     if not running_in_checked_out_revision():
         action, reason = code_revision_plan(manifest.code_revision)
         if action == "worktree":
-            worktree = prepare_worktree(manifest.code_revision, settings)
+            try:
+                worktree = prepare_worktree(manifest.code_revision, settings)
+            except RuntimeError as error:
+                print(f"{reason}\nCANNOT RE-RUN {args.model_ref}: {error}", flush=True)
+                return int(ExitCode.FAILED)
             print(f"{reason}: checked it out in {worktree}; re-running `eve reproduce` there", flush=True)
             if not (worktree / "cli" / "reproduce.py").exists():
-                print(f"CANNOT RE-RUN: revision {manifest.code_revision} predates `eve reproduce`", file=sys.stderr)
+                print(f"CANNOT RE-RUN {args.model_ref}: revision {manifest.code_revision} predates `eve reproduce`",
+                      flush=True)
                 return int(ExitCode.FAILED)
             environment = {**os.environ, "PYTHONPATH": str(worktree), CHECKED_OUT_ENV: manifest.code_revision}
             command = [sys.executable, "-m", "cli.main", "reproduce", args.model_ref, "--through", args.through]

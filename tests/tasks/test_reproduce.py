@@ -41,6 +41,14 @@ def test_levels_and_the_code_revision_plan():
     assert code_revision_plan("abc+dirty", "abc+dirty")[0] == "dirty"
 
 
+def test_a_recorded_revision_that_cannot_be_checked_out_is_reported_not_skipped(eve_home, registry_inputs, capsys):
+    registry = ModelRegistry(PlatformSettings.load())
+    registry.register_candidate(*registry_inputs(1), passing_gate())  # code_revision: a commit no repository has
+    assert eve(["reproduce", "eve@v0.1.0", "--through", "data"]) == 1
+    out = capsys.readouterr().out
+    assert "CANNOT RE-RUN eve@v0.1.0: cannot check out recorded revision 0123456789abcdef" in out, out
+
+
 def _local_training(tmp_path: Path) -> TrainingParameters:
     return TrainingParameters(
         job=JobSpec(name="reproduce", command=["eve_model.train"], workdir=REPO_ROOT, tasks_per_node=1,
