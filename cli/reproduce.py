@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         if action == "dirty":
             print(f"note: {reason}", flush=True)
     report = reproduce_version(manifest, args.through, settings,
-                               on_row=lambda row: print(f"  {row.verdict.value:<16} {row.artifact}", flush=True))
+                               on_row=lambda row: print(f"  {row.verdict.value:<16} {row.level:<9} {row.artifact}", flush=True))
     print(format_report(report))
     try:
         _connect_to_a_running_server(settings)

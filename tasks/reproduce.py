@@ -448,14 +448,18 @@ def reproduce_version(
     return run.report
 
 
+def format_row(row: ReproduceRow) -> str:
+    """One aligned line: verdict, level, artifact, recorded and reproduced hash (20 characters), detail."""
+    return (
+        f"  {row.verdict.value.upper():<16} {row.level:<9} {row.artifact:<28} recorded {(row.recorded or '-')[:20]:<20} "
+        f"reproduced {(row.reproduced or '-')[:20]:<20} {row.detail}"
+    )
+
+
 def format_report(report: ReproduceReport) -> str:
     """The report as aligned text, one row per artifact."""
     lines = [f"reproduce {report.ref} --through {report.through}  (outputs in {report.output_dir})"]
-    for row in report.rows:
-        lines.append(
-            f"  {row.verdict.value.upper():<16} {row.artifact:<28} recorded {(row.recorded or '-')[:20]:<20} "
-            f"reproduced {(row.reproduced or '-')[:20]:<20} {row.detail}"
-        )
+    lines += [format_row(row) for row in report.rows]
     mismatch = report.first_mismatch
     cannot = [row for row in report.rows if row.verdict == Verdict.CANNOT_RERUN]
     if mismatch is not None:
@@ -492,6 +496,7 @@ __all__ = [
     "code_revision_plan",
     "fetch_dataset",
     "format_report",
+    "format_row",
     "levels_through",
     "prepare_worktree",
     "publish_report",

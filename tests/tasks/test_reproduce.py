@@ -49,6 +49,12 @@ def test_a_recorded_revision_that_cannot_be_checked_out_is_reported_not_skipped(
     assert "CANNOT RE-RUN eve@v0.1.0: cannot check out recorded revision 0123456789abcdef" in out, out
 
 
+def _verdicts(out: str) -> dict[tuple[str, str], str]:
+    """(level, artifact) -> verdict of the report table's rows (``tasks.reproduce.format_row`` columns)."""
+    return {(line[19:28].strip(), line[29:57].strip()): line[2:18].strip()
+            for line in out.splitlines() if line[:2] == "  " and line[2:3].isupper()}
+
+
 def _local_training(tmp_path: Path) -> TrainingParameters:
     return TrainingParameters(
         job=JobSpec(name="reproduce", command=["eve_model.train"], workdir=REPO_ROOT, tasks_per_node=1,
@@ -100,9 +106,10 @@ def test_a_registered_run_reproduces_bit_exactly_and_tampering_is_named(eve_home
 
     assert eve(["reproduce", "eve@v0.1.0", "--through", "stage-1"]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    rows = {line.split()[1]: line.split()[0] for line in out.splitlines() if line.startswith("  ")}
-    for artifact in ("dataset/raw", "dataset/captioned", "dataset/filtered", "stage-base-llm", "stage-1"):
-        assert rows.get(artifact) == "IDENTICAL", (artifact, out)
+    verdicts = _verdicts(out)
+    for row in [("data", "dataset/raw"), ("data", "dataset/captioned"), ("captions", "dataset/captioned"),
+                ("gates", "dataset/filtered"), ("stage-1", "stage-base-llm weights"), ("stage-1", "stage-1 weights")]:
+        assert verdicts.get(row) == "IDENTICAL", (row, out)
     assert "MISMATCH" not in out
 
     # A recorded stage config edited after registration: named before anything trains.
@@ -150,6 +157,8 @@ def test_a_run_trained_through_slurm_reproduces_on_the_local_backend(slurm_clust
 
     assert eve(["reproduce", "eve@v0.1.0", "--through", "stage-1"]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
+    verdicts = _verdicts(out)
     for stage in manifest.stages:
-        line = next(row for row in out.splitlines() if row.startswith(f"  IDENTICAL        {stage.name} weights"))
+        assert verdicts[("stage-1", f"{stage.name} weights")] == "IDENTICAL", out
+        line = next(row for row in out.splitlines() if row[29:57].strip() == f"{stage.name} weights")
         assert stage.weights_sha256[:20] in line and "local backend" in line, out
