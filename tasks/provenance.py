@@ -11,8 +11,10 @@ checked by ``eve audit verify`` (``provenance_problems``).
   platform's weights hash (``eveWeightsSha256``, ``eve_model.identity.weights_sha256``).
 - **predicate.buildDefinition**: ``externalParameters`` are the recorded configs (stage configs and
   ds_configs, the caption backend identity, the quality suite); ``resolvedDependencies`` are the
-  materials by hash: every dataset version (``sha256`` = the eve-wds/1 dataset hash), the teacher
-  weights, and the platform commit (``gitCommit``).
+  materials by hash: every dataset version (``eveDatasetSha256``: the eve-wds/1 dataset hash, over
+  its shard list, not one file's bytes; ``dvcMd5`` for a raw source recorded by DVC), the teacher
+  weights (``eveWeightsSha256``), and the platform commit (``gitCommit``). ``sha256`` is used only
+  where it is the sha256 of one file's bytes, so a standard tool never compares it with a file.
 - **predicate.runDetails**: the platform as builder, the version as invocation id, the stage
   weights as byproducts.
 
@@ -49,6 +51,10 @@ BUILD_TYPE = "https://github.com/eve-platform/eve/retrain/v1"
 BUILDER_ID = "https://github.com/eve-platform/eve/platform"
 WEIGHTS_DIGEST_ALGORITHM = "eveWeightsSha256"
 """Digest name of the weights hash over a directory (``eve_model.identity``), not one file's sha256."""
+DATASET_DIGEST_ALGORITHM = "eveDatasetSha256"
+"""Digest name of an eve-wds/1 dataset hash (sha256 over its canonical shard list, ``eve_model.shards``)."""
+DVC_DIGEST_ALGORITHM = "dvcMd5"
+"""Digest name of a raw source recorded by DVC's directory md5 (the demo's ``data.dvc``)."""
 PROVENANCE_SUFFIX = ".intoto.jsonl"
 _SIGNING_KEY = "platform"
 
@@ -108,13 +114,14 @@ def materials(manifest: LineageManifest) -> list[dict[str, Any]]:
         annotations = {"num_items": dataset.num_items, "derived_from": dataset.derived_from}
         if dataset.dvc_md5:
             annotations["dvc_md5"] = dataset.dvc_md5
-        deps.append({"name": name, "digest": {"sha256": dataset.dataset_hash}, "annotations": annotations})
+        algorithm = DATASET_DIGEST_ALGORITHM if len(dataset.dataset_hash) == 64 else DVC_DIGEST_ALGORITHM
+        deps.append({"name": name, "digest": {algorithm: dataset.dataset_hash}, "annotations": annotations})
     if manifest.caption is not None and manifest.caption.identity.weights_sha256:
         identity = manifest.caption.identity
         deps.append(
             {
                 "name": f"teacher/{identity.backend}/{identity.model_id}",
-                "digest": {"sha256": identity.weights_sha256},
+                "digest": {WEIGHTS_DIGEST_ALGORITHM: identity.weights_sha256},
             }
         )
     dirty = "+dirty" in manifest.code_revision

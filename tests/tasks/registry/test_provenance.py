@@ -51,9 +51,9 @@ def test_registration_writes_a_signed_statement_naming_products_and_materials(re
     assert subjects["models/eve/model.safetensors"] == {"sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     assert subjects["models/eve"] == {"eveWeightsSha256": manifest.weights.sha256}
     build = statement["predicate"]["buildDefinition"]
-    material_digests = {m["digest"].get("sha256") for m in build["resolvedDependencies"]}
-    assert {d.dataset_hash for d in manifest.all_datasets()} <= material_digests
-    assert manifest.caption.identity.weights_sha256 in material_digests
+    digests = [m["digest"] for m in build["resolvedDependencies"]]
+    assert all({"eveDatasetSha256": d.dataset_hash} in digests for d in manifest.all_datasets())
+    assert {"eveWeightsSha256": manifest.caption.identity.weights_sha256} in digests
     assert {"gitCommit": manifest.code_revision} in [m["digest"] for m in build["resolvedDependencies"]]
     assert [s["config"] for s in build["externalParameters"]["stages"]] == [s.config for s in manifest.stages]
     # The provenance is committed with the version (the registration tag's commit holds it).
