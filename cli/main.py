@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "promote",
     "registry",
     "lineage",
+    "reproduce",
     "audit",
     "users",
     "policy",

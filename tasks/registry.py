@@ -62,6 +62,7 @@ from tasks.evaluate.gates import GateDecision
 from tasks.lineage.schema import ApprovalRecord, LineageManifest, WeightsRef
 from tasks.lineage.store import read_lineage, write_lineage
 from tasks.platform import PlatformSettings
+from tasks.provenance import provenance_for_registration
 from tasks.registry_card import (
     MODEL_CARD_FILE,
     ModelCardFacts,
@@ -437,8 +438,10 @@ class ModelRegistry:
             manifest.weights = WeightsRef(path=WEIGHTS_PATH, sha256=candidate_sha256, dvc_md5=dvc_md5)
             lineage_file = write_lineage(self.repo_dir, manifest)
             card_file = self._copy_card(target, version)
+            provenance_file = provenance_for_registration(self.repo_dir, manifest, self.keyring, WEIGHTS_PATH,
+                                                          model_card=card_file)
             self._git("add", "-A", f"{WEIGHTS_PATH}.dvc", "models/.gitignore", str(lineage_file), str(card_file),
-                      ".dvc/config")
+                      str(provenance_file), ".dvc/config")
             self._git("commit", "--quiet", "-m", f"Register {MODEL_NAME} {version}")
             commit = self._git("rev-parse", "HEAD")
             tag = f"{MODEL_NAME}@{version}"

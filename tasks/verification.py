@@ -15,7 +15,10 @@ In order, so that the first problem is the first broken link:
    assignment step whose approvals held at the time of use;
 5. every assignment record names a tag that exists as recorded; a decision is used once;
 6. every approval in a lineage manifest is an accepted decision of the log, and every completed
-   assignment's approvals are in its version's manifest.
+   assignment's approvals are in its version's manifest;
+7. every registered version's signed provenance (``tasks/provenance.py``): the DSSE signature is the
+   platform key's, every subject (weights files, lineage manifest as registered, model card) hashes
+   as the registered file, every material and recorded config is the lineage manifest's.
 
 An assignment step interrupted between its points (kill -9) is a note, not a problem: its intent is
 recorded and the next registry write completes or rolls it back.
@@ -33,7 +36,8 @@ from tasks.approvals import assignment_problems, decision_problems
 from tasks.lineage.schema import ApprovalRecord
 from tasks.lineage.store import iter_lineage
 from tasks.platform import PlatformSettings
-from tasks.registry import ANCHOR_TAG_PREFIX, MODEL_NAME, PRODUCTION_STAGE, ModelRegistry, RegistryTag
+from tasks.provenance import provenance_problems
+from tasks.registry import ANCHOR_TAG_PREFIX, MODEL_NAME, PRODUCTION_STAGE, WEIGHTS_PATH, ModelRegistry, RegistryTag
 
 
 class PlatformVerification(BaseModel):
@@ -78,7 +82,23 @@ def verify_platform(settings: PlatformSettings | None = None) -> PlatformVerific
     report.notes += tag_notes
     report.problems += record_problems(tags, records)
     report.problems += lineage_problems(registry, records)
+    provenance_issues, provenance_notes = all_provenance_problems(registry, tags)
+    report.problems += provenance_issues
+    report.notes += provenance_notes
     return report
+
+
+def all_provenance_problems(registry: ModelRegistry, tags: list[RegistryTag]) -> tuple[list[str], list[str]]:
+    """7. every registered version's signed provenance against its registered files and lineage."""
+    problems, notes = [], []
+    targets = {tag.name: tag.target for tag in tags if tag.signed_by}
+    for manifest in iter_lineage(registry.repo_dir, MODEL_NAME):
+        found, seen = provenance_problems(
+            registry.repo_dir, manifest, targets.get(manifest.ref), registry.keyring, WEIGHTS_PATH
+        )
+        problems += found
+        notes += seen
+    return problems, notes
 
 
 def registry_remote_problems(registry: ModelRegistry) -> list[str]:

@@ -101,6 +101,7 @@ def assemble_lineage(
             suite_name=caption_gate.suite_name, suite_version=caption_gate.suite_version,
             dataset_hash=caption_gate.input_dataset_hash, success=caption_gate.passed,
             statistics={"counts": caption_gate.counts.model_dump(), "summary": caption_gate.summary},
+            thresholds=caption_gate.thresholds,
         ),
         stages=[_stage_record(trained) for trained in stages],
         evaluation=evaluation,

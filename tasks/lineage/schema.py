@@ -74,6 +74,10 @@ class QualityReportRef(BaseModel):
     statistics: dict[str, Any] = Field(default_factory=dict)
     """GX statistics (evaluated, successful, success percent) and caption metrics."""
 
+    thresholds: dict[str, Any] | None = None
+    """Every threshold in force (``GateResult.thresholds``), so ``eve reproduce`` can re-run the gate;
+    None in manifests written before they were recorded."""
+
 
 class StageRecord(BaseModel):
     """One DeepSpeed training stage (prealign, pretrain, sft)."""

@@ -81,6 +81,8 @@ BAD_VALUES: dict[str, list[tuple[list[str], int, str]]] = {
     "keys rotate": [(["signing"], 2, "invalid choice: 'signing'")],
     "convert upstream": [(["/nonexistent", "/tmp/eve-walk-converted"], 2, "not an upstream EVE model directory")],
     "deploy": [(["--config", "/nonexistent.yaml"], 2, "neither a recipe")],
+    "reproduce": [(["eve@v9.9.9"], 2, "no lineage for eve@v9.9.9"),
+                  (["v0.1.0", "--through", "everything"], 2, "invalid choice: 'everything'")],
 }
 
 

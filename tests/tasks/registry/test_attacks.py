@@ -20,7 +20,7 @@ from tasks.lineage.schema import ApprovalRecord
 from tasks.platform import PlatformSettings
 from tasks.registry import ApprovalRequiredError, ModelRegistry
 from tasks.verification import verify_platform
-from tests.fixtures.model_registry import authorised_approvals, passing_gate
+from tests.fixtures.model_registry import authorised_approvals, passing_gate, verify_fails
 
 
 @pytest.fixture
@@ -32,15 +32,6 @@ def registry(eve_home, registry_inputs) -> ModelRegistry:
     registry.register_candidate(*registry_inputs(2), passing_gate())
     assert verify_platform().ok
     return registry
-
-
-def _verify_fails(capsys, *expected: str) -> str:
-    """``eve audit verify`` exits 1 and its first line names the broken link."""
-    assert eve(["audit", "verify"]) == 1
-    out = capsys.readouterr().out
-    first = next(line for line in out.splitlines() if line.startswith("FAILED"))
-    assert all(text in first for text in expected), out
-    return first
 
 
 def _git(registry: ModelRegistry, *args: str) -> str:
@@ -64,7 +55,7 @@ def test_a_hand_appended_accepted_record_moves_nothing_and_verify_names_it(regis
     with pytest.raises(ApprovalRequiredError, match="no signed decision"):
         registry.assign_production("v0.2.0", forged)
     assert registry.production_version() == "v0.1.0"
-    _verify_fails(capsys, f"seq {record.seq}", "not a decision the platform accepted")
+    verify_fails(capsys, f"seq {record.seq}", "not a decision the platform accepted")
 
 
 def test_a_copied_signed_decision_cannot_be_replayed(registry, capsys):
@@ -136,7 +127,7 @@ def test_a_new_production_tag_reusing_an_old_message_is_reported(registry, capsy
     _git(registry, "-c", "user.name=mallory", "-c", "user.email=m@x", "tag", "-a", "eve#production#9", old.target,
          "-m", old.message)
     assert registry.production_version() == "v0.1.0"  # the attack moved production...
-    _verify_fails(capsys, "eve#production#9", "not signed")  # ...and verify names it
+    verify_fails(capsys, "eve#production#9", "not signed")  # ...and verify names it
 
 
 def test_a_gto_deprecation_of_the_production_version_is_reported(registry, capsys):
@@ -145,14 +136,14 @@ def test_a_gto_deprecation_of_the_production_version_is_reported(registry, capsy
     subprocess.run([str(gto), "deprecate", "eve", "v0.2.0", "production"], cwd=registry.repo_dir, check=True,
                    capture_output=True)
     assert registry.production_version() == "v0.1.0"
-    _verify_fails(capsys, "eve#production!", "not signed")
+    verify_fails(capsys, "eve#production!", "not signed")
 
 
 def test_deleting_the_current_assignment_tag_is_reported(registry, capsys):
     registry.assign_production("v0.2.0", authorised_approvals(registry, "v0.2.0"))
     _git(registry, "tag", "-d", "eve#production#2")
     assert registry.production_version() == "v0.1.0"
-    _verify_fails(capsys, "eve#production#2", "no longer has")
+    verify_fails(capsys, "eve#production#2", "no longer has")
 
 
 # ---------------------------------------------------------------- the audit log rewritten
@@ -167,7 +158,7 @@ def test_a_cut_log_with_an_old_signed_head_put_back_is_caught_by_the_anchor(regi
     registry.audit_log.path.write_text("".join(line + "\n" for line in lines))
     registry.audit_log.head_path.write_text(head_before)
     assert registry.audit_log.verify().ok  # the log alone looks fine
-    _verify_fails(capsys, "anchor", "cut")
+    verify_fails(capsys, "anchor", "cut")
 
 
 def test_a_torn_line_never_crashes_show_or_verify_and_repair_keeps_the_evidence(registry, capsys):
@@ -175,7 +166,7 @@ def test_a_torn_line_never_crashes_show_or_verify_and_repair_keeps_the_evidence(
         handle.write('{"seq": 99, "event": "registry.produ')
     assert eve(["audit", "show", "--last", "2"]) == 0
     assert "torn last line" in capsys.readouterr().out
-    _verify_fails(capsys, "torn last line", "eve audit repair")
+    verify_fails(capsys, "torn last line", "eve audit repair")
     with pytest.raises(audit.AuditIntegrityError):  # no promotion seals over it
         registry.audit_log.append("review.decision_accepted", actor="mallory")
     assert eve(["audit", "repair", "--by", "ops"]) == 0
@@ -192,7 +183,7 @@ def test_lineage_approvals_must_be_decisions_of_the_log(registry, capsys):
     manifest = read_lineage(registry.repo_dir, "eve@v0.1.0")
     forged = manifest.approvals[0].model_copy(update={"reviewer": "mallory", "comment": "me too"})
     write_lineage(registry.repo_dir, manifest.model_copy(update={"approvals": [*manifest.approvals, forged]}))
-    _verify_fails(capsys, "lineage of eve@v0.1.0", "mallory")
+    verify_fails(capsys, "lineage of eve@v0.1.0", "mallory")
 
 
 def test_a_hand_edited_policy_file_stops_promotions(eve_home):
