@@ -52,7 +52,7 @@ from tasks.evaluate.prefect_tasks import (
 )
 from tasks.evaluate.report import EvaluationReport
 from tasks.evaluate.tracking import TrackedDataset, WandbTarget
-from tasks.lineage.assemble import assemble_lineage, raw_source_ref
+from tasks.lineage.assemble import assemble_lineage, raw_source_refs
 from tasks.log_filters import quiet_library_chatter
 from tasks.promotion import (
     ContaminationSummary,
@@ -265,6 +265,17 @@ def evaluate_candidate(
     )
 
 
+def ingested_now(params: RetrainParameters, data: DataFlowResult) -> dict[str, tuple[list, str]]:
+    """Role -> (source specs, source content hash) of what this retrain ingested itself (lineage's raw
+    sources); a role taken from a registered version is absent."""
+    ingested = {}
+    if data.ingest is not None:
+        ingested["ingested"] = (params.data.sources, data.ingest.source_content_sha256)
+    if data.sft_ingest is not None:
+        ingested["sft"] = (params.data.sft_sources, data.sft_ingest.source_content_sha256)
+    return ingested
+
+
 @flow(name="eve-register-and-request-promotion", flow_run_name=_named("register"), log_prints=True)
 def register_and_request_promotion(
     params: RetrainParameters, prepared: PreparedData, trained: list[TrainedStage], evaluation: CandidateEvaluation,
@@ -274,7 +285,8 @@ def register_and_request_promotion(
     request with the whole evidence (``labels``: the retrain's run name, for the card);
     (version, hand-over, the promotion's flow run id or None when skipped)."""
     lineage = assemble_lineage(
-        raw_source_ref(params.data.use_demo_source, prepared.versions["ingested"]), prepared.versions,
+        raw_source_refs(params.data.use_demo_source, prepared.versions, ingested_now(params, prepared.data)),
+        prepared.versions,
         prepared.caption_identity, prepared.caption_gate, trained, evaluation.summary,
     )
     card_facts = ModelCardFacts(

@@ -28,6 +28,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # no later test fails with "I/O operation on closed file" depending on the order tests run in.
 import dvc.repo  # noqa: E402,F401
 
+# Prefect configures its console log handler when first imported, bound to the sys.stderr of that
+# moment: first imported inside a test that captures output (a CLI test with capsys), every later
+# flow's log line goes to a closed stream. Same remedy: import it once for the session.
+import prefect  # noqa: E402,F401
+
 
 @pytest.fixture
 def eve_home(tmp_path, monkeypatch) -> Path:
