@@ -288,10 +288,17 @@ def mix_sft_dataset_task(instruction_location: str, caption_location: str, outpu
     logger = get_run_logger()
     instruction_hash = verify_dataset(instruction_location, check_shards=False).dataset_hash
     caption_hash = verify_dataset(caption_location, check_shards=False).dataset_hash
+
+    def finished(folder: Path) -> bool:
+        return finished_mixture(folder, instruction_hash, caption_hash, config) is not None
+
+    # Produced privately and published with one rename (tasks.publish): two retrains mixing the same
+    # inputs at once both end with the one verified mixture.
+    produce_once(Path(output_dir), lambda private: build_sft_mixture(instruction_location, caption_location,
+                                                                     private, config), finished)
     report = finished_mixture(output_dir, instruction_hash, caption_hash, config)
-    if report is None:
-        shutil.rmtree(output_dir, ignore_errors=True)  # leftovers of an interrupted run
-        report = build_sft_mixture(instruction_location, caption_location, output_dir, config)
+    if report is None:  # pragma: no cover - produce_once returns only once the folder verifies
+        raise DatasetIntegrityError(f"{output_dir}: the SFT mixture did not verify after it was published")
     create_table_artifact(
         key="sft-mixture-counts", table=report.table_rows(),
         description=f"SFT mixture {report.dataset_hash[:16]} from instruction {instruction_hash[:16]} "

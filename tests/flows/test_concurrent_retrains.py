@@ -85,10 +85,14 @@ def test_two_retrains_at_once_train_each_stage_once_and_agree(prefect_server, ev
     assert _leftovers(eve_home) == []
 
 
-def _stage_in_training(home: Path, timeout_seconds: float) -> tuple[Path, int]:
+def _stage_in_training(home: Path, timeout_seconds: float, runs: dict[str, subprocess.Popen],
+                       out_dir: Path) -> tuple[Path, int]:
     """The first stage folder whose job has started, and the pid of the run holding its lock."""
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
+        if all(process.poll() is not None for process in runs.values()):  # both ended: nothing to wait for
+            tails = {name: (out_dir / f"{name}.log").read_text(errors="replace")[-2000:] for name in runs}
+            raise AssertionError(f"both retrains ended before a stage job started: {tails}")
         for folder in sorted((home / "runs" / "stages").glob("stage-*")) if (home / "runs" / "stages").exists() else []:
             record = (folder / ".lock").read_text().strip() if (folder / ".lock").exists() else ""
             if record and list((folder / "logs").glob("local-*.pid")) and not (folder / "final").exists():
@@ -102,7 +106,7 @@ def test_a_run_killed_mid_stage_is_taken_over_and_a_rerun_resumes(prefect_server
 
     demo_dir = generate_demo_data(tmp_path / "raw", DemoDataConfig.tiny())
     runs = {name: _start_retrain(demo_dir, tmp_path, name) for name in ("a", "b")}
-    folder, holder_pid = _stage_in_training(eve_home, timeout_seconds=900)
+    folder, holder_pid = _stage_in_training(eve_home, timeout_seconds=900, runs=runs, out_dir=tmp_path)
     victim = next(name for name, process in runs.items() if process.pid == holder_pid)
     survivor = "b" if victim == "a" else "a"
     os.killpg(holder_pid, signal.SIGKILL)  # the flow run's whole process group, mid-stage
