@@ -82,9 +82,16 @@ def test_eve_retrain_config_takes_a_real_hugging_face_folder_to_a_registered_can
     version = re.search(r"candidate: eve@(v[\d.]+)", output).group(1)
     lineage = read_lineage(registry.repo_dir, f"eve@{version}")
     datasets = {d.role: d for d in lineage.datasets}
-    assert {"ingested", "curated", "captioned", "filtered", "sft", "sft-filtered"} <= set(datasets)
+    assert {"ingested", "curated", "captioned", "filtered", "sft", "sft-filtered", "sft-mixture"} <= set(datasets)
     assert [s.name for s in lineage.stages] == ["stage-base-llm", "stage-1", "stage-2", "stage-3"]
-    assert lineage.stages[-1].input_dataset_hash == datasets["sft-filtered"].dataset_hash
+    # Stage 3 trains on the SFT mixture of the gated conversations and the gated captions.
+    assert lineage.stages[-1].input_dataset_hash == datasets["sft-mixture"].dataset_hash
+    assert sorted(datasets["sft-mixture"].derived_from) == sorted(
+        [datasets["sft-filtered"].dataset_hash, datasets["filtered"].dataset_hash])
+    # The raw sources are the folders the data came from, by their own content hash (not the shards).
+    raw = {r.role: r for r in lineage.raw_sources}
+    assert set(raw) == {"raw", "raw-sft"} and raw["raw"].location.startswith(str(tmp_path / "photos"))
+    assert datasets["ingested"].derived_from == [raw["raw"].dataset_hash] != [datasets["ingested"].dataset_hash]
 
     from tasks.data.versioning import DatasetRegistry
 

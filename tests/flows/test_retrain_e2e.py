@@ -85,15 +85,18 @@ class Screenshots:
         return path
 
 
-def _artifacts(key: str, flow_run_id=None):
+def _artifacts(key: str, flow_run_id=None, since=None):
+    """Artifacts with ``key`` (of one flow run, or created at or after ``since``: the session's server
+    also holds other tests' retrains, whose stage artifacts have the same keys)."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=[key]),
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]) if flow_run_id else None,
         ))
+    return [artifact for artifact in found if since is None or artifact.created >= since]
 
 
 def _flow_run(run_id):
@@ -271,6 +274,9 @@ def test_a_small_retrain_watched_linked_and_approved_in_the_browser_then_an_unch
         except BaseException as error:  # surfaced by the waits below
             outcome["error"] = error
 
+    from datetime import datetime, timezone
+
+    started = datetime.now(timezone.utc)
     retraining = threading.Thread(target=run_retrain, daemon=True)
     retraining.start()
     failed = lambda: outcome.get("error")  # noqa: E731
@@ -282,7 +288,7 @@ def test_a_small_retrain_watched_linked_and_approved_in_the_browser_then_an_unch
             key = progress_artifact_key("2")
             shown = None
             while shown is None:
-                artifact = _wait(lambda: next((a for a in _artifacts(key) if a.data is not None), None),
+                artifact = _wait(lambda: next((a for a in _artifacts(key, since=started) if a.data is not None), None),
                                  "stage 2's progress artifact", 900, failed)
                 assert float(artifact.data) < 100, "stage 2 ended before the browser saw it running"
                 page.goto(f"{ui}/artifacts/artifact/{artifact.id}")
@@ -300,7 +306,7 @@ def test_a_small_retrain_watched_linked_and_approved_in_the_browser_then_an_unch
             first = outcome["first"]
             assert re.fullmatch(r"retrain-demo-\d{8}-\d{6}", first.run_name), first.run_name
             promotion_id = first.promotion
-            (link,) = [a for a in _artifacts("promotion-run") if f"/runs/flow-run/{promotion_id}" in a.data]
+            (link,) = [a for a in _artifacts("promotion-run", since=started) if f"/runs/flow-run/{promotion_id}" in a.data]
             page.goto(f"{ui}/artifacts/artifact/{link.id}")
             to_promotion = page.get_by_role("link", name=f"promote-eve@{first.candidate_version}")
             expect(to_promotion).to_be_visible()

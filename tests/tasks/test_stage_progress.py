@@ -42,7 +42,13 @@ def test_the_log_handler_keeps_platform_lines_drops_chatter_and_feeds_progress()
 @pytest.mark.slow
 def test_a_running_stage_shows_progress_in_its_log_and_its_artifact_before_it_ends(prefect_server, eve_home, tmp_path):
     from prefect import flow, get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
     from tasks.stages import plan_stage, train_stage
 
@@ -56,17 +62,25 @@ def test_a_running_stage_shows_progress_in_its_log_and_its_artifact_before_it_en
     )
     seen_while_running: list[float] = []
     stop = threading.Event()
+    run_ids: list = []  # this test's flow run: the session's server holds other runs' stage artifacts too
+
+    def this_runs_progress(client):
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[progress_artifact_key(StageId.BASE_LLM)]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=run_ids[:1])))
 
     def watch_artifact() -> None:
         with get_client(sync_client=True) as client:
             while not stop.is_set():
-                found = client.read_artifacts(artifact_filter=ArtifactFilter(
-                    key=ArtifactFilterKey(any_=[progress_artifact_key(StageId.BASE_LLM)])))
-                seen_while_running.extend(float(a.data) for a in found if a.data is not None)
+                if run_ids:
+                    seen_while_running.extend(float(a.data) for a in this_runs_progress(client) if a.data is not None)
                 time.sleep(0.3)
 
     @flow(name="stage-progress-test")
     def one_stage():
+        from prefect.runtime import flow_run
+
+        run_ids.append(flow_run.id)
         planned = plan_stage(StageId.BASE_LLM, training, str(tmp_path / "ds"), manifest.dataset_hash, None)
         return train_stage(planned, training)
 
@@ -81,8 +95,7 @@ def test_a_running_stage_shows_progress_in_its_log_and_its_artifact_before_it_en
     # The artifact moved through intermediate values while the job ran, and ended at 100 %.
     assert any(0 < value < 100 for value in seen_while_running), seen_while_running
     with get_client(sync_client=True) as client:
-        final = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[progress_artifact_key(StageId.BASE_LLM)])))
+        final = this_runs_progress(client)
         assert len(final) == 1 and float(final[0].data) == 100.0 and "done, trained in" in final[0].description
         from prefect.logging.handlers import APILogHandler
 
