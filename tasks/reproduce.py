@@ -36,7 +36,7 @@ from eve_model.training.config import StageConfig, StageConfigError
 from tasks.caption.config import CaptionConfig
 from tasks.caption.provenance import BackendIdentity
 from tasks.data.demo_source import DEMO_SUBDIR
-from tasks.lineage.schema import DatasetRef, LineageManifest, StageRecord
+from tasks.lineage.schema import DatasetRef, LineageManifest, QualityReportRef, StageRecord
 from tasks.platform import REPO_ROOT, PlatformSettings
 
 LEVELS = ("data", "captions", "gates", "stage-1", "stage-2", "stage-3", "all")
@@ -413,61 +413,50 @@ class _Run:
             self.datasets[captioned.dataset_hash] = Path(result.output_location)
 
     def gates(self) -> None:
+        """Re-run the caption gate (stages 1-2 data) with the recorded thresholds on the reproduced captions."""
         from tasks.quality.config import CaptionGateThresholds
         from tasks.quality.gate import gate_caption_dataset
 
-        filtered = self.dataset_ref("filtered")
-        quality = self.manifest.quality
-        recorded = filtered.dataset_hash if filtered else None
-        if filtered is None or quality is None:
-            self.cannot("gates", "dataset/filtered", recorded, "the lineage records no caption gate")
-            return
-        if quality.thresholds is None:
-            self.cannot("gates", "dataset/filtered", recorded,
-                        "the lineage does not record the gate's thresholds (registered before they were recorded)")
-            return
-        source = self.datasets.get(quality.dataset_hash)
-        if source is None:
-            self.cannot("gates", "dataset/filtered", recorded, "the gated dataset could not be fetched")
-            return
-        result = gate_caption_dataset(source, self.out_dir / "filtered",
-                                      CaptionGateThresholds.model_validate(quality.thresholds),
-                                      compare_with_latest=False, settings=self.settings)
-        if result.output_dataset_hash is None:
-            self.add(ReproduceRow(level="gates", artifact="dataset/filtered", recorded=recorded, verdict=Verdict.MISMATCH,
-                                  detail=f"the gate rejected the data on re-run: {'; '.join(result.reasons)}"))
-            return
-        if self.compare("gates", "dataset/filtered", recorded, result.output_dataset_hash,
-                        f"gate {quality.suite_name} {quality.suite_version} with the recorded thresholds: "
-                        f"kept {result.counts.num_kept} of {result.counts.num_input}"):
-            self.datasets[filtered.dataset_hash] = Path(result.output_location or "")
+        self._gate("filtered", self.manifest.quality, "the lineage records no caption gate",
+                   lambda source, out, thresholds: gate_caption_dataset(
+                       source, out, CaptionGateThresholds.model_validate(thresholds), compare_with_latest=False,
+                       settings=self.settings))
 
     def instruction_gate(self) -> None:
         """Re-run the instruction-data gate (stage 3) with the recorded thresholds on the reproduced conversations."""
         from tasks.quality.config import InstructionGateThresholds
         from tasks.quality.gate import gate_instruction_dataset
 
-        filtered = self.dataset_ref("sft-filtered")
-        if filtered is None:
+        if self.dataset_ref("sft-filtered") is None:
+            return  # no instruction data in this version
+        self._gate("sft-filtered", self.manifest.instruction_quality,
+                   "the lineage does not record the instruction gate (registered before it was recorded)",
+                   lambda source, out, thresholds: gate_instruction_dataset(
+                       source, out, InstructionGateThresholds.model_validate(thresholds), compare_with_latest=False,
+                       settings=self.settings))
+
+    def _gate(self, role: str, quality: QualityReportRef | None, unrecorded: str,
+              run_gate: Callable[[Path, Path, dict[str, Any]], Any]) -> None:
+        """One gate re-run: ``run_gate(input, output folder, recorded thresholds)`` -> ``GateResult``."""
+        filtered, artifact = self.dataset_ref(role), f"dataset/{role}"
+        recorded = filtered.dataset_hash if filtered else None
+        if filtered is None or quality is None:
+            self.cannot("gates", artifact, recorded, unrecorded)
             return
-        quality = self.manifest.instruction_quality
-        if quality is None or quality.thresholds is None:
-            self.cannot("gates", "dataset/sft-filtered", filtered.dataset_hash,
-                        "the lineage does not record the instruction gate's thresholds (registered before they were)")
+        if quality.thresholds is None:
+            self.cannot("gates", artifact, recorded,
+                        "the lineage does not record the gate's thresholds (registered before they were recorded)")
             return
         source = self.datasets.get(quality.dataset_hash)
         if source is None:
-            self.cannot("gates", "dataset/sft-filtered", filtered.dataset_hash, "the gated conversations could not be fetched")
+            self.cannot("gates", artifact, recorded, "the gated dataset could not be fetched")
             return
-        result = gate_instruction_dataset(source, self.out_dir / "sft-filtered",
-                                          InstructionGateThresholds.model_validate(quality.thresholds),
-                                          compare_with_latest=False, settings=self.settings)
+        result = run_gate(source, self.out_dir / role, quality.thresholds)
         if result.output_dataset_hash is None:
-            self.add(ReproduceRow(level="gates", artifact="dataset/sft-filtered", recorded=filtered.dataset_hash,
-                                  verdict=Verdict.MISMATCH,
+            self.add(ReproduceRow(level="gates", artifact=artifact, recorded=recorded, verdict=Verdict.MISMATCH,
                                   detail=f"the gate rejected the data on re-run: {'; '.join(result.reasons)}"))
             return
-        if self.compare("gates", "dataset/sft-filtered", filtered.dataset_hash, result.output_dataset_hash,
+        if self.compare("gates", artifact, recorded, result.output_dataset_hash,
                         f"gate {quality.suite_name} {quality.suite_version} with the recorded thresholds: "
                         f"kept {result.counts.num_kept} of {result.counts.num_input}"):
             self.datasets[filtered.dataset_hash] = Path(result.output_location or "")

@@ -286,5 +286,5 @@ def test_a_version_that_does_not_record_how_it_was_made_is_reported_not_skipped(
                      "dataset/sft-filtered"):
         assert rows[artifact].verdict == Verdict.CANNOT_RERUN and rows[artifact].detail, (artifact, report.rows)
     assert "does not record" in rows["ingest: dataset/ingested"].detail
-    assert "thresholds" in rows["dataset/sft-filtered"].detail
+    assert "instruction gate" in rows["dataset/sft-filtered"].detail
     assert report.first_mismatch is None
