@@ -232,7 +232,6 @@ _GATE_STEPS = [("captions", "dataset/captioned"), ("gates", "dataset/filtered"),
                ("gates", "dataset/sft-mixture")]
 
 
-@pytest.mark.slow
 def test_the_data_steps_re_run_from_what_each_version_recorded(eve_home, tmp_path, capsys):
     _registry, locations = _register_tiny_data_run(tmp_path)
     capsys.readouterr()
