@@ -287,3 +287,39 @@ def test_a_version_that_does_not_record_how_it_was_made_is_reported_not_skipped(
     assert "does not record" in rows["ingest: dataset/ingested"].detail
     assert "instruction gate" in rows["dataset/sft-filtered"].detail
     assert report.first_mismatch is None
+
+
+def test_the_demo_source_is_checked_by_its_dvc_md5_and_re_read_in_this_checkout(eve_home, tmp_path):
+    """The bundled demo's ingest, recorded by a checkout elsewhere: reproduce compares ``data/`` with the
+    recorded ``data.dvc`` md5 and re-reads the demo from this checkout's ``data/demo``; a different
+    recorded md5 is a mismatch named ``raw source`` before any ingest runs."""
+    from tasks.data.demo_source import demo_sources, ensure_demo_data, recorded_data_md5
+    from tasks.data.steps import ingest_sources
+    from tasks.data.validate import ValidationConfig
+    from tasks.reproduce import DEMO_RAW_LOCATION, Verdict, reproduce_version
+
+    ingested = ingest_sources(demo_sources(ensure_demo_data()).captions, ValidationConfig.demo())
+    manifest_path = Path(ingested.dataset_dir) / "manifest.json"
+    recorded = json.loads(manifest_path.read_text())
+    for source in recorded["extra"]["sources"]:  # as another checkout recorded it
+        source["location"] = source["location"].replace(str(REPO_ROOT), "/elsewhere/checkout")
+    manifest_path.write_text(json.dumps(recorded))
+    md5 = recorded_data_md5(REPO_ROOT / "data.dvc")
+
+    def lineage(raw_md5: str):
+        return build_lineage_manifest(
+            code_revision="abc",
+            raw_sources=[DatasetRef(role="raw", dataset_hash=raw_md5, location=DEMO_RAW_LOCATION, dvc_md5=raw_md5)],
+            datasets=[DatasetRef(role="ingested", dataset_hash=ingested.dataset_hash, location=ingested.dataset_dir,
+                                 derived_from=[raw_md5])],
+        )
+
+    report = reproduce_version(lineage(md5), "data", PlatformSettings.load(), current_revision="abc")
+    rows = {row.artifact: row for row in report.rows}
+    assert rows["raw source"].verdict == Verdict.IDENTICAL and rows["raw source"].reproduced == md5, report.rows
+    assert rows["ingest: dataset/ingested"].verdict == Verdict.IDENTICAL, report.rows
+    assert report.first_mismatch is None
+
+    report = reproduce_version(lineage("0" * 32 + ".dir"), "data", PlatformSettings.load(), current_revision="abc")
+    assert report.first_mismatch is not None and report.first_mismatch.artifact == "raw source", report.rows
+    assert "ingest: dataset/ingested" not in {row.artifact for row in report.rows}
