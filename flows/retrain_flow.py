@@ -288,6 +288,7 @@ def register_and_request_promotion(
         raw_source_refs(params.data.use_demo_source, prepared.versions, ingested_now(params, prepared.data)),
         prepared.versions,
         prepared.caption_identity, prepared.caption_gate, trained, evaluation.summary,
+        instruction_gate=prepared.instruction_gate,
     )
     card_facts = ModelCardFacts(
         recipe_name=params.recipe_name, run_name=labels.group if labels else None,

@@ -10,7 +10,7 @@ checked by ``eve audit verify`` (``provenance_problems``).
   the registration commit) and, when the version has one, its model card; plus ``models/eve`` with the
   platform's weights hash (``eveWeightsSha256``, ``eve_model.identity.weights_sha256``).
 - **predicate.buildDefinition**: ``externalParameters`` are the recorded configs (stage configs and
-  ds_configs, the caption backend identity, the quality suite); ``resolvedDependencies`` are the
+  ds_configs, the caption backend identity, the caption and instruction gates); ``resolvedDependencies`` are the
   materials by hash: every dataset version (``eveDatasetSha256``: the eve-wds/1 dataset hash, over
   its shard list, not one file's bytes; ``dvcMd5`` for a raw source recorded by DVC), the teacher
   weights (``eveWeightsSha256``), and the platform commit (``gitCommit``). ``sha256`` is used only
@@ -152,6 +152,9 @@ def external_parameters(manifest: LineageManifest) -> dict[str, Any]:
         ],
         "caption": manifest.caption.model_dump(mode="json") if manifest.caption else None,
         "quality": manifest.quality.model_dump(mode="json") if manifest.quality else None,
+        # absent from statements signed before it was recorded: None on both sides then, so they still verify
+        "instruction_quality": (manifest.instruction_quality.model_dump(mode="json")
+                                if manifest.instruction_quality else None),
     }
 
 

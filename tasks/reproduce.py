@@ -2,8 +2,11 @@
 output with its recorded hash (docs/reproduce.md).
 
 Levels, in order (``--through`` stops after one): ``data`` fetches every recorded dataset by its hash
-and checks every shard; ``captions`` re-runs the teacher captioning with the recorded backend
-identity; ``gates`` re-runs the caption quality gate with the recorded thresholds; ``stage-1`` ..
+and checks every shard, then re-reads the raw sources and re-runs the ingests and curation with what
+each version recorded of itself (sources, validation rules, shard size, curation config);
+``captions`` re-runs the teacher captioning with the recorded backend identity; ``gates`` re-runs the
+caption gate and the instruction gate with the recorded thresholds, then the SFT mixture with its
+recorded config; ``stage-1`` ..
 ``stage-3`` re-train each recorded stage (the bootstrap ``stage-base-llm`` goes with ``stage-1``)
 with its recorded config from the reproduced parent weights, on the local backend, into a fresh
 folder under ``<home>/reproduce/``. Each output gets one report row: recorded hash, reproduced hash,
@@ -16,6 +19,7 @@ in docs/reproduce.md and is not implemented here.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import time
@@ -27,25 +31,20 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from eve_model.identity import code_tree_revision, platform_commit, verify_weights, weights_sha256
-from eve_model.shards import DatasetIntegrityError, verify_dataset
+from eve_model.shards import DatasetIntegrityError, read_manifest, verify_dataset
 from eve_model.training.config import StageConfig, StageConfigError
 from tasks.caption.config import CaptionConfig
 from tasks.caption.provenance import BackendIdentity
-from tasks.lineage.schema import DatasetRef, LineageManifest, StageRecord
+from tasks.data.demo_source import DEMO_SUBDIR
+from tasks.lineage.schema import DatasetRef, LineageManifest, QualityReportRef, StageRecord
 from tasks.platform import REPO_ROOT, PlatformSettings
 
 LEVELS = ("data", "captions", "gates", "stage-1", "stage-2", "stage-3", "all")
 """``--through`` choices, in run order (``all`` = every level)."""
 CHECKED_OUT_ENV = "EVE_REPRODUCE_CHECKED_OUT"
 """Set on the re-executed command inside the recorded revision's work tree (no second hop)."""
-_NOT_RE_EXECUTED = {
-    "ingested": "the ingest step is not re-executed: the lineage records its output by hash but not the ingest "
-                "parameters (raw-source lineage, issue 23); the version is fetched by hash below",
-    "curated": "the curation step is not re-executed (its parameters are not in the lineage); fetched by hash below",
-    "sft": "the instruction-data ingest is not re-executed (its parameters are not in the lineage); fetched by hash below",
-    "sft-filtered": "the instruction gate is not re-executed (its thresholds are not in the lineage); fetched by hash below",
-}
-"""Data steps whose outputs are checked by hash only, and why."""
+DEMO_RAW_LOCATION = "data/ (data.dvc)"
+"""How lineage names the bundled demo's raw source (``tasks.lineage.assemble.raw_source_refs``)."""
 _STAGE_LEVEL = {"stage-base-llm": "stage-1", "stage-1": "stage-1", "stage-2": "stage-2", "stage-3": "stage-3"}
 
 
@@ -207,14 +206,18 @@ class _Run:
         self.manifest = manifest
         self.settings = settings
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        self.out_dir = settings.path("reproduce") / f"{manifest.model_name}-{manifest.version}-{stamp}"
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        base = settings.path("reproduce") / f"{manifest.model_name}-{manifest.version}-{stamp}"
+        self.out_dir = next(base.with_name(f"{base.name}{suffix}") for suffix in ("", *(f"-{n}" for n in range(2, 10_000)))
+                            if not base.with_name(f"{base.name}{suffix}").exists())
+        self.out_dir.mkdir(parents=True)
         self.report = ReproduceReport(ref=manifest.ref, through=through, output_dir=str(self.out_dir))
         self.on_row = on_row
         self.datasets: dict[str, Path] = {}
         """dataset hash -> local directory (fetched or reproduced)."""
         self.weights: dict[str, Path] = {}
         """weights hash -> reproduced model directory."""
+        self._demo_checked: bool | None = None
+        """Whether the demo source matched its recorded md5 (None: not checked yet)."""
 
     def add(self, row: ReproduceRow) -> ReproduceRow:
         self.report.rows.append(row)
@@ -242,12 +245,8 @@ class _Run:
     def data(self) -> None:
         for ref in self.manifest.all_datasets():
             artifact = f"dataset/{ref.role}"
-            if ref.role in _NOT_RE_EXECUTED:
-                self.cannot("data", f"{ref.role} step", ref.dataset_hash, _NOT_RE_EXECUTED[ref.role])
-            if ref.role == "raw" and not (Path(ref.location) / "manifest.json").exists():
-                self.cannot("data", artifact, ref.dataset_hash,
-                            f"the raw source is recorded as {ref.location!r}, not as a re-readable dataset version")
-                continue
+            if ref in self.manifest.raw_sources and not (Path(ref.location) / "manifest.json").exists():
+                continue  # a raw source proper (files, not a dataset version): re-read by its ingest below
             try:
                 path, how = fetch_dataset(ref)
             except DatasetIntegrityError as error:
@@ -259,6 +258,125 @@ class _Run:
                 continue
             self.datasets[ref.dataset_hash] = path
             self.compare("data", artifact, ref.dataset_hash, ref.dataset_hash, f"fetched by hash: {how}")
+        self.ingest("ingested")
+        self.curation()
+        self.ingest("sft")
+        named = {row.artifact for row in self.report.rows}
+        for raw in self.manifest.raw_sources:  # never skipped silently: a raw source no ingest re-read says why
+            if f"{raw.role} source" not in named and not (Path(raw.location) / "manifest.json").exists():
+                self.cannot("data", f"{raw.role} source", raw.dataset_hash,
+                            raw.location if raw.dataset_hash.startswith("unrecorded-source-of-")
+                            else f"no ingest in the lineage could re-read {raw.location}")
+
+    def _raw_source_of(self, ref: DatasetRef) -> DatasetRef | None:
+        return next((raw for raw in self.manifest.raw_sources if raw.dataset_hash in ref.derived_from), None)
+
+    def _recorded_extra(self, ref: DatasetRef) -> dict[str, Any] | None:
+        """The fetched version's own record of how it was made (its manifest's ``extra``)."""
+        path = self.datasets.get(ref.dataset_hash)
+        return read_manifest(path).extra if path is not None else None
+
+    def demo_source(self, raw: DatasetRef) -> bool:
+        """The bundled demo source (``data/``) in this checkout, regenerated if missing, compared by its DVC
+        md5 with the recorded one (once per run); False when it differs."""
+        if self._demo_checked is None:
+            from tasks.data.demo_source import directory_md5, generate_demo_data
+
+            data_root = REPO_ROOT / "data"
+            regenerated = not (data_root / DEMO_SUBDIR / "train" / "captions.jsonl").exists()
+            if regenerated:
+                generate_demo_data(data_root)
+            md5 = directory_md5(data_root)
+            self._demo_checked = md5 == raw.dvc_md5
+            self.compare("data", "raw source", raw.dvc_md5 or raw.dataset_hash, md5,
+                         f"DVC md5 of {data_root}{' (regenerated by the demo generator)' if regenerated else ''}")
+        return self._demo_checked
+
+    def ingest(self, role: str) -> None:
+        """Re-run the ingest of the ``role`` version (``ingested`` or ``sft``) from its recorded sources, validation
+        rules and shard size into a fresh folder; its raw source's row compares what was read."""
+        from tasks.data.sharding import ingest_items
+        from tasks.data.sources import SourceError, SourceSpec, check_source
+        from tasks.data.validate import ValidationConfig
+
+        ref = self.dataset_ref(role)
+        if ref is None:
+            return
+        artifact, raw = f"ingest: dataset/{role}", self._raw_source_of(ref)
+        extra = self._recorded_extra(ref)
+        if extra is None:
+            self.cannot("data", artifact, ref.dataset_hash, "the version could not be fetched, so neither could the "
+                        "sources and rules it records (see its data row)")
+            return
+        if not extra.get("sources") or extra.get("validation") is None:
+            self.cannot("data", artifact, ref.dataset_hash, "the version does not record the sources and validation "
+                        "rules it was ingested with (ingested before they were recorded, or built another way)")
+            return
+        demo = raw is not None and raw.location == DEMO_RAW_LOCATION
+        if demo and not self.demo_source(raw):
+            return
+        specs = [SourceSpec.model_validate(_in_this_checkout(source) if demo else source) for source in extra["sources"]]
+        shards = read_manifest(self.datasets[ref.dataset_hash]).shards
+        out_dir = self.out_dir / role
+        try:
+            for spec in specs:
+                check_source(spec)
+            report = ingest_items(itertools.chain.from_iterable(spec.read() for spec in specs), out_dir,
+                                  ValidationConfig.model_validate(extra["validation"]),
+                                  max_items_per_shard=max(shard.num_items for shard in shards),
+                                  extra={"sources": extra["sources"]})
+        except (SourceError, OSError, ValueError) as error:
+            where = "; ".join(spec.location for spec in specs)
+            if raw is not None and not demo:
+                self.cannot("data", f"{raw.role} source", raw.dataset_hash, f"cannot be read at {where}: {error}")
+            self.cannot("data", artifact, ref.dataset_hash, f"its recorded sources cannot be read ({where}): {error}")
+            return
+        if raw is not None and not demo:
+            self.raw_source(raw, specs, report.source_content_sha256)
+        if self.compare("data", artifact, ref.dataset_hash, report.dataset_hash,
+                        f"re-ingested {report.num_in} items with the recorded rules: {report.num_accepted} accepted, "
+                        f"{report.num_quarantined} quarantined"):
+            self.datasets[ref.dataset_hash] = out_dir
+
+    def raw_source(self, raw: DatasetRef, specs: list, content_sha256: str) -> None:
+        """A raw source's row: by DVC's md5 when DVC tracks it, else by the content hash the ingest computed."""
+        artifact = f"{raw.role} source"
+        if raw.dataset_hash.startswith("unrecorded-source-of-"):
+            self.cannot("data", artifact, None, raw.location)
+        elif raw.dvc_md5:
+            from tasks.data.demo_source import directory_md5
+
+            self.compare("data", artifact, raw.dvc_md5, directory_md5(Path(specs[0].location)),
+                         f"DVC md5 of {specs[0].location}")
+        else:
+            self.compare("data", artifact, raw.dataset_hash, content_sha256,
+                         f"content hash of every item read from {raw.location}")
+
+    def curation(self) -> None:
+        """Re-run curation on the reproduced ingested version with the config the curated version records."""
+        from tasks.data.curate import CurationConfig, curate_dataset
+
+        ref = self.dataset_ref("curated")
+        if ref is None:
+            return
+        artifact = "curation: dataset/curated"
+        extra = self._recorded_extra(ref)
+        if extra is None or "curation" not in extra:
+            self.cannot("data", artifact, ref.dataset_hash, "the curated version was not fetched or does not record its "
+                        "curation config")
+            return
+        source = next((self.datasets[h] for h in ref.derived_from if h in self.datasets), None)
+        if source is None:
+            self.cannot("data", artifact, ref.dataset_hash, "its input could not be fetched (see the data rows)")
+            return
+        report = curate_dataset(source, self.out_dir / "curated", CurationConfig.model_validate(extra["curation"]))
+        recorded_embedder = extra.get("embedder")
+        note = (f"; the embedding differs: {report.embedder} now, {recorded_embedder} when recorded"
+                if recorded_embedder and recorded_embedder != report.embedder else "")
+        if self.compare("data", artifact, ref.dataset_hash, report.dataset_hash,
+                        f"re-curated with the recorded config ({report.embedder}): kept {report.num_kept} of "
+                        f"{report.num_in}{note}"):
+            self.datasets[ref.dataset_hash] = self.out_dir / "curated"
 
     def captions(self) -> None:
         from tasks.caption.run import caption_dataset
@@ -295,34 +413,77 @@ class _Run:
             self.datasets[captioned.dataset_hash] = Path(result.output_location)
 
     def gates(self) -> None:
+        """Re-run the caption gate (stages 1-2 data) with the recorded thresholds on the reproduced captions."""
         from tasks.quality.config import CaptionGateThresholds
         from tasks.quality.gate import gate_caption_dataset
 
-        filtered = self.dataset_ref("filtered")
-        quality = self.manifest.quality
+        self._gate("filtered", self.manifest.quality, "the lineage records no caption gate",
+                   lambda source, out, thresholds: gate_caption_dataset(
+                       source, out, CaptionGateThresholds.model_validate(thresholds), compare_with_latest=False,
+                       settings=self.settings))
+
+    def instruction_gate(self) -> None:
+        """Re-run the instruction-data gate (stage 3) with the recorded thresholds on the reproduced conversations."""
+        from tasks.quality.config import InstructionGateThresholds
+        from tasks.quality.gate import gate_instruction_dataset
+
+        if self.dataset_ref("sft-filtered") is None:
+            return  # no instruction data in this version
+        self._gate("sft-filtered", self.manifest.instruction_quality,
+                   "the lineage does not record the instruction gate (registered before it was recorded)",
+                   lambda source, out, thresholds: gate_instruction_dataset(
+                       source, out, InstructionGateThresholds.model_validate(thresholds), compare_with_latest=False,
+                       settings=self.settings))
+
+    def _gate(self, role: str, quality: QualityReportRef | None, unrecorded: str,
+              run_gate: Callable[[Path, Path, dict[str, Any]], Any]) -> None:
+        """One gate re-run: ``run_gate(input, output folder, recorded thresholds)`` -> ``GateResult``."""
+        filtered, artifact = self.dataset_ref(role), f"dataset/{role}"
         recorded = filtered.dataset_hash if filtered else None
         if filtered is None or quality is None:
-            self.cannot("gates", "dataset/filtered", recorded, "the lineage records no caption gate")
+            self.cannot("gates", artifact, recorded, unrecorded)
             return
         if quality.thresholds is None:
-            self.cannot("gates", "dataset/filtered", recorded,
+            self.cannot("gates", artifact, recorded,
                         "the lineage does not record the gate's thresholds (registered before they were recorded)")
             return
         source = self.datasets.get(quality.dataset_hash)
         if source is None:
-            self.cannot("gates", "dataset/filtered", recorded, "the gated dataset could not be fetched")
+            self.cannot("gates", artifact, recorded, "the gated dataset could not be fetched")
             return
-        result = gate_caption_dataset(source, self.out_dir / "filtered",
-                                      CaptionGateThresholds.model_validate(quality.thresholds),
-                                      compare_with_latest=False, settings=self.settings)
+        result = run_gate(source, self.out_dir / role, quality.thresholds)
         if result.output_dataset_hash is None:
-            self.add(ReproduceRow(level="gates", artifact="dataset/filtered", recorded=recorded, verdict=Verdict.MISMATCH,
+            self.add(ReproduceRow(level="gates", artifact=artifact, recorded=recorded, verdict=Verdict.MISMATCH,
                                   detail=f"the gate rejected the data on re-run: {'; '.join(result.reasons)}"))
             return
-        if self.compare("gates", "dataset/filtered", recorded, result.output_dataset_hash,
+        if self.compare("gates", artifact, recorded, result.output_dataset_hash,
                         f"gate {quality.suite_name} {quality.suite_version} with the recorded thresholds: "
                         f"kept {result.counts.num_kept} of {result.counts.num_input}"):
             self.datasets[filtered.dataset_hash] = Path(result.output_location or "")
+
+    def sft_mixture(self) -> None:
+        """Re-mix stage 3's set from the reproduced gated conversations and captions with the recorded config."""
+        from tasks.data.sft_mixture import SftMixtureConfig, build_sft_mixture
+
+        ref = self.dataset_ref("sft-mixture")
+        if ref is None:
+            return
+        extra = self._recorded_extra(ref)
+        recorded = (extra or {}).get("sft_mixture") or {}
+        if "config" not in recorded or "parents" not in recorded:
+            self.cannot("gates", "dataset/sft-mixture", ref.dataset_hash,
+                        "the mixture was not fetched or does not record its config and parents")
+            return
+        parents = {part: self.datasets.get(h) for part, h in recorded["parents"].items()}
+        if None in parents.values():
+            self.cannot("gates", "dataset/sft-mixture", ref.dataset_hash, "a parent could not be fetched or reproduced")
+            return
+        report = build_sft_mixture(parents["instruction"], parents["captions"], self.out_dir / "sft-mixture",
+                                   SftMixtureConfig.model_validate(recorded["config"]))
+        if self.compare("gates", "dataset/sft-mixture", ref.dataset_hash, report.dataset_hash,
+                        f"re-mixed with the recorded config: {report.num_instruction} instruction + "
+                        f"{report.num_caption_conversations} caption conversations + {report.num_text_only} text-only"):
+            self.datasets[ref.dataset_hash] = self.out_dir / "sft-mixture"
 
     def stage(self, record: StageRecord) -> None:
         from tasks.stages import PlannedStage, TrainingParameters, run_stage, stage_cache_key
@@ -401,6 +562,16 @@ class _Run:
                      f"weights hash of the reproduced {last.name} output")
 
 
+def _in_this_checkout(source: dict[str, Any]) -> dict[str, Any]:
+    """A recorded demo source spec pointed at this checkout's ``data/demo`` (the recorded location is the
+    checkout that ran the retrain; the bytes were checked against ``data.dvc`` first)."""
+    parts = Path(str(source.get("location", ""))).parts
+    starts = [i for i in range(len(parts) - 1) if parts[i] == "data" and parts[i + 1] == DEMO_SUBDIR]
+    if not starts:
+        return source
+    return {**source, "location": str(REPO_ROOT.joinpath(*parts[starts[-1]:]))}
+
+
 def _recorded_world_size(record: StageRecord) -> int:
     """Ranks the stage ran with: train_batch_size / (micro batch x accumulation) of its ds_config."""
     ds = record.deepspeed_config
@@ -438,6 +609,8 @@ def reproduce_version(
             run.captions()
         if "gates" in levels:
             run.gates()
+            run.instruction_gate()
+            run.sft_mixture()
         for record in manifest.stages:
             if _STAGE_LEVEL.get(record.name, "stage-3") in levels:
                 run.stage(record)

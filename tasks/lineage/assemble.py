@@ -158,6 +158,15 @@ def dataset_chain(raw_sources: list[DatasetRef], versions: dict[str, DatasetVers
     return datasets
 
 
+def _quality_ref(gate: GateResult) -> QualityReportRef:
+    return QualityReportRef(
+        suite_name=gate.suite_name, suite_version=gate.suite_version,
+        dataset_hash=gate.input_dataset_hash, success=gate.passed,
+        statistics={"counts": gate.counts.model_dump(), "summary": gate.summary},
+        thresholds=gate.thresholds,
+    )
+
+
 @task(name="assemble-lineage")
 def assemble_lineage(
     raw_sources: list[DatasetRef],
@@ -166,12 +175,14 @@ def assemble_lineage(
     caption_gate: GateResult,
     stages: list[TrainedStage],
     evaluation: EvaluationSummary,
+    instruction_gate: GateResult | None = None,
 ) -> LineageManifest:
     """The lineage manifest of the candidate: raw source -> datasets -> stages -> evaluation.
 
     ``versions`` maps roles (ingested, curated, captioned, filtered, sft, sft-filtered, sft-mixture) to
     the registered dataset versions; ``derived_from`` follows the pipeline's order (two parents for the
-    SFT mixture).
+    SFT mixture). ``instruction_gate``: the stage-3 data gate, recorded with its thresholds like the
+    caption gate's.
     """
     datasets = dataset_chain(raw_sources, versions)
     return build_lineage_manifest(
@@ -179,12 +190,8 @@ def assemble_lineage(
         raw_sources=raw_sources,
         datasets=datasets,
         caption=CaptionRunRef(identity=caption_identity, output_dataset_hash=versions["captioned"].dataset_hash),
-        quality=QualityReportRef(
-            suite_name=caption_gate.suite_name, suite_version=caption_gate.suite_version,
-            dataset_hash=caption_gate.input_dataset_hash, success=caption_gate.passed,
-            statistics={"counts": caption_gate.counts.model_dump(), "summary": caption_gate.summary},
-            thresholds=caption_gate.thresholds,
-        ),
+        quality=_quality_ref(caption_gate),
+        instruction_quality=_quality_ref(instruction_gate) if instruction_gate is not None else None,
         stages=[_stage_record(trained) for trained in stages],
         evaluation=evaluation,
     )

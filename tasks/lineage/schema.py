@@ -196,6 +196,10 @@ class LineageManifest(BaseModel):
     quality: QualityReportRef | None = None
     """Caption-quality gate result."""
 
+    instruction_quality: QualityReportRef | None = None
+    """Instruction-data (stage 3) gate result with its thresholds, so ``eve reproduce`` can re-run it;
+    None without instruction data, and in manifests written before it was recorded."""
+
     stages: list[StageRecord] = Field(default_factory=list)
     """Training stages in run order."""
 
@@ -231,6 +235,7 @@ def build_lineage_manifest(
     caption: CaptionRunRef | None = None,
     quality: QualityReportRef | None = None,
     stages: list[StageRecord] | None = None,
+    instruction_quality: QualityReportRef | None = None,
     evaluation: EvaluationSummary | None = None,
 ) -> LineageManifest:
     """Assemble a manifest from what the retrain steps returned; fills config hashes and checks the chain links.
@@ -248,6 +253,7 @@ def build_lineage_manifest(
         datasets=datasets or [],
         caption=caption,
         quality=quality,
+        instruction_quality=instruction_quality,
         stages=stages,
         evaluation=evaluation,
     )
