@@ -23,6 +23,7 @@ from eve_model.training.config import StageId
 from flows.parameters import RetrainParameters
 from tasks.data.curate import curation_key
 from tasks.data.curate import rules_in_force as curation_rules
+from tasks.data.sft_mixture import mixture_input_key
 from tasks.data.sharding import REPORT_FILE, IngestReport
 from tasks.data.sources import SourceError, SourceSpec
 from tasks.data.steps import derived_dataset_dir, ingest_cache_key, staging_dir
@@ -161,7 +162,13 @@ def plan_retrain(params: RetrainParameters) -> RetrainPlan:
         _existing_hash(Path(derived_dataset_dir.fn("sft-filtered", sft_hash, params.instruction_quality)))
         if sft_hash else None
     )
-    stages = _stage_plans(params, settings, filtered_hash, sft_filtered_hash)
+    # Stage 3 trains on the SFT mixture of the gated conversations and the gated captions (data_only).
+    sft_mixture_hash = (
+        _existing_hash(Path(derived_dataset_dir.fn(
+            "sft-mixture", mixture_input_key(sft_filtered_hash, filtered_hash), params.sft_mixture)))
+        if sft_filtered_hash and filtered_hash else None
+    )
+    stages = _stage_plans(params, settings, filtered_hash, sft_mixture_hash)
     job = params.training.job
     resources = [
         f"{job.nodes} node(s) x {job.gpus_per_node} GPU(s){' ' + job.gpu_type if job.gpu_type else ''}, "
