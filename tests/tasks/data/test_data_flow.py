@@ -36,8 +36,12 @@ def test_data_flow_registers_versions_and_caches_reruns(prefect_server, eve_home
     registry = DatasetRegistry.from_settings()
     assert {v.name for v in registry.list_versions()} == {"flowtest-raw", "flowtest-curated", "flowtest-sft"}
 
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    wanted = ["ingest-counts-flowtest-raw", "ingest-counts-flowtest-sft", "curation-counts"]
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts()
+        # By key: the session's server holds every earlier test's artifacts, beyond one unfiltered page.
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=wanted)))
         keys = {a.key for a in artifacts}
         assert {"ingest-counts-flowtest-raw", "ingest-counts-flowtest-sft", "curation-counts"} <= keys
         ingest_table = next(a for a in artifacts if a.key == "ingest-counts-flowtest-raw")
