@@ -30,6 +30,16 @@ def _children_named(pid: int, name: str) -> list[int]:
 
 def test_a_killed_wandb_service_stops_the_mirror_not_the_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test: use_wandb_dir sets them
+    # W&B keeps one service connection per process (wandb_setup._singleton); once this test kills the
+    # service, every later wandb.init in the process would fail. A training process runs one W&B run, so
+    # the product never meets this; the tests after this one do: this test gets a service of its own,
+    # and the process's earlier handle (or none) comes back afterwards.
+    # wandb also records a started service in WANDB_SERVICE, which a fresh handle would reconnect to.
+    monkeypatch.setattr("wandb.sdk.wandb_setup._singleton", None)
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+    earlier_services = set(_children_named(os.getpid(), "wandb"))  # other tests' service: not ours to kill
     logger = MetricsLogger(
         tmp_path, rank=0, run_name="wandb-dies", total_steps=6, start_step=0, wandb_mode="offline",
         wandb_project="tests", wandb_dir=tmp_path / "wandb", run_config={},
@@ -37,7 +47,7 @@ def test_a_killed_wandb_service_stops_the_mirror_not_the_run(tmp_path, monkeypat
     assert logger.wandb_run_id is not None
     logger.log({"step": 1, "loss": 1.0})
     deadline = time.monotonic() + 30  # the writer thread starts the run in the background
-    while not (services := _children_named(os.getpid(), "wandb")) and time.monotonic() < deadline:
+    while not (services := set(_children_named(os.getpid(), "wandb")) - earlier_services) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert services, "the offline W&B run should have started its service process"
     for pid in services:
