@@ -12,7 +12,9 @@ from tasks.platform import PlatformSettings
 
 
 def _sleeper(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv], start_new_session=True)
+    # Long enough to outlive the test on a loaded machine (it is killed at the end): a sleeper that had
+    # already exited would make the "it is ours" check fail for the wrong reason.
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", *argv], start_new_session=True)
 
 
 def test_server_stop_spares_a_process_that_merely_has_the_recorded_pid(eve_home):
