@@ -174,6 +174,11 @@ def check_contamination_task(
     return report
 
 
+def gate_decision_path(candidate_weights_sha256: str) -> Path:
+    """Where the evaluation gate keeps its last decision on a candidate (``GateDecision`` JSON)."""
+    return PlatformSettings.load().path("evaluations", candidate_weights_sha256[:16]) / "gate.json"
+
+
 @task(name="evaluation-gate", retries=0, timeout_seconds=600)
 def evaluation_gate_task(
     candidate: EvaluationReport,
@@ -195,6 +200,10 @@ def evaluation_gate_task(
              for suite in candidate.suites.values()]
     with lineage_run("evaluation-gate", read):
         decision = decide_gate(candidate, policy, production=production, contamination=contamination)
+    # Kept on disk, next to the candidate's report, so a blocked retrain's numbers (deltas, CIs, set
+    # sizes) can be read after the run failed: a rejected candidate is never registered anywhere else.
+    decision_path = gate_decision_path(candidate.weights_sha256)
+    decision_path.write_text(decision.model_dump_json(indent=2))
     create_markdown_artifact(
         decision.to_markdown(), key="evaluation-gate",
         description=f"evaluation gate for model {candidate.weights_sha256[:12]}",
@@ -206,12 +215,14 @@ def evaluation_gate_task(
         raise EvaluationGateFailed(
             f"model {candidate.weights_sha256[:12]} failed the evaluation gate: "
             + "; ".join(f"{c.rule} {c.metric}: {c.reason}" for c in decision.failures)
+            + f" (the whole decision: {decision_path})"
         )
     return decision
 
 
 __all__ = [
     "EvaluationGateFailed",
+    "gate_decision_path",
     "answer_baselines_task",
     "answer_suites",
     "review_samples_task",
