@@ -87,7 +87,7 @@ class IngestReport(BaseModel):
 
 def source_item_line(item: RawItem) -> bytes:
     """One item's line of ``IngestReport.source_content_sha256``."""
-    image = hashlib.sha256(item.image_bytes).hexdigest() if item.image_bytes is not None else "-"
+    image = item.image_sha256() or "-"  # the same digest validation records (hashed once per item)
     caption = item.caption.hex() if isinstance(item.caption, bytes) else item.caption
     fields = json.dumps([item.item_id, image, caption, item.extra, item.reader_problem], sort_keys=True,
                         ensure_ascii=False, separators=(",", ":"), default=repr)
