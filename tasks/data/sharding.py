@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from eve_model.shards import ShardWriter
 from tasks.data.sources import RawItem
-from tasks.data.validate import Quarantined, ValidationConfig, validate_item
+from tasks.data.validate import MAX_KEY_CHARS, Quarantined, ValidationConfig, validate_item
 
 QUARANTINE_FILE = "quarantine.jsonl"
 REPORT_FILE = "ingest_report.json"
@@ -105,7 +105,7 @@ def _unique_key(key: str, seen: set[str], source_uri: str) -> str:
     uri_bytes = source_uri.encode("utf-8", errors="surrogatepass")
     for attempt in itertools.count():
         salt = b"" if attempt == 0 else f"\0{attempt}".encode()
-        candidate = f"{key[:100]}-{hashlib.sha256(uri_bytes + salt).hexdigest()[:12]}"
+        candidate = f"{key[: MAX_KEY_CHARS - 13]}-{hashlib.sha256(uri_bytes + salt).hexdigest()[:12]}"
         if candidate not in seen:
             return candidate
     raise AssertionError("unreachable")  # pragma: no cover

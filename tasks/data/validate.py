@@ -523,11 +523,15 @@ def _visible_text(text: str) -> str:
 
 
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+MAX_KEY_CHARS = 95
+"""Longest shard key: a shard member is ``<key>.json`` or ``<key>.<ext>`` (at most 5 more characters)
+and a ustar member name holds at most 100. (Keys were cut at 120 before, and an item id of 96 or more
+characters stopped the whole ingest when its shard was written; shorter keys are unchanged.)"""
 
 
 def sample_key(item: RawItem) -> str:
-    """A shard key from the item id: only [A-Za-z0-9_-], bounded length."""
-    key = _UNSAFE_KEY_CHARS.sub("_", item.item_id)[:120].strip("_") or "item"
+    """A shard key from the item id: only [A-Za-z0-9_-], at most ``MAX_KEY_CHARS``."""
+    key = _UNSAFE_KEY_CHARS.sub("_", item.item_id)[:MAX_KEY_CHARS].strip("_") or "item"
     return key
 
 
