@@ -19,9 +19,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from eve_model.shards import ShardWriter
+from eve_model.shards import MAX_KEY_CHARS, ShardWriter
 from tasks.data.sources import RawItem
-from tasks.data.validate import MAX_KEY_CHARS, Quarantined, ValidationConfig, validate_item
+from tasks.data.validate import Quarantined, ValidationConfig, validate_item
 
 QUARANTINE_FILE = "quarantine.jsonl"
 REPORT_FILE = "ingest_report.json"

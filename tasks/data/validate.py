@@ -46,7 +46,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from eve_model.shards import ShardSample
+from eve_model.shards import MAX_KEY_CHARS, ShardSample
 from tasks.data.sources import RawItem, type_phrase
 
 
@@ -523,10 +523,8 @@ def _visible_text(text: str) -> str:
 
 
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
-MAX_KEY_CHARS = 95
-"""Longest shard key: a shard member is ``<key>.json`` or ``<key>.<ext>`` (at most 5 more characters)
-and a ustar member name holds at most 100. (Keys were cut at 120 before, and an item id of 96 or more
-characters stopped the whole ingest when its shard was written; shorter keys are unchanged.)"""
+# Keys are cut at the shard format's MAX_KEY_CHARS (95). They were cut at 120 before, and an item id of 96
+# or more characters stopped the whole ingest when its shard was written; shorter keys are unchanged.
 
 
 def sample_key(item: RawItem) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import tarfile
 
-from eve_model.shards import read_manifest, verify_dataset
+from eve_model.shards import MAX_KEY_CHARS, read_manifest, verify_dataset
 from tasks.data.sharding import ingest_items
 from tasks.data.sources import RawItem
-from tasks.data.validate import MAX_KEY_CHARS, ValidationConfig
+from tasks.data.validate import ValidationConfig
 from tests.tasks.data.hostile_corpus import plain_png
 
 
