@@ -9,6 +9,7 @@ EXIF orientation) -> full decode (truncated, corrupt) -> colour mode and bit dep
 8-bit RGB when the conversion is well defined, quarantined otherwise) -> caption (text, UTF-8,
 non-empty).
 
+Transparency, whether an alpha channel or a colour key (PNG ``tRNS``), is flattened onto white.
 What a conversion did is recorded in the sample's ``source`` metadata, never silently: the EXIF
 orientation applied (``exif_orientation``; the pixels are stored upright once and the tag is
 dropped, so nothing downstream rotates them again), the frame kept of an animated image
@@ -129,6 +130,7 @@ class ValidationConfig(BaseModel):
 CONVERTIBLE_MODES = ("RGB", "1", "L", "P", "RGBA", "LA", "PA", "RGBa", "La", "RGBX", "CMYK", "YCbCr",
                      "I;16", "I;16B", "I;16L", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_COLOUR_KEY_MODES = ("1", "L", "P", "RGB")  # modes where a PNG/GIF colour key (``transparency``) is kept by Pillow
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 SIXTEEN_BIT_MIN_PEAK_WITHOUT_SBIT = 2**14
@@ -267,11 +269,14 @@ def _to_rgb(image, depth: PngDepth | None = None, notes: dict[str, Any] | None =
     if mode in _SIXTEEN_BIT_MODES:
         return _scale_sixteen_bit(image, depth, notes).convert("RGB")
     _check_sixteen_bit_colour(image, depth)
-    if mode == "RGB":
-        return image
-    if mode == "P" and "transparency" in image.info:
+    if "transparency" in image.info and mode in _COLOUR_KEY_MODES:
+        # A colour key (PNG tRNS) makes pixels transparent as an alpha channel does: flattened on white
+        # like them. (Before, greyscale and RGB images kept the key and their transparent pixels as
+        # stored, whatever colour those hide; only palette images were flattened.)
         image = image.convert("RGBA")
         mode = "RGBA"
+    if mode == "RGB":
+        return image
     if mode in _ALPHA_MODES:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

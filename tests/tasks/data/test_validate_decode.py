@@ -160,3 +160,19 @@ def test_guard_depth_returns_to_zero() -> None:
     for data in (b"", b"not an image", encode(_noise("RGB", (64, 64)))[:200], encode(_noise("RGB", (64, 64)))):
         validate_item(_item(data), ValidationConfig())
     assert validate._truncation_guard_depth == 0
+
+
+@pytest.mark.parametrize("mode, key, painted", [("L", 0, 200), ("RGB", (0, 0, 1), (200, 10, 10)), ("1", 0, 1)])
+def test_colour_key_transparency_is_flattened_on_white_like_an_alpha_channel(mode, key, painted) -> None:
+    """A PNG whose transparency is a colour key (tRNS), like the Tux Paint stamp
+    seasonal/easter/chick-hatched.png: its transparent pixels are stored white, as an alpha channel's
+    are, and the stored PNG keeps no key (it was stored on its key colour, black, before)."""
+    picture = Image.new(mode, (64, 64), key)
+    picture.paste(painted, (0, 0, 32, 64))
+    outcome = validate_item(_item(encode(picture, transparency=key)), ValidationConfig())
+    assert not isinstance(outcome, Quarantined), outcome
+    stored = Image.open(io.BytesIO(outcome.image_bytes))
+    assert stored.mode == "RGB" and "transparency" not in stored.info
+    assert stored.getpixel((48, 10)) == (255, 255, 255)  # was transparent
+    assert stored.getpixel((8, 10)) == picture.convert("RGB").getpixel((8, 10))  # painted pixels as they were
+    assert outcome.meta["source"]["converted_to_rgb"] is True
