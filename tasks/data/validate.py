@@ -278,7 +278,7 @@ def _to_rgb(image, depth: PngDepth | None = None, notes: dict[str, Any] | None =
     if mode == "RGB":
         return image
     if mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
+        rgba = image if mode == "RGBA" else image.convert("RGBA")  # alpha_composite reads it, never writes it
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
