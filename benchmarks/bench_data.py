@@ -176,7 +176,7 @@ def conversion_floor(paths: list[Path], limits: ReadLimits, config: ValidationCo
         if len(data) > limits.max_file_bytes or width * height > config.max_image_pixels:
             continue
         image.load()
-        if image.mode == "RGB":
+        if image.mode == "RGB" and "transparency" not in image.info:
             continue
         rgba = image.convert("RGBA")
         flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
