@@ -10,8 +10,9 @@ Prints:
 3. DVC add + push to a local directory remote: the same images stored as tar shards vs as
    individual files, each in a fresh DVC repository, and the ratio (why datasets are stored as shards);
 4. ingest against a bare decode-and-verify loop over the same real files, single process: the Tux
-   Paint stamps (Debian ``tuxpaint-stamps-default``: 785 captioned PNG stamps, all with transparency,
-   so every one is converted to RGB and stored as a new PNG), the JPEG photos of Tux Paint's
+   Paint stamps (Debian ``tuxpaint-stamps-default``: 785 captioned PNG stamps, each with an alpha
+   channel, a palette or a colour key, so every one is converted to RGB and stored as a new PNG), the
+   JPEG photos of Tux Paint's
    templates (``tuxpaint-data``: stored as they came) and the committed tests/fixtures/real_data
    images. Per set, in alternating rounds (the median of each):
    - bare: open the file, read it (size limit), ``Image.open``, pixel limit from the header, full
