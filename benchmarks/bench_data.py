@@ -12,9 +12,8 @@ Prints:
 4. ingest against a bare decode-and-verify loop over the same real files, single process: the Tux
    Paint stamps (Debian ``tuxpaint-stamps-default``: 785 captioned PNG stamps, each with an alpha
    channel, a palette or a colour key, so every one is converted to RGB and stored as a new PNG), the
-   JPEG photos of Tux Paint's
-   templates (``tuxpaint-data``: stored as they came) and the committed tests/fixtures/real_data
-   images. Per set, in alternating rounds (the median of each):
+   JPEG photos of Tux Paint's templates (``tuxpaint-data``: stored as they came) and the committed
+   tests/fixtures/real_data images. Per set, in alternating rounds (the median of each):
    - bare: open the file, read it (size limit), ``Image.open``, pixel limit from the header, full
      decode; nothing else. The floor: ingest cannot do less and still know the image decodes;
    - ingest: what ``tasks.data.steps.ingest_sources`` does per item, minus its cache and staging
