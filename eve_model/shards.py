@@ -43,6 +43,9 @@ MANIFEST_NAME = "manifest.json"
 SHARD_DIR = "shards"
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+MAX_KEY_CHARS = 95
+"""Longest key a writer accepts: a sample's members are ``<key>.json`` and ``<key>.<ext>`` (at most 5
+characters more) and a ustar member name without a directory holds at most 100 characters."""
 
 
 class DatasetIntegrityError(RuntimeError):
@@ -125,14 +128,54 @@ class DatasetManifest:
         return manifest
 
 
-def _tar_info(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = 0
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    info.mode = 0o644
-    return info
+_BLOCK_BYTES = 512
+_RECORD_BYTES = 20 * _BLOCK_BYTES  # tarfile's record: an archive is padded to a multiple of it
+_HEADER_TEMPLATE = bytearray(_BLOCK_BYTES)
+_HEADER_TEMPLATE[100:108] = b"0000644\x00"  # mode
+_HEADER_TEMPLATE[108:116] = b"0000000\x00"  # uid
+_HEADER_TEMPLATE[116:124] = b"0000000\x00"  # gid
+_HEADER_TEMPLATE[136:148] = b"00000000000\x00"  # mtime 0
+_HEADER_TEMPLATE[148:156] = b" " * 8  # the checksum counts its own field as spaces
+_HEADER_TEMPLATE[156:157] = b"0"  # a regular file
+_HEADER_TEMPLATE[257:265] = b"ustar\x0000"  # POSIX magic and version; user, group, devices, prefix: NUL
+
+
+def _ustar_header(name: str, size: int) -> bytes:
+    """The header Python's ``tarfile`` writes (``USTAR_FORMAT``) for a regular file named ``name`` of
+    ``size`` bytes, mode 0644, owner 0, no user or group name, mtime 0: byte for byte the same, so a
+    shard's hash does not depend on which of the two wrote it (tests compare them), built in a few
+    slice assignments instead of tarfile's per-member object copies and field encoders."""
+    encoded = name.encode("ascii")
+    if len(encoded) > 100:
+        raise ValueError(f"member name {name!r} is longer than the 100 characters of a ustar name")
+    if size >= 8**11:
+        raise ValueError(f"member {name!r} is {size} bytes, over the ustar limit of 8 GiB")
+    header = bytearray(_HEADER_TEMPLATE)
+    header[0 : len(encoded)] = encoded
+    header[124:136] = b"%011o\x00" % size
+    header[148:155] = b"%06o\x00" % sum(header)
+    return bytes(header)
+
+
+def _shard_parts(samples: Iterable["ShardSample"]) -> Iterator[bytes]:
+    """The bytes of one deterministic tar shard, in pieces: per sample ``<key>.json`` then the image,
+    each member padded to 512 bytes, then two zero blocks and padding to a whole record."""
+    offset = 0
+    for sample in samples:
+        meta = dict(sample.meta)
+        meta["key"] = sample.key
+        members = [(f"{sample.key}.json", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8"))]
+        if sample.image_bytes is not None:
+            members.append((f"{sample.key}.{sample.image_ext}", sample.image_bytes))
+        for name, payload in members:
+            padding = -len(payload) % _BLOCK_BYTES
+            yield _ustar_header(name, len(payload))
+            yield payload
+            if padding:
+                yield bytes(padding)
+            offset += _BLOCK_BYTES + len(payload) + padding
+    offset += 2 * _BLOCK_BYTES
+    yield bytes(2 * _BLOCK_BYTES + (-offset % _RECORD_BYTES))
 
 
 class ShardWriter:
@@ -170,8 +213,8 @@ class ShardWriter:
             self.close()
 
     def write(self, sample: ShardSample) -> None:
-        if not _KEY_PATTERN.match(sample.key):
-            raise ValueError(f"sample key {sample.key!r} must match {_KEY_PATTERN.pattern}")
+        if not _KEY_PATTERN.match(sample.key) or len(sample.key) > MAX_KEY_CHARS:
+            raise ValueError(f"sample key {sample.key!r} must match {_KEY_PATTERN.pattern} and have at most {MAX_KEY_CHARS} characters")
         if sample.key in self._seen_keys:
             raise ValueError(f"duplicate sample key {sample.key!r}")
         if (sample.image_bytes is None) != (sample.image_ext is None):
@@ -192,29 +235,21 @@ class ShardWriter:
             return
         index = len(self._shards)
         name = f"{SHARD_DIR}/shard-{index:06d}.tar"
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in self._pending:
-                meta = dict(sample.meta)
-                meta["key"] = sample.key
-                payload = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")
-                tar.addfile(_tar_info(f"{sample.key}.json", len(payload)), io.BytesIO(payload))
-                if sample.image_bytes is not None:
-                    tar.addfile(
-                        _tar_info(f"{sample.key}.{sample.image_ext}", len(sample.image_bytes)),
-                        io.BytesIO(sample.image_bytes),
-                    )
-        data = buffer.getvalue()
         final_path = self.out_dir / name
         partial_path = final_path.with_suffix(".tar.partial")
-        partial_path.write_bytes(data)
+        digest, num_bytes = hashlib.sha256(), 0
+        with open(partial_path, "wb") as handle:  # streamed: the shard is never held whole in memory
+            for part in _shard_parts(self._pending):
+                handle.write(part)
+                digest.update(part)
+                num_bytes += len(part)
         os.replace(partial_path, final_path)
         self._shards.append(
             ShardInfo(
                 name=name,
-                sha256=hashlib.sha256(data).hexdigest(),
+                sha256=digest.hexdigest(),
                 num_items=len(self._pending),
-                num_bytes=len(data),
+                num_bytes=num_bytes,
             )
         )
         self._pending = []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from eve_model.shards import ShardWriter
+from eve_model.shards import MAX_KEY_CHARS, ShardWriter
 from tasks.data.sources import RawItem
 from tasks.data.validate import Quarantined, ValidationConfig, validate_item
 
@@ -87,7 +87,7 @@ class IngestReport(BaseModel):
 
 def source_item_line(item: RawItem) -> bytes:
     """One item's line of ``IngestReport.source_content_sha256``."""
-    image = hashlib.sha256(item.image_bytes).hexdigest() if item.image_bytes is not None else "-"
+    image = item.image_sha256() or "-"  # the same digest validation records (hashed once per item)
     caption = item.caption.hex() if isinstance(item.caption, bytes) else item.caption
     fields = json.dumps([item.item_id, image, caption, item.extra, item.reader_problem], sort_keys=True,
                         ensure_ascii=False, separators=(",", ":"), default=repr)
@@ -105,7 +105,7 @@ def _unique_key(key: str, seen: set[str], source_uri: str) -> str:
     uri_bytes = source_uri.encode("utf-8", errors="surrogatepass")
     for attempt in itertools.count():
         salt = b"" if attempt == 0 else f"\0{attempt}".encode()
-        candidate = f"{key[:100]}-{hashlib.sha256(uri_bytes + salt).hexdigest()[:12]}"
+        candidate = f"{key[: MAX_KEY_CHARS - 13]}-{hashlib.sha256(uri_bytes + salt).hexdigest()[:12]}"
         if candidate not in seen:
             return candidate
     raise AssertionError("unreachable")  # pragma: no cover

@@ -129,6 +129,21 @@ class RawItem:
     source_root: str = ""
     """URI of the source location the reader was given (folder, tar folder, parquet folder)."""
 
+    _digest: tuple[bytes, str] | None = field(default=None, init=False, repr=False, compare=False)
+    """``(image_bytes, sha256)`` of the last ``image_sha256()``: the bytes object itself is kept, so a
+    replaced ``image_bytes`` is never taken for the one hashed."""
+
+    def image_sha256(self) -> str | None:
+        """sha256 (hex) of ``image_bytes``, None without bytes. Computed once per item: the ingest's
+        source hash and the sample's ``original_sha256`` (and ``image_sha256`` when the bytes are
+        stored as they came) all use it."""
+        data = self.image_bytes
+        if data is None:
+            return None
+        if self._digest is None or self._digest[0] is not data:
+            self._digest = (data, hashlib.sha256(data).hexdigest())
+        return self._digest[1]
+
     @property
     def relative_uri(self) -> str:
         """``source_uri`` relative to the source location: what sample metadata records, so the

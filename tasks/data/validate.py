@@ -9,6 +9,7 @@ EXIF orientation) -> full decode (truncated, corrupt) -> colour mode and bit dep
 8-bit RGB when the conversion is well defined, quarantined otherwise) -> caption (text, UTF-8,
 non-empty).
 
+Transparency, whether an alpha channel or a colour key (PNG ``tRNS``), is flattened onto white.
 What a conversion did is recorded in the sample's ``source`` metadata, never silently: the EXIF
 orientation applied (``exif_orientation``; the pixels are stored upright once and the tag is
 dropped, so nothing downstream rotates them again), the frame kept of an animated image
@@ -18,8 +19,15 @@ dropped, so nothing downstream rotates them again), the frame kept of an animate
 Pillow's own guards are handled explicitly rather than trusted as globals: our own pixel limit is
 applied from the header before anything is decoded (Pillow's global guard is set aside for the
 header read only, so that the configured limit is the one that counts and the reason names the
-declared size), and ``LOAD_TRUNCATED_IMAGES`` is forced off while decoding so a truncated file can
-never be half-decoded and accepted.
+declared size), and ``LOAD_TRUNCATED_IMAGES`` is forced off for every decode, including the one
+Pillow starts by itself to find a PNG's EXIF block, so a truncated file can never be half-decoded
+and accepted, whatever another library in the process set.
+
+Cost: each image is decoded exactly once, and its bytes are hashed once (``RawItem.image_sha256``,
+shared with the ingest's source hash). An image stored as it came (8-bit RGB JPEG, PNG or WebP with
+nothing to apply) costs its decode plus a few header reads; one that must be converted also costs
+the conversion and a PNG encode, which is several times its decode
+(``benchmarks/bench_data.py`` measures both against a bare decode loop).
 """
 
 from __future__ import annotations
@@ -31,13 +39,15 @@ import json
 import math
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from eve_model.shards import ShardSample
+from eve_model.shards import MAX_KEY_CHARS, ShardSample
 from tasks.data.sources import RawItem, type_phrase
 
 
@@ -120,6 +130,7 @@ class ValidationConfig(BaseModel):
 CONVERTIBLE_MODES = ("RGB", "1", "L", "P", "RGBA", "LA", "PA", "RGBa", "La", "RGBX", "CMYK", "YCbCr",
                      "I;16", "I;16B", "I;16L", "I;16N")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_COLOUR_KEY_MODES = ("1", "L", "P", "RGB")  # modes where a PNG/GIF colour key (``transparency``) is kept by Pillow
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 _KEPT_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 SIXTEEN_BIT_MIN_PEAK_WITHOUT_SBIT = 2**14
@@ -258,13 +269,16 @@ def _to_rgb(image, depth: PngDepth | None = None, notes: dict[str, Any] | None =
     if mode in _SIXTEEN_BIT_MODES:
         return _scale_sixteen_bit(image, depth, notes).convert("RGB")
     _check_sixteen_bit_colour(image, depth)
-    if mode == "RGB":
-        return image
-    if mode == "P" and "transparency" in image.info:
+    if "transparency" in image.info and mode in _COLOUR_KEY_MODES:
+        # A colour key (PNG tRNS) makes pixels transparent as an alpha channel does: flattened on white
+        # like them. (Before, greyscale and RGB images kept the key and their transparent pixels as
+        # stored, whatever colour those hide; only palette images were flattened.)
         image = image.convert("RGBA")
         mode = "RGBA"
+    if mode == "RGB":
+        return image
     if mode in _ALPHA_MODES:
-        rgba = image.convert("RGBA")
+        rgba = image if mode == "RGBA" else image.convert("RGBA")  # alpha_composite reads it, never writes it
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
@@ -300,9 +314,62 @@ def _open_header(data: bytes):
             Image.MAX_IMAGE_PIXELS = previous
 
 
+_TRUNCATION_GUARD_LOCK = threading.Lock()
+_truncation_guard_depth = 0
+_truncation_policy_outside = False
+
+
+@contextmanager
+def _truncated_images_refused() -> Iterator[None]:
+    """Pillow's ``LOAD_TRUNCATED_IMAGES`` off while the block decodes, then back to what it was.
+
+    Counted, so that decodes on several threads at once (a threaded Dask worker) all run with it off
+    and the value found before the first of them is restored after the last one; the lock guards the
+    count only, never a decode."""
+    from PIL import ImageFile
+
+    global _truncation_guard_depth, _truncation_policy_outside
+    with _TRUNCATION_GUARD_LOCK:
+        if _truncation_guard_depth == 0:
+            _truncation_policy_outside = ImageFile.LOAD_TRUNCATED_IMAGES
+        _truncation_guard_depth += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        with _TRUNCATION_GUARD_LOCK:
+            _truncation_guard_depth -= 1
+            if _truncation_guard_depth == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _truncation_policy_outside
+
+
+def _decode(image) -> Exception | None:
+    """Decode every pixel of ``image`` (truncated data refused); the error, or None when it decoded."""
+    try:
+        with _truncated_images_refused():
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on hostile bytes is the item's reason
+        return exc
+    return None
+
+
+def _decode_reject(error: Exception) -> _Reject:
+    message = f"{error.__class__.__name__}: {error}"
+    reason = QuarantineReason.TRUNCATED_IMAGE if "truncat" in message.lower() else QuarantineReason.CORRUPT_IMAGE
+    return _Reject(reason, f"decoding failed: {message}")
+
+
+def _exif_needs_decode(image) -> bool:
+    """Whether Pillow must decode ``image`` to read its EXIF block: a PNG may carry ``eXIf`` (or an
+    EXIF text chunk) after its pixel data, and Pillow reads those chunks only after decoding."""
+    from PIL import PngImagePlugin
+
+    return isinstance(image, PngImagePlugin.PngImageFile) and "exif" not in image.info
+
+
 def check_image(data: bytes | None, config: ValidationConfig) -> CheckedImage:
     """Open, size-check, decode and normalise one image; raises ``_Reject`` with the reason."""
-    from PIL import ImageFile, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
     if not data:
         raise _Reject(QuarantineReason.ZERO_BYTES, "image file is empty (0 bytes)")
@@ -322,7 +389,12 @@ def check_image(data: bytes | None, config: ValidationConfig) -> CheckedImage:
         )
     if width < 1 or height < 1:
         raise _Reject(QuarantineReason.CORRUPT_IMAGE, f"header declares an empty {width}x{height} image")
-    orientation = _exif_orientation(image)
+    # The one decode. A PNG's orientation may sit after its pixels, where Pillow looks only once it has
+    # decoded them: that PNG is decoded here (truncation refused), and a failure is reported after the
+    # shape checks, as for every other image, so the first failing check stays the item's reason.
+    decode_error = _decode(image) if _exif_needs_decode(image) else None
+    with _truncated_images_refused():  # should another format's EXIF reader decode too
+        orientation = _exif_orientation(image) if decode_error is None else None
     if orientation in _ORIENTATIONS_SWAPPING_SIDES:
         width, height = height, width  # the size as the picture is meant to be seen
     # Aspect before size: a 1x5000 sliver is better described by its shape than by its width.
@@ -334,17 +406,10 @@ def check_image(data: bytes | None, config: ValidationConfig) -> CheckedImage:
             QuarantineReason.TOO_SMALL,
             f"{width}x{height} is below the minimum {config.min_width_pixels}x{config.min_height_pixels}",
         )
-
-    previous_truncated_policy = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    try:
-        image.load()
-    except Exception as exc:
-        message = f"{exc.__class__.__name__}: {exc}"
-        reason = QuarantineReason.TRUNCATED_IMAGE if "truncat" in message.lower() else QuarantineReason.CORRUPT_IMAGE
-        raise _Reject(reason, f"decoding failed: {message}") from exc
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous_truncated_policy
+    if decode_error is None:
+        decode_error = _decode(image)  # a no-op for the PNG decoded above
+    if decode_error is not None:
+        raise _decode_reject(decode_error) from decode_error
 
     original_mode, original_format = image.mode, image.format
     notes: dict[str, Any] = {}
@@ -463,11 +528,13 @@ def _visible_text(text: str) -> str:
 
 
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+# Keys are cut at the shard format's MAX_KEY_CHARS (95). They were cut at 120 before, and an item id of 96
+# or more characters stopped the whole ingest when its shard was written; shorter keys are unchanged.
 
 
 def sample_key(item: RawItem) -> str:
-    """A shard key from the item id: only [A-Za-z0-9_-], bounded length."""
-    key = _UNSAFE_KEY_CHARS.sub("_", item.item_id)[:120].strip("_") or "item"
+    """A shard key from the item id: only [A-Za-z0-9_-], at most ``MAX_KEY_CHARS``."""
+    key = _UNSAFE_KEY_CHARS.sub("_", item.item_id)[:MAX_KEY_CHARS].strip("_") or "item"
     return key
 
 
@@ -485,10 +552,12 @@ def validate_item(item: RawItem, config: ValidationConfig) -> ShardSample | Quar
 
     extra = dict(item.extra)
     conversations = extra.pop("conversations", None)
+    original_sha256 = item.image_sha256()  # hashed once per item (the ingest's source hash shares it)
+    stored_sha256 = original_sha256 if checked.image_bytes is item.image_bytes else hashlib.sha256(checked.image_bytes).hexdigest()
     source = {
         "uri": item.relative_uri,
         "item_id": item.item_id,
-        "original_sha256": hashlib.sha256(item.image_bytes).hexdigest(),
+        "original_sha256": original_sha256,
         "original_format": checked.original_format,
         "original_mode": checked.original_mode,
         "converted_to_rgb": checked.converted,
@@ -498,7 +567,7 @@ def validate_item(item: RawItem, config: ValidationConfig) -> ShardSample | Quar
         **extra,
         "caption": caption,
         "conversations": conversations,
-        "image_sha256": hashlib.sha256(checked.image_bytes).hexdigest(),
+        "image_sha256": stored_sha256,
         "width": checked.width,
         "height": checked.height,
         "source": source,
