@@ -33,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -219,6 +221,48 @@ def _failure_reason(error: BaseException, allowed_worker_deaths: int) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+class _MergeAborted(Exception):
+    """A shard failed: the merge in progress stops (its private output is discarded)."""
+
+
+class _OrderedMerge(threading.Thread):
+    """The merge, running while shards are still being validated: it writes each part as soon as every
+    part before it is finished (``add``, in shard order), so only the last parts are merged after the
+    last shard ends. Its output is private until the caller publishes it."""
+
+    def __init__(self, write: Callable[[Iterator[AcceptedItem | QuarantineRecord]], IngestReport]) -> None:
+        super().__init__(name="ingest-merge", daemon=True)
+        self._write, self._parts = write, queue.Queue()
+        self.report: IngestReport | None = None
+        self.error: BaseException | None = None
+
+    def _judged(self) -> Iterator[AcceptedItem | QuarantineRecord]:
+        while (part := self._parts.get()) is not None:
+            if isinstance(part, _MergeAborted):
+                raise part
+            yield from part_outcomes(part.part_dir)
+
+    def run(self) -> None:
+        try:
+            self.report = self._write(self._judged())
+        except BaseException as error:  # noqa: BLE001 - handed to the flow's thread by ``finish``
+            self.error = error
+
+    def add(self, part: ShardPart) -> None:
+        self._parts.put(part)
+
+    def finish(self) -> IngestReport:
+        self._parts.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.report
+
+    def abort(self) -> None:
+        self._parts.put(_MergeAborted())
+        self.join()
+
+
 def ingest_sharded(
     items: Iterable[RawItem],
     out_dir: Path,
@@ -238,42 +282,53 @@ def ingest_sharded(
     ``published_dir``, ``tasks.publish``) from shards validated through ``submit``; ``parts_dir`` holds
     the staged parts (on storage every worker sees; the caller removes it once the dataset is
     published). ``shard_progress`` hears a line per finished shard, ``progress`` the merge's counts.
-    Raises ``ShardsFailedError`` (nothing merged) if a shard failed after its retries."""
+    Raises ``ShardsFailedError`` (the merge stopped, its output discarded) if a shard failed after its
+    retries.
+
+    The flow's thread reads and submits; the merge runs alongside in shard order (``_OrderedMerge``),
+    so the serial work after the last shard is the merge of the parts not yet merged, not all of it."""
     source_content = hashlib.sha256()
     in_flight: dict[int, tuple[ShardRange, ShardFuture]] = {}
-    done: dict[int, ShardPart] = {}
     failures: list[ShardFailure] = []
     shards: list[ShardRange] = []
+    finished = 0
+    merge = _OrderedMerge(lambda judged: write_judged_items(
+        judged, out_dir, config, source_content.hexdigest, max_items_per_shard, extra, progress=progress,
+        published_dir=published_dir))
+    merge.start()
 
-    def collect(index: int) -> None:
+    def collect(index: int) -> None:  # always the lowest index in flight: parts reach the merge in order
+        nonlocal finished
         shard, future = in_flight.pop(index)
         try:
-            done[index] = future.result()
+            part = future.result()
+            finished += 1
+            if not failures:
+                merge.add(part)
         except BaseException as error:  # noqa: BLE001 - every shard's failure is reported, none raised alone
             failures.append(ShardFailure(shard=shard, reason=_failure_reason(error, allowed_worker_deaths)))
         if shard_progress is not None:
-            shard_progress(f"shards: {len(done)} finished, {len(failures)} failed, {len(in_flight)} running; "
-                     f"{sum(s.num_items for s in shards)} items read")
+            shard_progress(f"shards: {finished} finished, {len(failures)} failed, {len(in_flight)} running; "
+                           f"{sum(s.num_items for s in shards)} items read")
 
-    for shard, batch, lines in shard_ranges(items, items_per_task):
-        for line in lines:
-            source_content.update(line)
-        shards.append(shard)
-        part_dir = parts_dir / f"part-{shard.index:06d}-{shard.content_sha256[:16]}"
-        in_flight[shard.index] = (shard, submit(batch, str(part_dir), shard, config))
-        while len(in_flight) >= max_tasks_in_flight:  # bounded memory: wait for the oldest shard
+    try:
+        for shard, batch, lines in shard_ranges(items, items_per_task):
+            for line in lines:
+                source_content.update(line)
+            shards.append(shard)
+            part_dir = parts_dir / f"part-{shard.index:06d}-{shard.content_sha256[:16]}"
+            in_flight[shard.index] = (shard, submit(batch, str(part_dir), shard, config))
+            while len(in_flight) >= max_tasks_in_flight:  # bounded memory: wait for the oldest shard
+                collect(min(in_flight))
+        while in_flight:
             collect(min(in_flight))
-    for index in sorted(in_flight):
-        collect(index)
+    except BaseException:
+        merge.abort()
+        raise
     if failures:
+        merge.abort()
         raise ShardsFailedError(sorted(failures, key=lambda f: f.shard.index), len(shards))
-
-    def judged() -> Iterator[AcceptedItem | QuarantineRecord]:
-        for index in range(len(shards)):
-            yield from part_outcomes(done[index].part_dir)
-
-    return write_judged_items(judged(), out_dir, config, source_content.hexdigest, max_items_per_shard, extra,
-                              progress=progress, published_dir=published_dir)
+    return merge.finish()
 
 
 __all__ = [
