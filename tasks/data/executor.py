@@ -41,9 +41,9 @@ class SlurmWorkerOptions(BaseModel):
     account: str | None = None
     """Account to charge (``#SBATCH -A``); None: the submitting user's default."""
 
-    walltime: str = "04:00:00"
-    """Wall-time limit of one worker job (``HH:MM:SS``). A worker that reaches it is replaced by Dask only
-    while the step still runs; size it above the step's expected wall time (docs/data-at-scale.md)."""
+    walltime_minutes: int = Field(default=240, ge=1)
+    """Wall-time limit of one worker job (``#SBATCH -t``). A worker that reaches it ends, and its shard is
+    run again elsewhere; size it above the ingest's expected wall time (docs/data-at-scale.md)."""
 
     job_extra_directives: list[str] = Field(default_factory=list)
     """Further ``#SBATCH`` options, each without the prefix (e.g. ``--gres=gpu:1``, ``--constraint=ssd``)."""
@@ -141,7 +141,7 @@ def _slurm_cluster_kwargs(config: DataExecutorConfig) -> dict[str, Any]:
         "cores": config.cores_per_worker,
         "processes": 1,
         "memory": config.memory_per_worker,
-        "walltime": slurm.walltime,
+        "walltime": f"{slurm.walltime_minutes // 60:02d}:{slurm.walltime_minutes % 60:02d}:00",
         "queue": slurm.partition,
         "account": slurm.account,
         "job_name": "eve-dask-worker",

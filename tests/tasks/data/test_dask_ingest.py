@@ -99,7 +99,7 @@ def test_two_dask_workers_as_slurm_jobs_give_the_local_hashes(
     logs = tmp_path / "worker-logs"
     executor = DataExecutorConfig(
         kind="dask-slurm", workers=2, items_per_task=ITEMS_PER_TASK, memory_per_worker="1GiB",
-        slurm={"walltime": "00:10:00", "log_directory": str(logs),
+        slurm={"walltime_minutes": 10, "log_directory": str(logs),
                "job_script_prologue": [f"cd {Path(__file__).resolve().parents[3]}"]},
     )
     state = data_pipeline(data_params(tiny_sources, "slurmrun", executor), return_state=True)

@@ -144,10 +144,10 @@ def test_the_executor_switch_builds_each_runner() -> None:
     local = dask_task_runner(DataExecutorConfig(kind="dask-local", workers=3))
     assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_class == "distributed.LocalCluster"
     slurm = dask_task_runner(DataExecutorConfig(kind="dask-slurm", workers=2, slurm={"partition": "cpu",
-                                                                                      "walltime": "01:00:00"}))
+                                                                                      "walltime_minutes": 90}))
     assert slurm.cluster_class == "dask_jobqueue.SLURMCluster"
     assert {k: slurm.cluster_kwargs[k] for k in ("n_workers", "queue", "walltime")} == {
-        "n_workers": 2, "queue": "cpu", "walltime": "01:00:00"}
+        "n_workers": 2, "queue": "cpu", "walltime": "01:30:00"}
     kubernetes = dask_task_runner(DataExecutorConfig(kind="dask-kubernetes"))
     assert kubernetes.address == "tcp://eve-data-scheduler.eve.svc.cluster.local:8786"
 
