@@ -11,7 +11,8 @@ parts of the sharded path measured on their own:
 
 - read: the flow's one pass over the source (reading every file and hashing its line), which feeds the
   workers: the ceiling of any number of workers;
-- merge: turning the finished parts into the dataset (read the parts, pack and write the shards);
+- merge: turning the finished parts into the dataset (read the parts, pack and write the shards), which
+  runs in the flow alongside the shards; what is left of it after the last shard is the "tail";
 - shards: wall time until the last shard finished, the parallel part.
 
 The Dask modes use a ``distributed.LocalCluster`` and submit ``validate_shard`` directly (no Prefect
@@ -73,6 +74,39 @@ class DaskSubmit:
         return future
 
 
+def print_cost_model(worker_ms: float, flow_ms: float, cores_per_node: int) -> None:
+    """Wall time and node-hours of the sharded ingest from the measured per-item costs: each worker (one
+    core) validates an item in ``worker_ms``; the flow reads and merges an item in ``flow_ms`` (serial,
+    overlapped with the workers), so ``wall = max(items x flow_ms, items x worker_ms / N)``."""
+    print(f"\ncost model (ingest; a worker is one core, {cores_per_node}-core nodes, startup not included):")
+    print(f"{'images':>8}{'workers':>9}{'wall':>10}{'node-hours':>12}  limited by")
+    for items in (1_000_000, 33_000_000):
+        for workers in (1, 8, 32, 128, 512):
+            flow_s, workers_s = items * flow_ms / 1e3, items * worker_ms / 1e3 / workers
+            wall_s = max(flow_s, workers_s)
+            nodes = -(-workers // cores_per_node)  # the flow's own machine is one of them
+            print(f"{items / 1e6:>7.0f}M{workers:>9}{format_hours(wall_s):>10}{nodes * wall_s / 3600:>12.1f}  "
+                  f"{'the flow (read + merge)' if flow_s >= workers_s else 'the workers'}")
+
+
+def format_hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def measure_merge(source, validation, items_per_task: int, max_items_per_shard: int, work: Path) -> float:
+    """Items/s of the merge alone: parts made in this process first (not timed), then merged."""
+    from tasks.data.shard_ingest import part_outcomes, shard_ranges, validate_shard
+    from tasks.data.sharding import write_judged_items
+
+    parts = []
+    for shard, batch, _lines in shard_ranges(source.read(), items_per_task):
+        parts.append(validate_shard(batch, work / f"part-{shard.index:06d}", shard, validation).part_dir)
+    started = time.perf_counter()
+    report = write_judged_items((o for part in parts for o in part_outcomes(part)), work / "merged", validation,
+                                lambda: "", max_items_per_shard)
+    return report.num_in / (time.perf_counter() - started)
+
+
 def fresh_home() -> None:
     os.environ["EVE_HOME"] = tempfile.mkdtemp(prefix="bench-dask-home-")
 
@@ -83,6 +117,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Dask worker counts to run")
     parser.add_argument("--items-per-task", type=int, default=250, help="items per shard task (default 250)")
     parser.add_argument("--max-items-per-shard", type=int, default=500)
+    parser.add_argument("--cores-per-node", type=int, default=32, help="for the cost model's node-hours")
     args = parser.parse_args()
 
     import logging
@@ -111,11 +146,13 @@ def main() -> int:
     started = time.perf_counter()
     local = ingest_sources([source], validation, args.max_items_per_shard)
     local_rate = args.count / (time.perf_counter() - started)
-    print(f"\n{'mode':<28}{'items/s':>10}{'vs local':>10}{'shards s':>10}{'merge s':>9}")
+    merge_rate = measure_merge(source, validation, args.items_per_task, args.max_items_per_shard, work / "merge")
+    print(f"\n{'mode':<28}{'items/s':>10}{'vs local':>10}{'shards s':>10}{'tail s':>9}")
     print(f"{'local (in-process)':<28}{local_rate:>10.0f}{1.0:>10.2f}")
     print(f"{'read only (flow, serial)':<28}{read_rate:>10.0f}{read_rate / local_rate:>10.2f}")
+    print(f"{'merge only (flow, serial)':<28}{merge_rate:>10.0f}{merge_rate / local_rate:>10.2f}")
 
-    merge_rates = []
+    worker_rates = {}
     for workers in args.workers:
         fresh_home()
         executor = DataExecutorConfig(kind="dask-local", workers=workers, items_per_task=args.items_per_task)
@@ -129,14 +166,17 @@ def main() -> int:
         if report.dataset_hash != local.dataset_hash:
             print(f"MISMATCH: {workers} worker(s) gave {report.dataset_hash}, local {local.dataset_hash}")
             return 1
-        merge_seconds = ended - submit.last_done
-        merge_rates.append(args.count / merge_seconds)
+        tail_seconds = ended - submit.last_done  # the merge left after the last shard (it runs alongside)
         rate = args.count / (ended - started)
+        worker_rates[workers] = args.count / (submit.last_done - started)
         print(f"{f'dask-local, {workers} worker(s)':<28}{rate:>10.0f}{rate / local_rate:>10.2f}"
-              f"{submit.last_done - started:>10.1f}{merge_seconds:>9.1f}")
+              f"{submit.last_done - started:>10.1f}{tail_seconds:>9.1f}")
     print(f"\nsame dataset hash in every mode: {local.dataset_hash[:16]}")
-    print(f"per item: validate {1e3 / local_rate:.2f} ms-core (in-process ingest), flow read {1e3 / read_rate:.3f} ms, "
-          f"merge {1e3 / max(merge_rates):.3f} ms (serial)")
+    merge_ms = 1e3 / merge_rate
+    per_worker_ms = 1e3 / worker_rates[min(worker_rates)] * min(worker_rates)  # one worker's ms per item
+    print(f"per item: validate {1e3 / local_rate:.2f} ms-core in-process, {per_worker_ms:.2f} ms-core on a Dask "
+          f"worker (items shipped to it); flow read {1e3 / read_rate:.3f} ms and merge {merge_ms:.3f} ms (serial)")
+    print_cost_model(per_worker_ms, 1e3 / read_rate + merge_ms, args.cores_per_node)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
