@@ -30,6 +30,7 @@ from tasks.submit.render import INFRA_DIR, yaml_template_environment
 ExecutorKind = Literal["local", "dask-local", "dask-slurm", "dask-kubernetes"]
 DASK_CLUSTER_TEMPLATE = "dask-cluster.yaml.j2"
 DASK_SCHEDULER_PORT = 8786
+DEFAULT_MAX_ITEMS_PER_TASK = 1000
 
 
 class SlurmWorkerOptions(BaseModel):
@@ -99,15 +100,16 @@ class DataExecutorConfig(BaseModel):
 
     memory_per_worker: str = "4GiB"
     """Memory of one worker (its SLURM ``--mem``; Dask pauses and restarts a worker that outgrows it).
-    A shard holds its raw items and its written tar in memory: size it above twice a shard's bytes."""
+    A shard task holds its raw items and its written tar in memory: above twice a task's bytes per core."""
 
     items_per_task: int | None = Field(default=None, ge=1)
-    """Source items per shard task; None: the step's ``max_items_per_shard``. Smaller tasks spread better
-    over workers and lose less to a killed worker; the output is the same whatever the value."""
+    """Source items per shard task; None: the step's ``max_items_per_shard``, at most 1,000. Smaller tasks
+    spread better over workers and lose less to a killed worker; the output is the same whatever the value."""
 
     max_tasks_in_flight: int | None = Field(default=None, ge=1)
-    """Shards read and handed to the cluster but not finished yet; None: four per worker core. Bounds the
-    flow's memory (it reads the sources once, in order, and ships each shard's items to a worker)."""
+    """Shard tasks read and handed to the cluster but not finished yet; None: two per worker core (one
+    running, one waiting). The flow holds their items in memory (it reads the sources once, in order, and
+    ships each task's items to a worker): about this many times a task's bytes."""
 
     shard_retries: int = Field(default=2, ge=0)
     """Prefect retries of a shard whose task raised (a transient read or write error); a worker killed
@@ -128,10 +130,10 @@ class DataExecutorConfig(BaseModel):
         return self.kind == "local"
 
     def tasks_in_flight(self) -> int:
-        return self.max_tasks_in_flight or 4 * self.workers * self.cores_per_worker
+        return self.max_tasks_in_flight or 2 * self.workers * self.cores_per_worker
 
     def items_per_shard_task(self, max_items_per_shard: int) -> int:
-        return self.items_per_task or max_items_per_shard
+        return self.items_per_task or min(max_items_per_shard, DEFAULT_MAX_ITEMS_PER_TASK)
 
 
 def _slurm_cluster_kwargs(config: DataExecutorConfig) -> dict[str, Any]:
