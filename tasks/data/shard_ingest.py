@@ -43,7 +43,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import BaseModel
 
-from eve_model.shards import DatasetIntegrityError, ShardWriter, iter_samples, verify_dataset
+from eve_model.shards import DatasetIntegrityError, ShardWriter, iter_samples, read_manifest, verify_dataset
 from tasks.data.sharding import AcceptedItem, IngestReport, QuarantineRecord, source_item_line, write_judged_items
 from tasks.data.sources import RawItem
 from tasks.data.validate import Quarantined, ValidationConfig, validate_item
@@ -117,10 +117,11 @@ def _part_key(position: int) -> str:
     return f"i{position:09d}"
 
 
-def finished_part(part_dir: str | Path, shard: ShardRange) -> ShardPart | None:
-    """The part in ``part_dir`` if it is complete, verifies and was made from exactly ``shard``'s items."""
+def finished_part(part_dir: str | Path, shard: ShardRange, check_shards: bool = True) -> ShardPart | None:
+    """The part in ``part_dir`` if it is complete, verifies (its tar too, with ``check_shards``) and was
+    made from exactly ``shard``'s items."""
     try:
-        manifest = verify_dataset(part_dir)
+        manifest = verify_dataset(part_dir, check_shards=check_shards)
     except DatasetIntegrityError:
         return None
     extra = manifest.extra
@@ -152,7 +153,7 @@ def validate_shard(items: list[RawItem], part_dir: str | Path, shard: ShardRange
                                  "quarantine": quarantine})
 
     produce_once(Path(part_dir), produce, lambda folder: finished_part(folder, shard) is not None)
-    part = finished_part(part_dir, shard)
+    part = finished_part(part_dir, shard, check_shards=False)  # verified by produce_once, or written just now
     if part is None:  # pragma: no cover - produce_once returns only once the part verifies
         raise DatasetIntegrityError(f"{part_dir}: the shard's part did not verify after it was published")
     return part
@@ -172,9 +173,9 @@ def part_outcomes(part_dir: str | Path) -> Iterator[AcceptedItem | QuarantineRec
     """A part's items as ``write_judged_items`` takes them: accepted samples with their original keys,
     then the quarantine records, each in item order (the shards' and the quarantine list's order do not
     depend on how the two interleave)."""
-    manifest = verify_dataset(part_dir)
+    manifest = read_manifest(part_dir)
     keys, source_uris = manifest.extra["keys"], manifest.extra["source_uris"]
-    for sample in iter_samples(part_dir, manifest=manifest, verify=False):  # verified just above
+    for sample in iter_samples(part_dir, manifest=manifest):  # each tar checked against its hash as it is read
         position = int(sample.key[1:])
         sample.key = keys[position]
         yield source_uris[position], sample
