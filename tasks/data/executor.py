@@ -116,8 +116,8 @@ class DataExecutorConfig(BaseModel):
     mid-shard is different: Dask reruns the shard elsewhere, up to ``allowed_worker_deaths`` times."""
 
     allowed_worker_deaths: int = Field(default=3, ge=0)
-    """How many workers may die while running one shard before that shard is reported failed (Dask's
-    ``distributed.scheduler.allowed-failures``)."""
+    """How many workers may die while running one shard before that shard is reported failed (the Dask
+    scheduler's ``allowed_failures``; on Kubernetes the operator's scheduler keeps its own setting)."""
 
     slurm: SlurmWorkerOptions = Field(default_factory=SlurmWorkerOptions)
     """``dask-slurm`` only: the worker jobs' SLURM options."""
@@ -152,7 +152,7 @@ def _slurm_cluster_kwargs(config: DataExecutorConfig) -> dict[str, Any]:
         "python": slurm.python or sys.executable,
         "log_directory": slurm.log_directory,
         # the workers reach the scheduler in the flow's process over the cluster network
-        "scheduler_options": {"dashboard_address": None},
+        "scheduler_options": {"dashboard_address": None, "allowed_failures": config.allowed_worker_deaths},
         "worker_extra_args": ["--no-dashboard"],
     }
 
@@ -167,15 +167,14 @@ def dask_scheduler_address(config: DataExecutorConfig) -> str:
 
 def dask_task_runner(config: DataExecutorConfig):
     """The Prefect task runner of a ``dask-*`` config (``ValueError`` for ``local``: it needs none)."""
-    import dask
     from prefect_dask import DaskTaskRunner
 
-    dask.config.set({"distributed.scheduler.allowed-failures": config.allowed_worker_deaths})
     if config.kind == "dask-local":
         return DaskTaskRunner(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={"n_workers": config.workers, "threads_per_worker": config.cores_per_worker,
-                            "processes": True, "memory_limit": config.memory_per_worker, "dashboard_address": None},
+                            "processes": True, "memory_limit": config.memory_per_worker, "dashboard_address": None,
+                            "scheduler_kwargs": {"allowed_failures": config.allowed_worker_deaths}},
         )
     if config.kind == "dask-slurm":
         return DaskTaskRunner(cluster_class="dask_jobqueue.SLURMCluster", cluster_kwargs=_slurm_cluster_kwargs(config))
