@@ -22,11 +22,13 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks.data.curate import CurationConfig, CurationReport, curate_dataset_task
 from tasks.data.demo_source import DemoSources
+from tasks.data.executor import DataExecutorConfig, dask_task_runner
 from tasks.data.sharding import IngestReport
 from tasks.data.sources import SourceSpec
 from tasks.data.steps import (
     RegisteredBy,
     dataset_location_task,
+    ingest_on_cluster,
     ingest_sources_task,
     prepare_demo_source,
     register_dataset_version,
@@ -77,6 +79,11 @@ class DataFlowParams(BaseModel):
 
     max_items_per_shard: int = Field(default=500, ge=1)
     """Samples per tar shard."""
+
+    executor: DataExecutorConfig = Field(default_factory=DataExecutorConfig)
+    """Where the ingests run: ``kind: local`` (default) in this flow's process; ``dask-local``,
+    ``dask-slurm`` or ``dask-kubernetes`` shard-parallel on a Dask cluster, one task run per shard
+    (docs/data-at-scale.md). The datasets are the same, byte for byte, whatever the executor."""
 
     @model_validator(mode="after")
     def _one_input_each(self) -> "DataFlowParams":
@@ -142,6 +149,23 @@ class DataFlowResult(BaseModel):
     eval_questions_path: str | None = None
 
 
+@flow(name="ingest-shards", log_prints=True)
+def ingest_shards_flow(sources: list[SourceSpec], validation: ValidationConfig, max_items_per_shard: int,
+                       executor: DataExecutorConfig, label: str) -> IngestReport:
+    """One ingest shard-parallel: run with the executor's ``DaskTaskRunner`` (``run_ingest``), each shard is an
+    ``ingest-shard-<k>`` task run on a Dask worker; the merge runs here (``tasks.data.shard_ingest``)."""
+    return ingest_on_cluster(sources, validation, max_items_per_shard, executor, label=label)
+
+
+def run_ingest(sources: list[SourceSpec], validation: ValidationConfig, params: DataFlowParams, label: str) -> IngestReport:
+    """The ingest of ``sources`` on the executor ``params`` name: the in-process task, or the
+    ``ingest-shards`` subflow on a Dask cluster started (and stopped) for it."""
+    if params.executor.is_local:
+        return ingest_sources_task(sources, validation, params.max_items_per_shard, label=label)
+    on_cluster = ingest_shards_flow.with_options(task_runner=dask_task_runner(params.executor))
+    return on_cluster(sources, validation, params.max_items_per_shard, params.executor, label)
+
+
 @flow(name="data-pipeline", log_prints=True)
 def data_pipeline(params: DataFlowParams = DataFlowParams.demo(), registered_by: RegisteredBy = "ingest") -> DataFlowResult:
     """Ingest and validate the sources (or take a registered version), shard them, curate, and register
@@ -158,7 +182,7 @@ def data_pipeline(params: DataFlowParams = DataFlowParams.demo(), registered_by:
         raw_version = registered_version_task(params.dataset)
         raw_dir = dataset_location_task(raw_version)
     else:
-        ingest = ingest_sources_task(sources.captions, params.validation, params.max_items_per_shard, label=f"{name}-raw")
+        ingest = run_ingest(sources.captions, params.validation, params, label=f"{name}-raw")
         raw_version = register_dataset_version(ingest.dataset_dir, f"{name}-raw", ingest.dataset_hash, registered_by=registered_by)
         raw_dir = ingest.dataset_dir
     curation = curate_dataset_task(raw_dir, raw_version.dataset_hash, params.curation) if params.curate else None
@@ -172,7 +196,7 @@ def data_pipeline(params: DataFlowParams = DataFlowParams.demo(), registered_by:
     if params.sft_dataset:
         sft_version = registered_version_task(params.sft_dataset)
     elif sources.sft:
-        sft_ingest = ingest_sources_task(sources.sft, params.sft_validation, params.max_items_per_shard, label=f"{name}-sft")
+        sft_ingest = run_ingest(sources.sft, params.sft_validation, params, label=f"{name}-sft")
         sft_version = register_dataset_version(sft_ingest.dataset_dir, f"{name}-sft", sft_ingest.dataset_hash,
                                                registered_by=registered_by)
 

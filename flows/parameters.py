@@ -55,7 +55,8 @@ class RetrainParameters(BaseModel):
     """One end-to-end retrain."""
 
     data: DataFlowParams
-    """Sources (or registered versions), validation, curation."""
+    """Sources (or registered versions), validation, curation, and where the ingests run (``data.executor``:
+    in-process, or shard-parallel on Dask over SLURM or Kubernetes; docs/data-at-scale.md)."""
 
     captions: CaptionConfig = Field(default_factory=CaptionConfig)
     """Teacher captioning backend."""

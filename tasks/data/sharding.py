@@ -14,12 +14,12 @@ import itertools
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from eve_model.shards import MAX_KEY_CHARS, ShardWriter
+from eve_model.shards import MAX_KEY_CHARS, ShardSample, ShardWriter
 from tasks.data.sources import RawItem
 from tasks.data.validate import Quarantined, ValidationConfig, validate_item
 
@@ -111,6 +111,13 @@ def _unique_key(key: str, seen: set[str], source_uri: str) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+AcceptedItem = tuple[str, ShardSample]
+"""An accepted item on its way to the shards: ``(source_uri, sample)``; the URI disambiguates a repeated key."""
+
+QuarantineRecord = dict[str, str]
+"""A quarantined item's line of ``quarantine.jsonl`` (``Quarantined.to_json()``: item_id, source_uri, reason, detail)."""
+
+
 def ingest_items(
     items: Iterable[RawItem],
     out_dir: str | Path,
@@ -127,30 +134,56 @@ def ingest_items(
     items and at the end. ``out_dir`` must not already hold a dataset. ``published_dir``: where
     ``out_dir`` (a private folder, ``tasks.publish``) will be renamed to; the report names that place.
     """
+    source_content = hashlib.sha256()
+
+    def judged() -> Iterator[AcceptedItem | QuarantineRecord]:
+        for item in items:
+            source_content.update(source_item_line(item))
+            outcome = validate_item(item, config)
+            yield outcome.to_json() if isinstance(outcome, Quarantined) else (item.source_uri, outcome)
+
+    return write_judged_items(judged(), out_dir, config, source_content.hexdigest, max_items_per_shard, extra,
+                              progress, progress_every_items, published_dir)
+
+
+def write_judged_items(
+    judged: Iterable[AcceptedItem | QuarantineRecord],
+    out_dir: str | Path,
+    config: ValidationConfig,
+    source_content_sha256: Callable[[], str],
+    max_items_per_shard: int = 500,
+    extra: dict | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+    progress_every_items: int = 500,
+    published_dir: str | Path | None = None,
+) -> IngestReport:
+    """Write already validated items, in reading order, as one dataset version with its quarantine list
+    and report: the one write path of every ingest, in-process (``ingest_items``) or merged from shards
+    validated on workers (``tasks.data.shard_ingest``), so both give the same bytes for the same input.
+
+    ``source_content_sha256`` is asked once every item was consumed (the caller hashes as it reads)."""
     started = time.monotonic()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reasons: Counter[str] = Counter()
     seen_keys: set[str] = set()
     num_in = num_accepted = num_converted = 0
-    source_content = hashlib.sha256()
     quarantine_path = out_dir / QUARANTINE_FILE
     with open(quarantine_path, "w", encoding="utf-8") as quarantine, ShardWriter(
         out_dir, max_items_per_shard=max_items_per_shard, extra={"validation": config.model_dump(), **(extra or {})}
     ) as writer:
-        for item in items:
+        for outcome in judged:
             num_in += 1
-            source_content.update(source_item_line(item))
-            outcome = validate_item(item, config)
-            if isinstance(outcome, Quarantined):
-                reasons[outcome.reason.value] += 1
-                quarantine.write(json.dumps(outcome.to_json(), ensure_ascii=False) + "\n")
+            if isinstance(outcome, dict):
+                reasons[outcome["reason"]] += 1
+                quarantine.write(json.dumps(outcome, ensure_ascii=False) + "\n")
             else:
-                outcome.key = _unique_key(outcome.key, seen_keys, item.source_uri)
-                seen_keys.add(outcome.key)
-                writer.write(outcome)
+                source_uri, sample = outcome
+                sample.key = _unique_key(sample.key, seen_keys, source_uri)
+                seen_keys.add(sample.key)
+                writer.write(sample)
                 num_accepted += 1
-                num_converted += bool(outcome.meta["source"]["converted_to_rgb"])
+                num_converted += bool(sample.meta["source"]["converted_to_rgb"])
             if progress is not None and num_in % progress_every_items == 0:
                 progress(num_in, num_accepted, sum(reasons.values()))
     manifest = writer.manifest
@@ -168,7 +201,7 @@ def ingest_items(
         num_shards=len(manifest.shards),
         shard_bytes=sum(s.num_bytes for s in manifest.shards),
         quarantine_path=str(recorded_dir / QUARANTINE_FILE),
-        source_content_sha256=source_content.hexdigest(),
+        source_content_sha256=source_content_sha256(),
         elapsed_seconds=round(time.monotonic() - started, 3),
     )
     if not report.reconciles:  # pragma: no cover - a bug in this module, never bad input

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import shutil
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
@@ -32,6 +34,8 @@ from pydantic import BaseModel
 
 from eve_model.shards import DatasetIntegrityError, verify_dataset
 from tasks.data.demo_source import DemoSources, demo_sources, ensure_demo_data
+from tasks.data.executor import DataExecutorConfig
+from tasks.data.shard_ingest import SubmitShard, ingest_sharded, submit_to_task_runner
 from tasks.data.sharding import REPORT_FILE, IngestReport, ingest_items
 from tasks.data.sources import SourceSpec, check_source, is_transient_read_error, source_fingerprint
 from tasks.data.validate import ValidationConfig
@@ -42,7 +46,7 @@ from tasks.platform import PlatformSettings
 from tasks.publish import produce_once
 
 # Bump when the ingest/curation logic changes what it writes: it is part of every cache key.
-PIPELINE_CODE_VERSION = "data-2"
+PIPELINE_CODE_VERSION = "data-3"
 CACHE_EXPIRATION = timedelta(days=30)
 
 
@@ -95,8 +99,16 @@ def ingest_sources(
     validation: ValidationConfig,
     max_items_per_shard: int = 500,
     progress=None,
+    executor: DataExecutorConfig | None = None,
+    submit: SubmitShard | None = None,
+    shard_progress=None,
 ) -> IngestReport:
     """Ingest every source into one staged dataset; reuses an identical earlier ingest.
+
+    ``executor`` local (or None): in this process. A ``dask-*`` executor: shard-parallel
+    (``tasks.data.shard_ingest``), each shard submitted with ``submit`` (default: one Prefect task run
+    on the current flow's task runner, which must be that executor's ``DaskTaskRunner``). Both give the
+    same staged dataset, so the staging folder and its key do not depend on the executor.
 
     Raises ``SourceNotFoundError`` before reading anything if a source location does not exist.
     The report may say that nothing was accepted: ``require_accepted`` turns that into the failure."""
@@ -104,15 +116,26 @@ def ingest_sources(
         check_source(source)
     key = ingest_cache_key(sources, validation, max_items_per_shard)
     out_dir = staging_dir("ingest", key)
+    parts_dir = staging_dir("ingest-parts", key)
+    extra = {"sources": [s.model_dump() for s in sources]}
+    sharded = executor is not None and not executor.is_local
 
     def produce(private: Path) -> None:
         items = itertools.chain.from_iterable(source.read() for source in sources)
-        ingest_items(
-            items, private, validation, max_items_per_shard=max_items_per_shard,
-            extra={"sources": [s.model_dump() for s in sources]}, progress=progress, published_dir=out_dir,
+        if not sharded:
+            ingest_items(items, private, validation, max_items_per_shard=max_items_per_shard, extra=extra,
+                         progress=progress, published_dir=out_dir)
+            return
+        ingest_sharded(
+            items, private, parts_dir, validation, submit or submit_to_task_runner(executor.shard_retries),
+            max_items_per_shard=max_items_per_shard, items_per_task=executor.items_per_shard_task(max_items_per_shard),
+            max_tasks_in_flight=executor.tasks_in_flight(), extra=extra, published_dir=out_dir, progress=progress,
+            shard_progress=shard_progress, allowed_worker_deaths=executor.allowed_worker_deaths,
         )
 
     produce_once(out_dir, produce, _reusable)  # private folder, then one atomic rename (tasks.publish)
+    if sharded:
+        shutil.rmtree(parts_dir, ignore_errors=True)  # the parts are in the published dataset now
     return IngestReport.model_validate_json((out_dir / REPORT_FILE).read_text())
 
 
@@ -147,16 +170,38 @@ def retry_if_transient(_task, _task_run, state) -> bool:
 def ingest_sources_task(
     sources: list[SourceSpec], validation: ValidationConfig, max_items_per_shard: int = 500, label: str = "dataset"
 ) -> IngestReport:
-    """Read, validate and shard the sources; counts go to a table artifact, bad items to quarantine.
+    """Read, validate and shard the sources in this process; counts go to a table artifact, bad items to
+    quarantine. Fails without retrying when a source does not exist or nothing is accepted."""
+    logger = get_run_logger()
+    return ingest_with_records(sources, validation, label, lambda: ingest_sources(
+        sources, validation, max_items_per_shard,
+        progress=lambda n, ok, bad: logger.info("ingest: %d items read, %d accepted, %d quarantined", n, ok, bad),
+    ))
 
-    Fails without retrying when a source does not exist or nothing is accepted."""
+
+def ingest_on_cluster(
+    sources: list[SourceSpec], validation: ValidationConfig, max_items_per_shard: int, executor: DataExecutorConfig,
+    label: str = "dataset",
+) -> IngestReport:
+    """The ingest shard-parallel on the current flow's Dask task runner (one ``ingest-shard`` task run per
+    shard), with the same records as ``ingest_sources_task``: the body of the ``ingest-shards`` flow."""
+    logger = get_run_logger()
+    return ingest_with_records(sources, validation, label, lambda: ingest_sources(
+        sources, validation, max_items_per_shard, executor=executor,
+        progress=lambda n, ok, bad: logger.info("ingest merge: %d items, %d accepted, %d quarantined", n, ok, bad),
+        shard_progress=logger.info,
+    ))
+
+
+def ingest_with_records(
+    sources: list[SourceSpec], validation: ValidationConfig, label: str, run_ingest: Callable[[], IngestReport]
+) -> IngestReport:
+    """Run an ingest inside its OpenLineage run and publish what it did: the counts table, the rules in
+    force, the lineage output; fails with the counts if nothing was accepted (``require_accepted``)."""
     logger = get_run_logger()
     read = [LineageDataset(name=s.location, content_hash=source_fingerprint(s), extra={"kind": s.kind}) for s in sources]
     with lineage_run("ingest", read) as written:
-        report = ingest_sources(
-            sources, validation, max_items_per_shard,
-            progress=lambda n, ok, bad: logger.info("ingest: %d items read, %d accepted, %d quarantined", n, ok, bad),
-        )
+        report = run_ingest()
         create_table_artifact(
             key=f"ingest-counts-{label}".replace("_", "-").lower(),
             table=report.table_rows(),
