@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from flows.retrain_flow import retrain
 from tests.flows.test_retrain_e2e import _small_params
-result = retrain(_small_params(Path(sys.argv[1]), mode="skip"))
+result = retrain(_small_params(Path(sys.argv[1]), mode="skip", pretrain_steps=6))
 Path(sys.argv[2]).write_text(result.model_dump_json())
 """
 

@@ -30,15 +30,17 @@ PROGRESS_STAGE_STEPS = 120
 """Stage 2 runs long enough (tens of seconds here) for the browser to see it half done."""
 
 
-def _small_stages():
+def _small_stages(pretrain_steps: int = PROGRESS_STAGE_STEPS):
     from eve_model.training.config import StageId, StageOverrides
 
     tiny = dict(global_batch_size_samples=4, micro_batch_size_samples=2, progress_interval_seconds=1.0)
-    steps = {StageId.BASE_LLM: 4, StageId.PREALIGN: 2, StageId.PRETRAIN: PROGRESS_STAGE_STEPS, StageId.SFT: 3}
+    steps = {StageId.BASE_LLM: 4, StageId.PREALIGN: 2, StageId.PRETRAIN: pretrain_steps, StageId.SFT: 3}
     return {stage: StageOverrides(max_steps=count, **tiny) for stage, count in steps.items()}
 
 
-def _small_params(demo_dir: Path, mode: str):
+def _small_params(demo_dir: Path, mode: str, pretrain_steps: int = PROGRESS_STAGE_STEPS):
+    """The demo recipe at test size. Stage 2 runs ``pretrain_steps`` (long enough by default for the
+    browser to watch its progress; tests that do not watch it pass a few)."""
     from flows.parameters import EvaluationParameters, PromotionParameters
     from flows.recipes import demo
     from tasks.caption.config import CaptionConfig
@@ -57,7 +59,7 @@ def _small_params(demo_dir: Path, mode: str):
         "captions": CaptionConfig(backend="source", source_field="true_caption"),
         # 24 scenes: a few repeated descriptions are a large share, so only hard row rules apply.
         "caption_quality": CaptionGateThresholds(max_duplicate_rate=1.0, max_filtered_fraction=1.0),
-        "training": TrainingParameters(stage_overrides=_small_stages()),
+        "training": TrainingParameters(stage_overrides=_small_stages(pretrain_steps)),
         "evaluation": EvaluationParameters(
             harness=HarnessConfig(batch_size=8, max_new_tokens=4, show_progress=False),
             gate=GatePolicy(thresholds=[MetricThreshold(metric="demo_vqa/accuracy", minimum=0.0)]),

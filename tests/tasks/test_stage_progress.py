@@ -40,6 +40,10 @@ def test_the_log_handler_keeps_platform_lines_drops_chatter_and_feeds_progress()
 
 
 @pytest.mark.slow
+PROGRESS_STEPS = 60
+"""Steps of the watched stage: several seconds of training even on a fast machine (lines every 0.5 s)."""
+
+
 def test_a_running_stage_shows_progress_in_its_log_and_its_artifact_before_it_ends(prefect_server, eve_home, tmp_path):
     from prefect import flow, get_client
     from prefect.client.schemas.filters import (
@@ -57,7 +61,7 @@ def test_a_running_stage_shows_progress_in_its_log_and_its_artifact_before_it_en
         job=JobSpec(name="progress", command=["eve_model.train"], workdir=REPO_ROOT, tasks_per_node=1,
                     time_limit_minutes=10, log_dir=tmp_path / "logs", pre_timeout_signal_seconds=0),
         stage_overrides={StageId.BASE_LLM: StageOverrides(
-            max_steps=150, global_batch_size_samples=4, micro_batch_size_samples=4, max_sequence_length_tokens=96,
+            max_steps=PROGRESS_STEPS, global_batch_size_samples=4, micro_batch_size_samples=4, max_sequence_length_tokens=96,
             checkpoint_interval_steps=1000, wandb_mode="disabled", progress_interval_seconds=0.5)},
     )
     seen_while_running: list[float] = []
@@ -103,9 +107,9 @@ def test_a_running_stage_shows_progress_in_its_log_and_its_artifact_before_it_en
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     messages = [log.message for log in sorted(logs, key=lambda log: log.timestamp)]
     progress_lines = [m for m in messages if m.startswith("[eve.progress] stage base-llm")]
-    assert progress_lines[0].startswith("[eve.progress] stage base-llm step 1/150")
-    assert progress_lines[-1].startswith("[eve.progress] stage base-llm step 150/150 (100.0%)")
-    assert 3 <= len(progress_lines) <= 150  # throttled: not one per step unless the steps are slow
+    assert progress_lines[0].startswith(f"[eve.progress] stage base-llm step 1/{PROGRESS_STEPS}")
+    assert progress_lines[-1].startswith(f"[eve.progress] stage base-llm step {PROGRESS_STEPS}/{PROGRESS_STEPS} (100.0%)")
+    assert 3 <= len(progress_lines) <= PROGRESS_STEPS  # throttled: not one per step unless the steps are slow
     assert not [m for m in messages if "%|" in m or "OMP_NUM_THREADS" in m or m.strip("*") == ""]
     # Everything the job printed, chatter included, stays in its own log file.
     assert "[eve.progress]" in "".join(p.read_text() for p in Path(result.output_dir, "logs").glob("*.log"))

@@ -30,7 +30,7 @@ def _chain(demo_dir, sources):
     from tasks.lineage.assemble import dataset_chain, raw_source_refs
     from tests.flows.test_retrain_e2e import _small_params
 
-    params = _small_params(demo_dir, mode="skip")
+    params = _small_params(demo_dir, mode="skip", pretrain_steps=6)
     params = params.model_copy(update={"data": params.data.model_copy(update={
         "sources": sources.captions, "sft_sources": sources.sft})})
     prepared = data_only(params)
