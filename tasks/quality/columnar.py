@@ -83,13 +83,17 @@ class Framed:
     """Index one past each caption's last byte (its following separator)."""
 
     @classmethod
-    def of(cls, data: np.ndarray, offsets: np.ndarray) -> "Framed":
-        rows = np.arange(len(offsets) - 1, dtype=np.int64)
-        framed = np.insert(data, offsets[:-1], np.uint8(SEPARATOR))
+    def of(cls, strings: pa.Array) -> "Framed":
+        """Frame a ``large_string`` array without nulls."""
+        if len(strings) == 0:
+            return cls(data=np.array([SEPARATOR], dtype=np.uint8), starts=np.zeros(0, np.int64), ends=np.zeros(0, np.int64))
+        # Each caption followed by the separator (one C++ pass), and one more in front of all.
+        empty, separator = pa.scalar("", pa.large_string()), pa.scalar(chr(SEPARATOR), pa.large_string())
+        joined, offsets = byte_buffers(pc.binary_join_element_wise(strings, empty, separator))
         return cls(
-            data=np.append(framed, np.uint8(SEPARATOR)),
-            starts=offsets[:-1] + rows + 1,
-            ends=offsets[1:] + rows + 1,
+            data=np.concatenate((np.array([SEPARATOR], dtype=np.uint8), joined)),
+            starts=offsets[:-1] + 1,
+            ends=offsets[1:],
         )
 
     def count_per_row(self, positions: np.ndarray) -> np.ndarray:
@@ -164,11 +168,25 @@ def first_occurrence_order(codes: np.ndarray, cardinality: int) -> np.ndarray:
 
 
 def pair_keys(high: np.ndarray, low: np.ndarray, low_cardinality: int) -> np.ndarray:
-    """One int64 key per pair (high, low), equal exactly when both are equal."""
+    """One int64 key per pair (high, low), equal exactly when both are equal (``low`` in
+    [0, low_cardinality), ``high`` >= 0)."""
     high_cardinality = int(high.max()) + 1 if high.size else 0
+    if high_cardinality * max(low_cardinality, 1) >= 2**63:
+        high = group(high).codes  # renumbered densely: fewer distinct values than elements
+        high_cardinality = int(high.max()) + 1
     if high_cardinality * max(low_cardinality, 1) >= 2**63:
         raise OverflowError("pair keys exceed int64; process fewer rows at a time")
     return high.astype(np.int64) * np.int64(low_cardinality) + low
+
+
+def stable_order(codes: np.ndarray, cardinality: int) -> np.ndarray:
+    """``np.argsort(codes, kind="stable")`` for codes in [0, cardinality), as 16-bit radix passes."""
+    if cardinality <= 1 << 16:
+        return np.argsort(codes.astype(np.uint16), kind="stable")
+    by_low = np.argsort((codes & 0xFFFF).astype(np.uint16), kind="stable")
+    if cardinality <= 1 << 32:
+        return by_low[np.argsort((codes[by_low] >> 16).astype(np.uint16), kind="stable")]
+    return np.argsort(codes, kind="stable")
 
 
 __all__ = [
@@ -183,5 +201,6 @@ __all__ = [
     "offsets_of",
     "pair_keys",
     "row_of",
+    "stable_order",
     "string_array",
 ]

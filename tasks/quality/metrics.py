@@ -64,6 +64,7 @@ from tasks.quality.columnar import (
     offsets_of,
     pair_keys,
     row_of,
+    stable_order,
     string_array,
 )
 from tasks.quality.near_duplicates import bigram_shingles_ragged, find_near_duplicates
@@ -171,8 +172,11 @@ def _text_metrics(text: str) -> tuple:
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
-def _is_plain_byte(data: np.ndarray) -> np.ndarray:
-    return ((data >= 0x20) & (data < 0x7F)) | (data == 9) | (data == 10) | (data == 13)
+def _not_plain_positions(data: np.ndarray) -> np.ndarray:
+    """Sorted positions of bytes outside the plain set (non-ASCII, DEL, controls but tab/newline/CR)."""
+    controls = np.flatnonzero(data < 0x20)
+    controls = controls[(data[controls] != 9) & (data[controls] != 10) & (data[controls] != 13)]
+    return np.union1d(np.flatnonzero(data >= 0x7F), controls)
 
 
 def _is_space_byte(data: np.ndarray) -> np.ndarray:
@@ -182,10 +186,13 @@ def _is_space_byte(data: np.ndarray) -> np.ndarray:
 
 def _is_word_byte(data: np.ndarray) -> np.ndarray:
     """``\\w`` among plain bytes: ASCII letters, digits and the underscore."""
-    with np.errstate(over="ignore"):
-        letter = (data | np.uint8(0x20)) - np.uint8(ord("a")) < 26
-        digit = data - np.uint8(ord("0")) < 10
-    return letter | digit | (data == ord("_"))
+    scratch = data | np.uint8(0x20)  # lower case
+    np.subtract(scratch, np.uint8(ord("a")), out=scratch)  # wraps: letters become 0..25
+    word = scratch < 26
+    np.subtract(data, np.uint8(ord("0")), out=scratch)
+    word |= scratch < 10
+    word |= data == ord("_")
+    return word
 
 
 def _re2(pattern: re.Pattern, *, applied_to_stripped_text: bool = False) -> str:
@@ -221,10 +228,12 @@ def _count_between(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def _repetition_columns(ids: np.ndarray, counts: np.ndarray, vocabulary_size: int) -> tuple[np.ndarray, np.ndarray]:
     """``_repetition`` for every row at once: (distinct trigram ratio, longest repeated n-gram).
 
-    ``ids`` are the rows' words as integer codes (equal words, equal codes), ``counts`` the words
-    per row. N-grams are grouped exactly (``group``), one word longer per step, and a step keeps
-    only the positions whose n-gram repeats in its row: only those can start a longer repeat, and
-    a trigram that repeats an earlier one is among them, which gives the distinct trigrams.
+    ``ids`` are the rows' words as integer codes in [0, vocabulary_size) (equal words, equal
+    codes), ``counts`` the words per row. A word repeats in its row when the previous occurrence
+    of the same word (a stable sort by word) is in the same row. Longer n-grams are grouped
+    exactly (``group``), one word longer per step, keeping only positions whose n-gram repeats in
+    its row: only those can start a longer repeat, and a trigram that repeats an earlier one is
+    among them, which gives the distinct trigrams.
     """
     rows = len(counts)
     ratio = np.ones(rows, dtype=np.float64)
@@ -232,24 +241,28 @@ def _repetition_columns(ids: np.ndarray, counts: np.ndarray, vocabulary_size: in
     repeated_trigrams = np.zeros(rows, dtype=np.int64)
     if ids.size:
         row = row_of(counts)
-        remaining = counts[row] - (np.arange(ids.size, dtype=np.int64) - offsets_of(counts)[:-1][row])
-        at = np.arange(ids.size, dtype=np.int64)
-        grams = group(pair_keys(row, ids, vocabulary_size))  # n = 1: the words, per row
+        row_starts = offsets_of(counts)[:-1]
+        by_word = stable_order(ids, vocabulary_size)
+        word, word_row = ids[by_word], row[by_word]
+        again = (word[1:] == word[:-1]) & (word_row[1:] == word_row[:-1])  # sorted i + 1 repeats sorted i
+        repeated_sorted = np.zeros(ids.size, dtype=bool)
+        repeated_sorted[1:] = again
+        repeated_sorted[:-1] |= again
+        at = np.sort(by_word[repeated_sorted])  # positions of words that occur twice in their row
+        key = pair_keys(row[at], ids[at], vocabulary_size)
         length = 1
-        while True:
+        while at.size:
+            longest[row[at]] = length
+            length += 1
+            extendable = at + length <= row_starts[row[at]] + counts[row[at]]
+            at, key = at[extendable], key[extendable]
+            if at.size == 0:
+                break
+            grams = group(pair_keys(key, ids[at + length - 1], vocabulary_size))
             if length == 3:
                 repeated_trigrams = np.bincount(row[at[grams.later]], minlength=rows)
             repeated = grams.repeated
-            at, codes = at[repeated], grams.codes[repeated]
-            if at.size == 0:
-                break
-            longest[row[at]] = length
-            length += 1
-            extendable = remaining[at] >= length
-            at, codes = at[extendable], codes[extendable]
-            if at.size == 0:
-                break
-            grams = group(pair_keys(codes, ids[at + length - 1], vocabulary_size))
+            at, key = at[repeated], grams.codes[repeated]
     trigrams = counts - 2
     has_trigrams = trigrams > 0
     ratio[has_trigrams] = (trigrams[has_trigrams] - repeated_trigrams[has_trigrams]) / trigrams[has_trigrams]
@@ -298,15 +311,15 @@ def _sha1_digests(buffer: bytes, lengths: np.ndarray) -> np.ndarray:
 def _plain_columns(strings: pa.Array) -> _ChunkColumns:
     """The metrics of plain captions, computed column at a time (identical to ``_text_metrics``)."""
     count = len(strings)
-    framed = Framed.of(*byte_buffers(strings))
+    framed = Framed.of(strings)
     space = _is_space_byte(framed.data)
     text = ~space
     word_byte = _is_word_byte(framed.data)
 
     # Whitespace words (str.split): num_words, non-language share, the whitespace-normalised text.
     raw = framed.runs(text)
-    raw_bytes = framed.data[text]
-    raw_codes, raw_words = dictionary_codes(string_array(raw_bytes, raw.lengths))
+    raw_strings = framed.run_strings(text, raw)
+    raw_codes, raw_words = dictionary_codes(raw_strings)
     alphabetic = np.fromiter((_is_alphabetic_word(word) for word in raw_words), dtype=bool, count=len(raw_words))
     raw_offsets = offsets_of(raw.counts)
     non_language_words = _count_between(np.flatnonzero(~alphabetic[raw_codes]), raw_offsets)
@@ -315,12 +328,9 @@ def _plain_columns(strings: pa.Array) -> _ChunkColumns:
     non_language[has_words] = non_language_words[has_words] / raw.counts[has_words]
 
     # normalize_caption: the whitespace words joined by one space; its SHA-1 is the text hash.
-    word_starts = offsets_of(raw.lengths)
-    between_words = np.ones(raw.lengths.size, dtype=bool)
-    between_words[raw_offsets[:-1][has_words]] = False  # no space before a caption's first word
-    normalized = np.insert(raw_bytes, word_starts[:-1][between_words], np.uint8(ord(" ")))
-    normalized_lengths = np.diff(word_starts[raw_offsets]) + np.maximum(raw.counts - 1, 0)
-    text_digest = _sha1_digests(normalized.tobytes(), normalized_lengths)
+    word_lists = pa.LargeListArray.from_arrays(pa.array(raw_offsets), raw_strings)
+    normalized, normalized_offsets = byte_buffers(pc.binary_join(word_lists, pa.scalar(" ", pa.large_string())))
+    text_digest = _sha1_digests(normalized.tobytes(), np.diff(normalized_offsets))
 
     # Tokens (\w+|[^\w\s]): runs of word bytes plus single other non-space bytes.
     word_runs = framed.runs(word_byte)
@@ -398,7 +408,7 @@ def _chunk_columns(texts: list[str]) -> _ChunkColumns:
     """Plain captions column at a time, the others row-wise, merged back into input order."""
     strings = pa.array(texts, type=pa.large_string())
     data, offsets = byte_buffers(strings)
-    not_plain = np.unique(np.searchsorted(offsets, np.flatnonzero(~_is_plain_byte(data)), side="right") - 1)
+    not_plain = np.unique(np.searchsorted(offsets, _not_plain_positions(data), side="right") - 1)
     if not_plain.size == 0:
         return _plain_columns(strings)
     plain = np.ones(len(texts), dtype=bool)

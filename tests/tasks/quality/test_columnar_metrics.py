@@ -65,8 +65,8 @@ def _random_mixed(rng: random.Random) -> str:
 
 
 def _row_wise(monkeypatch: pytest.MonkeyPatch):
-    """Make every caption take the row-wise reference (no byte is plain)."""
-    monkeypatch.setattr(metrics, "_is_plain_byte", lambda data: np.zeros(data.shape, dtype=bool))
+    """Make every caption take the row-wise reference."""
+    monkeypatch.setattr(metrics, "_plain_columns", lambda strings: metrics._rowwise_columns(strings.to_pylist()))
 
 
 def _assert_same_tables(monkeypatch, captions: list[str | None], image_ids=None, near=0.8) -> pd.DataFrame:
