@@ -90,7 +90,12 @@ def bigram_shingles_ragged(word_ids: np.ndarray, counts: np.ndarray) -> Shingles
 
 
 def minhash_signatures(shingles: Shingles | list[set[int]]) -> np.ndarray:
-    """MinHash signatures, shape (num_captions, NUM_HASHES), uint64; empty sets get all-max rows.
+    """MinHash signatures, shape (num_captions, NUM_HASHES), uint64; empty sets get all-max rows."""
+    return _signatures_by_hash(shingles).T.copy()
+
+
+def _signatures_by_hash(shingles: Shingles | list[set[int]]) -> np.ndarray:
+    """MinHash signatures, shape (NUM_HASHES, num_captions): one contiguous row per hash function.
 
     Computed in cache-sized blocks of captions, one hash function at a time, in place: the
     arithmetic is the same as hashing every shingle with every function at once, so the
@@ -103,7 +108,7 @@ def minhash_signatures(shingles: Shingles | list[set[int]]) -> np.ndarray:
     lengths = np.diff(shingles.offsets)
     non_empty = np.flatnonzero(lengths > 0)
     if non_empty.size == 0:
-        return signatures.T.copy()
+        return signatures
     with np.errstate(over="ignore"):
         mixed_input = shingles.flat * _MIX
     block = np.empty(_BLOCK_SHINGLES + int(lengths.max()), dtype=np.uint64)
@@ -129,7 +134,7 @@ def minhash_signatures(shingles: Shingles | list[set[int]]) -> np.ndarray:
                 np.bitwise_xor(hashed, scratch, out=hashed)
                 signatures[h, rows] = np.minimum.reduceat(hashed, row_starts)
         first = last
-    return signatures.T.copy()
+    return signatures
 
 
 def find_near_duplicates(
@@ -149,14 +154,15 @@ def find_near_duplicates(
     rows = np.flatnonzero(eligible)
     if rows.size < 2:
         return duplicate_of
-    signatures = minhash_signatures(shingles)
+    signatures = _signatures_by_hash(shingles)
+    if rows.size < count:
+        signatures = signatures[:, rows]
     prime = np.uint64(1099511628211)
     for band_start in range(0, NUM_HASHES, ROWS_PER_BAND):
-        band = signatures[rows, band_start : band_start + ROWS_PER_BAND]
         with np.errstate(over="ignore"):
             keys = np.zeros(rows.size, dtype=np.uint64)
-            for column in range(band.shape[1]):
-                keys = keys * prime + band[:, column]
+            for hash_index in range(band_start, band_start + ROWS_PER_BAND):
+                keys = keys * prime + signatures[hash_index]
         # The first row with each band key is the candidate for every later row with that key.
         bands = group(keys)
         group_first = bands.first[bands.codes]
