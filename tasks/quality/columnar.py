@@ -156,6 +156,20 @@ def group(keys: np.ndarray) -> Groups:
     return Groups(codes=codes, count=int(first.size), first=first)
 
 
+def earlier_equal(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, firsts): every position whose key occurred at an earlier position, in order,
+    and the position of that key's first occurrence. Exact for any keys; fast for well-mixed keys
+    (hashes): they are spread into buckets by their top bits, and only the few keys that share a
+    bucket are sorted."""
+    bits = max(10, int(np.ceil(np.log2(max(keys.size, 1)))) + 3)
+    bucket = (keys.astype(np.uint64, copy=False) >> np.uint64(64 - bits)).astype(np.intp)
+    crowded = np.flatnonzero(np.bincount(bucket, minlength=1 << bits)[bucket] > 1)
+    groups = group(keys[crowded])
+    firsts = crowded[groups.first[groups.codes]]
+    later = firsts != crowded
+    return crowded[later], firsts[later]
+
+
 def first_occurrence_order(codes: np.ndarray, cardinality: int) -> np.ndarray:
     """For codes in [0, cardinality): new code per old code, numbered in order of first occurrence
     (-1 for codes that do not occur)."""
@@ -182,7 +196,7 @@ def pair_keys(high: np.ndarray, low: np.ndarray, low_cardinality: int) -> np.nda
 def stable_order(codes: np.ndarray, cardinality: int) -> np.ndarray:
     """``np.argsort(codes, kind="stable")`` for codes in [0, cardinality), as 16-bit radix passes."""
     if cardinality <= 1 << 16:
-        return np.argsort(codes.astype(np.uint16), kind="stable")
+        return np.argsort(codes.astype(np.uint16, copy=False), kind="stable")
     by_low = np.argsort((codes & 0xFFFF).astype(np.uint16), kind="stable")
     if cardinality <= 1 << 32:
         return by_low[np.argsort((codes[by_low] >> 16).astype(np.uint16), kind="stable")]
@@ -196,6 +210,7 @@ __all__ = [
     "Runs",
     "byte_buffers",
     "dictionary_codes",
+    "earlier_equal",
     "first_occurrence_order",
     "group",
     "offsets_of",

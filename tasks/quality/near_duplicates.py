@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasks.quality.columnar import group
+from tasks.quality.columnar import earlier_equal
 
 NUM_HASHES = 32
 ROWS_PER_BAND = 2
@@ -71,21 +71,18 @@ def bigram_shingles_ragged(word_ids: np.ndarray, counts: np.ndarray) -> Shingles
     counts = np.asarray(counts, dtype=np.int64)
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    # A pair (i, i + 1) is a bigram when both words are in the same caption.
-    same_caption = np.ones(max(len(word_ids) - 1, 0), dtype=bool)
-    same_caption[offsets[1:-1][(offsets[1:-1] > 0) & (offsets[1:-1] < len(word_ids))] - 1] = False
-    pair_starts = np.flatnonzero(same_caption)
-    single = np.flatnonzero(counts == 1)
     per_row = np.maximum(counts - 1, 0) + (counts == 1)
     shingle_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(per_row, out=shingle_offsets[1:])
-    # A caption of two or more words has exactly its bigrams, (a, b) -> (a << 24) ^ b, in order;
-    # a one-word caption has its word's id.
-    flat = np.empty(int(shingle_offsets[-1]), dtype=np.uint64)
-    is_single = np.zeros(flat.size, dtype=bool)
-    is_single[shingle_offsets[single]] = True
-    flat[~is_single] = (word_ids[pair_starts] << np.uint64(24)) ^ word_ids[pair_starts + 1]
-    flat[is_single] = word_ids[offsets[single]]
+    # Bigram (a, b) -> (a << 24) ^ b for every pair of neighbouring words, then without the pairs
+    # that straddle two captions; a one-word caption's shingle is its word's id, put in its place.
+    with np.errstate(over="ignore"):
+        bigrams = (word_ids[:-1] << np.uint64(24)) ^ word_ids[1:]
+    row_starts = offsets[1:-1]
+    straddling = np.unique(row_starts[(row_starts > 0) & (row_starts < word_ids.size)] - 1)
+    bigrams = np.delete(bigrams, straddling)
+    single = np.flatnonzero(counts == 1)
+    flat = np.insert(bigrams, shingle_offsets[single] - np.arange(single.size), word_ids[offsets[single]])
     return Shingles(flat=flat, offsets=shingle_offsets)
 
 
@@ -164,10 +161,9 @@ def find_near_duplicates(
             for hash_index in range(band_start, band_start + ROWS_PER_BAND):
                 keys = keys * prime + signatures[hash_index]
         # The first row with each band key is the candidate for every later row with that key.
-        bands = group(keys)
-        group_first = bands.first[bands.codes]
-        for position in np.flatnonzero(group_first != np.arange(rows.size)):
-            row, candidate = int(rows[position]), int(rows[group_first[position]])
+        positions, firsts = earlier_equal(keys)
+        for position, first_position in zip(positions.tolist(), firsts.tolist()):
+            row, candidate = int(rows[position]), int(rows[first_position])
             if duplicate_of[row] != -1:
                 continue
             first, second = shingles.set_of(candidate), shingles.set_of(row)

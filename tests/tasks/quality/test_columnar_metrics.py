@@ -18,7 +18,7 @@ import pytest
 
 import tasks.quality.metrics as metrics
 from tasks.caption.normalize import comparison_words
-from tasks.quality.columnar import group
+from tasks.quality.columnar import earlier_equal, group
 from tasks.quality.near_duplicates import Shingles, bigram_shingles, bigram_shingles_ragged, minhash_signatures
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "real_data" / "openclipart_captions.jsonl"
@@ -158,3 +158,24 @@ def test_ragged_shingles_round_trip_sets() -> None:
     sets = [set(), {1}, {5, 2, 9}, set(), {2**40 + 3}]
     shingles = Shingles.from_sets(sets)
     assert [shingles.set_of(row) for row in range(len(sets))] == sets
+
+
+def test_ragged_bigram_shingles_equal_the_per_caption_ones() -> None:
+    captions = [[], ["a"], ["a", "b"], ["b", "a", "b", "a"], [], ["c"], ["c"], ["d", "a", "c"], []]
+    vocabulary: dict[str, int] = {}
+    expected = [bigram_shingles(words, vocabulary) if words else set() for words in captions]
+    ids = np.array([vocabulary[word] for words in captions for word in words])
+    ragged = bigram_shingles_ragged(ids, np.array([len(words) for words in captions]))
+    assert [ragged.set_of(row) for row in range(len(captions))] == expected
+    assert np.diff(ragged.offsets).tolist() == [0, 1, 1, 3, 0, 1, 1, 2, 0]
+
+
+def test_earlier_equal_finds_every_repeat_and_its_first() -> None:
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2**64 - 1, size=5_000, dtype=np.uint64)
+    keys[rng.integers(0, 5_000, size=500)] = keys[rng.integers(0, 5_000, size=500)]  # plant repeats
+    positions, firsts = earlier_equal(keys)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    expected = np.flatnonzero(first[inverse] != np.arange(keys.size))
+    assert np.array_equal(positions, expected) and np.array_equal(firsts, first[inverse][expected])
+    assert positions.size > 300
