@@ -155,6 +155,14 @@ def find_near_duplicates(
     if rows.size < count:
         signatures = signatures[:, rows]
     prime = np.uint64(1099511628211)
+    sets: dict[int, set[int]] = {}  # a band's first row is the candidate of many rows, in many bands
+
+    def set_of(row: int) -> set[int]:
+        found = sets.get(row)
+        if found is None:
+            found = sets[row] = shingles.set_of(row)
+        return found
+
     for band_start in range(0, NUM_HASHES, ROWS_PER_BAND):
         with np.errstate(over="ignore"):
             keys = np.zeros(rows.size, dtype=np.uint64)
@@ -166,7 +174,7 @@ def find_near_duplicates(
             row, candidate = int(rows[position]), int(rows[first_position])
             if duplicate_of[row] != -1:
                 continue
-            first, second = shingles.set_of(candidate), shingles.set_of(row)
+            first, second = set_of(candidate), set_of(row)
             union = len(first | second)
             if union and len(first & second) / union >= jaccard_threshold:
                 duplicate_of[row] = candidate
