@@ -155,7 +155,7 @@ def find_near_duplicates(
     if rows.size < count:
         signatures = signatures[:, rows]
     prime = np.uint64(1099511628211)
-    sets: dict[int, set[int]] = {}  # a band's first row is the candidate of many rows, in many bands
+    sets: dict[int, set[int]] = {}  # a band's first row is the candidate of many rows (kept per band)
 
     def set_of(row: int) -> set[int]:
         found = sets.get(row)
@@ -164,6 +164,7 @@ def find_near_duplicates(
         return found
 
     for band_start in range(0, NUM_HASHES, ROWS_PER_BAND):
+        sets.clear()
         with np.errstate(over="ignore"):
             keys = np.zeros(rows.size, dtype=np.uint64)
             for hash_index in range(band_start, band_start + ROWS_PER_BAND):
