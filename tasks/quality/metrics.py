@@ -293,7 +293,7 @@ class _ChunkColumns:
     """``comparison_words`` of every caption as codes into ``words`` (int64, caption after caption)."""
     word_counts: np.ndarray
     words: list[str]
-    """The distinct comparison words in order of first occurrence (codes index this list)."""
+    """The distinct comparison words in order of first occurrence (codes index this list, no word twice)."""
     rowwise_count: int = 0
     """Captions computed by the row-wise reference (not plain)."""
 
@@ -428,27 +428,38 @@ def _chunk_columns(texts: list[str]) -> _ChunkColumns:
     for rows, part, base in ((np.flatnonzero(plain), plain_part, 0), (not_plain, other_part, len(plain_part.words))):
         within = np.arange(part.word_codes.size) - offsets_of(part.word_counts)[:-1][row_of(part.word_counts)]
         word_codes[word_offsets[rows][row_of(part.word_counts)] + within] = part.word_codes + base
-    words = plain_part.words + other_part.words
-    renumbered = first_occurrence_order(word_codes, len(words))
+    # One code per distinct word (a word may be in both parts' lists), numbered by first occurrence.
+    distinct: dict[str, int] = {}
+    same_word = np.fromiter((distinct.setdefault(word, len(distinct)) for word in plain_part.words + other_part.words),
+                            dtype=np.int64, count=len(plain_part.words) + len(other_part.words))
+    word_codes = same_word[word_codes]
+    renumbered = first_occurrence_order(word_codes, len(distinct))
     ordered_words = [""] * int((renumbered >= 0).sum())
-    for old, new in enumerate(renumbered.tolist()):
+    for word, new in zip(distinct, renumbered.tolist()):
         if new >= 0:
-            ordered_words[new] = words[old]
+            ordered_words[new] = word
     return _ChunkColumns(texts=strings, **merged, word_codes=renumbered[word_codes], words=ordered_words,
                          rowwise_count=other_part.rowwise_count)
 
 
 def _concatenate(chunks: list[_ChunkColumns]) -> _ChunkColumns:
-    """Columns of consecutive chunks -> one. Word codes index the chunks' word lists concatenated,
-    which may then hold a word more than once (``compute_caption_metrics`` unifies them)."""
+    """Columns of consecutive chunks -> one, its words numbered over all chunks in order of first
+    occurrence (each chunk's list is in that order within the chunk)."""
     if len(chunks) == 1:
         return chunks[0]
-    word_bases = np.cumsum([0] + [len(chunk.words) for chunk in chunks[:-1]])
+    vocabulary: dict[str, int] = {}
+    word_codes = np.empty(sum(chunk.word_codes.size for chunk in chunks), dtype=np.int64)
+    start = 0
+    for chunk in chunks:
+        renumbered = np.fromiter((vocabulary.setdefault(word, len(vocabulary)) for word in chunk.words),
+                                 dtype=np.int64, count=len(chunk.words))
+        np.take(renumbered, chunk.word_codes, out=word_codes[start : start + chunk.word_codes.size])
+        start += chunk.word_codes.size
     return _ChunkColumns(
         texts=pa.concat_arrays([chunk.texts for chunk in chunks]),
         **{name: np.concatenate([getattr(chunk, name) for chunk in chunks]) for name in _ROW_COLUMNS},
-        word_codes=np.concatenate([chunk.word_codes + base for chunk, base in zip(chunks, word_bases)]),
-        words=[word for chunk in chunks for word in chunk.words],
+        word_codes=word_codes,
+        words=list(vocabulary),
         rowwise_count=sum(chunk.rowwise_count for chunk in chunks),
     )
 
@@ -547,10 +558,9 @@ def compute_caption_metrics(
     cross_image_repeat = text_seen & ~exact_duplicate
     near_of = np.full(count, -1, dtype=np.int64)
     if near_duplicate_jaccard is not None:
-        # One id per distinct word, numbered in order of first occurrence over all captions (as
-        # bigram_shingles numbers them): the chunks' word lists are each in that order.
-        vocabulary_ids, _ = pd.factorize(np.array(columns.words, dtype=object))
-        shingles = bigram_shingles_ragged(vocabulary_ids[columns.word_codes], columns.word_counts)
+        # Word codes number the distinct words in order of first occurrence over all captions, as
+        # bigram_shingles numbers its vocabulary.
+        shingles = bigram_shingles_ragged(columns.word_codes, columns.word_counts)
         near_of = find_near_duplicates(shingles, near_duplicate_jaccard, (num_words >= 2) & ~text_seen)
     near_duplicate = near_of >= 0
     key_strings = pa.array(list(keys), type=pa.large_string())

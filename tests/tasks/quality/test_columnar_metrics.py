@@ -119,18 +119,19 @@ def test_random_pattern_edges_match_the_reference(monkeypatch) -> None:
 def test_chunks_and_mixed_paths_number_words_as_the_reference(monkeypatch) -> None:
     """Across chunks, and with plain and row-wise captions interleaved in a chunk, every word gets
     the vocabulary id ``bigram_shingles`` gives it (first occurrence over all captions)."""
-    monkeypatch.setattr(metrics, "CHUNK_CAPTIONS", 64)
     rng = random.Random(5)
     captions = [_random_mixed(rng) for _ in range(700)]
-    columns = metrics._all_columns(captions, workers=1, progress=False)
-    assert 0 < columns.rowwise_count < len(captions)
     vocabulary: dict[str, int] = {}
     expected = [bigram_shingles(comparison_words(text.strip()), vocabulary) if comparison_words(text.strip()) else set()
                 for text in captions]
-    ids, _ = pd.factorize(np.array(columns.words, dtype=object))
-    ragged = bigram_shingles_ragged(ids[columns.word_codes], columns.word_counts)
-    assert [ragged.set_of(row) for row in range(len(captions))] == expected
-    assert np.array_equal(minhash_signatures(ragged), minhash_signatures(expected))
+    for chunk_captions in (64, 1_000):  # several chunks; one chunk of both paths
+        monkeypatch.setattr(metrics, "CHUNK_CAPTIONS", chunk_captions)
+        columns = metrics._all_columns(captions, workers=1, progress=False)
+        assert 0 < columns.rowwise_count < len(captions)
+        assert columns.words == list(vocabulary)
+        ragged = bigram_shingles_ragged(columns.word_codes, columns.word_counts)
+        assert [ragged.set_of(row) for row in range(len(captions))] == expected
+        assert np.array_equal(minhash_signatures(ragged), minhash_signatures(expected))
 
 
 def test_worker_processes_and_chunks_give_the_same_table(monkeypatch) -> None:
