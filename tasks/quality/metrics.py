@@ -414,32 +414,36 @@ def _chunk_columns(texts: list[str]) -> _ChunkColumns:
         return _plain_columns(strings)
     plain = np.ones(len(texts), dtype=bool)
     plain[not_plain] = False
-    plain_part = _plain_columns(strings.filter(pa.array(plain)))
-    other_part = _rowwise_columns([texts[i] for i in not_plain.tolist()])
-    # Interleave the two parts back into input order.
+    return _interleave(strings, (np.flatnonzero(plain), _plain_columns(strings.filter(pa.array(plain)))),
+                       (not_plain, _rowwise_columns([texts[i] for i in not_plain.tolist()])))
+
+
+def _interleave(strings: pa.Array, *parts: tuple[np.ndarray, _ChunkColumns]) -> _ChunkColumns:
+    """The columns of ``strings`` from parts that computed disjoint subsets of its rows (row indices, columns)."""
     merged: dict[str, object] = {}
     for name in _ROW_COLUMNS:
-        values = getattr(plain_part, name)
-        column = np.empty((len(texts),) + values.shape[1:], dtype=values.dtype)
-        column[plain], column[not_plain] = values, getattr(other_part, name)
+        values = getattr(parts[0][1], name)
+        column = np.empty((len(strings),) + values.shape[1:], dtype=values.dtype)
+        for rows, part in parts:
+            column[rows] = getattr(part, name)
         merged[name] = column
+    # Each part's word codes, placed at its rows' words, then one code per distinct word (a word may
+    # be in several parts' lists), numbered by first occurrence.
     word_offsets = offsets_of(merged["word_counts"])
     word_codes = np.empty(int(word_offsets[-1]), dtype=np.int64)
-    for rows, part, base in ((np.flatnonzero(plain), plain_part, 0), (not_plain, other_part, len(plain_part.words))):
-        within = np.arange(part.word_codes.size) - offsets_of(part.word_counts)[:-1][row_of(part.word_counts)]
-        word_codes[word_offsets[rows][row_of(part.word_counts)] + within] = part.word_codes + base
-    # One code per distinct word (a word may be in both parts' lists), numbered by first occurrence.
     distinct: dict[str, int] = {}
-    same_word = np.fromiter((distinct.setdefault(word, len(distinct)) for word in plain_part.words + other_part.words),
-                            dtype=np.int64, count=len(plain_part.words) + len(other_part.words))
-    word_codes = same_word[word_codes]
+    for rows, part in parts:
+        same_word = np.fromiter((distinct.setdefault(word, len(distinct)) for word in part.words),
+                                dtype=np.int64, count=len(part.words))
+        within = np.arange(part.word_codes.size) - offsets_of(part.word_counts)[:-1][row_of(part.word_counts)]
+        word_codes[word_offsets[rows][row_of(part.word_counts)] + within] = same_word[part.word_codes]
     renumbered = first_occurrence_order(word_codes, len(distinct))
     ordered_words = [""] * int((renumbered >= 0).sum())
     for word, new in zip(distinct, renumbered.tolist()):
         if new >= 0:
             ordered_words[new] = word
     return _ChunkColumns(texts=strings, **merged, word_codes=renumbered[word_codes], words=ordered_words,
-                         rowwise_count=other_part.rowwise_count)
+                         rowwise_count=sum(part.rowwise_count for _, part in parts))
 
 
 def _concatenate(chunks: list[_ChunkColumns]) -> _ChunkColumns:
