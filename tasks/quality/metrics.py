@@ -27,10 +27,12 @@ measured on its own (``is_cross_image_repeat``), because for labels it is normal
 captions it is the sign of a collapsed teacher.
 
 How they are computed: column at a time. Captions are processed in chunks as one byte buffer
-(pyarrow): word and token counts, words, the text that is hashed and the repetition metrics come
-from byte masks and integer codes (``tasks.quality.columnar``), the pattern flags from RE2 over the
-whole column; only the distinct words of a chunk and the SHA-1 of each text are computed in
-Python. That columnar form is exact for "plain" captions, those made of printable ASCII, tab and
+(pyarrow): the whitespace words come from byte masks and become integer codes; each distinct word
+of a chunk is measured once in Python by the definitions themselves (alphabetic or not, its
+tokens, its comparison words), and every occurrence takes its word's values; the text that is
+hashed, the repetition metrics and the duplicates come from integer codes
+(``tasks.quality.columnar``), the pattern flags from RE2 over the whole column. Python runs per
+distinct word and per caption only for the SHA-1. That columnar form is exact for "plain" captions, those made of printable ASCII, tab and
 newlines: there Python's word and space classes, ``str.split``, NFC/NFKC and ``casefold`` and RE2's agree
 byte for byte. Any other caption (non-ASCII letters, typographic quotes, control characters) is
 computed by the row-wise reference, ``_text_metrics``, which is the definition. The tests check
@@ -80,6 +82,7 @@ MIN_CAPTIONS_FOR_WORKERS = 2 * CHUNK_CAPTIONS
 """Below this many captions, starting worker processes costs more than it saves."""
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
+_WORD_RUN = re.compile(r"\w+")  # what comparison_words keeps of a whitespace-free word
 _COMPLETE_ENDING = re.compile(r"[.!?][\"'\u201d\u2019)\]]*$")
 _ELLIPSIS_ENDING = re.compile(r"(\.\.\.|\u2026)[\"'\u201d\u2019)\]]*$")
 _BOILERPLATE_OPENING = re.compile(
@@ -184,17 +187,6 @@ def _is_space_byte(data: np.ndarray) -> np.ndarray:
     return data <= 0x20
 
 
-def _is_word_byte(data: np.ndarray) -> np.ndarray:
-    """``\\w`` among plain bytes: ASCII letters, digits and the underscore."""
-    scratch = data | np.uint8(0x20)  # lower case
-    np.subtract(scratch, np.uint8(ord("a")), out=scratch)  # wraps: letters become 0..25
-    word = scratch < 26
-    np.subtract(data, np.uint8(ord("0")), out=scratch)
-    word |= scratch < 10
-    word |= data == ord("_")
-    return word
-
-
 def _re2(pattern: re.Pattern, *, applied_to_stripped_text: bool = False) -> str:
     """The RE2 form of one of the patterns above, for plain text (where RE2's ASCII ``\\w \\s \\b
     \\d`` and Python's Unicode ones agree). ``applied_to_stripped_text``: Python searches
@@ -218,6 +210,13 @@ _RE2_ANY_SUSPECT = "(?i)" + "|".join(f"(?:{_re2(p).removeprefix('(?i)')})" for p
 
 def _matches(strings: pa.Array, pattern: str) -> np.ndarray:
     return pc.match_substring_regex(strings, pattern).to_numpy(zero_copy_only=False)
+
+
+def _sum_between(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sums of ``values`` over each [offsets[i], offsets[i + 1])."""
+    cumulative = np.zeros(values.size + 1, dtype=np.int64)
+    np.cumsum(values, out=cumulative[1:])
+    return np.diff(cumulative[offsets])
 
 
 def _count_between(positions: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -313,35 +312,42 @@ def _plain_columns(strings: pa.Array) -> _ChunkColumns:
     """The metrics of plain captions, computed column at a time (identical to ``_text_metrics``)."""
     count = len(strings)
     framed = Framed.of(strings)
-    space = _is_space_byte(framed.data)
-    text = ~space
-    word_byte = _is_word_byte(framed.data)
+    text = ~_is_space_byte(framed.data)
 
-    # Whitespace words (str.split): num_words, non-language share, the whitespace-normalised text.
+    # Whitespace words (str.split): num_words, and, one distinct word at a time (Python, the
+    # definitions themselves): alphabetic or not, its tokens, its comparison words (no token and
+    # no \w run crosses whitespace, so a caption's are those of its words in order).
     raw = framed.runs(text)
     raw_strings = framed.run_strings(text, raw)
     raw_codes, raw_words = dictionary_codes(raw_strings)
     alphabetic = np.fromiter((_is_alphabetic_word(word) for word in raw_words), dtype=bool, count=len(raw_words))
+    tokens_of = np.fromiter((len(_TOKEN.findall(word)) for word in raw_words), dtype=np.int64, count=len(raw_words))
+    vocabulary: dict[str, int] = {}
+    parts = [[vocabulary.setdefault(part, len(vocabulary)) for part in _WORD_RUN.findall(word)] for word in raw_words]
     raw_offsets = offsets_of(raw.counts)
-    non_language_words = _count_between(np.flatnonzero(~alphabetic[raw_codes]), raw_offsets)
-    non_language = np.zeros(count, dtype=np.float64)
     has_words = raw.counts > 0
+    non_language = np.zeros(count, dtype=np.float64)
+    non_language_words = _count_between(np.flatnonzero(~alphabetic[raw_codes]), raw_offsets)
     non_language[has_words] = non_language_words[has_words] / raw.counts[has_words]
+    num_tokens = _sum_between(tokens_of[raw_codes], raw_offsets)
+
+    # comparison_words: each word occurrence expanded into its parts. The distinct words come in
+    # order of first occurrence (arrow's dictionary order), so their parts are numbered in order
+    # of first occurrence too. The repetition metrics use them case folded (canonical_for_dedup).
+    part_counts = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+    part_ids = np.fromiter((i for p in parts for i in p), dtype=np.int64, count=int(part_counts.sum()))
+    occurrence_parts = part_counts[raw_codes]
+    expanded = np.repeat(offsets_of(part_counts)[:-1][raw_codes], occurrence_parts)
+    expanded += np.arange(expanded.size) - np.repeat(offsets_of(occurrence_parts)[:-1], occurrence_parts)
+    word_codes, words = part_ids[expanded], list(vocabulary)
+    word_counts = _sum_between(occurrence_parts, raw_offsets)
+    folded_codes, folded = pd.factorize(np.array([word.casefold() for word in words], dtype=object))
+    trigram_ratio, longest_repeat = _repetition_columns(folded_codes[word_codes], word_counts, len(folded))
 
     # normalize_caption: the whitespace words joined by one space; its SHA-1 is the text hash.
     word_lists = pa.LargeListArray.from_arrays(pa.array(raw_offsets), raw_strings)
     normalized, normalized_offsets = byte_buffers(pc.binary_join(word_lists, pa.scalar(" ", pa.large_string())))
     text_digest = _sha1_digests(normalized.tobytes(), np.diff(normalized_offsets))
-
-    # Tokens (\w+|[^\w\s]): runs of word bytes plus single other non-space bytes.
-    word_runs = framed.runs(word_byte)
-    num_tokens = word_runs.counts + framed.count_per_row(np.flatnonzero(text & ~word_byte))
-
-    # comparison_words are the runs of word bytes (punctuation became spaces); the repetition
-    # metrics use the same words case folded (canonical_for_dedup).
-    word_codes, words = dictionary_codes(framed.run_strings(word_byte, word_runs))
-    folded_codes, folded = pd.factorize(np.array([word.casefold() for word in words], dtype=object))
-    trigram_ratio, longest_repeat = _repetition_columns(folded_codes[word_codes], word_runs.counts, len(folded))
 
     # Pattern flags: one RE2 pass over the column each; URL and markup only where the
     # combined pattern found something.
@@ -368,7 +374,7 @@ def _plain_columns(strings: pa.Array) -> _ChunkColumns:
         non_language=non_language,
         text_digest=text_digest,
         word_codes=word_codes,
-        word_counts=word_runs.counts,
+        word_counts=word_counts,
         words=words,
     )
 
