@@ -293,12 +293,16 @@ class _ChunkColumns:
     word_counts: np.ndarray
     words: list[str]
     """The distinct comparison words in order of first occurrence (codes index this list, no word twice)."""
-    rowwise_count: int = 0
-    """Captions computed by the row-wise reference (not plain)."""
+    rowwise: np.ndarray
+    """True for captions computed by the row-wise reference (not plain)."""
+
+    @property
+    def rowwise_count(self) -> int:
+        return int(self.rowwise.sum())
 
 
 _ROW_COLUMNS = ("num_words", "num_tokens", "trigram_ratio", "longest_repeat", "complete", "ellipsis", "boilerplate",
-                "url", "markup", "control", "non_language", "text_digest", "word_counts")
+                "url", "markup", "control", "non_language", "text_digest", "word_counts", "rowwise")
 
 
 def _sha1_digests(buffer: bytes, lengths: np.ndarray) -> np.ndarray:
@@ -376,6 +380,7 @@ def _plain_columns(strings: pa.Array) -> _ChunkColumns:
         word_codes=word_codes,
         word_counts=word_counts,
         words=words,
+        rowwise=np.zeros(count, dtype=bool),
     )
 
 
@@ -407,7 +412,7 @@ def _rowwise_columns(texts: list[str]) -> _ChunkColumns:
         word_codes=np.asarray(codes, dtype=np.int64),
         word_counts=np.fromiter((len(words) for words in word_lists), dtype=np.int64, count=len(rows)),
         words=list(vocabulary),
-        rowwise_count=len(rows),
+        rowwise=np.ones(len(rows), dtype=bool),
     )
 
 
@@ -448,8 +453,7 @@ def _interleave(strings: pa.Array, *parts: tuple[np.ndarray, _ChunkColumns]) -> 
     for word, new in zip(distinct, renumbered.tolist()):
         if new >= 0:
             ordered_words[new] = word
-    return _ChunkColumns(texts=strings, **merged, word_codes=renumbered[word_codes], words=ordered_words,
-                         rowwise_count=sum(part.rowwise_count for _, part in parts))
+    return _ChunkColumns(texts=strings, **merged, word_codes=renumbered[word_codes], words=ordered_words)
 
 
 def _concatenate(chunks: list[_ChunkColumns]) -> _ChunkColumns:
@@ -470,7 +474,6 @@ def _concatenate(chunks: list[_ChunkColumns]) -> _ChunkColumns:
         **{name: np.concatenate([getattr(chunk, name) for chunk in chunks]) for name in _ROW_COLUMNS},
         word_codes=word_codes,
         words=list(vocabulary),
-        rowwise_count=sum(chunk.rowwise_count for chunk in chunks),
     )
 
 
@@ -571,7 +574,10 @@ def compute_caption_metrics(
         # Word codes number the distinct words in order of first occurrence over all captions, as
         # bigram_shingles numbers its vocabulary.
         shingles = bigram_shingles_ragged(columns.word_codes, columns.word_counts)
-        near_of = find_near_duplicates(shingles, near_duplicate_jaccard, (num_words >= 2) & ~text_seen)
+        # A plain caption with no repeated (case-folded) word bigram has as many distinct shingles
+        # as it has shingles: sizes that let the search skip pairs that cannot reach the threshold.
+        sizes = np.where(~columns.rowwise & (columns.longest_repeat < 2), np.diff(shingles.offsets), -1)
+        near_of = find_near_duplicates(shingles, near_duplicate_jaccard, (num_words >= 2) & ~text_seen, sizes)
     near_duplicate = near_of >= 0
     key_strings = pa.array(list(keys), type=pa.large_string())
     near_keys = pc.if_else(pa.array(near_duplicate), key_strings.take(pa.array(np.maximum(near_of, 0))), "")

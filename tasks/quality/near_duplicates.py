@@ -135,12 +135,18 @@ def _signatures_by_hash(shingles: Shingles | list[set[int]]) -> np.ndarray:
 
 
 def find_near_duplicates(
-    shingles: Shingles | list[set[int]], jaccard_threshold: float, eligible: np.ndarray
+    shingles: Shingles | list[set[int]],
+    jaccard_threshold: float,
+    eligible: np.ndarray,
+    set_sizes: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each caption, the index of an earlier caption it nearly duplicates, else -1.
 
     ``eligible`` (bool, per caption) excludes rows from matching at all, e.g. empty captions
-    or exact duplicates (already counted as such). Shape of the result: (num_captions,), int64.
+    or exact duplicates (already counted as such). ``set_sizes``: each caption's number of
+    distinct shingles where known, else -1; a candidate pair whose sizes alone keep its Jaccard
+    below the threshold (it is at most min/max of the sizes) is not compared, which changes
+    nothing but time. Shape of the result: (num_captions,), int64.
     """
     if not isinstance(shingles, Shingles):
         shingles = Shingles.from_sets(shingles)
@@ -171,6 +177,15 @@ def find_near_duplicates(
                 keys = keys * prime + signatures[hash_index]
         # The first row with each band key is the candidate for every later row with that key.
         positions, firsts = earlier_equal(keys)
+        open_rows = duplicate_of[rows[positions]] == -1  # a row is proposed at most once per band
+        positions, firsts = positions[open_rows], firsts[open_rows]
+        if set_sizes is not None:
+            size, other = set_sizes[rows[positions]], set_sizes[rows[firsts]]
+            known = (size > 0) & (other > 0)
+            bound = np.minimum(size, other)[known] / np.maximum(size, other)[known]
+            possible = np.ones(positions.size, dtype=bool)
+            possible[np.flatnonzero(known)[bound < jaccard_threshold]] = False
+            positions, firsts = positions[possible], firsts[possible]
         for position, first_position in zip(positions.tolist(), firsts.tolist()):
             row, candidate = int(rows[position]), int(rows[first_position])
             if duplicate_of[row] != -1:

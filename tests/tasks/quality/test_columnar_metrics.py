@@ -19,7 +19,13 @@ import pytest
 import tasks.quality.metrics as metrics
 from tasks.caption.normalize import comparison_words
 from tasks.quality.columnar import earlier_equal, group
-from tasks.quality.near_duplicates import Shingles, bigram_shingles, bigram_shingles_ragged, minhash_signatures
+from tasks.quality.near_duplicates import (
+    Shingles,
+    bigram_shingles,
+    bigram_shingles_ragged,
+    find_near_duplicates,
+    minhash_signatures,
+)
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "real_data" / "openclipart_captions.jsonl"
 TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -180,3 +186,18 @@ def test_earlier_equal_finds_every_repeat_and_its_first() -> None:
     expected = np.flatnonzero(first[inverse] != np.arange(keys.size))
     assert np.array_equal(positions, expected) and np.array_equal(firsts, first[inverse][expected])
     assert positions.size > 300
+
+
+def test_known_set_sizes_only_skip_pairs_that_cannot_match() -> None:
+    rng = random.Random(11)
+    words = [f"w{i}" for i in range(40)]
+    captions = [[rng.choice(words) for _ in range(rng.randrange(2, 30))] for _ in range(400)]
+    captions += [caption[: max(2, len(caption) - rng.randrange(0, 4))] for caption in captions[:200]]
+    vocabulary: dict[str, int] = {}
+    sets = [bigram_shingles(caption, vocabulary) for caption in captions]
+    eligible = np.ones(len(sets), dtype=bool)
+    sizes = np.array([len(s) if i % 3 else -1 for i, s in enumerate(sets)])  # some unknown
+    for threshold in (0.5, 0.8):
+        plain = find_near_duplicates(sets, threshold, eligible)
+        assert (plain >= 0).sum() > 50
+        assert np.array_equal(find_near_duplicates(sets, threshold, eligible, sizes), plain)
