@@ -277,7 +277,7 @@ def gate_caption_dataset(
     Deltas compare with ``previous_dataset_hash``'s stored result, or else (``compare_with_latest``)
     with the most recently gated other version. ``metrics_workers`` > 1 computes the metrics'
     chunks (``CHUNK_CAPTIONS``) in that many processes: it changes speed, never the result. The
-    default is 1: the whole gate runs at about 5 x 10^4 captions/s per core (docs/data-quality.md),
+    default is 1: the whole gate runs at about 6 x 10^4 captions/s per core (docs/data-quality.md),
     and scaling out is the data steps' shard-parallel engine's job (benchmarks/bench_quality.py --workers).
     """
     thresholds = thresholds or CaptionGateThresholds()
