@@ -275,9 +275,10 @@ def gate_caption_dataset(
     """Gate the captions of a dataset version (see the module docstring).
 
     Deltas compare with ``previous_dataset_hash``'s stored result, or else (``compare_with_latest``)
-    with the most recently gated other version. ``metrics_workers`` > 1 computes the metrics in
-    that many processes: it changes speed, never the result (on the shared 2-core dev machine it
-    was slower, 0.69x, so the default is 1; see benchmarks/bench_quality.py).
+    with the most recently gated other version. ``metrics_workers`` > 1 computes the metrics'
+    chunks (``CHUNK_CAPTIONS``) in that many processes: it changes speed, never the result. The
+    default is 1: the whole gate runs at about 6 x 10^4 captions/s per core (docs/data-quality.md),
+    and scaling out is the data steps' shard-parallel engine's job (benchmarks/bench_quality.py --workers).
     """
     thresholds = thresholds or CaptionGateThresholds()
 

@@ -185,3 +185,29 @@ def test_instruction_gate_catches_bad_conversations(tmp_path, eve_home) -> None:
     }
     assert not result.passed  # 6 of 36 filtered > 10 %
     assert result.counts.num_input == result.counts.num_kept + result.counts.num_filtered == 36
+
+
+def test_gx_validates_only_the_rule_columns_with_the_verdicts_of_the_whole_table(monkeypatch) -> None:
+    """GX reads the rule columns only (its batch fingerprint hashed every caption's text), and lists
+    the unexpected rows by index, not by value: the decision is the one on the whole table."""
+    import tasks.quality.validate as validate
+    from tasks.quality.metrics import compute_caption_metrics
+    from tasks.quality.suites import build_caption_suite
+
+    captions = clean_captions(60) + list(PLANTED.values()) + clean_captions(5)
+    table = compute_caption_metrics([f"k{i}" for i in range(len(captions))], captions,
+                                    image_ids=[f"img{i % 62}" for i in range(len(captions))])
+    suite = build_caption_suite(CaptionGateThresholds())
+    frame = validate.validation_frame(table, suite)
+    assert list(frame.columns) == validate.suite_columns(suite)
+    assert {"caption", "key", "text_hash"}.isdisjoint(frame.columns) and len(frame) == len(table)
+    pruned = validate.decide(table, suite, 0.2)
+    with monkeypatch.context() as patch:
+        patch.setattr(validate, "validation_frame", lambda whole, _suite: whole.reset_index(drop=True))
+        whole = validate.decide(table, suite, 0.2)
+    assert pruned.filtered_reason.equals(whole.filtered_reason) and pruned.passed == whole.passed
+    assert [(r.rule, r.success, r.unexpected_count, r.observed_value) for r in pruned.rules] == \
+        [(r.rule, r.success, r.unexpected_count, r.observed_value) for r in whole.rules]
+    assert pruned.filtered_reason.notna().sum() >= len(PLANTED)
+    row_results = [r["result"] for r in pruned.gx_result["results"] if "unexpected_index_list" in r["result"]]
+    assert row_results and all("unexpected_list" not in result for result in row_results)
