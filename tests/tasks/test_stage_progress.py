@@ -39,11 +39,11 @@ def test_the_log_handler_keeps_platform_lines_drops_chatter_and_feeds_progress()
     assert [(r.step, r.total_steps, r.loss) for r in progress.reports] == [(3, 10, 1.5)]
 
 
-@pytest.mark.slow
 PROGRESS_STEPS = 60
 """Steps of the watched stage: several seconds of training even on a fast machine (lines every 0.5 s)."""
 
 
+@pytest.mark.slow
 def test_a_running_stage_shows_progress_in_its_log_and_its_artifact_before_it_ends(prefect_server, eve_home, tmp_path):
     from prefect import flow, get_client
     from prefect.client.schemas.filters import (
