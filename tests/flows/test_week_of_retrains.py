@@ -27,14 +27,14 @@ production, the floor has its own tests.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.flows.test_own_data import eve
+from tests.tasks.lineage.test_source_lineage import _source_hash
 
 pytestmark = pytest.mark.slow
 
@@ -136,29 +136,10 @@ def _promotion_runs() -> list:
         return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["promote-eve"])))
 
 
-def _eve(*argv: str) -> tuple[int, str]:
-    from cli.main import main
-
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-        code = main(list(argv))
-    return code, output.getvalue()
-
-
-def _source_hash(spec) -> str:
-    """A source's content hash computed here, from the readers' items, independently of the ingest."""
-    from tasks.data.sharding import source_item_line
-
-    digest = hashlib.sha256()
-    for item in spec.read():
-        digest.update(source_item_line(item))
-    return digest.hexdigest()
-
-
 def _check_true_chain(version: str, sources, also_not: Path) -> None:
     """``eve lineage`` of ``version``: its raw sources are its own folder's files by content hash, every
     derived dataset names its real parents, and the other cycle's folder appears nowhere."""
-    code, output = _eve("lineage", f"eve@{version}", "--format", "json")
+    code, output = eve("lineage", f"eve@{version}", "--format", "json")
     assert code == 0, output
     manifest = json.loads(output)
     by_role = {d["role"]: d for d in manifest["raw_sources"] + manifest["datasets"]}
@@ -178,7 +159,7 @@ def _check_true_chain(version: str, sources, also_not: Path) -> None:
     for role, expected in parents.items():
         assert sorted(by_role[role]["derived_from"]) == expected, (version, role)
     assert manifest["stages"][-1]["input_dataset_hash"] == by_role["sft-mixture"]["dataset_hash"]
-    code, text = _eve("lineage", f"eve@{version}")
+    code, text = eve("lineage", f"eve@{version}")
     assert code == 0 and sources.captions[0].location in text and str(also_not) not in text, text
 
 
@@ -362,8 +343,8 @@ def test_a_week_new_data_version_approved_regressions_blocked_rollback_and_true_
 
     _check_true_chain("v0.1.0", monday, also_not=wednesday_dir)
     _check_true_chain("v0.2.0", wednesday, also_not=Path(monday.captions[0].location).parent)
-    code, output = _eve("lineage", "--dataset", new_version.tag)  # the new version: used by v0.2.0 only
+    code, output = eve("lineage", "--dataset", new_version.tag)  # the new version: used by v0.2.0 only
     assert code == 0 and [line.split(":")[0] for line in output.splitlines()] == ["eve@v0.2.0"], output
     assert "ingested" in output, output
-    code, output = _eve("audit", "verify")
+    code, output = eve("audit", "verify")
     assert code == 0, output
