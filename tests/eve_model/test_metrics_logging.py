@@ -9,6 +9,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from eve_model.training.metrics_logging import MetricsLogger
 
 
@@ -28,17 +30,23 @@ def _children_named(pid: int, name: str) -> list[int]:
     return found
 
 
-def test_a_killed_wandb_service_stops_the_mirror_not_the_run(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def own_wandb_process_state(monkeypatch):
+    """A W&B process state of this test's own, restored afterwards.
+
+    W&B keeps one setup per process (``wandb_setup._singleton``: settings read when it was made, and
+    the connection to its service) and records a started service in ``WANDB_SERVICE``. Whatever an
+    earlier test in this pytest process left there (a service it started, directories it set) would
+    decide where this test's run goes, or whether it starts at all once a test killed that service. A
+    training process runs one W&B run, so the product never meets this; tests sharing a process do."""
     monkeypatch.setenv("WANDB_MODE", "offline")
-    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR",
+                 "WANDB_SERVICE"):
         monkeypatch.delenv(name, raising=False)  # restored after the test: use_wandb_dir sets them
-    # W&B keeps one service connection per process (wandb_setup._singleton); once this test kills the
-    # service, every later wandb.init in the process would fail. A training process runs one W&B run, so
-    # the product never meets this; the tests after this one do: this test gets a service of its own,
-    # and the process's earlier handle (or none) comes back afterwards.
-    # wandb also records a started service in WANDB_SERVICE, which a fresh handle would reconnect to.
     monkeypatch.setattr("wandb.sdk.wandb_setup._singleton", None)
-    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
+def test_a_killed_wandb_service_stops_the_mirror_not_the_run(tmp_path, capsys, own_wandb_process_state):
     earlier_services = set(_children_named(os.getpid(), "wandb"))  # other tests' service: not ours to kill
     logger = MetricsLogger(
         tmp_path, rank=0, run_name="wandb-dies", total_steps=6, start_step=0, wandb_mode="offline",
@@ -61,16 +69,13 @@ def test_a_killed_wandb_service_stops_the_mirror_not_the_run(tmp_path, monkeypat
     assert "W&B disabled for the rest of this job" in capsys.readouterr().err
 
 
-def test_a_stage_run_is_grouped_tagged_and_references_its_dataset_and_model_by_hash(tmp_path, monkeypatch):
+def test_a_stage_run_is_grouped_tagged_and_references_its_dataset_and_model_by_hash(tmp_path, own_wandb_process_state):
     """What `wandb sync` uploads later: the run in its retrain's group with recipe/stage/dataset tags, the
     step metrics, and the input dataset and final model as artifacts that point at the data (URI) and carry
     its content hash, never a copy of it."""
     from eve_model.training.metrics_logging import ArtifactReference, WandbRunLabels, reference_uri
     from tests.wandb_records import offline_runs, read_offline_run
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
-        monkeypatch.delenv(name, raising=False)
     dataset, model = tmp_path / "dataset", tmp_path / "final"
     for folder, name in ((dataset, "manifest.json"), (model, "model.safetensors")):
         folder.mkdir()
