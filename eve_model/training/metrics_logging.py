@@ -242,9 +242,14 @@ def log_reference_artifact(run, reference: ArtifactReference) -> None:
         run.log_artifact(artifact, aliases=[reference.content_hash[:16]])
 
 
+_WANDB_DIRS_SET_HERE: dict[str, str] = {}
+"""The W&B directory variables this process set itself (and to what), so a later run may replace them."""
+
+
 def use_wandb_dir(wandb_dir: Path) -> None:
     """Keep every directory W&B writes (runs, cache, config, data, artifacts) under ``wandb_dir``, unless
-    the environment already names them; W&B prints nothing unless asked."""
+    the environment already names them (a user's own choice wins); what this process set for an earlier
+    run is replaced, so each run's files go under its own ``wandb_dir``. W&B prints nothing unless asked."""
     wandb_dir.mkdir(parents=True, exist_ok=True)
     for variable, sub in (
         ("WANDB_DIR", ""),
@@ -253,11 +258,37 @@ def use_wandb_dir(wandb_dir: Path) -> None:
         ("WANDB_DATA_DIR", "data"),
         ("WANDB_ARTIFACT_DIR", "artifacts"),
     ):
-        os.environ.setdefault(variable, str(wandb_dir / sub) if sub else str(wandb_dir))
+        current = os.environ.get(variable)
+        if current is None or current == _WANDB_DIRS_SET_HERE.get(variable):
+            os.environ[variable] = _WANDB_DIRS_SET_HERE[variable] = str(wandb_dir / sub) if sub else str(wandb_dir)
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
+def fresh_wandb_setup() -> None:
+    """Let the next ``wandb.init`` of this process start from the current environment.
+
+    W&B keeps one setup per process: the settings it read when it was made (directories among them)
+    and its connection to a service process, whose address it also leaves in ``WANDB_SERVICE``. A
+    process that runs more than one W&B run, such as a flow that evaluates a candidate after other work,
+    would otherwise write its later runs with the first run's settings, or fail to start them once that
+    service has died. The teardown of a dead service raises (or exits with its code): either way the
+    setup is already dropped, which is all this needs.
+
+    A service address inherited from the process that started this one (a training job launched by a
+    flow or a test process that had a W&B run) is dropped too: each process starts its own service
+    rather than sending its runs through another process's, which may be gone or be writing elsewhere.
+    """
+    import wandb
+
+    try:
+        wandb.teardown()
+    except (Exception, SystemExit):  # noqa: BLE001 - the old setup is gone either way
+        pass
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 def _start_wandb(run_name, mode, project, wandb_dir: Path, run_id: str, run_config, labels: WandbRunLabels | None = None):
+    fresh_wandb_setup()
     use_wandb_dir(wandb_dir)
     os.environ["WANDB_MODE"] = mode
     import wandb
@@ -282,6 +313,7 @@ __all__ = [
     "PEAK_BF16_FLOPS_BY_DEVICE",
     "WandbRunLabels",
     "device_peak_flops",
+    "fresh_wandb_setup",
     "log_reference_artifact",
     "reference_uri",
     "truncate_jsonl_after",

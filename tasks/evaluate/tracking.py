@@ -16,7 +16,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from eve_model.training.metrics_logging import ArtifactReference, log_reference_artifact, reference_uri, use_wandb_dir
+from eve_model.training.metrics_logging import (
+    ArtifactReference,
+    fresh_wandb_setup,
+    log_reference_artifact,
+    reference_uri,
+    use_wandb_dir,
+)
 from tasks.evaluate.gates import GateDecision
 from tasks.evaluate.report import EvaluationReport
 from tasks.platform import PlatformSettings
@@ -71,6 +77,7 @@ def log_evaluation_run(
     import wandb
 
     wandb_dir = (settings or PlatformSettings.load()).path("wandb")
+    fresh_wandb_setup()
     use_wandb_dir(wandb_dir)
     weights = candidate.weights_sha256
     run = wandb.init(
