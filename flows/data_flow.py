@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks.data.curate import CurationConfig, CurationReport, curate_dataset_task
 from tasks.data.demo_source import DemoSources
-from tasks.data.executor import DataExecutorConfig, dask_task_runner
+from tasks.data.executor import DataExecutorConfig, dask_task_runner, flow_environment_kept
 from tasks.data.sharding import IngestReport
 from tasks.data.sources import SourceSpec
 from tasks.data.steps import (
@@ -163,7 +163,8 @@ def run_ingest(sources: list[SourceSpec], validation: ValidationConfig, params: 
     if params.executor.is_local:
         return ingest_sources_task(sources, validation, params.max_items_per_shard, label=label)
     on_cluster = ingest_shards_flow.with_options(task_runner=dask_task_runner(params.executor))
-    return on_cluster(sources, validation, params.max_items_per_shard, params.executor, label)
+    with flow_environment_kept():
+        return on_cluster(sources, validation, params.max_items_per_shard, params.executor, label)
 
 
 @flow(name="data-pipeline", log_prints=True)

@@ -38,7 +38,9 @@ dbd_port=$(( ctld_port + 50 ))
 mysql_port=$(( ctld_port + 51 ))
 accounting=${EVE_SLURM_ACCOUNTING:-1}
 fake_gpus_per_node=2
-cpus_per_node=${EVE_SLURM_CPUS_PER_NODE:-$(nproc)}
+# nproc honours OMP_NUM_THREADS / OMP_THREAD_LIMIT (a process that started Dask workers has OMP_NUM_THREADS=1):
+# the node's cores are what this machine gives the process, not what one library asked of its threads.
+cpus_per_node=${EVE_SLURM_CPUS_PER_NODE:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 conf=$base_dir/etc/slurm.conf
 munge_socket=$base_dir/munge/run/munge.socket.2
 export SLURM_CONF=$conf

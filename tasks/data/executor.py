@@ -19,7 +19,10 @@ input gives the same dataset hash (``tasks.data.shard_ingest``).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -183,6 +186,29 @@ def dask_task_runner(config: DataExecutorConfig):
     raise ValueError("the local executor runs in the flow's process and has no task runner")
 
 
+@contextlib.contextmanager
+def flow_environment_kept() -> Iterator[None]:
+    """Undo, when the block ends, what a Dask nanny writes into this process's environment.
+
+    Before spawning each worker (at start and after a worker died) a nanny sets its
+    ``distributed.nanny.pre-spawn-environ`` variables (``OMP_NUM_THREADS=1``, ``MKL_NUM_THREADS=1``,
+    ``OPENBLAS_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``) and ``PYTHONHASHSEED`` in the *parent's*
+    ``os.environ`` and leaves them there. The flow's process would then evaluate on one thread and every
+    job it starts afterwards (training, a SLURM node sized by ``nproc``) would inherit them."""
+    import dask
+
+    names = {*(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}), "PYTHONHASHSEED"}
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def render_dask_cluster_manifest(config: DataExecutorConfig, environment: dict[str, str] | None = None) -> str:
     """The DaskCluster object (``kubernetes.dask.org/v1``) for ``dask-kubernetes``, as YAML to apply.
 
@@ -210,5 +236,6 @@ __all__ = [
     "SlurmWorkerOptions",
     "dask_scheduler_address",
     "dask_task_runner",
+    "flow_environment_kept",
     "render_dask_cluster_manifest",
 ]

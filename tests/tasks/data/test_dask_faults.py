@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.data.executor import DataExecutorConfig, dask_task_runner
+from tasks.data.executor import DataExecutorConfig, dask_task_runner, flow_environment_kept
 from tasks.data.sources import SourceSpec
 from tasks.data.validate import ValidationConfig
 from tests.tasks.data.conftest import encode, noise_image
@@ -87,8 +87,9 @@ def test_a_worker_killed_mid_shard_costs_that_shard_only(prefect_server, eve_hom
     killer = KillFirstShardWorker(eve_home / "staging")
     killer.start()
     try:
-        state = ingest_shards_flow.with_options(task_runner=dask_task_runner(executor))(
-            [slow_source], validation, 5, executor, "killdrill", return_state=True)
+        with flow_environment_kept():
+            state = ingest_shards_flow.with_options(task_runner=dask_task_runner(executor))(
+                [slow_source], validation, 5, executor, "killdrill", return_state=True)
     finally:
         killer.stop.set()
         killer.join()

@@ -4,6 +4,8 @@ shard is a task run on the server (what the Prefect UI shows)."""
 
 from __future__ import annotations
 
+import os
+
 import shutil
 from pathlib import Path
 
@@ -71,7 +73,7 @@ def test_local_dask_clusters_of_one_two_and_three_workers_give_the_local_hashes(
         prefect_server, eve_home, tiny_sources) -> None:
     """The ingest alone (registration is the same code whatever the executor, and the SLURM test runs it)."""
     from flows.data_flow import ingest_shards_flow
-    from tasks.data.executor import dask_task_runner
+    from tasks.data.executor import dask_task_runner, flow_environment_kept
     from tasks.data.steps import ingest_sources
 
     validation = ValidationConfig.demo()
@@ -81,8 +83,12 @@ def test_local_dask_clusters_of_one_two_and_three_workers_give_the_local_hashes(
         shutil.rmtree(eve_home / "staging")  # the sharded run must produce its own, not find the local one's
         executor = DataExecutorConfig(kind="dask-local", workers=workers, items_per_task=ITEMS_PER_TASK)
         on_cluster = ingest_shards_flow.with_options(task_runner=dask_task_runner(executor))
-        state = on_cluster(tiny_sources.captions, validation, MAX_ITEMS_PER_SHARD, executor, f"dask{workers}",
-                           return_state=True)
+        before = dict(os.environ)
+        with flow_environment_kept():  # as run_ingest does: the nannies' OMP_NUM_THREADS=1 etc. stay theirs
+            state = on_cluster(tiny_sources.captions, validation, MAX_ITEMS_PER_SHARD, executor, f"dask{workers}",
+                               return_state=True)
+        assert {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED")} == \
+            {k: before.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED")}
         report = state.result()
         assert report.dataset_hash == local.dataset_hash and tree_bytes(report.dataset_dir) == expected, workers
         # 29 items in tasks of 5: six shards, each one task run of this flow run on the server
